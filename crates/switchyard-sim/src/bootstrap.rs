@@ -52,7 +52,9 @@ impl Rooms {
         let state = match res {
             Ok(Ok(s)) => s.clone(),
             Ok(Err(_)) => RoomState::Failed("room closed".into()),
-            Err(_) => RoomState::Failed(format!("prefill of room {room} not done within {timeout:?}")),
+            Err(_) => RoomState::Failed(format!(
+                "prefill of room {room} not done within {timeout:?}"
+            )),
         };
         if state != RoomState::Pending {
             self.rooms.lock().expect("rooms lock").remove(&room);

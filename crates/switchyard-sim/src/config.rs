@@ -115,7 +115,12 @@ impl Default for StepModel {
 
 impl StepModel {
     /// Simulated seconds one step takes.
-    pub fn step_secs(&self, prefill_tokens: usize, decode_seqs: usize, context_tokens: usize) -> f64 {
+    pub fn step_secs(
+        &self,
+        prefill_tokens: usize,
+        decode_seqs: usize,
+        context_tokens: usize,
+    ) -> f64 {
         self.base_ms * 1e-3
             + self.prefill_token_us * 1e-6 * prefill_tokens as f64
             + self.decode_seq_us * 1e-6 * decode_seqs as f64
@@ -188,7 +193,8 @@ pub struct SimConfig {
     /// Cost of receiving one token's KV from a remote prefill, in microseconds (simulated).
     #[arg(long, default_value_t = 5.0)]
     pub kv_transfer_token_us: f64,
-    /// Extra port for the SGLang bootstrap endpoint (it is always served on the API port too).
+    /// Extra port for the SGLang bootstrap endpoint (always served on the API port too);
+    /// engine i of --engines uses PORT+i, 0 picks a free port.
     #[arg(long)]
     pub bootstrap_port: Option<u16>,
     /// Log filter (trace, debug, info, warn, error).
@@ -225,7 +231,8 @@ impl SimConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if self.served_model_name.is_empty() || self.served_model_name.iter().any(|m| m.is_empty()) {
+        if self.served_model_name.is_empty() || self.served_model_name.iter().any(|m| m.is_empty())
+        {
             return Err("--served-model-name must be non-empty".into());
         }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
@@ -248,11 +255,16 @@ impl SimConfig {
             return Err("--step-base-ms must be positive (a step cannot take no time)".into());
         }
         if self.step_time_multiplier.is_empty()
-            || self.step_time_multiplier.iter().any(|m| !(m.is_finite() && *m > 0.0))
+            || self
+                .step_time_multiplier
+                .iter()
+                .any(|m| !(m.is_finite() && *m > 0.0))
         {
             return Err("--step-time-multiplier values must be positive numbers".into());
         }
-        if self.num_gpu_blocks * self.block_size < self.max_model_len.min(self.max_num_batched_tokens) {
+        if self.num_gpu_blocks * self.block_size
+            < self.max_model_len.min(self.max_num_batched_tokens)
+        {
             return Err(format!(
                 "--num-gpu-blocks × --block-size ({} tokens) cannot hold one step of \
                  min(--max-model-len, --max-num-batched-tokens) tokens",

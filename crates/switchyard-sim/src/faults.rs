@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// The faults a server is injecting right now.
-#[derive(Clone, Debug, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Fraction of generation requests (0..=1) answered with `error_status` instead.
@@ -16,11 +16,9 @@ pub struct Faults {
     pub error_rate: f64,
     /// Status of injected errors: 500, 503, or 429 (429 and 503 carry Retry-After).
     #[arg(long = "fault-error-status", default_value_t = 500)]
-    #[serde(default = "default_status")]
     pub error_status: u16,
     /// Retry-After seconds sent with injected 429/503 errors.
     #[arg(long = "fault-retry-after-secs", default_value_t = 1)]
-    #[serde(default = "default_retry_after")]
     pub retry_after_secs: u64,
     /// Real milliseconds added before a generation request is processed.
     #[arg(long = "fault-latency-ms", default_value_t = 0)]
@@ -47,6 +45,24 @@ pub struct Faults {
     pub clear_after_secs: Option<f64>,
 }
 
+impl Default for Faults {
+    /// No faults.
+    fn default() -> Self {
+        Faults {
+            error_rate: 0.0,
+            error_status: default_status(),
+            retry_after_secs: default_retry_after(),
+            latency_ms: 0,
+            hang_rate: 0.0,
+            crash_after_chunks: None,
+            refuse_connections: false,
+            health_fail: false,
+            health_latency_ms: 0,
+            clear_after_secs: None,
+        }
+    }
+}
+
 fn default_status() -> u16 {
     500
 }
@@ -57,7 +73,10 @@ fn default_retry_after() -> u64 {
 impl Faults {
     /// Checks ranges; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in [("error_rate", self.error_rate), ("hang_rate", self.hang_rate)] {
+        for (name, v) in [
+            ("error_rate", self.error_rate),
+            ("hang_rate", self.hang_rate),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be between 0 and 1"));
             }

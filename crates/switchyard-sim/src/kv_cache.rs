@@ -33,7 +33,10 @@ pub fn extend_block_hashes(hashes: &mut Vec<BlockHash>, tokens: &[Token], block_
     while (hashes.len() + 1) * block_size <= tokens.len() {
         let i = hashes.len();
         let parent = if i == 0 { 0 } else { hashes[i - 1] };
-        hashes.push(hash_block(parent, &tokens[i * block_size..(i + 1) * block_size]));
+        hashes.push(hash_block(
+            parent,
+            &tokens[i * block_size..(i + 1) * block_size],
+        ));
     }
 }
 
@@ -257,7 +260,11 @@ mod tests {
         let b = hashes(&[9, 2, 3, 4, 5, 6, 7, 8], 4);
         assert_eq!(a.len(), 2);
         assert_ne!(a[1], b[1], "second block differs because the first does");
-        assert_eq!(hashes(&[1, 2, 3, 4, 5, 6, 7], 4).len(), 1, "partial blocks are not hashed");
+        assert_eq!(
+            hashes(&[1, 2, 3, 4, 5, 6, 7], 4).len(),
+            1,
+            "partial blocks are not hashed"
+        );
     }
 
     #[test]
@@ -291,7 +298,10 @@ mod tests {
         assert!(!old.contains(&a[0]) && a[0] != held[0]);
         assert_eq!(pool.lookup(&[11, 12]).len(), 2);
         let b = pool.allocate(1).unwrap();
-        assert_eq!(b[0], old[1], "the tail block of a sequence is evicted first");
+        assert_eq!(
+            b[0], old[1],
+            "the tail block of a sequence is evicted first"
+        );
         assert_eq!(pool.lookup(&[11, 12]).len(), 1);
         assert_eq!(pool.evictions(), 1);
         assert!(pool.allocate(2).is_none(), "only one block left");

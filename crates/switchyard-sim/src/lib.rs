@@ -77,7 +77,11 @@ pub async fn spawn(config: SimConfig) -> anyhow::Result<SimHandle> {
     let cfg = Arc::new(config);
     let mut servers = Vec::with_capacity(cfg.engines);
     for i in 0..cfg.engines {
-        let port = if cfg.port == 0 { 0 } else { cfg.port + i as u16 };
+        let port = if cfg.port == 0 {
+            0
+        } else {
+            cfg.port + i as u16
+        };
         let server = SimServer::start(cfg.clone(), SocketAddr::new(ip, port), i, clock).await?;
         servers.push(server);
     }

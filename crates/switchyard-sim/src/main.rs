@@ -11,7 +11,10 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+                .unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let handle = switchyard_sim::spawn(cfg.clone()).await?;
     for (i, url) in handle.urls().iter().enumerate() {

@@ -39,8 +39,8 @@ const ITL_BUCKETS: &[f64] = &[
     40.0, 80.0,
 ];
 const REQUEST_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-    240.0, 480.0, 960.0, 1920.0, 7680.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
 ];
 
 fn ttft_histogram() -> Histogram {
@@ -99,20 +99,76 @@ impl ServerMetrics {
             })
             .set(1);
 
-        registry.register("vllm:num_requests_running", "Number of requests in model execution batches.", running.clone());
-        registry.register("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting.clone());
-        registry.register("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv_usage.clone());
-        registry.register("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", queries.clone());
-        registry.register("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", hits.clone());
-        registry.register("vllm:prompt_tokens", "Number of prefill tokens processed.", prompt_tokens.clone());
-        registry.register("vllm:generation_tokens", "Number of generation tokens processed.", generation_tokens.clone());
-        registry.register("vllm:num_preemptions", "Cumulative number of preemptions from the engine.", preemptions.clone());
-        registry.register("vllm:request_success", "Count of successfully processed requests.", success.clone());
-        registry.register("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", ttft.clone());
-        registry.register("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", itl.clone());
-        registry.register("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", e2e.clone());
-        registry.register("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", queue.clone());
-        registry.register("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", cache_info);
+        registry.register(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches",
+            running.clone(),
+        );
+        registry.register(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed",
+            waiting.clone(),
+        );
+        registry.register(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage",
+            kv_usage.clone(),
+        );
+        registry.register(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens",
+            queries.clone(),
+        );
+        registry.register(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens",
+            hits.clone(),
+        );
+        registry.register(
+            "vllm:prompt_tokens",
+            "Number of prefill tokens processed",
+            prompt_tokens.clone(),
+        );
+        registry.register(
+            "vllm:generation_tokens",
+            "Number of generation tokens processed",
+            generation_tokens.clone(),
+        );
+        registry.register(
+            "vllm:num_preemptions",
+            "Cumulative number of preemptions from the engine",
+            preemptions.clone(),
+        );
+        registry.register(
+            "vllm:request_success",
+            "Count of successfully processed requests",
+            success.clone(),
+        );
+        registry.register(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds",
+            ttft.clone(),
+        );
+        registry.register(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds",
+            itl.clone(),
+        );
+        registry.register(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds",
+            e2e.clone(),
+        );
+        registry.register(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request",
+            queue.clone(),
+        );
+        registry.register(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            cache_info,
+        );
 
         ServerMetrics {
             registry,

@@ -230,7 +230,9 @@ impl Scheduler {
             }
             let seq = &self.running[i];
             let num_new = (seq.tokens.len() - seq.num_computed).min(budget);
-            let need = self.blocks_for(seq.num_computed + num_new).saturating_sub(seq.blocks.len());
+            let need = self
+                .blocks_for(seq.num_computed + num_new)
+                .saturating_sub(seq.blocks.len());
             let mut fits = true;
             while self.pool.num_free() < need {
                 let victim = self.running.len() - 1;
@@ -253,7 +255,9 @@ impl Scheduler {
 
         // 2. Admit waiting requests FCFS while budget, slots and blocks allow.
         while !preempted && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(seq) = self.waiting.front_mut() else { break };
+            let Some(seq) = self.waiting.front_mut() else {
+                break;
+            };
             let bs = self.cfg.block_size;
             if self.cfg.prefix_caching {
                 extend_block_hashes(&mut seq.hashes, &seq.tokens, bs);
@@ -262,7 +266,8 @@ impl Scheduler {
             // At least one token must be computed to produce logits.
             let max_hit_blocks = (len - 1) / bs;
             let hits = if self.cfg.prefix_caching {
-                self.pool.lookup(&seq.hashes[..max_hit_blocks.min(seq.hashes.len())])
+                self.pool
+                    .lookup(&seq.hashes[..max_hit_blocks.min(seq.hashes.len())])
             } else {
                 Vec::new()
             };
@@ -273,7 +278,11 @@ impl Scheduler {
             } else {
                 (hit_tokens, (len - hit_tokens).min(budget))
             };
-            let total_blocks = if remote { len.div_ceil(bs) } else { (computed + num_new).div_ceil(bs) };
+            let total_blocks = if remote {
+                len.div_ceil(bs)
+            } else {
+                (computed + num_new).div_ceil(bs)
+            };
             let need = total_blocks.saturating_sub(hits.len());
             self.pool.touch(&hits);
             let Some(new_blocks) = self.pool.allocate(need) else {
@@ -343,7 +352,8 @@ impl Scheduler {
             if caching {
                 extend_block_hashes(&mut seq.hashes, &seq.tokens[..seq.num_computed], bs);
                 while seq.registered < seq.num_computed / bs {
-                    self.pool.cache_block(seq.blocks[seq.registered], seq.hashes[seq.registered]);
+                    self.pool
+                        .cache_block(seq.blocks[seq.registered], seq.hashes[seq.registered]);
                     seq.registered += 1;
                 }
             }
@@ -363,7 +373,8 @@ impl Scheduler {
                 }
                 seq.last_token_at = end;
                 self.metrics.generation_tokens.inc();
-                self.outbox.push((seq.spec.tx.clone(), SeqEvent::Token { token, time: end }));
+                self.outbox
+                    .push((seq.spec.tx.clone(), SeqEvent::Token { token, time: end }));
             } else if seq.first_token_at.is_none() {
                 seq.first_token_at = Some(end);
                 self.metrics.prompt_tokens.inc_by(seq.prompt_len as u64);

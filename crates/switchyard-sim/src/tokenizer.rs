@@ -82,21 +82,20 @@ pub fn render_chat(messages: &[Value]) -> String {
 /// requested token count.
 static VOCAB: LazyLock<Vec<(Token, &'static str)>> = LazyLock::new(|| {
     const WORDS: &[&str] = &[
-        " the", " of", " and", " to", " a", " in", " is", " that", " for", " it", " as",
-        " with", " was", " on", " be", " by", " this", " are", " or", " from", " at", " an",
-        " which", " but", " not", " have", " has", " they", " you", " were", " their", " one",
-        " all", " we", " can", " there", " will", " more", " when", " model", " cache",
-        " token", " request", " engine", " router", " prefix", " block", " batch", " queue",
-        " latency", " time", " first", " each", " other", " new", " some", " could", " these",
-        " two", " may", " then", " do", " any", " like", " my", " now", " over", " such",
-        " our", " man", " me", " even", " most", " made", " after", " also", " did", " many",
-        " before", " must", " through", " years", " where", " much", " your", " way", " well",
-        " down", " should", " because", " long", " each", " just", " those", " people",
-        " how", " too", " little", " state", " good", " very", " make", " world", " still",
-        " own", " see", " men", " work", " here", " between", " both", " life", " being",
-        " under", " never", " day", " same", " another", " know", " while", " last", " might",
-        " us", " great", " old", " year", " off", " come", " since", " against", " go",
-        " came", " right", " used", " take", " three", ".", ",",
+        " the", " of", " and", " to", " a", " in", " is", " that", " for", " it", " as", " with",
+        " was", " on", " be", " by", " this", " are", " or", " from", " at", " an", " which",
+        " but", " not", " have", " has", " they", " you", " were", " their", " one", " all", " we",
+        " can", " there", " will", " more", " when", " model", " cache", " token", " request",
+        " engine", " router", " prefix", " block", " batch", " queue", " latency", " time",
+        " first", " each", " other", " new", " some", " could", " these", " two", " may", " then",
+        " do", " any", " like", " my", " now", " over", " such", " our", " man", " me", " even",
+        " most", " made", " after", " also", " did", " many", " before", " must", " through",
+        " years", " where", " much", " your", " way", " well", " down", " should", " because",
+        " long", " each", " just", " those", " people", " how", " too", " little", " state",
+        " good", " very", " make", " world", " still", " own", " see", " men", " work", " here",
+        " between", " both", " life", " being", " under", " never", " day", " same", " another",
+        " know", " while", " last", " might", " us", " great", " old", " year", " off", " come",
+        " since", " against", " go", " came", " right", " used", " take", " three", ".", ",",
     ];
     let mut v: Vec<(Token, &'static str)> = Vec::new();
     for w in WORDS {
@@ -135,8 +134,14 @@ mod tests {
     #[test]
     fn chat_prefix_is_shared() {
         let sys = serde_json::json!({"role": "system", "content": "You are terse."});
-        let a = encode(&render_chat(&[sys.clone(), serde_json::json!({"role": "user", "content": "hi"})]));
-        let b = encode(&render_chat(&[sys, serde_json::json!({"role": "user", "content": "bye"})]));
+        let a = encode(&render_chat(&[
+            sys.clone(),
+            serde_json::json!({"role": "user", "content": "hi"}),
+        ]));
+        let b = encode(&render_chat(&[
+            sys,
+            serde_json::json!({"role": "user", "content": "bye"}),
+        ]));
         let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
         assert!(common >= 8, "common prefix {common}");
     }

@@ -38,7 +38,11 @@ impl Drop for LoadGuard {
 
 /// Applies injected faults to a generation request and counts it in `server_load`
 /// until its body has been sent.
-pub async fn faults_and_load(State(st): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
+pub async fn faults_and_load(
+    State(st): State<Arc<ServerState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let guard = LoadGuard::new(&st);
     let f = st.faults.get();
     if f.latency_ms > 0 {
@@ -48,7 +52,8 @@ pub async fn faults_and_load(State(st): State<Arc<ServerState>>, req: Request, n
         std::future::pending::<()>().await;
     }
     if f.error_rate > 0.0 && fastrand::f64() < f.error_rate {
-        let status = StatusCode::from_u16(f.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(f.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut err = ApiError::new(status, format!("injected fault: {}", status.as_u16()));
         if matches!(status.as_u16(), 429 | 503) {
             err = err.with_retry_after(f.retry_after_secs);
@@ -69,6 +74,8 @@ pub async fn faults_and_load(State(st): State<Arc<ServerState>>, req: Request, n
                 return None;
             }
             if crash.is_some_and(|k| n >= k) {
+                // Let the connection flush the chunks already written, then cut it.
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 let err = std::io::Error::other("injected crash");
                 return Some((Err(err), (s, n, g, true)));
             }
@@ -89,7 +96,8 @@ pub async fn health(State(st): State<Arc<ServerState>>) -> Response {
         tokio::time::sleep(Duration::from_millis(f.health_latency_ms)).await;
     }
     if f.health_fail {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "injected fault: unhealthy").into_response();
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "injected fault: unhealthy")
+            .into_response();
     }
     StatusCode::OK.into_response()
 }
@@ -102,7 +110,10 @@ pub async fn load(State(st): State<Arc<ServerState>>) -> Json<serde_json::Value>
 /// `GET /metrics`: Prometheus/OpenMetrics text.
 pub async fn metrics(State(st): State<Arc<ServerState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         st.metrics.encode(),
     )
         .into_response()
@@ -126,7 +137,10 @@ pub async fn get_faults(State(st): State<Arc<ServerState>>) -> Json<Faults> {
 }
 
 /// `POST /sim/faults`: replaces every fault; absent fields take their defaults.
-pub async fn set_faults(State(st): State<Arc<ServerState>>, body: Bytes) -> Result<Json<Faults>, ApiError> {
+pub async fn set_faults(
+    State(st): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<Json<Faults>, ApiError> {
     let faults: Faults = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid faults: {e}"), None))?;
     faults
@@ -142,7 +156,11 @@ pub async fn stats(State(st): State<Arc<ServerState>>) -> Json<serde_json::Value
     for e in &st.engines {
         engines.push(e.stats().await);
     }
-    let requests: Vec<u64> = st.requests.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let requests: Vec<u64> = st
+        .requests
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
     Json(json!({
         "requests_per_rank": requests,
         "in_flight": st.in_flight.load(Ordering::Relaxed),
@@ -154,19 +172,29 @@ pub async fn stats(State(st): State<Arc<ServerState>>) -> Json<serde_json::Value
 /// `GET /sim/bootstrap/{room}`: waits until the prefill of `room` is done (SGLang PD).
 pub async fn bootstrap(State(st): State<Arc<ServerState>>, Path(room): Path<String>) -> Response {
     let Ok(room) = room.parse::<u64>() else {
-        return ApiError::bad_request("room must be an unsigned integer", Some("room")).into_response();
+        return ApiError::bad_request("room must be an unsigned integer", Some("room"))
+            .into_response();
     };
     match st.rooms.wait(room, Duration::from_secs(60)).await {
-        RoomState::Ready(tokens) => Json(json!({"room": room, "prompt_tokens": tokens})).into_response(),
+        RoomState::Ready(tokens) => {
+            Json(json!({"room": room, "prompt_tokens": tokens})).into_response()
+        }
         RoomState::Failed(why) if why.contains("not done within") => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, why).into_response()
         }
-        RoomState::Failed(why) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why).into_response(),
+        RoomState::Failed(why) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why).into_response()
+        }
         RoomState::Pending => unreachable!("wait returns a final state"),
     }
 }
 
 /// Any other route.
 pub async fn not_found(req: Request) -> Result<Response, Infallible> {
-    Ok(ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path())).into_response())
+    Ok(ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response())
 }

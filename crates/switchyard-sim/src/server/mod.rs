@@ -52,14 +52,24 @@ pub(crate) struct ServerState {
 pub struct SimServer {
     state: Arc<ServerState>,
     shutdown: watch::Sender<bool>,
+    bootstrap_addr: Option<SocketAddr>,
 }
 
 impl SimServer {
     /// Binds `addr` and starts the engines and the HTTP listener.
-    pub(crate) async fn start(cfg: Arc<SimConfig>, addr: SocketAddr, index: usize, clock: SimClock) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        cfg: Arc<SimConfig>,
+        addr: SocketAddr,
+        index: usize,
+        clock: SimClock,
+    ) -> anyhow::Result<Self> {
         let listener = bind(addr)?;
         let addr = listener.local_addr()?;
-        let metrics = ServerMetrics::new(cfg.block_size, cfg.num_gpu_blocks, !cfg.no_enable_prefix_caching);
+        let metrics = ServerMetrics::new(
+            cfg.block_size,
+            cfg.num_gpu_blocks,
+            !cfg.no_enable_prefix_caching,
+        );
         let model = cfg.served_model_name[0].clone();
         let engines = (0..cfg.data_parallel_size)
             .map(|rank| {
@@ -74,11 +84,15 @@ impl SimServer {
                     kv_transfer_base_secs: cfg.kv_transfer_base_ms * 1e-3,
                     kv_transfer_token_secs: cfg.kv_transfer_token_us * 1e-6,
                 };
-                EngineHandle::spawn(Scheduler::new(sched_cfg, metrics.engine(&model, rank)), clock)
+                EngineHandle::spawn(
+                    Scheduler::new(sched_cfg, metrics.engine(&model, rank)),
+                    clock,
+                )
             })
             .collect();
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         let state = Arc::new(ServerState {
             engines,
             rr: AtomicUsize::new(0),
@@ -87,7 +101,9 @@ impl SimServer {
             rooms: Rooms::default(),
             clock,
             in_flight: AtomicI64::new(0),
-            requests: (0..cfg.data_parallel_size).map(|_| AtomicU64::new(0)).collect(),
+            requests: (0..cfg.data_parallel_size)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             addr,
             engine_id: format!("sim-{}-{}", addr.port(), index),
             http,
@@ -95,16 +111,35 @@ impl SimServer {
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let app = router(state.clone());
-        tokio::spawn(serve(Some(listener), addr, app.clone(), state.faults.subscribe(), shutdown_rx.clone()));
+        tokio::spawn(serve(
+            Some(listener),
+            addr,
+            app.clone(),
+            state.faults.subscribe(),
+            shutdown_rx.clone(),
+        ));
+        let mut bootstrap_addr = None;
         if let Some(port) = cfg.bootstrap_port {
-            let baddr = SocketAddr::new(addr.ip(), port);
-            let blistener = bind(baddr)?;
+            let port = if port == 0 { 0 } else { port + index as u16 };
+            let blistener = bind(SocketAddr::new(addr.ip(), port))?;
+            let baddr = blistener.local_addr()?;
+            bootstrap_addr = Some(baddr);
             let bapp = Router::new()
                 .route("/sim/bootstrap/{room}", get(admin::bootstrap))
                 .with_state(state.clone());
-            tokio::spawn(serve(Some(blistener), baddr, bapp, watch::channel(Faults::default()).1, shutdown_rx));
+            tokio::spawn(serve(
+                Some(blistener),
+                baddr,
+                bapp,
+                state.faults.subscribe(),
+                shutdown_rx,
+            ));
         }
-        Ok(SimServer { state, shutdown })
+        Ok(SimServer {
+            state,
+            shutdown,
+            bootstrap_addr,
+        })
     }
 
     /// Base URL, e.g. `http://127.0.0.1:8001`.
@@ -115,6 +150,11 @@ impl SimServer {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.state.addr
+    }
+
+    /// Address of the extra SGLang bootstrap listener (`--bootstrap-port`), if any.
+    pub fn bootstrap_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_addr
     }
 
     /// The faults in force.
@@ -131,7 +171,11 @@ impl SimServer {
 
     /// Generation requests accepted by each data-parallel rank.
     pub fn requests_per_rank(&self) -> Vec<u64> {
-        self.state.requests.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        self.state
+            .requests
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Generation requests accepted in total.
@@ -164,7 +208,10 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), admin::faults_and_load));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::faults_and_load,
+        ));
     Router::new()
         .merge(generation)
         .route("/v1/models", get(openai::models))
@@ -172,7 +219,10 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/load", get(admin::load))
         .route("/metrics", get(admin::metrics))
         .route("/reset_prefix_cache", post(admin::reset_prefix_cache))
-        .route("/sim/faults", get(admin::get_faults).post(admin::set_faults))
+        .route(
+            "/sim/faults",
+            get(admin::get_faults).post(admin::set_faults),
+        )
         .route("/sim/stats", get(admin::stats))
         .route("/sim/bootstrap/{room}", get(admin::bootstrap))
         .fallback(admin::not_found)
@@ -180,7 +230,11 @@ fn router(state: Arc<ServerState>) -> Router {
 }
 
 fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket
         .bind(addr)

@@ -78,11 +78,17 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Invalid JSON in request body: {e}"), None))?;
     if !value.is_object() {
-        return Err(ApiError::bad_request("The request body must be a JSON object", None));
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON object",
+            None,
+        ));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        ApiError::bad_request(format!("Invalid value for `{path}`: {}", e.inner()), Some(&path))
+        ApiError::bad_request(
+            format!("Invalid value for `{path}`: {}", e.inner()),
+            Some(&path),
+        )
     })
 }
 
@@ -104,8 +110,9 @@ impl ServerState {
         match model {
             None => Ok(names[0].clone()),
             Some(m) if names.iter().any(|n| n == m) => Ok(m.to_string()),
-            Some(m) => Err(ApiError::not_found(format!("The model `{m}` does not exist."))
-                .with_param("model")),
+            Some(m) => Err(
+                ApiError::not_found(format!("The model `{m}` does not exist.")).with_param("model"),
+            ),
         }
     }
 
@@ -162,22 +169,41 @@ impl ApiError {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn chat_completions(
+    State(st): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: GenRequest = parse(&body)?;
     let Some(messages) = &req.messages else {
-        return Err(ApiError::bad_request("Field required: `messages`", Some("messages")));
+        return Err(ApiError::bad_request(
+            "Field required: `messages`",
+            Some("messages"),
+        ));
     };
     if messages.is_empty() {
-        return Err(ApiError::bad_request("`messages` must contain at least one message", Some("messages")));
+        return Err(ApiError::bad_request(
+            "`messages` must contain at least one message",
+            Some("messages"),
+        ));
     }
     for (i, m) in messages.iter().enumerate() {
         if !m.get("role").is_some_and(Value::is_string) {
             let p = format!("messages[{i}].role");
-            return Err(ApiError::bad_request(format!("`{p}` is required and must be a string"), Some(&p)));
+            return Err(ApiError::bad_request(
+                format!("`{p}` is required and must be a string"),
+                Some(&p),
+            ));
         }
-        if !matches!(m.get("content"), None | Some(Value::String(_) | Value::Array(_) | Value::Null)) {
+        if !matches!(
+            m.get("content"),
+            None | Some(Value::String(_) | Value::Array(_) | Value::Null)
+        ) {
             let p = format!("messages[{i}].content");
-            return Err(ApiError::bad_request(format!("`{p}` must be a string or an array of parts"), Some(&p)));
+            return Err(ApiError::bad_request(
+                format!("`{p}` must be a string or an array of parts"),
+                Some(&p),
+            ));
         }
     }
     let messages: Vec<Value> = messages.iter().cloned().map(Value::Object).collect();
@@ -186,10 +212,19 @@ pub async fn chat_completions(State(st): State<Arc<ServerState>>, headers: Heade
 }
 
 /// `POST /v1/completions`.
-pub async fn completions(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(st): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: GenRequest = parse(&body)?;
     let prompt = match &req.prompt {
-        None => return Err(ApiError::bad_request("Field required: `prompt`", Some("prompt"))),
+        None => {
+            return Err(ApiError::bad_request(
+                "Field required: `prompt`",
+                Some("prompt"),
+            ));
+        }
         Some(p) => prompt_tokens(p)?,
     };
     generate(st, &headers, req, prompt, false).await
@@ -205,7 +240,9 @@ fn prompt_tokens(p: &Value) -> Result<Vec<Token>, ApiError> {
     };
     match p {
         Value::String(s) => Ok(tokenizer::encode(s)),
-        Value::Array(items) if items.iter().all(Value::is_number) && !items.is_empty() => token_ids(items).ok_or_else(bad),
+        Value::Array(items) if items.iter().all(Value::is_number) && !items.is_empty() => {
+            token_ids(items).ok_or_else(bad)
+        }
         Value::Array(items) if items.len() == 1 => prompt_tokens(&items[0]),
         Value::Array(items) if items.len() > 1 => Err(ApiError::bad_request(
             "switchyard-sim serves one prompt per request; send the prompts separately",
@@ -235,7 +272,9 @@ impl RoomGuard {
     fn ready(&mut self) {
         if !self.done {
             self.done = true;
-            self.st.rooms.complete(self.room, RoomState::Ready(self.prompt_len));
+            self.st
+                .rooms
+                .complete(self.room, RoomState::Ready(self.prompt_len));
         }
     }
 }
@@ -257,7 +296,11 @@ struct Disagg {
     room: Option<RoomGuard>,
 }
 
-async fn disaggregation(st: &Arc<ServerState>, req: &GenRequest, prompt_len: usize) -> Result<Disagg, ApiError> {
+async fn disaggregation(
+    st: &Arc<ServerState>,
+    req: &GenRequest,
+    prompt_len: usize,
+) -> Result<Disagg, ApiError> {
     let role = st.cfg.role;
     let mut out = Disagg {
         remote_kv_tokens: 0,
@@ -322,11 +365,26 @@ async fn disaggregation(st: &Arc<ServerState>, req: &GenRequest, prompt_len: usi
 }
 
 /// Asks the prefill engine's bootstrap endpoint whether the room's KV is ready.
-async fn wait_for_prefill(st: &ServerState, host: &str, port: u16, room: u64) -> Result<(), ApiError> {
-    let fail = |why: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("KV transfer from prefill failed: {why}"));
+async fn wait_for_prefill(
+    st: &ServerState,
+    host: &str,
+    port: u16,
+    room: u64,
+) -> Result<(), ApiError> {
+    let fail = |why: String| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("KV transfer from prefill failed: {why}"),
+        )
+    };
     let uri: http::Uri = format!("http://{host}:{port}/sim/bootstrap/{room}")
         .parse()
-        .map_err(|e| ApiError::bad_request(format!("invalid bootstrap address: {e}"), Some("bootstrap_host")))?;
+        .map_err(|e| {
+            ApiError::bad_request(
+                format!("invalid bootstrap address: {e}"),
+                Some("bootstrap_host"),
+            )
+        })?;
     let fut = st.http.get(uri);
     let resp = tokio::time::timeout(Duration::from_secs(90), fut)
         .await
@@ -339,28 +397,49 @@ async fn wait_for_prefill(st: &ServerState, host: &str, port: u16, room: u64) ->
     }
 }
 
-async fn generate(st: Arc<ServerState>, headers: &HeaderMap, req: GenRequest, prompt: Vec<Token>, chat: bool) -> Result<Response, ApiError> {
+async fn generate(
+    st: Arc<ServerState>,
+    headers: &HeaderMap,
+    req: GenRequest,
+    prompt: Vec<Token>,
+    chat: bool,
+) -> Result<Response, ApiError> {
     let model = st.resolve_model(req.model.as_deref())?;
     if let Some(n) = req.n {
         if n != 1 {
             return Err(ApiError::bad_request(
-                format!("n={n} is not supported: switchyard-sim generates exactly one choice (n=1)"),
+                format!(
+                    "n={n} is not supported: switchyard-sim generates exactly one choice (n=1)"
+                ),
                 Some("n"),
             ));
         }
     }
     if let Some(t) = req.temperature {
         if !(t.is_finite() && t >= 0.0) {
-            return Err(ApiError::bad_request("temperature must be a non-negative number", Some("temperature")));
+            return Err(ApiError::bad_request(
+                "temperature must be a non-negative number",
+                Some("temperature"),
+            ));
         }
     }
-    let max_tokens = if chat { req.max_completion_tokens.or(req.max_tokens) } else { req.max_tokens };
+    let max_tokens = if chat {
+        req.max_completion_tokens.or(req.max_tokens)
+    } else {
+        req.max_tokens
+    };
     if max_tokens == Some(0) {
-        return Err(ApiError::bad_request("max_tokens must be at least 1", Some("max_tokens")));
+        return Err(ApiError::bad_request(
+            "max_tokens must be at least 1",
+            Some("max_tokens"),
+        ));
     }
     if let (Some(min), Some(max)) = (req.min_tokens, max_tokens) {
         if min > max {
-            return Err(ApiError::bad_request("min_tokens must be less than or equal to max_tokens", Some("min_tokens")));
+            return Err(ApiError::bad_request(
+                "min_tokens must be less than or equal to max_tokens",
+                Some("min_tokens"),
+            ));
         }
     }
     let prompt_len = prompt.len();
@@ -378,12 +457,23 @@ async fn generate(st: Arc<ServerState>, headers: &HeaderMap, req: GenRequest, pr
         None if req.ignore_eos == Some(true) => (room_left, FinishReason::Length),
         None => {
             let mut rng = fastrand::Rng::with_seed(seed);
-            let sampled = st.cfg.output_len.sample(&mut rng).max(req.min_tokens.unwrap_or(0));
-            if sampled >= room_left { (room_left, FinishReason::Length) } else { (sampled, FinishReason::Stop) }
+            let sampled = st
+                .cfg
+                .output_len
+                .sample(&mut rng)
+                .max(req.min_tokens.unwrap_or(0));
+            if sampled >= room_left {
+                (room_left, FinishReason::Length)
+            } else {
+                (sampled, FinishReason::Stop)
+            }
         }
     };
     if target == 0 {
-        return Err(ApiError::bad_request("The prompt leaves no room for output tokens", None));
+        return Err(ApiError::bad_request(
+            "The prompt leaves no room for output tokens",
+            None,
+        ));
     }
 
     let (tx, rx) = mpsc::unbounded_channel();
@@ -398,7 +488,10 @@ async fn generate(st: Arc<ServerState>, headers: &HeaderMap, req: GenRequest, pr
     };
     st.requests[rank].fetch_add(1, Ordering::Relaxed);
     if !st.engines[rank].submit(spec) {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine stopped"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine stopped",
+        ));
     }
     let out = Output {
         chat,
@@ -410,7 +503,10 @@ async fn generate(st: Arc<ServerState>, headers: &HeaderMap, req: GenRequest, pr
         kv: disagg.return_kv_params.then(|| (st.clone(), rank)),
     };
     if req.stream == Some(true) {
-        let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        let include_usage = req
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
         Ok(stream_response(out, rx, include_usage, disagg.room.take()))
     } else {
         complete_response(out, rx, disagg.room.take()).await
@@ -493,7 +589,11 @@ fn timing(s: &SeqSummary) -> Value {
     })
 }
 
-async fn complete_response(out: Output, mut rx: mpsc::UnboundedReceiver<SeqEvent>, mut room: Option<RoomGuard>) -> Result<Response, ApiError> {
+async fn complete_response(
+    out: Output,
+    mut rx: mpsc::UnboundedReceiver<SeqEvent>,
+    mut room: Option<RoomGuard>,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
     let summary = loop {
         match rx.recv().await {
@@ -504,7 +604,12 @@ async fn complete_response(out: Output, mut rx: mpsc::UnboundedReceiver<SeqEvent
                 text.push_str(tokenizer::token_text(token));
             }
             Some(SeqEvent::Done(s)) => break s,
-            None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "engine dropped the request")),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "engine dropped the request",
+                ));
+            }
         }
     };
     let finish = summary.finish_reason.as_str();
@@ -530,7 +635,12 @@ async fn complete_response(out: Output, mut rx: mpsc::UnboundedReceiver<SeqEvent
 
 /// Server-sent events: a role chunk, one chunk per token (the last carries
 /// `finish_reason`), an optional usage chunk, then `data: [DONE]`.
-fn stream_response(out: Output, rx: mpsc::UnboundedReceiver<SeqEvent>, include_usage: bool, room: Option<RoomGuard>) -> Response {
+fn stream_response(
+    out: Output,
+    rx: mpsc::UnboundedReceiver<SeqEvent>,
+    include_usage: bool,
+    room: Option<RoomGuard>,
+) -> Response {
     struct St {
         out: Output,
         rx: mpsc::UnboundedReceiver<SeqEvent>,
@@ -567,7 +677,11 @@ fn stream_response(out: Output, rx: mpsc::UnboundedReceiver<SeqEvent>, include_u
                     }
                     s.emitted += 1;
                     let finish = (s.emitted == s.out.target).then_some(s.out.finish.as_str());
-                    s.queue.push_back(s.out.chunk(Some(tokenizer::token_text(token)), false, finish));
+                    s.queue.push_back(s.out.chunk(
+                        Some(tokenizer::token_text(token)),
+                        false,
+                        finish,
+                    ));
                 }
                 Some(SeqEvent::Done(summary)) => {
                     if s.include_usage {
@@ -600,11 +714,20 @@ fn stream_response(out: Output, rx: mpsc::UnboundedReceiver<SeqEvent>, include_u
 }
 
 /// `POST /v1/embeddings`: deterministic unit vectors derived from the input tokens.
-pub async fn embeddings(State(st): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn embeddings(
+    State(st): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: EmbeddingRequest = parse(&body)?;
     let model = st.resolve_model(req.model.as_deref())?;
     let inputs = match &req.input {
-        None => return Err(ApiError::bad_request("Field required: `input`", Some("input"))),
+        None => {
+            return Err(ApiError::bad_request(
+                "Field required: `input`",
+                Some("input"),
+            ));
+        }
         Some(v) => embedding_inputs(v)?,
     };
     let base64 = match req.encoding_format.as_deref() {
@@ -622,7 +745,10 @@ pub async fn embeddings(State(st): State<Arc<ServerState>>, headers: HeaderMap, 
         None => dim,
         Some(d) if d >= 1 && d <= dim => d,
         Some(d) => {
-            return Err(ApiError::bad_request(format!("dimensions must be between 1 and {dim}, got {d}"), Some("dimensions")));
+            return Err(ApiError::bad_request(
+                format!("dimensions must be between 1 and {dim}, got {d}"),
+                Some("dimensions"),
+            ));
         }
     };
     for t in &inputs {
@@ -643,7 +769,10 @@ pub async fn embeddings(State(st): State<Arc<ServerState>>, headers: HeaderMap, 
             tx,
         };
         if !st.engines[rank].submit(spec) {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine stopped"));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "engine stopped",
+            ));
         }
         pending.push(rx);
     }
@@ -654,7 +783,12 @@ pub async fn embeddings(State(st): State<Arc<ServerState>>, headers: HeaderMap, 
             match rx.recv().await {
                 Some(SeqEvent::Done(_)) => break,
                 Some(_) => continue,
-                None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "engine dropped the request")),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "engine dropped the request",
+                    ));
+                }
             }
         }
         total += tokens.len();
@@ -687,12 +821,17 @@ fn embedding_inputs(v: &Value) -> Result<Vec<Vec<Token>>, ApiError> {
     };
     match v {
         Value::String(s) => Ok(vec![tokenizer::encode(s)]),
-        Value::Array(items) if items.is_empty() => Err(ApiError::bad_request("`input` must not be empty", Some("input"))),
+        Value::Array(items) if items.is_empty() => Err(ApiError::bad_request(
+            "`input` must not be empty",
+            Some("input"),
+        )),
         Value::Array(items) if items.iter().all(Value::is_string) => Ok(items
             .iter()
             .map(|s| tokenizer::encode(s.as_str().unwrap_or_default()))
             .collect()),
-        Value::Array(items) if items.iter().all(Value::is_number) => Ok(vec![token_ids(items).ok_or_else(bad)?]),
+        Value::Array(items) if items.iter().all(Value::is_number) => {
+            Ok(vec![token_ids(items).ok_or_else(bad)?])
+        }
         Value::Array(items) if items.iter().all(Value::is_array) => items
             .iter()
             .map(|a| token_ids(a.as_array().map(Vec::as_slice).unwrap_or_default()).ok_or_else(bad))
@@ -708,7 +847,12 @@ fn embedding_vector(tokens: &[Token], dim: usize, out_dim: usize) -> Vec<f32> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() * 2.0 - 1.0).collect();
     v.truncate(out_dim);
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
     v.iter_mut().for_each(|x| *x /= norm);
     v
 }

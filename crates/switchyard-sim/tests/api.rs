@@ -1,0 +1,412 @@
+//! Every endpoint of the simulator, streaming and not, over real HTTP.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard_sim::{OutputLen, SimConfig};
+
+#[tokio::test]
+async fn chat_completion_has_openai_shape_and_exact_token_count() {
+    let sim = start(fast_config()).await;
+    let (status, body) = post(
+        &sim.url(),
+        "/v1/chat/completions",
+        &chat_body("Hello there", 12),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["model"], "switchyard/sim-8b");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["finish_reason"], "length");
+    let usage = &body["usage"];
+    assert_eq!(usage["completion_tokens"], 12);
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt > 3);
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + 12);
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+    // The text has exactly the requested number of tokens.
+    let text = choice["message"]["content"].as_str().unwrap();
+    assert_eq!(
+        switchyard_sim::tokenizer::encode(text).len(),
+        12,
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
+async fn completion_accepts_text_and_token_ids() {
+    let sim = start(fast_config()).await;
+    let (status, body) = post(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"prompt": "Once upon a time", "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    assert_eq!(body["usage"]["completion_tokens"], 4);
+    assert!(body["choices"][0]["text"].is_string());
+
+    let (status, body) = post(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"prompt": [1, 2, 3, 4, 5], "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 5);
+    let (status, body) = post(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"prompt": [[7, 8, 9]], "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+}
+
+#[tokio::test]
+async fn output_is_deterministic_for_a_seed() {
+    let sim = start(fast_config()).await;
+    let mut a = chat_body("same prompt", 10);
+    a["seed"] = json!(42);
+    let (_, r1) = post(&sim.url(), "/v1/chat/completions", &a).await;
+    let (_, r2) = post(&sim.url(), "/v1/chat/completions", &a).await;
+    a["seed"] = json!(43);
+    let (_, r3) = post(&sim.url(), "/v1/chat/completions", &a).await;
+    let text = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(text(&r1), text(&r2));
+    assert_ne!(text(&r1), text(&r3));
+}
+
+#[tokio::test]
+async fn output_length_distribution_applies_without_max_tokens() {
+    let sim = start(SimConfig {
+        output_len: OutputLen::Fixed(7),
+        ..fast_config()
+    })
+    .await;
+    let (status, body) = post(
+        &sim.url(),
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["usage"]["completion_tokens"], 7);
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    // min_tokens raises the sampled length.
+    let (_, body) = post(
+        &sim.url(),
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "min_tokens": 9}),
+    )
+    .await;
+    assert_eq!(body["usage"]["completion_tokens"], 9);
+    // max_completion_tokens is honoured for chat.
+    let (_, body) = post(
+        &sim.url(),
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3}),
+    )
+    .await;
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn ignore_eos_without_max_tokens_runs_to_the_context_limit() {
+    let sim = start(SimConfig {
+        max_model_len: 64,
+        output_len: OutputLen::Fixed(2),
+        ..fast_config()
+    })
+    .await;
+    let (status, body) = post(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"prompt": [1, 2, 3, 4], "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 60);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn chat_stream_has_role_tokens_finish_usage_and_done() {
+    let sim = start(fast_config()).await;
+    let mut body = chat_body("Stream to me", 5);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, events) = sse(&sim.url(), "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks.len(), 1 + 5 + 1, "role + 5 tokens + usage");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    for c in &chunks[1..5] {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert!(c["choices"][0]["finish_reason"].is_null());
+    }
+    assert_eq!(chunks[5]["choices"][0]["finish_reason"], "length");
+    let usage = &chunks[6];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+}
+
+#[tokio::test]
+async fn completion_stream_without_usage() {
+    let sim = start(fast_config()).await;
+    let (status, events) = sse(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"prompt": "abc", "max_tokens": 3, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[3], "[DONE]");
+    let last: Value = serde_json::from_str(&events[2]).unwrap();
+    assert_eq!(last["object"], "text_completion");
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert!(events.iter().all(|e| !e.contains("\"usage\"")));
+}
+
+#[tokio::test]
+async fn embeddings_are_deterministic_unit_vectors() {
+    let sim = start(SimConfig {
+        embedding_dim: 64,
+        ..fast_config()
+    })
+    .await;
+    let (status, body) = post(
+        &sim.url(),
+        "/v1/embeddings",
+        &json!({"input": ["hello world", "other"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let v: Vec<f64> = data[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(v.len(), 64);
+    let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3);
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+    let (_, again) = post(
+        &sim.url(),
+        "/v1/embeddings",
+        &json!({"input": "hello world"}),
+    )
+    .await;
+    assert_eq!(again["data"][0]["embedding"], data[0]["embedding"]);
+    assert_ne!(data[1]["embedding"], data[0]["embedding"]);
+
+    let (status, b64) = post(
+        &sim.url(),
+        "/v1/embeddings",
+        &json!({"input": "hello world", "encoding_format": "base64", "dimensions": 8}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let s = b64["data"][0]["embedding"].as_str().unwrap();
+    assert_eq!(s.len(), 44, "8 f32 = 32 bytes = 44 base64 chars");
+}
+
+#[tokio::test]
+async fn models_lists_every_served_name_with_max_model_len() {
+    let sim = start(SimConfig {
+        served_model_name: vec!["llama".into(), "meta-llama/Llama-3.1-8B-Instruct".into()],
+        max_model_len: 4096,
+        ..fast_config()
+    })
+    .await;
+    let body: Value = client()
+        .get(format!("{}/v1/models", sim.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["llama", "meta-llama/Llama-3.1-8B-Instruct"]);
+    assert_eq!(body["data"][0]["max_model_len"], 4096);
+    // Either name is accepted.
+    let (status, body) = post(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "x", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["model"], "meta-llama/Llama-3.1-8B-Instruct");
+}
+
+#[tokio::test]
+async fn health_load_metrics_and_stats() {
+    let sim = start(fast_config()).await;
+    let url = sim.url();
+    let c = client();
+    let health = c.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let load: Value = c
+        .get(format!("{url}/load"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(load, json!({"server_load": 0}));
+    let (_, body) = post(
+        &url,
+        "/v1/completions",
+        &json!({"prompt": "metrics please", "max_tokens": 3}),
+    )
+    .await;
+    let prompt = body["usage"]["prompt_tokens"].as_f64().unwrap();
+    let labels = [("model_name", "switchyard/sim-8b"), ("engine", "0")];
+    assert_eq!(
+        metric(&url, "vllm:generation_tokens_total", &labels).await,
+        3.0
+    );
+    assert_eq!(
+        metric(&url, "vllm:prompt_tokens_total", &labels).await,
+        prompt
+    );
+    assert_eq!(
+        metric(&url, "vllm:prefix_cache_queries_total", &labels).await,
+        prompt
+    );
+    assert_eq!(
+        metric(&url, "vllm:time_to_first_token_seconds_count", &labels).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&url, "vllm:inter_token_latency_seconds_count", &labels).await,
+        2.0
+    );
+    assert_eq!(
+        metric(&url, "vllm:e2e_request_latency_seconds_count", &labels).await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &url,
+            "vllm:request_success_total",
+            &[("finished_reason", "length")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(&url, "vllm:num_requests_running", &labels).await,
+        0.0
+    );
+    assert_eq!(
+        metric(&url, "vllm:num_requests_waiting", &labels).await,
+        0.0
+    );
+    assert_eq!(metric(&url, "vllm:kv_cache_usage_perc", &labels).await, 0.0);
+    assert_eq!(
+        metric(
+            &url,
+            "vllm:cache_config_info",
+            &[("block_size", "16"), ("num_gpu_blocks", "28000")]
+        )
+        .await,
+        1.0
+    );
+    let stats: Value = c
+        .get(format!("{url}/sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["requests_per_rank"], json!([1]));
+    assert_eq!(sim.server(0).requests(), 1);
+}
+
+#[tokio::test]
+async fn several_engines_serve_on_consecutive_independent_ports() {
+    let sim = start(SimConfig {
+        engines: 3,
+        ..fast_config()
+    })
+    .await;
+    let urls = sim.urls();
+    assert_eq!(urls.len(), 3);
+    let text = long_text(1, 200);
+    post(
+        &urls[0],
+        "/v1/completions",
+        &json!({"prompt": text, "max_tokens": 1}),
+    )
+    .await;
+    let (_, warm) = post(
+        &urls[0],
+        "/v1/completions",
+        &json!({"prompt": text, "max_tokens": 1}),
+    )
+    .await;
+    let (_, cold) = post(
+        &urls[1],
+        "/v1/completions",
+        &json!({"prompt": text, "max_tokens": 1}),
+    )
+    .await;
+    assert!(
+        warm["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(cold["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(
+        sim.servers()
+            .iter()
+            .map(|s| s.requests())
+            .collect::<Vec<_>>(),
+        [2, 1, 0]
+    );
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_json() {
+    let sim = start(fast_config()).await;
+    let resp = client()
+        .get(format!("{}/v2/nothing", sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_error(&resp.json().await.unwrap(), 404);
+}

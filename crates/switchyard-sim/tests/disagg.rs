@@ -1,0 +1,182 @@
+//! Prefill/decode disaggregation: vLLM's NixlConnector `kv_transfer_params` and
+//! SGLang's bootstrap rooms.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard_sim::{Role, SimConfig};
+
+fn role(role: Role) -> SimConfig {
+    SimConfig {
+        role,
+        bootstrap_port: Some(0),
+        ..fast_config()
+    }
+}
+
+#[tokio::test]
+async fn nixl_prefill_then_decode_round_trip() {
+    let prefill = start(role(Role::Prefill)).await;
+    let decode = start(role(Role::Decode)).await;
+    let prompt = long_text(11, 2000);
+    let (status, p) = post(
+        &prefill.url(),
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 1, "stream": false,
+                "kv_transfer_params": {"do_remote_decode": true, "do_remote_prefill": false,
+                    "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, "remote_port": null}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{p}");
+    let kv = &p["kv_transfer_params"];
+    assert_eq!(kv["do_remote_prefill"], true);
+    assert_eq!(kv["do_remote_decode"], false);
+    let prompt_tokens = p["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        kv["remote_block_ids"].as_array().unwrap().len() as u64,
+        prompt_tokens.div_ceil(16)
+    );
+    assert!(kv["remote_engine_id"].as_str().unwrap().starts_with("sim-"));
+    assert_eq!(
+        kv["remote_port"].as_u64().unwrap(),
+        u64::from(prefill.server(0).addr().port())
+    );
+
+    let mut events = Vec::new();
+    let (status, stream) = sse(
+        &decode.url(),
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 8, "stream": true, "stream_options": {"include_usage": true},
+                "kv_transfer_params": kv}),
+    )
+    .await;
+    assert_eq!(status, 200, "{stream:?}");
+    events.extend(stream);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 8);
+    // The decode engine skipped the prefill compute and paid only the transfer.
+    let decode_ttft = usage["sim_timing"]["ttft_secs"].as_f64().unwrap();
+    assert!(
+        decode_ttft * 3.0 < ttft(&p),
+        "decode {decode_ttft} vs prefill {}",
+        ttft(&p)
+    );
+}
+
+#[tokio::test]
+async fn roles_refuse_the_wrong_half() {
+    let prefill = start(role(Role::Prefill)).await;
+    let decode = start(role(Role::Decode)).await;
+    let remote_prefill =
+        json!({"do_remote_prefill": true, "remote_block_ids": [1, 2], "remote_engine_id": "x"});
+    let (status, body) = post(
+        &prefill.url(),
+        "/v1/completions",
+        &json!({"prompt": "x", "kv_transfer_params": remote_prefill}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_error(&body, 400);
+    assert_eq!(body["error"]["param"], "kv_transfer_params");
+    let (status, body) = post(
+        &decode.url(),
+        "/v1/completions",
+        &json!({"prompt": "x", "kv_transfer_params": {"do_remote_decode": true}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_error(&body, 400);
+    let (status, body) = post(
+        &decode.url(),
+        "/v1/completions",
+        &json!({"prompt": "x", "kv_transfer_params": {"do_remote_prefill": true}}),
+    )
+    .await;
+    assert_eq!(status, 400, "missing remote_block_ids");
+    assert_error(&body, 400);
+    let both = start(fast_config()).await;
+    let (status, body) = post(
+        &both.url(),
+        "/v1/completions",
+        &json!({"prompt": "x", "bootstrap_room": 5}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_error(&body, 400);
+    let (status, body) = post(
+        &decode.url(),
+        "/v1/completions",
+        &json!({"prompt": "x", "bootstrap_room": 5}),
+    )
+    .await;
+    assert_eq!(status, 400, "decode needs bootstrap_host/port");
+    assert_error(&body, 400);
+}
+
+#[tokio::test]
+async fn sglang_bootstrap_pairs_prefill_and_decode_sent_together() {
+    let prefill = start(role(Role::Prefill)).await;
+    let decode = start(role(Role::Decode)).await;
+    let bootstrap = prefill
+        .server(0)
+        .bootstrap_addr()
+        .expect("bootstrap listener");
+    let prompt = long_text(12, 1500);
+    let body = |max: u32| {
+        json!({"prompt": prompt, "max_tokens": max, "bootstrap_host": "127.0.0.1",
+               "bootstrap_port": bootstrap.port(), "bootstrap_room": 987654321u64})
+    };
+    let (purl, durl, pbody, dbody) = (prefill.url(), decode.url(), body(1), body(6));
+    let (p, d) = tokio::join!(
+        post(&purl, "/v1/completions", &pbody),
+        post(&durl, "/v1/completions", &dbody)
+    );
+    assert_eq!(p.0, 200, "{}", p.1);
+    assert_eq!(d.0, 200, "{}", d.1);
+    assert_eq!(d.1["usage"]["completion_tokens"], 6);
+    // Decode's own time to first token excludes the prefill compute.
+    assert!(
+        ttft(&d.1) * 3.0 < ttft(&p.1),
+        "decode {} prefill {}",
+        ttft(&d.1),
+        ttft(&p.1)
+    );
+}
+
+#[tokio::test]
+async fn sglang_decode_fails_clearly_when_the_prefill_aborts() {
+    let prefill = start(SimConfig {
+        time_scale: 1.0,
+        ..role(Role::Prefill)
+    })
+    .await;
+    let decode = start(role(Role::Decode)).await;
+    let port = prefill.server(0).addr().port();
+    let room = 4242u64;
+    // The prefill is streamed and dropped before its first token.
+    let resp = client()
+        .post(format!("{}/v1/completions", prefill.url()))
+        .json(&json!({"prompt": long_text(13, 3000), "max_tokens": 1, "stream": true,
+                      "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": room}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let (status, body) = post(
+        &decode.url(),
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 2, "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": room}),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    assert_error(&body, 500);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("KV transfer from prefill failed")
+    );
+}

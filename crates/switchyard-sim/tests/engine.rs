@@ -1,0 +1,351 @@
+//! The engine model seen through the API: prefix caching, LRU eviction, queueing,
+//! batching, preemption, cancellation and data-parallel ranks.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use switchyard_sim::SimConfig;
+use switchyard_sim::tokenizer::{encode, render_chat};
+
+#[tokio::test]
+async fn shared_prefix_is_cached_and_lowers_ttft() {
+    let sim = start(fast_config()).await;
+    let system = long_text(3, 2000);
+    let req = |q: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}], "max_tokens": 4});
+    let (_, first) = post(&sim.url(), "/v1/chat/completions", &req("What is alpha?")).await;
+    let (_, second) = post(
+        &sim.url(),
+        "/v1/chat/completions",
+        &req("And what is golf?"),
+    )
+    .await;
+    let a = encode(&render_chat(
+        &req("What is alpha?")["messages"]
+            .as_array()
+            .unwrap()
+            .clone(),
+    ));
+    let b = encode(&render_chat(
+        &req("And what is golf?")["messages"]
+            .as_array()
+            .unwrap()
+            .clone(),
+    ));
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count() as f64;
+    assert!(shared > 1500.0, "shared prefix {shared}");
+    assert_eq!(cached(&first), 0);
+    let hit = cached(&second) as f64;
+    assert!(hit >= 0.9 * shared, "cached {hit} of shared {shared}");
+    assert!(
+        ttft(&second) * 3.0 < ttft(&first),
+        "ttft {} vs {}",
+        ttft(&second),
+        ttft(&first)
+    );
+    let labels = [("engine", "0")];
+    assert_eq!(
+        metric(&sim.url(), "vllm:prefix_cache_hits_total", &labels).await,
+        hit
+    );
+}
+
+#[tokio::test]
+async fn prefix_caching_can_be_disabled() {
+    let sim = start(SimConfig {
+        no_enable_prefix_caching: true,
+        ..fast_config()
+    })
+    .await;
+    let body = json!({"prompt": long_text(4, 300), "max_tokens": 1});
+    post(&sim.url(), "/v1/completions", &body).await;
+    let (_, again) = post(&sim.url(), "/v1/completions", &body).await;
+    assert_eq!(cached(&again), 0);
+    assert_eq!(
+        metric(
+            &sim.url(),
+            "vllm:cache_config_info",
+            &[("enable_prefix_caching", "False")]
+        )
+        .await,
+        1.0
+    );
+}
+
+fn ids(base: u32) -> Vec<u32> {
+    (0..320).map(|i| base + i).collect()
+}
+
+#[tokio::test]
+async fn lru_evicts_the_least_recently_used_prefix() {
+    // 64 blocks of 16 tokens; each prompt is exactly 20 blocks.
+    let sim = start(SimConfig {
+        num_gpu_blocks: 64,
+        max_model_len: 1024,
+        max_num_batched_tokens: 1024,
+        ..fast_config()
+    })
+    .await;
+    let url = sim.url();
+    let send = |base: u32| {
+        let url = url.clone();
+        async move {
+            post(
+                &url,
+                "/v1/completions",
+                &json!({"prompt": ids(base), "max_tokens": 1}),
+            )
+            .await
+            .1
+        }
+    };
+    for base in [1000, 2000, 3000] {
+        assert_eq!(cached(&send(base).await), 0);
+    }
+    // A is used again, so B becomes the least recently used prefix.
+    assert_eq!(
+        cached(&send(1000).await),
+        304,
+        "A fully cached (the last block is recomputed)"
+    );
+    // D needs 20 blocks: 3 never used, then B's blocks, tail first.
+    assert_eq!(cached(&send(4000).await), 0);
+    assert_eq!(cached(&send(3000).await), 304, "C untouched");
+    assert_eq!(cached(&send(1000).await), 304, "A untouched");
+    let b = cached(&send(2000).await);
+    assert!(
+        b < 100,
+        "B was evicted, only its head blocks may remain: {b}"
+    );
+}
+
+#[tokio::test]
+async fn queueing_raises_ttft() {
+    let sim = start(SimConfig {
+        max_num_seqs: 1,
+        ..fast_config()
+    })
+    .await;
+    let url = sim.url();
+    let reqs = (0..4).map(|i| {
+        let url = url.clone();
+        async move {
+            post(
+                &url,
+                "/v1/completions",
+                &json!({"prompt": format!("question {i}"), "max_tokens": 20}),
+            )
+            .await
+            .1
+        }
+    });
+    let mut ttfts: Vec<f64> = futures_util::future::join_all(reqs)
+        .await
+        .iter()
+        .map(ttft)
+        .collect();
+    ttfts.sort_by(f64::total_cmp);
+    // Each waits for the ~20 decode steps of every request before it.
+    assert!(ttfts[3] > 3.0 * ttfts[0] + 0.2, "{ttfts:?}");
+    let queued = metric(&url, "vllm:request_queue_time_seconds_sum", &[]).await;
+    assert!(queued > 0.2, "queue time sum {queued}");
+}
+
+#[tokio::test]
+async fn inter_token_latency_grows_with_batch_size() {
+    let sim = start(fast_config()).await;
+    let url = sim.url();
+    let itl = |b: &serde_json::Value| {
+        let t = &b["sim_timing"];
+        (t["e2e_secs"].as_f64().unwrap() - t["ttft_secs"].as_f64().unwrap()) / 49.0
+    };
+    let (_, alone) = post(
+        &url,
+        "/v1/completions",
+        &json!({"prompt": long_text(9, 500), "max_tokens": 50}),
+    )
+    .await;
+    let reqs = (0..64).map(|i| {
+        let url = url.clone();
+        async move {
+            post(
+                &url,
+                "/v1/completions",
+                &json!({"prompt": long_text(100 + i, 500), "max_tokens": 50}),
+            )
+            .await
+            .1
+        }
+    });
+    let batch = futures_util::future::join_all(reqs).await;
+    let mean = batch.iter().map(itl).sum::<f64>() / batch.len() as f64;
+    assert!(
+        mean > 1.5 * itl(&alone),
+        "batched ITL {mean} vs alone {}",
+        itl(&alone)
+    );
+}
+
+#[tokio::test]
+async fn chunked_prefill_splits_long_prompts() {
+    // A 2000-token prompt with a 512-token budget needs 4 steps before its first token.
+    let cfg = SimConfig {
+        max_num_batched_tokens: 512,
+        ..fast_config()
+    };
+    let step = cfg.step;
+    let sim = start(cfg).await;
+    let (_, body) = post(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"prompt": (0..2000).collect::<Vec<u32>>(), "max_tokens": 1}),
+    )
+    .await;
+    let t = ttft(&body) - body["sim_timing"]["queue_secs"].as_f64().unwrap();
+    let one_step = step.step_secs(2000, 0, 2000);
+    assert!(
+        t > one_step + 2.5 * step.base_ms * 1e-3,
+        "prefill {t} vs single step {one_step}"
+    );
+}
+
+#[tokio::test]
+async fn preemption_under_cache_pressure_still_completes_every_request() {
+    let sim = start(SimConfig {
+        num_gpu_blocks: 16,
+        max_model_len: 256,
+        ..fast_config()
+    })
+    .await;
+    let url = sim.url();
+    let reqs = (0..4).map(|i| {
+        let url = url.clone();
+        async move {
+            post(&url, "/v1/completions", &json!({"prompt": (0..48).map(|t| t + 1000 * i).collect::<Vec<u32>>(), "max_tokens": 100})).await
+        }
+    });
+    for (status, body) in futures_util::future::join_all(reqs).await {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["usage"]["completion_tokens"], 100);
+    }
+    assert!(metric(&url, "vllm:num_preemptions_total", &[]).await > 0.0);
+}
+
+#[tokio::test]
+async fn client_disconnect_aborts_the_sequence() {
+    let sim = start(SimConfig {
+        time_scale: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let resp = client()
+        .post(format!("{}/v1/completions", sim.url()))
+        .json(&json!({"prompt": "go on forever", "max_tokens": 30000, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut resp = resp;
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(resp);
+    let server = sim.server(0).clone();
+    eventually("the engine to drop the aborted sequence", || {
+        let server = server.clone();
+        async move { server.engine_stats().await[0].running == 0 }
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &sim.url(),
+            "vllm:request_success_total",
+            &[("finished_reason", "abort")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(sim.server(0).in_flight(), 0);
+}
+
+#[tokio::test]
+async fn data_parallel_ranks_have_separate_caches() {
+    let sim = start(SimConfig {
+        data_parallel_size: 2,
+        ..fast_config()
+    })
+    .await;
+    let url = sim.url();
+    let body = json!({"prompt": long_text(5, 400), "max_tokens": 1});
+    let send = |rank: u32| {
+        let (url, body) = (url.clone(), body.clone());
+        async move {
+            let r = client()
+                .post(format!("{url}/v1/completions"))
+                .header("X-data-parallel-rank", rank)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    assert_eq!(cached(&send(0).await), 0);
+    assert!(cached(&send(0).await) > 300);
+    assert_eq!(cached(&send(1).await), 0, "rank 1 has its own cache");
+    // The body field (SGLang style) picks a rank too.
+    let mut b = body.clone();
+    b["data_parallel_rank"] = json!(1);
+    let (_, r) = post(&url, "/v1/completions", &b).await;
+    assert!(cached(&r) > 300);
+    assert_eq!(sim.server(0).requests_per_rank(), [2, 2]);
+    assert!(metric(&url, "vllm:prefix_cache_queries_total", &[("engine", "1")]).await > 0.0);
+    // Without a rank, requests alternate.
+    post(
+        &url,
+        "/v1/completions",
+        &json!({"prompt": "a", "max_tokens": 1}),
+    )
+    .await;
+    post(
+        &url,
+        "/v1/completions",
+        &json!({"prompt": "a", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(sim.server(0).requests_per_rank(), [3, 3]);
+}
+
+#[tokio::test]
+async fn reset_prefix_cache_forgets_prefixes() {
+    let sim = start(fast_config()).await;
+    let url = sim.url();
+    let body = json!({"prompt": long_text(6, 300), "max_tokens": 1});
+    post(&url, "/v1/completions", &body).await;
+    let resp = client()
+        .post(format!("{url}/reset_prefix_cache"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, again) = post(&url, "/v1/completions", &body).await;
+    assert_eq!(cached(&again), 0);
+}
+
+#[tokio::test]
+async fn slower_engines_take_longer() {
+    let sim = start(SimConfig {
+        engines: 2,
+        step_time_multiplier: vec![1.0, 3.0],
+        ..fast_config()
+    })
+    .await;
+    let body = json!({"prompt": long_text(7, 1000), "max_tokens": 1});
+    let (_, fast) = post(&sim.urls()[0], "/v1/completions", &body).await;
+    let (_, slow) = post(&sim.urls()[1], "/v1/completions", &body).await;
+    assert!(
+        ttft(&slow) > 2.5 * ttft(&fast),
+        "{} vs {}",
+        ttft(&slow),
+        ttft(&fast)
+    );
+}

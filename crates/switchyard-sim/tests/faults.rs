@@ -1,0 +1,255 @@
+//! Fault injection, from the config and at runtime through `/sim/faults`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard_sim::{Faults, SimConfig};
+
+async fn set(url: &str, faults: Value) -> (u16, Value) {
+    post(url, "/sim/faults", &faults).await
+}
+
+#[tokio::test]
+async fn error_rate_answers_the_chosen_status_with_retry_after() {
+    let sim = start(fast_config()).await;
+    let url = sim.url();
+    let (status, body) = set(
+        &url,
+        json!({"error_rate": 1.0, "error_status": 503, "retry_after_secs": 7}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let got: Value = client()
+        .get(format!("{url}/sim/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["error_status"], 503);
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&chat_body("x", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "7");
+    assert_error(&resp.json().await.unwrap(), 503);
+
+    set(&url, json!({"error_rate": 1.0, "error_status": 429})).await;
+    let resp = client()
+        .post(format!("{url}/v1/completions"))
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+
+    set(&url, json!({"error_rate": 1.0})).await;
+    let (status, body) = post(&url, "/v1/embeddings", &json!({"input": "x"})).await;
+    assert_eq!(status, 500);
+    assert_error(&body, 500);
+
+    set(&url, json!({})).await;
+    let (status, _) = post(
+        &url,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn partial_error_rate_fails_some_requests() {
+    let sim = start(fast_config()).await;
+    set(&sim.url(), json!({"error_rate": 0.5})).await;
+    let mut failed = 0;
+    for _ in 0..60 {
+        let (status, _) = post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 1}),
+        )
+        .await;
+        failed += usize::from(status == 500);
+    }
+    assert!((10..=50).contains(&failed), "{failed} of 60 failed");
+}
+
+#[tokio::test]
+async fn added_latency_delays_requests() {
+    let sim = start(fast_config()).await;
+    set(&sim.url(), json!({"latency_ms": 300})).await;
+    let t = Instant::now();
+    let (status, _) = post(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn hang_accepts_and_never_answers() {
+    let sim = start(fast_config()).await;
+    set(&sim.url(), json!({"hang_rate": 1.0})).await;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let url = sim.url();
+    let pending = tokio::spawn(async move {
+        c.post(format!("{url}/v1/completions"))
+            .json(&json!({"prompt": "x"}))
+            .send()
+            .await
+    });
+    let server = sim.server(0).clone();
+    eventually("the hung request to be in flight", || {
+        let s = server.clone();
+        async move { s.in_flight() == 1 }
+    })
+    .await;
+    let err = pending.await.unwrap().unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+}
+
+#[tokio::test]
+async fn crash_closes_the_stream_after_k_chunks() {
+    let sim = start(fast_config()).await;
+    set(&sim.url(), json!({"crash_after_chunks": 3})).await;
+    let mut resp = client()
+        .post(format!("{}/v1/chat/completions", sim.url()))
+        .json(&json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 50, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut events = 0;
+    let err = loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => events += c.windows(6).filter(|w| w == b"data: ").count(),
+            Ok(None) => panic!("stream ended cleanly after {events} events"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(events, 3, "{err}");
+    // A non-streaming response with k = 0 is cut right after the headers.
+    set(&sim.url(), json!({"crash_after_chunks": 0})).await;
+    let resp = client()
+        .post(format!("{}/v1/completions", sim.url()))
+        .json(&json!({"prompt": "x", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.text().await.is_err());
+}
+
+#[tokio::test]
+async fn refused_connections_recover_when_cleared() {
+    let sim = start(fast_config()).await;
+    let server = sim.server(0);
+    server
+        .set_faults(Faults {
+            refuse_connections: true,
+            ..Faults::default()
+        })
+        .unwrap();
+    let url = sim.url();
+    eventually("the listener to close", || {
+        let url = url.clone();
+        async move {
+            client()
+                .get(format!("{url}/health"))
+                .send()
+                .await
+                .is_err_and(|e| e.is_connect())
+        }
+    })
+    .await;
+    server.set_faults(Faults::default()).unwrap();
+    eventually("the listener to come back", || {
+        let url = url.clone();
+        async move { client().get(format!("{url}/health")).send().await.is_ok() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn faults_clear_by_themselves_after_clear_after_secs() {
+    let sim = start(fast_config()).await;
+    let url = sim.url();
+    let (status, _) = set(
+        &url,
+        json!({"refuse_connections": true, "clear_after_secs": 0.3}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("refusal", || {
+        let url = url.clone();
+        async move { client().get(format!("{url}/health")).send().await.is_err() }
+    })
+    .await;
+    eventually("automatic recovery", || {
+        let url = url.clone();
+        async move { client().get(format!("{url}/health")).send().await.is_ok() }
+    })
+    .await;
+    assert_eq!(sim.server(0).faults(), Faults::default());
+}
+
+#[tokio::test]
+async fn health_can_fail_or_be_slow() {
+    let sim = start(SimConfig {
+        faults: Faults {
+            health_fail: true,
+            ..Faults::default()
+        },
+        ..fast_config()
+    })
+    .await;
+    let url = sim.url();
+    let resp = client().get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_error(&resp.json().await.unwrap(), 503);
+    // Generation is unaffected by a health fault.
+    let (status, _) = post(
+        &url,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    set(&url, json!({"health_latency_ms": 250})).await;
+    let t = Instant::now();
+    let resp = client().get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn invalid_faults_are_rejected() {
+    let sim = start(fast_config()).await;
+    for bad in [
+        json!({"error_rate": 1.5}),
+        json!({"error_status": 418}),
+        json!({"hang_rate": -0.1}),
+        json!({"clear_after_secs": 0}),
+        json!({"no_such_fault": true}),
+        json!({"latency_ms": "slow"}),
+    ] {
+        let (status, body) = set(&sim.url(), bad.clone()).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_error(&body, 400);
+    }
+    assert_eq!(sim.server(0).faults(), Faults::default());
+}
