@@ -1,0 +1,386 @@
+//! The one configuration schema. CLI flags and the YAML file (`--config`) both fill this
+//! struct; a flag given on the command line overrides the file. Every option has one
+//! name: `--flag-name` on the CLI, `flag_name` in YAML and in the docs.
+
+use std::path::{Path, PathBuf};
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Routing policy for choosing a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum PolicyKind {
+    Random,
+    RoundRobin,
+    PowerOfTwo,
+    ConsistentHash,
+    CacheAware,
+}
+
+/// `switchyard`: an OpenAI-compatible gateway in front of vLLM / SGLang engines.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway in front of the given workers.
+    Serve(Box<Config>),
+    /// Run the gateway with 3 embedded simulated engines (no GPU needed).
+    Demo(Box<Config>),
+}
+
+/// Every gateway option.
+#[derive(Clone, Debug, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// YAML file with any of these options (snake_case keys); flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    // --- server ---
+    /// Address the data plane listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port of the data plane.
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// Time allowed until an upstream answers with headers (504 after it).
+    #[arg(long, default_value_t = 1800)]
+    pub request_timeout_secs: u64,
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    pub max_payload_size: usize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the gateway closes.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_period_secs: u64,
+
+    // --- workers and policy ---
+    /// Engine base URLs, e.g. http://10.0.0.5:8000.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub worker_urls: Vec<String>,
+    /// Routing policy.
+    #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
+    pub policy: PolicyKind,
+
+    // --- cache_aware ---
+    /// Smallest fraction of a prompt that must match a worker's cached prefix to count as a hit.
+    #[arg(long, default_value_t = 0.3)]
+    pub cache_threshold: f64,
+    /// Load gap (in-flight requests) above which, together with the relative threshold,
+    /// the fleet counts as imbalanced and the least-loaded worker is chosen.
+    #[arg(long, default_value_t = 32)]
+    pub balance_abs_threshold: usize,
+    /// Load ratio (max/min in-flight) above which, with the absolute gap, the fleet is imbalanced.
+    #[arg(long, default_value_t = 1.5)]
+    pub balance_rel_threshold: f64,
+    /// Seconds between sweeps that trim the prefix index to its bound.
+    #[arg(long, default_value_t = 60)]
+    pub eviction_interval: u64,
+    /// Bound of the prefix index in characters of prompt text (entries = this / block size).
+    #[arg(long, default_value_t = 1 << 24)]
+    pub max_tree_size: usize,
+    /// Characters per prefix-index block.
+    #[arg(long, default_value_t = 64)]
+    pub cache_block_size: usize,
+    /// Prompt blocks of work one in-flight request is worth when weighing a worker's queue.
+    #[arg(long, default_value_t = 4.0)]
+    pub cache_queue_weight: f64,
+
+    // --- consistent_hash ---
+    /// Extra header to take the session key from (after X-Session-ID and X-User-ID).
+    #[arg(long)]
+    pub hash_header: Option<String>,
+    /// A worker may hold at most this factor × the mean in-flight load before keys walk on.
+    #[arg(long, default_value_t = 1.25)]
+    pub hash_load_factor: f64,
+
+    // --- engine load ---
+    /// Seconds between scrapes of each engine's /metrics (power_of_two's load signal).
+    #[arg(long, default_value_t = 1)]
+    pub load_interval_secs: u64,
+
+    // --- retries ---
+    /// Retries after the first attempt.
+    #[arg(long, default_value_t = 3)]
+    pub retry_max_retries: u32,
+    #[arg(long, default_value_t = 50)]
+    pub retry_initial_backoff_ms: u64,
+    #[arg(long, default_value_t = 5000)]
+    pub retry_max_backoff_ms: u64,
+    #[arg(long, default_value_t = 2.0)]
+    pub retry_backoff_multiplier: f64,
+    /// Random fraction (0..1) added to or taken from each backoff.
+    #[arg(long, default_value_t = 0.2)]
+    pub retry_jitter_factor: f64,
+    #[arg(long)]
+    pub disable_retries: bool,
+
+    // --- circuit breaker ---
+    /// Failures within the window that open a worker's breaker.
+    #[arg(long, default_value_t = 5)]
+    pub cb_failure_threshold: u32,
+    /// Successful probes in half-open that close it again.
+    #[arg(long, default_value_t = 2)]
+    pub cb_success_threshold: u32,
+    /// Seconds a breaker stays open before it lets probes through.
+    #[arg(long, default_value_t = 30)]
+    pub cb_timeout_duration_secs: u64,
+    /// Seconds over which failures are counted.
+    #[arg(long, default_value_t = 60)]
+    pub cb_window_duration_secs: u64,
+    #[arg(long)]
+    pub disable_circuit_breaker: bool,
+
+    // --- health ---
+    #[arg(long, default_value_t = 10)]
+    pub health_check_interval_secs: u64,
+    #[arg(long, default_value_t = 5)]
+    pub health_check_timeout_secs: u64,
+    /// Consecutive failed checks (or upstream failures) that mark a worker unhealthy.
+    #[arg(long, default_value_t = 3)]
+    pub health_failure_threshold: u32,
+    /// Consecutive passed checks that mark it healthy again.
+    #[arg(long, default_value_t = 2)]
+    pub health_success_threshold: u32,
+    #[arg(long, default_value = "/health")]
+    pub health_check_endpoint: String,
+
+    // --- admission ---
+    /// Requests served at once (0: no limit); the permit lives until the body is sent.
+    #[arg(long, default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+    /// Requests that may wait for a permit, FIFO (503 when full).
+    #[arg(long, default_value_t = 2048)]
+    pub queue_size: usize,
+    /// Seconds a request may wait in the queue (503 after it).
+    #[arg(long, default_value_t = 60)]
+    pub queue_timeout_secs: u64,
+    /// Requests per second admitted by a token bucket (0: no limit; 429 above it).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_limit_tokens_per_second: f64,
+
+    // --- observability ---
+    #[arg(long, default_value = "127.0.0.1")]
+    pub prometheus_host: String,
+    /// Port of the metrics listener (0: a free port).
+    #[arg(long, default_value_t = 29000)]
+    pub prometheus_port: u16,
+    /// Headers a request id is taken from, first present wins.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = default_request_id_headers())]
+    pub request_id_headers: Vec<String>,
+    /// trace, debug, info, warn or error (or a tracing filter).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Also write logs to switchyard.log in this directory.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+
+    // --- security ---
+    /// Clients must send `Authorization: Bearer <key>`.
+    #[arg(long, env = "SWITCHYARD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Sent to engines as `Authorization: Bearer <key>`.
+    #[arg(long, env = "SWITCHYARD_WORKER_API_KEY", hide_env_values = true)]
+    pub worker_api_key: Option<String>,
+    /// Origins allowed by CORS (`*` for any); none: CORS headers are not sent.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+fn default_request_id_headers() -> Vec<String> {
+    [
+        "x-request-id",
+        "x-correlation-id",
+        "x-trace-id",
+        "request-id",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            c: Config,
+        }
+        Only::parse_from(["switchyard"]).c
+    }
+}
+
+impl Config {
+    /// Parses the process arguments: returns the subcommand's config with the YAML file
+    /// (if any) applied under the flags given on the command line.
+    pub fn from_args() -> anyhow::Result<(bool, Config)> {
+        Self::from_arg_list(std::env::args_os())
+    }
+
+    /// As [`from_args`](Self::from_args), for a given argument list. Returns whether the
+    /// subcommand is `demo`.
+    pub fn from_arg_list<I, T>(args: I) -> anyhow::Result<(bool, Config)>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args).map_err(|e| {
+            let _ = e.print();
+            std::process::exit(e.exit_code());
+        })?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        let (demo, sub) = match matches.subcommand() {
+            Some((name, sub)) => (name == "demo", sub),
+            None => anyhow::bail!("a subcommand is required"),
+        };
+        let cfg = match cli.command {
+            Command::Serve(c) | Command::Demo(c) => *c,
+        };
+        let merged = match &cfg.config {
+            Some(path) => Self::merge_file(path, &cfg, sub)?,
+            None => cfg,
+        };
+        Ok((demo, merged))
+    }
+
+    /// Loads `path` and applies the command-line flags on top of it.
+    fn merge_file(path: &Path, cli: &Config, matches: &ArgMatches) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+        let mut file: serde_json::Value = serde_yaml::from_str::<serde_json::Value>(&text)
+            .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+        if file.is_null() {
+            file = serde_json::json!({});
+        }
+        let Some(map) = file.as_object_mut() else {
+            anyhow::bail!(
+                "--config {}: expected a mapping of option names to values",
+                path.display()
+            );
+        };
+        let cli_values = serde_json::to_value(cli)?;
+        for id in matches.ids() {
+            let id = id.as_str();
+            if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+                if let Some(v) = cli_values.get(id) {
+                    map.insert(id.to_string(), v.clone());
+                }
+            }
+        }
+        let mut cfg: Config = serde_path_to_error::deserialize(file).map_err(|e| {
+            anyhow::anyhow!(
+                "--config {}: option `{}`: {}",
+                path.display(),
+                e.path(),
+                e.inner()
+            )
+        })?;
+        cfg.config = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Checks values and their relations; the message names the option.
+    pub fn validate(&self) -> Result<(), String> {
+        for url in &self.worker_urls {
+            crate::fleet::parse_worker_url(url)
+                .map_err(|e| format!("--worker-urls {url:?}: {e}"))?;
+        }
+        let unit = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be between 0 and 1, got {v}"))
+            }
+        };
+        unit("cache-threshold", self.cache_threshold)?;
+        unit("retry-jitter-factor", self.retry_jitter_factor)?;
+        if !(self.balance_rel_threshold >= 1.0) {
+            return Err("--balance-rel-threshold must be at least 1.0".into());
+        }
+        if !(self.hash_load_factor >= 1.0) {
+            return Err("--hash-load-factor must be at least 1.0".into());
+        }
+        if !(self.retry_backoff_multiplier >= 1.0) {
+            return Err("--retry-backoff-multiplier must be at least 1.0".into());
+        }
+        if !(self.cache_queue_weight >= 0.0) {
+            return Err("--cache-queue-weight must be non-negative".into());
+        }
+        if !(self.rate_limit_tokens_per_second >= 0.0
+            && self.rate_limit_tokens_per_second.is_finite())
+        {
+            return Err("--rate-limit-tokens-per-second must be a non-negative number".into());
+        }
+        let positive = [
+            ("request-timeout-secs", self.request_timeout_secs as usize),
+            ("max-payload-size", self.max_payload_size),
+            ("cache-block-size", self.cache_block_size),
+            ("max-tree-size", self.max_tree_size),
+            ("eviction-interval", self.eviction_interval as usize),
+            ("load-interval-secs", self.load_interval_secs as usize),
+            ("cb-failure-threshold", self.cb_failure_threshold as usize),
+            ("cb-success-threshold", self.cb_success_threshold as usize),
+            (
+                "cb-timeout-duration-secs",
+                self.cb_timeout_duration_secs as usize,
+            ),
+            (
+                "cb-window-duration-secs",
+                self.cb_window_duration_secs as usize,
+            ),
+            (
+                "health-check-interval-secs",
+                self.health_check_interval_secs as usize,
+            ),
+            (
+                "health-check-timeout-secs",
+                self.health_check_timeout_secs as usize,
+            ),
+            (
+                "health-failure-threshold",
+                self.health_failure_threshold as usize,
+            ),
+            (
+                "health-success-threshold",
+                self.health_success_threshold as usize,
+            ),
+            ("queue-timeout-secs", self.queue_timeout_secs as usize),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("--{name} must be at least 1"));
+            }
+        }
+        if self.retry_initial_backoff_ms > self.retry_max_backoff_ms {
+            return Err("--retry-initial-backoff-ms must not exceed --retry-max-backoff-ms".into());
+        }
+        if !self.health_check_endpoint.starts_with('/') {
+            return Err("--health-check-endpoint must start with /".into());
+        }
+        if self
+            .request_id_headers
+            .iter()
+            .any(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err("--request-id-headers must be valid header names".into());
+        }
+        if let Some(h) = &self.hash_header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(format!("--hash-header {h:?} is not a valid header name"));
+            }
+        }
+        if self.api_key.as_deref() == Some("") {
+            return Err("--api-key must not be empty".into());
+        }
+        Ok(())
+    }
+}

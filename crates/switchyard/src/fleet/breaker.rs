@@ -1,0 +1,297 @@
+//! A per-worker circuit breaker: closed → open after `failure_threshold` failures within
+//! a sliding window; open → half-open after `timeout`; half-open lets at most
+//! `success_threshold` probe requests through at once and closes after that many
+//! successes, or re-opens on any failure.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Breaker settings.
+#[derive(Clone, Debug)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub timeout: Duration,
+    pub window: Duration,
+}
+
+/// The state as reported in metrics and the admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Closed { failures: VecDeque<Instant> },
+    Open { until: Instant },
+    HalfOpen { probes: u32, successes: u32 },
+}
+
+/// One worker's breaker.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    cfg: BreakerConfig,
+    inner: Mutex<Inner>,
+    state: AtomicU8,
+}
+
+/// Permission to send one request; report its outcome with [`record`](Permit::record).
+/// Dropping it unreported (the client went away) frees a half-open probe slot. It owns
+/// its breaker so it can travel with a response body until the stream ends.
+#[derive(Debug)]
+pub struct Permit {
+    breaker: Arc<CircuitBreaker>,
+    probe: bool,
+    done: bool,
+}
+
+impl CircuitBreaker {
+    pub fn new(cfg: BreakerConfig) -> Self {
+        CircuitBreaker {
+            cfg,
+            inner: Mutex::new(Inner::Closed {
+                failures: VecDeque::new(),
+            }),
+            state: AtomicU8::new(BreakerState::Closed as u8),
+        }
+    }
+
+    /// The current state (lock-free read).
+    pub fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        }
+    }
+
+    /// Whether a request could be sent now (used to filter routing candidates).
+    pub fn can_attempt(&self) -> bool {
+        if !self.cfg.enabled {
+            return true;
+        }
+        let inner = self.inner.lock().expect("breaker lock");
+        match &*inner {
+            Inner::Closed { .. } => true,
+            Inner::Open { until } => Instant::now() >= *until,
+            Inner::HalfOpen { probes, .. } => *probes < self.cfg.success_threshold,
+        }
+    }
+
+    /// Takes a permit, moving open → half-open when the timeout has passed.
+    pub fn acquire(self: &Arc<Self>) -> Option<Permit> {
+        let permit = |probe| Permit {
+            breaker: self.clone(),
+            probe,
+            done: false,
+        };
+        if !self.cfg.enabled {
+            return Some(permit(false));
+        }
+        let mut inner = self.inner.lock().expect("breaker lock");
+        if let Inner::Open { until } = &*inner {
+            if Instant::now() < *until {
+                return None;
+            }
+            *inner = Inner::HalfOpen {
+                probes: 0,
+                successes: 0,
+            };
+            self.state
+                .store(BreakerState::HalfOpen as u8, Ordering::Relaxed);
+        }
+        match &mut *inner {
+            Inner::Closed { .. } => Some(permit(false)),
+            Inner::HalfOpen { probes, .. } if *probes < self.cfg.success_threshold => {
+                *probes += 1;
+                Some(permit(true))
+            }
+            _ => None,
+        }
+    }
+
+    fn set(&self, inner: &mut Inner, next: Inner) {
+        let code = match next {
+            Inner::Closed { .. } => BreakerState::Closed,
+            Inner::Open { .. } => BreakerState::Open,
+            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        };
+        *inner = next;
+        self.state.store(code as u8, Ordering::Relaxed);
+    }
+
+    fn outcome(&self, probe: bool, success: Option<bool>) {
+        let mut inner = self.inner.lock().expect("breaker lock");
+        let now = Instant::now();
+        match &mut *inner {
+            Inner::Closed { failures } => {
+                if success == Some(false) {
+                    failures.push_back(now);
+                    while failures
+                        .front()
+                        .is_some_and(|t| now.duration_since(*t) > self.cfg.window)
+                    {
+                        failures.pop_front();
+                    }
+                    if failures.len() >= self.cfg.failure_threshold as usize {
+                        self.set(
+                            &mut inner,
+                            Inner::Open {
+                                until: now + self.cfg.timeout,
+                            },
+                        );
+                    }
+                }
+            }
+            Inner::HalfOpen { probes, successes } if probe => {
+                *probes = probes.saturating_sub(1);
+                match success {
+                    Some(true) => {
+                        *successes += 1;
+                        if *successes >= self.cfg.success_threshold {
+                            self.set(
+                                &mut inner,
+                                Inner::Closed {
+                                    failures: VecDeque::new(),
+                                },
+                            );
+                        }
+                    }
+                    Some(false) => self.set(
+                        &mut inner,
+                        Inner::Open {
+                            until: now + self.cfg.timeout,
+                        },
+                    ),
+                    None => {}
+                }
+            }
+            // Outcomes of requests let through before the state changed do not count.
+            _ => {}
+        }
+    }
+}
+
+impl Permit {
+    /// Reports the request's outcome.
+    pub fn record(mut self, success: bool) {
+        self.done = true;
+        if self.breaker.cfg.enabled {
+            self.breaker.outcome(self.probe, Some(success));
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done && self.probe && self.breaker.cfg.enabled {
+            self.breaker.outcome(true, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BreakerConfig {
+        BreakerConfig {
+            enabled: true,
+            failure_threshold: 3,
+            success_threshold: 2,
+            timeout: Duration::from_millis(30),
+            window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn opens_after_threshold_failures_and_recovers_through_half_open() {
+        let b = Arc::new(CircuitBreaker::new(cfg()));
+        for _ in 0..2 {
+            b.acquire().unwrap().record(false);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.acquire().unwrap().record(true);
+        b.acquire().unwrap().record(false);
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "3 failures in the window, successes do not reset it"
+        );
+        assert!(b.acquire().is_none());
+        assert!(!b.can_attempt());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.can_attempt());
+        let p1 = b.acquire().unwrap();
+        let p2 = b.acquire().unwrap();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(
+            b.acquire().is_none(),
+            "only success_threshold probes at once"
+        );
+        p1.record(true);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        p2.record(true);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn half_open_failure_reopens_and_dropped_probe_frees_its_slot() {
+        let b = Arc::new(CircuitBreaker::new(BreakerConfig {
+            failure_threshold: 1,
+            ..cfg()
+        }));
+        b.acquire().unwrap().record(false);
+        std::thread::sleep(Duration::from_millis(40));
+        let p = b.acquire().unwrap();
+        let q = b.acquire().unwrap();
+        drop(q);
+        let r = b.acquire().expect("the dropped probe's slot is free again");
+        drop(r);
+        p.record(false);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_count() {
+        let b = Arc::new(CircuitBreaker::new(BreakerConfig {
+            window: Duration::from_millis(20),
+            ..cfg()
+        }));
+        b.acquire().unwrap().record(false);
+        b.acquire().unwrap().record(false);
+        std::thread::sleep(Duration::from_millis(30));
+        b.acquire().unwrap().record(false);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn disabled_breaker_never_opens() {
+        let b = Arc::new(CircuitBreaker::new(BreakerConfig {
+            enabled: false,
+            failure_threshold: 1,
+            ..cfg()
+        }));
+        for _ in 0..5 {
+            b.acquire().unwrap().record(false);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.can_attempt());
+    }
+}

@@ -1,0 +1,172 @@
+//! Background probes: active health checks (and model discovery when a worker turns
+//! healthy), and the engine-load scrape of vLLM's `/metrics` used by load-aware policies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::watch;
+
+use super::{Registry, Worker};
+use crate::dispatch::client::{UpstreamClient, get};
+use crate::metrics::Metrics;
+
+/// Settings of the probes.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub endpoint: String,
+    pub load_interval: Duration,
+}
+
+/// What the probes need.
+#[derive(Clone)]
+pub struct Prober {
+    pub registry: Arc<Registry>,
+    pub client: UpstreamClient,
+    pub cfg: ProbeConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Prober {
+    /// One check of one worker, applying thresholds. A worker that turns healthy has its
+    /// models re-read.
+    pub async fn check(&self, w: &Arc<Worker>) {
+        let ok = matches!(get(&self.client, w.uri(&self.cfg.endpoint), self.cfg.timeout).await, Ok((s, _)) if s.is_success());
+        let flipped = w.record_check(ok, self.cfg.failure_threshold, self.cfg.success_threshold);
+        if flipped {
+            if w.is_healthy() {
+                tracing::info!(worker = %w.label, "worker healthy");
+                self.discover_models(w).await;
+            } else {
+                tracing::warn!(worker = %w.label, "worker unhealthy: health checks failing");
+            }
+        }
+        self.metrics.set_worker_health(&w.label, w.is_healthy());
+    }
+
+    /// First probe at startup or registration: a single pass makes the worker healthy.
+    pub async fn probe_now(&self, w: &Arc<Worker>) -> bool {
+        let ok = matches!(get(&self.client, w.uri(&self.cfg.endpoint), self.cfg.timeout).await, Ok((s, _)) if s.is_success());
+        if ok {
+            w.set_healthy(true);
+            self.discover_models(w).await;
+        }
+        self.metrics.set_worker_health(&w.label, ok);
+        ok
+    }
+
+    /// Reads `/v1/models` into the worker.
+    pub async fn discover_models(&self, w: &Arc<Worker>) {
+        match get(&self.client, w.uri("/v1/models"), self.cfg.timeout).await {
+            Ok((s, body)) if s.is_success() => {
+                let ids = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        v["data"].as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .unwrap_or_default();
+                w.set_models(ids);
+            }
+            Ok((s, _)) => tracing::warn!(worker = %w.label, status = %s, "could not list models"),
+            Err(e) => tracing::warn!(worker = %w.label, error = %e, "could not list models"),
+        }
+    }
+
+    /// Scrapes the engine's queue from its Prometheus metrics.
+    pub async fn scrape_load(&self, w: &Arc<Worker>) {
+        if let Ok((s, body)) = get(&self.client, w.uri("/metrics"), self.cfg.timeout).await {
+            if s.is_success() {
+                let text = String::from_utf8_lossy(&body);
+                let rank = w.id.dp_rank;
+                let running = engine_gauge(&text, "vllm:num_requests_running", rank);
+                let waiting = engine_gauge(&text, "vllm:num_requests_waiting", rank);
+                w.set_engine_load(running as u32, waiting as u32);
+            }
+        }
+    }
+
+    /// Runs health checks every interval until `shutdown` flips.
+    pub async fn run_health(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let workers = self.registry.all();
+            join_all(workers.iter().map(|w| self.check(w))).await;
+        }
+    }
+
+    /// Scrapes engine load every `load_interval` until `shutdown` flips.
+    pub async fn run_load(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.cfg.load_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let workers = self.registry.all();
+            join_all(
+                workers
+                    .iter()
+                    .filter(|w| w.is_healthy())
+                    .map(|w| self.scrape_load(w)),
+            )
+            .await;
+        }
+    }
+}
+
+/// Sum of a vLLM gauge's samples, restricted to `engine="<rank>"` when a rank is given.
+pub fn engine_gauge(text: &str, name: &str, rank: Option<u32>) -> f64 {
+    let want = rank.map(|r| format!("engine=\"{r}\""));
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            if metric != name {
+                return None;
+            }
+            if let Some(w) = &want {
+                if !series.contains(w.as_str()) {
+                    return None;
+                }
+            }
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vllm_gauges_per_rank() {
+        let text = "# HELP x\nvllm:num_requests_running{model_name=\"m\",engine=\"0\"} 3\n\
+                    vllm:num_requests_running{model_name=\"m\",engine=\"1\"} 5.0\n\
+                    vllm:num_requests_waiting{model_name=\"m\",engine=\"1\"} 2\n";
+        assert_eq!(engine_gauge(text, "vllm:num_requests_running", None), 8.0);
+        assert_eq!(
+            engine_gauge(text, "vllm:num_requests_running", Some(1)),
+            5.0
+        );
+        assert_eq!(
+            engine_gauge(text, "vllm:num_requests_waiting", Some(0)),
+            0.0
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! `switchyard serve` and `switchyard demo`.
+
+use switchyard::{Config, Gateway};
+use switchyard_sim::SimConfig;
+
+fn main() -> anyhow::Result<()> {
+    let (demo, cfg) = Config::from_args()?;
+    if let Err(e) = cfg.validate() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    switchyard::logging::init(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        if demo {
+            run_demo(cfg).await
+        } else {
+            run(cfg).await
+        }
+    })
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.worker_urls.is_empty() {
+        anyhow::bail!(
+            "no workers: pass --worker-urls http://host:port ... (or try `switchyard demo`)"
+        );
+    }
+    let gw = Gateway::start(cfg).await?;
+    tracing::info!(
+        "switchyard listening on {} (metrics on http://{}/metrics)",
+        gw.url(),
+        gw.metrics_addr
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    gw.shutdown();
+    gw.wait().await;
+    Ok(())
+}
+
+/// The gateway in front of three simulated engines in this process.
+async fn run_demo(mut cfg: Config) -> anyhow::Result<()> {
+    let sims = switchyard_sim::spawn(SimConfig {
+        engines: 3,
+        port: 0,
+        num_gpu_blocks: 8192,
+        ..SimConfig::default()
+    })
+    .await?;
+    cfg.worker_urls = sims.urls();
+    let gw = Gateway::start(cfg).await?;
+    let url = gw.url();
+    println!(
+        r#"
+Switchyard demo: gateway {url} → 3 simulated vLLM engines {engines}
+Metrics: http://{metrics}/metrics   Health: {url}/health
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \
+    -d '{{"model": "switchyard/sim-8b", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'
+
+  # Python (pip install openai)
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="unused")
+  r = client.chat.completions.create(model="switchyard/sim-8b",
+        messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)
+  print(r.choices[0].message.content, r.usage)
+
+Ctrl-C to stop.
+"#,
+        engines = sims.urls().join(", "),
+        metrics = gw.metrics_addr,
+    );
+    wait_for_signal().await;
+    gw.shutdown();
+    gw.wait().await;
+    sims.shutdown();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,239 @@
+//! Every metric the gateway exports, in one place (documented in docs/metrics.md).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::fleet::Registry as Fleet;
+use crate::routing::Policy;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub model: String,
+    pub worker: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteModel {
+    pub route: &'static str,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelWorker {
+    pub model: String,
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub policy: &'static str,
+    pub reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0, 120.0, 300.0,
+    ])
+}
+
+fn itl_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+    ])
+}
+
+type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Hist<RouteModel>,
+    pub ttft: Hist<ModelWorker>,
+    pub itl: Hist<RouteModel>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub worker_in_flight: Family<WorkerLabel, Gauge>,
+    pub worker_healthy: Family<WorkerLabel, Gauge>,
+    pub worker_breaker: Family<WorkerLabel, Gauge>,
+    pub retries: Family<ReasonLabel, Counter>,
+    pub rejected: Family<ReasonLabel, Counter>,
+    pub queue_depth: Gauge,
+    pub queue_wait: Histogram,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub index_entries: Gauge,
+    pub index_hit_ratio: Gauge<f64, AtomicU64>,
+    pub upstream_errors: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("switchyard");
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            ttft: Family::new_with_constructor(latency_histogram),
+            itl: Family::new_with_constructor(itl_histogram),
+            tokens: Family::default(),
+            worker_in_flight: Family::default(),
+            worker_healthy: Family::default(),
+            worker_breaker: Family::default(),
+            retries: Family::default(),
+            rejected: Family::default(),
+            queue_depth: Gauge::default(),
+            queue_wait: latency_histogram(),
+            decisions: Family::default(),
+            index_entries: Gauge::default(),
+            index_hit_ratio: Gauge::default(),
+            upstream_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "requests",
+            "Requests answered, by route, model, worker and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from request arrival to the last byte sent",
+            m.duration.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "Time from request arrival to the first response byte from the engine",
+            m.ttft.clone(),
+        );
+        r.register(
+            "inter_token_latency_seconds",
+            "Gaps between streamed chunks",
+            m.itl.clone(),
+        );
+        r.register(
+            "tokens",
+            "Tokens reported in responses' usage (kind: prompt, completion, cached)",
+            m.tokens.clone(),
+        );
+        r.register(
+            "worker_in_flight",
+            "Requests in flight per worker",
+            m.worker_in_flight.clone(),
+        );
+        r.register(
+            "worker_healthy",
+            "1 if the worker passes health checks",
+            m.worker_healthy.clone(),
+        );
+        r.register(
+            "worker_circuit_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            m.worker_breaker.clone(),
+        );
+        r.register(
+            "retries",
+            "Upstream attempts retried, by reason",
+            m.retries.clone(),
+        );
+        r.register("rejected", "Requests the gateway refused (rate_limited, queue_full, queue_timeout, no_worker, unauthorized, ...)", m.rejected.clone());
+        r.register(
+            "queue_depth",
+            "Requests waiting for a concurrency permit",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time requests waited for a concurrency permit",
+            m.queue_wait.clone(),
+        );
+        r.register(
+            "policy_decisions",
+            "Routing decisions by policy and reason",
+            m.decisions.clone(),
+        );
+        r.register(
+            "prefix_index_entries",
+            "Blocks held by the cache-aware prefix index",
+            m.index_entries.clone(),
+        );
+        r.register(
+            "prefix_index_hit_ratio",
+            "Share of routed prompt blocks the chosen worker already held",
+            m.index_hit_ratio.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream failures by kind (connect, timeout, status, stream)",
+            m.upstream_errors.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn set_worker_health(&self, worker: &str, healthy: bool) {
+        self.worker_healthy
+            .get_or_create(&WorkerLabel {
+                worker: worker.to_string(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Refreshes gauges that mirror live state, then renders the text exposition.
+    pub fn render(&self, fleet: &Fleet, policy: &dyn Policy) -> String {
+        for w in fleet.all().iter() {
+            let l = WorkerLabel {
+                worker: w.label.clone(),
+            };
+            self.worker_in_flight
+                .get_or_create(&l)
+                .set(w.in_flight() as i64);
+            self.worker_healthy
+                .get_or_create(&l)
+                .set(i64::from(w.is_healthy()));
+            self.worker_breaker
+                .get_or_create(&l)
+                .set(w.breaker.state() as i64);
+        }
+        let s = policy.index_stats();
+        self.index_entries.set(s.entries as i64);
+        if s.blocks_total > 0 {
+            self.index_hit_ratio
+                .set(s.blocks_matched as f64 / s.blocks_total as f64);
+        }
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

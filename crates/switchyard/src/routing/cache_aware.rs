@@ -1,0 +1,179 @@
+//! `cache_aware`: route to the worker where the prompt is cheapest to serve, weighing
+//! cache affinity against queued work.
+//!
+//! For each candidate w, with `m_w` the prompt blocks w already holds (from the prefix
+//! index; matches below `--cache-threshold` of the prompt count as none):
+//!
+//! ```text
+//! cost_w = (blocks - m_w)                                   uncached prompt work
+//!        + queue_weight × (in_flight_w + engine_waiting_w)  queued work
+//! ```
+//!
+//! The cheapest wins (ties: fewer in flight, then random). When the candidates are
+//! imbalanced — the load gap exceeds `--balance-abs-threshold` and the ratio exceeds
+//! `--balance-rel-threshold` — the least-loaded candidate is chosen outright. Only the
+//! candidates (healthy, routable workers) enter that test.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::prefix::PrefixIndex;
+use super::{IndexStats, Pick, Policy, least_loaded};
+use crate::config::Config;
+use crate::fleet::{Worker, WorkerId};
+use crate::request::RequestView;
+
+/// Settings of the cache-aware policy.
+#[derive(Clone, Debug)]
+pub struct CacheAwareConfig {
+    pub block_size: usize,
+    pub cache_threshold: f64,
+    pub balance_abs_threshold: usize,
+    pub balance_rel_threshold: f64,
+    pub queue_weight: f64,
+    pub max_entries: usize,
+}
+
+impl From<&Config> for CacheAwareConfig {
+    fn from(c: &Config) -> Self {
+        CacheAwareConfig {
+            block_size: c.cache_block_size,
+            cache_threshold: c.cache_threshold,
+            balance_abs_threshold: c.balance_abs_threshold,
+            balance_rel_threshold: c.balance_rel_threshold,
+            queue_weight: c.cache_queue_weight,
+            max_entries: (c.max_tree_size / c.cache_block_size).max(1),
+        }
+    }
+}
+
+pub struct CacheAware {
+    cfg: CacheAwareConfig,
+    index: PrefixIndex,
+    slots: RwLock<HashMap<WorkerId, u16>>,
+    free_slots: RwLock<Vec<u16>>,
+    blocks_total: AtomicU64,
+    blocks_matched: AtomicU64,
+}
+
+impl CacheAware {
+    pub fn new(cfg: CacheAwareConfig) -> Self {
+        CacheAware {
+            index: PrefixIndex::new(cfg.max_entries),
+            cfg,
+            slots: RwLock::new(HashMap::new()),
+            free_slots: RwLock::new(Vec::new()),
+            blocks_total: AtomicU64::new(0),
+            blocks_matched: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, id: &WorkerId) -> u16 {
+        if let Some(s) = self.slots.read().expect("slots lock").get(id) {
+            return *s;
+        }
+        let mut slots = self.slots.write().expect("slots lock");
+        let next = slots.len() as u16;
+        let reuse = self.free_slots.write().expect("free slots lock").pop();
+        *slots.entry(id.clone()).or_insert(reuse.unwrap_or(next))
+    }
+
+    fn imbalanced(&self, candidates: &[Arc<Worker>]) -> bool {
+        let loads = candidates.iter().map(|w| w.in_flight());
+        let (min, max) = loads.fold((usize::MAX, 0), |(lo, hi), l| (lo.min(l), hi.max(l)));
+        max - min > self.cfg.balance_abs_threshold
+            && max as f64 > min as f64 * self.cfg.balance_rel_threshold
+    }
+}
+
+impl Policy for CacheAware {
+    fn name(&self) -> &'static str {
+        "cache_aware"
+    }
+
+    fn pick(&self, candidates: &[Arc<Worker>], req: &RequestView) -> Option<Pick> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let blocks = &req.prefix_blocks;
+        if blocks.is_empty() || candidates.len() == 1 || self.imbalanced(candidates) {
+            let reason = if candidates.len() > 1 && !blocks.is_empty() {
+                "balance"
+            } else {
+                "least_loaded"
+            };
+            return Some(Pick {
+                index: least_loaded(candidates),
+                reason,
+            });
+        }
+        let slots: Vec<u16> = candidates.iter().map(|w| self.slot(&w.id)).collect();
+        let matched = self.index.match_lengths(blocks, &slots);
+        let n = blocks.len() as f64;
+        let mut best: Option<(f64, usize, usize, usize)> = None; // (cost, in_flight, index, match)
+        for (i, w) in candidates.iter().enumerate() {
+            let m = if (matched[i] as f64) < self.cfg.cache_threshold * n {
+                0
+            } else {
+                matched[i]
+            };
+            let queued = w.in_flight() + w.engine_load().1 as usize;
+            let cost = (blocks.len() - m) as f64 + self.cfg.queue_weight * queued as f64;
+            let better = match best {
+                None => true,
+                Some((c, q, _, _)) => {
+                    cost < c || (cost == c && (queued < q || (queued == q && fastrand::bool())))
+                }
+            };
+            if better {
+                best = Some((cost, queued, i, m));
+            }
+        }
+        let (_, _, index, m) = best.expect("candidates not empty");
+        self.blocks_total
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        self.blocks_matched.fetch_add(m as u64, Ordering::Relaxed);
+        Some(Pick {
+            index,
+            reason: if m > 0 { "cache_hit" } else { "least_cost" },
+        })
+    }
+
+    fn on_routed(&self, worker: &Arc<Worker>, req: &RequestView) {
+        if !req.prefix_blocks.is_empty() {
+            self.index.insert(&req.prefix_blocks, self.slot(&worker.id));
+        }
+    }
+
+    fn on_worker_removed(&self, worker: &WorkerId) {
+        let slot = self.slots.write().expect("slots lock").remove(worker);
+        if let Some(slot) = slot {
+            self.index.remove_slot(slot);
+            self.free_slots.write().expect("free slots lock").push(slot);
+        }
+    }
+
+    fn prefix_block_size(&self) -> usize {
+        self.cfg.block_size
+    }
+
+    fn wants_engine_load(&self) -> bool {
+        true
+    }
+
+    fn maintain(&self) {
+        let dropped = self.index.evict();
+        if dropped > 0 {
+            tracing::debug!(dropped, left = self.index.len(), "prefix index trimmed");
+        }
+    }
+
+    fn index_stats(&self) -> IndexStats {
+        IndexStats {
+            entries: self.index.len(),
+            blocks_total: self.blocks_total.load(Ordering::Relaxed),
+            blocks_matched: self.blocks_matched.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! `power_of_two`: the less loaded of two random candidates. Load is the gateway's own
+//! in-flight count plus the engine's running and waiting requests, scraped from vLLM's
+//! `/metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`).
+
+use std::sync::Arc;
+
+use super::{Pick, Policy};
+use crate::fleet::Worker;
+use crate::request::RequestView;
+
+pub struct PowerOfTwo;
+
+fn load(w: &Worker) -> usize {
+    let (running, waiting) = w.engine_load();
+    w.in_flight() + running as usize + waiting as usize
+}
+
+impl Policy for PowerOfTwo {
+    fn name(&self) -> &'static str {
+        "power_of_two"
+    }
+
+    fn pick(&self, candidates: &[Arc<Worker>], _req: &RequestView) -> Option<Pick> {
+        match candidates.len() {
+            0 => None,
+            1 => Some(Pick {
+                index: 0,
+                reason: "only",
+            }),
+            n => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let index = if load(&candidates[b]) < load(&candidates[a]) {
+                    b
+                } else {
+                    a
+                };
+                Some(Pick {
+                    index,
+                    reason: "less_loaded",
+                })
+            }
+        }
+    }
+
+    fn wants_engine_load(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,65 @@
+//! Probes: `/liveness` (the process runs), `/readiness` (at least one healthy worker),
+//! `/health` (the gateway and each worker).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::json;
+
+use super::AppState;
+
+pub async fn liveness() -> Json<serde_json::Value> {
+    Json(json!({"status": "alive"}))
+}
+
+pub async fn readiness(State(st): State<Arc<AppState>>) -> Response {
+    let healthy = st.registry.healthy_count();
+    let status = if healthy > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if healthy > 0 { "ready" } else { "not_ready" };
+    (
+        status,
+        Json(json!({"status": word, "healthy_workers": healthy})),
+    )
+        .into_response()
+}
+
+pub async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let workers: Vec<serde_json::Value> = st
+        .registry
+        .all()
+        .iter()
+        .map(|w| {
+            let (running, waiting) = w.engine_load();
+            json!({
+                "url": w.id.url,
+                "dp_rank": w.id.dp_rank,
+                "role": w.id.role,
+                "healthy": w.is_healthy(),
+                "circuit": w.breaker.state().as_str(),
+                "in_flight": w.in_flight(),
+                "engine_running": running,
+                "engine_waiting": waiting,
+                "models": w.models(),
+            })
+        })
+        .collect();
+    let healthy = st.registry.healthy_count();
+    let status = if healthy > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if healthy > 0 { "healthy" } else { "unhealthy" };
+    (
+        status,
+        Json(json!({"status": word, "healthy_workers": healthy, "workers": workers})),
+    )
+        .into_response()
+}

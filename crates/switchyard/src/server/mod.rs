@@ -1,0 +1,309 @@
+//! Assembling and running the gateway: the data-plane app (axum + tower layers), the
+//! metrics listener, the background probes, and graceful shutdown.
+
+pub mod health;
+pub mod middleware;
+pub mod openai;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use futures_util::future::join_all;
+use http::{HeaderName, HeaderValue};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::config::Config;
+use crate::dispatch::{DispatchConfig, Dispatcher, RetryConfig, client};
+use crate::fleet::health::{ProbeConfig, Prober};
+use crate::fleet::{BreakerConfig, Registry, Worker, WorkerRole};
+use crate::metrics::Metrics;
+use crate::request::SessionHeaders;
+use crate::routing::{self, Policy};
+use middleware::Admission;
+
+/// Shared by every handler and layer.
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub policy: Arc<dyn Policy>,
+    pub dispatcher: Dispatcher,
+    pub metrics: Arc<Metrics>,
+    pub session: SessionHeaders,
+    pub admission: Admission,
+    pub request_id_headers: Vec<HeaderName>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Validates `cfg`, probes the workers once, and starts serving.
+    pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let cfg = Arc::new(cfg);
+        let metrics = Arc::new(Metrics::new());
+        let breaker = BreakerConfig {
+            enabled: !cfg.disable_circuit_breaker,
+            failure_threshold: cfg.cb_failure_threshold,
+            success_threshold: cfg.cb_success_threshold,
+            timeout: Duration::from_secs(cfg.cb_timeout_duration_secs),
+            window: Duration::from_secs(cfg.cb_window_duration_secs),
+        };
+        let workers = cfg
+            .worker_urls
+            .iter()
+            .map(|u| {
+                Worker::new(u, None, WorkerRole::Regular, breaker.clone())
+                    .map(Arc::new)
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let registry = Arc::new(Registry::new(workers));
+        let policy = routing::build(&cfg);
+        let upstream = client::build();
+        let prober = Prober {
+            registry: registry.clone(),
+            client: upstream.clone(),
+            cfg: ProbeConfig {
+                interval: Duration::from_secs(cfg.health_check_interval_secs),
+                timeout: Duration::from_secs(cfg.health_check_timeout_secs),
+                failure_threshold: cfg.health_failure_threshold,
+                success_threshold: cfg.health_success_threshold,
+                endpoint: cfg.health_check_endpoint.clone(),
+                load_interval: Duration::from_secs(cfg.load_interval_secs),
+            },
+            metrics: metrics.clone(),
+        };
+        let all = registry.all();
+        let healthy = join_all(all.iter().map(|w| prober.probe_now(w))).await;
+        for (w, ok) in all.iter().zip(healthy) {
+            if ok {
+                tracing::info!(worker = %w.label, models = ?w.models(), "worker ready");
+            } else {
+                tracing::warn!(worker = %w.label, "worker not healthy yet; it joins once its health checks pass");
+            }
+        }
+
+        let forward_client_auth = cfg.api_key.is_none() && cfg.worker_api_key.is_none();
+        let worker_auth = match &cfg.worker_api_key {
+            Some(k) => Some(HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                anyhow::anyhow!("--worker-api-key has characters not allowed in a header")
+            })?),
+            None => None,
+        };
+        let dispatcher = Dispatcher {
+            client: upstream,
+            cfg: DispatchConfig {
+                retry: RetryConfig {
+                    max_retries: if cfg.disable_retries {
+                        0
+                    } else {
+                        cfg.retry_max_retries
+                    },
+                    initial_backoff: Duration::from_millis(cfg.retry_initial_backoff_ms),
+                    max_backoff: Duration::from_millis(cfg.retry_max_backoff_ms),
+                    multiplier: cfg.retry_backoff_multiplier,
+                    jitter: cfg.retry_jitter_factor,
+                },
+                timeout: Duration::from_secs(cfg.request_timeout_secs),
+                worker_auth,
+                forward_client_auth,
+                passive_failure_threshold: cfg.health_failure_threshold,
+            },
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            policy: policy.clone(),
+        };
+        let state = Arc::new(AppState {
+            session: SessionHeaders {
+                extra: cfg
+                    .hash_header
+                    .as_deref()
+                    .map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()))
+                    .transpose()?,
+            },
+            admission: Admission::new(
+                cfg.rate_limit_tokens_per_second,
+                cfg.max_concurrent_requests,
+                cfg.queue_size,
+                Duration::from_secs(cfg.queue_timeout_secs),
+                metrics.clone(),
+            ),
+            request_id_headers: cfg
+                .request_id_headers
+                .iter()
+                .map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()))
+                .collect::<Result<_, _>>()?,
+            cfg: cfg.clone(),
+            registry,
+            policy: policy.clone(),
+            dispatcher,
+            metrics,
+        });
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(prober.clone().run_health(shutdown_rx.clone()));
+        if policy.wants_engine_load() {
+            tokio::spawn(prober.run_load(shutdown_rx.clone()));
+        }
+        tokio::spawn(maintain(
+            policy,
+            Duration::from_secs(cfg.eviction_interval),
+            shutdown_rx.clone(),
+        ));
+
+        let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
+        let addr = listener.local_addr()?;
+        let metrics_listener =
+            TcpListener::bind((cfg.prometheus_host.as_str(), cfg.prometheus_port))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {}:{} for metrics: {e}",
+                        cfg.prometheus_host,
+                        cfg.prometheus_port
+                    )
+                })?;
+        let metrics_addr = metrics_listener.local_addr()?;
+
+        let app = router(state.clone());
+        let metrics_app = Router::new()
+            .route("/metrics", get(render_metrics))
+            .with_state(state.clone());
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(metrics_listener, metrics_app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+        });
+        let grace = Duration::from_secs(cfg.shutdown_grace_period_secs);
+        let mut rx = shutdown_rx;
+        let server = tokio::spawn(async move {
+            let mut signal = rx.clone();
+            let serve = axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .with_graceful_shutdown(async move {
+                let _ = signal.changed().await;
+            });
+            let serve = std::future::IntoFuture::into_future(serve);
+            tokio::pin!(serve);
+            tokio::select! {
+                _ = &mut serve => {}
+                _ = async { let _ = rx.changed().await; tokio::time::sleep(grace).await; } => {
+                    tracing::warn!("shutdown grace period over; closing remaining connections");
+                }
+            }
+        });
+        Ok(Gateway {
+            addr,
+            metrics_addr,
+            state,
+            shutdown,
+            server,
+        })
+    }
+
+    /// Base URL of the data plane.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections; in-flight requests finish within the grace period.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the server has stopped (after [`shutdown`](Self::shutdown)).
+    pub async fn wait(self) {
+        let _ = self.server.await;
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let generation = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::admission,
+        ));
+    let v1 = generation.route("/v1/models", get(openai::models)).layer(
+        axum::middleware::from_fn_with_state(state.clone(), middleware::auth),
+    );
+    let mut app = Router::new()
+        .merge(v1)
+        .route("/health", get(health::health))
+        .route("/readiness", get(health::readiness))
+        .route("/liveness", get(health::liveness))
+        .fallback(openai::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_id,
+        ));
+    let origins = &state.cfg.cors_allowed_origins;
+    if !origins.is_empty() {
+        let allow = if origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        };
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods(Any)
+                .allow_headers(Any),
+        );
+    }
+    app.with_state(state)
+}
+
+async fn render_metrics(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(&st.registry, st.policy.as_ref()),
+    )
+}
+
+/// Periodic policy upkeep: trims the prefix index every `interval`, and every second
+/// while it is over its bound.
+async fn maintain(
+    policy: Arc<dyn Policy>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(interval));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => policy.maintain(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}

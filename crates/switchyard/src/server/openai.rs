@@ -1,0 +1,120 @@
+//! The OpenAI-compatible data plane. Handlers are thin: read and check the body, parse
+//! the `RequestView`, then hand over to dispatch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header;
+
+use super::AppState;
+use super::middleware::RequestId;
+use crate::error::ApiError;
+use crate::metrics::RequestLabels;
+use crate::request::{RequestView, Route};
+
+pub async fn chat_completions(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    proxy(st, Route::Chat, req).await
+}
+
+pub async fn completions(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    proxy(st, Route::Completions, req).await
+}
+
+pub async fn embeddings(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    proxy(st, Route::Embeddings, req).await
+}
+
+async fn proxy(st: Arc<AppState>, route: Route, req: Request) -> Response {
+    let start = Instant::now();
+    let rid = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    match prepare(&st, route, &parts.headers, body).await {
+        Ok((view, bytes)) => {
+            st.dispatcher
+                .dispatch(view, &parts.headers, bytes, &rid, start)
+                .await
+        }
+        Err(e) => {
+            st.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.name(),
+                    model: String::new(),
+                    worker: String::new(),
+                    status: e.status.as_u16(),
+                })
+                .inc();
+            tracing::info!(target: "switchyard::access", request_id = %rid, route = route.name(), status = e.status.as_u16(), error = e.code, "request rejected");
+            e.into_response()
+        }
+    }
+}
+
+async fn prepare(
+    st: &AppState,
+    route: Route,
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<(RequestView, bytes::Bytes), ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::bad_request(
+                format!("Content-Type must be application/json, not `{ct}`"),
+                None,
+            ));
+        }
+    }
+    let limit = st.cfg.max_payload_size;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            ApiError::payload_too_large(limit)
+        } else {
+            ApiError::bad_request(format!("Could not read the request body: {e}"), None)
+        }
+    })?;
+    let view = RequestView::parse(
+        route,
+        headers,
+        &bytes,
+        st.policy.prefix_block_size(),
+        &st.session,
+    )?;
+    let models = st.registry.models();
+    if !models.is_empty() && !models.iter().any(|m| m == &view.model) {
+        return Err(ApiError::model_not_found(&view.model, &models));
+    }
+    Ok((view, bytes))
+}
+
+/// `GET /v1/models`: the union of what healthy workers serve.
+pub async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let data: Vec<serde_json::Value> = st
+        .registry
+        .models()
+        .into_iter()
+        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "switchyard"}))
+        .collect();
+    Json(serde_json::json!({"object": "list", "data": data}))
+}
+
+/// Any other route.
+pub async fn not_found(req: Request) -> Response {
+    ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
+}
