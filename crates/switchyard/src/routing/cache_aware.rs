@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::prefix::PrefixIndex;
 use super::{IndexStats, Pick, Policy, least_loaded};
@@ -52,6 +52,9 @@ pub struct CacheAware {
     cfg: CacheAwareConfig,
     index: PrefixIndex,
     slots: RwLock<HashMap<WorkerId, u16>>,
+    /// Uncached prompt blocks sent to each slot so far: breaks ties towards the worker
+    /// that was given the least new work, so new prefixes spread evenly.
+    assigned: Mutex<Vec<u64>>,
     free_slots: RwLock<Vec<u16>>,
     blocks_total: AtomicU64,
     blocks_matched: AtomicU64,
@@ -63,6 +66,7 @@ impl CacheAware {
             index: PrefixIndex::new(cfg.max_entries),
             cfg,
             slots: RwLock::new(HashMap::new()),
+            assigned: Mutex::new(Vec::new()),
             free_slots: RwLock::new(Vec::new()),
             blocks_total: AtomicU64::new(0),
             blocks_matched: AtomicU64::new(0),
@@ -111,7 +115,14 @@ impl Policy for CacheAware {
         let slots: Vec<u16> = candidates.iter().map(|w| self.slot(&w.id)).collect();
         let matched = self.index.match_lengths(blocks, &slots);
         let n = blocks.len() as f64;
-        let mut best: Option<(f64, usize, usize, usize)> = None; // (cost, in_flight, index, match)
+        let mut assigned = self.assigned.lock().expect("assigned lock");
+        if let Some(max) = slots.iter().max() {
+            if assigned.len() <= *max as usize {
+                assigned.resize(*max as usize + 1, 0);
+            }
+        }
+        // Ordered by (cost, queued, assigned work, random).
+        let mut best: Option<((f64, usize, u64, u32), usize, usize)> = None;
         for (i, w) in candidates.iter().enumerate() {
             let m = if (matched[i] as f64) < self.cfg.cache_threshold * n {
                 0
@@ -120,17 +131,14 @@ impl Policy for CacheAware {
             };
             let queued = w.in_flight() + w.engine_load().1 as usize;
             let cost = (blocks.len() - m) as f64 + self.cfg.queue_weight * queued as f64;
-            let better = match best {
-                None => true,
-                Some((c, q, _, _)) => {
-                    cost < c || (cost == c && (queued < q || (queued == q && fastrand::bool())))
-                }
-            };
-            if better {
-                best = Some((cost, queued, i, m));
+            let key = (cost, queued, assigned[slots[i] as usize], fastrand::u32(..));
+            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                best = Some((key, i, m));
             }
         }
-        let (_, _, index, m) = best.expect("candidates not empty");
+        let (_, index, m) = best.expect("candidates not empty");
+        assigned[slots[index] as usize] += (blocks.len() - m) as u64;
+        drop(assigned);
         self.blocks_total
             .fetch_add(blocks.len() as u64, Ordering::Relaxed);
         self.blocks_matched.fetch_add(m as u64, Ordering::Relaxed);
@@ -150,6 +158,14 @@ impl Policy for CacheAware {
         let slot = self.slots.write().expect("slots lock").remove(worker);
         if let Some(slot) = slot {
             self.index.remove_slot(slot);
+            if let Some(a) = self
+                .assigned
+                .lock()
+                .expect("assigned lock")
+                .get_mut(slot as usize)
+            {
+                *a = 0;
+            }
             self.free_slots.write().expect("free slots lock").push(slot);
         }
     }
