@@ -102,6 +102,29 @@ impl ApiError {
         Self::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
     }
 
+    /// The last upstream answer when retries end early: 429/503 stay "try later" (with
+    /// the upstream's Retry-After), anything else becomes a 502.
+    pub fn upstream_status(
+        status: StatusCode,
+        retry_after: Option<std::time::Duration>,
+        message: impl Into<String>,
+    ) -> Self {
+        let keep = matches!(status.as_u16(), 429 | 503);
+        let mut e = Self::new(
+            if keep {
+                status
+            } else {
+                StatusCode::BAD_GATEWAY
+            },
+            "upstream_error",
+            message,
+        );
+        if keep {
+            e.retry_after_secs = Some(retry_after.map_or(1, |d| d.as_secs()));
+        }
+        e
+    }
+
     /// 504: the upstream did not answer in time.
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)

@@ -37,6 +37,13 @@ const CHUNKS: [&[u8]; 4] = [
 ];
 
 struct DropSignal(Option<mpsc::UnboundedSender<()>>, bool);
+impl DropSignal {
+    /// The stream ended normally: no signal.
+    fn disarm(&mut self) {
+        self.1 = true;
+    }
+}
+
 impl Drop for DropSignal {
     fn drop(&mut self) {
         if !self.1 {
@@ -59,7 +66,7 @@ async fn stream(
         (0usize, script, signal),
         |(i, script, mut signal)| async move {
             if i == CHUNKS.len() {
-                signal.1 = true;
+                signal.disarm();
                 return None;
             }
             if i == 1 {

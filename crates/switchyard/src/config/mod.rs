@@ -303,16 +303,16 @@ impl Config {
         };
         unit("cache-threshold", self.cache_threshold)?;
         unit("retry-jitter-factor", self.retry_jitter_factor)?;
-        if !(self.balance_rel_threshold >= 1.0) {
+        if self.balance_rel_threshold.is_nan() || self.balance_rel_threshold < 1.0 {
             return Err("--balance-rel-threshold must be at least 1.0".into());
         }
-        if !(self.hash_load_factor >= 1.0) {
+        if self.hash_load_factor.is_nan() || self.hash_load_factor < 1.0 {
             return Err("--hash-load-factor must be at least 1.0".into());
         }
-        if !(self.retry_backoff_multiplier >= 1.0) {
+        if self.retry_backoff_multiplier.is_nan() || self.retry_backoff_multiplier < 1.0 {
             return Err("--retry-backoff-multiplier must be at least 1.0".into());
         }
-        if !(self.cache_queue_weight >= 0.0) {
+        if self.cache_queue_weight.is_nan() || self.cache_queue_weight < 0.0 {
             return Err("--cache-queue-weight must be non-negative".into());
         }
         if !(self.rate_limit_tokens_per_second >= 0.0

@@ -123,6 +123,14 @@ impl Dispatcher {
             let Some(permit) = worker.breaker.acquire() else {
                 continue; // its breaker closed the door since filtering
             };
+            if attempt > 0 {
+                self.metrics
+                    .retries
+                    .get_or_create(&ReasonLabel {
+                        reason: "upstream_failure",
+                    })
+                    .inc();
+            }
             let in_flight = worker.begin();
             self.policy.on_routed(&worker, &view);
             let req = self.upstream_request(&worker, &view, headers, body.clone(), request_id);
@@ -156,7 +164,8 @@ impl Dispatcher {
                 }
                 Ok(Ok(resp)) if retryable(resp.status()) && retries_left => {
                     let status = resp.status();
-                    if let Some(d) = retry_after(resp.headers()) {
+                    let wait = retry_after(resp.headers());
+                    if let Some(d) = wait {
                         worker.cool_down(d);
                     }
                     let server_error = status.is_server_error();
@@ -168,10 +177,11 @@ impl Dispatcher {
                     worker.record_upstream(!server_error, self.cfg.passive_failure_threshold);
                     self.policy.on_finished(&worker, &view, false);
                     self.upstream_error("status");
-                    last_error = Some(ApiError::bad_gateway(format!(
-                        "Upstream {} answered {status}",
-                        worker.label
-                    )));
+                    last_error = Some(ApiError::upstream_status(
+                        status,
+                        wait,
+                        format!("Upstream {} answered {status}", worker.label),
+                    ));
                 }
                 Ok(Ok(resp)) => {
                     let (mut parts, incoming) = resp.into_parts();
@@ -200,12 +210,6 @@ impl Dispatcher {
                 }
             }
             if retries_left {
-                self.metrics
-                    .retries
-                    .get_or_create(&ReasonLabel {
-                        reason: "upstream_failure",
-                    })
-                    .inc();
                 tokio::time::sleep(self.cfg.retry.backoff(attempt)).await;
             }
         }

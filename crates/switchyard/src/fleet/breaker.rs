@@ -140,23 +140,21 @@ impl CircuitBreaker {
         let mut inner = self.inner.lock().expect("breaker lock");
         let now = Instant::now();
         match &mut *inner {
-            Inner::Closed { failures } => {
-                if success == Some(false) {
-                    failures.push_back(now);
-                    while failures
-                        .front()
-                        .is_some_and(|t| now.duration_since(*t) > self.cfg.window)
-                    {
-                        failures.pop_front();
-                    }
-                    if failures.len() >= self.cfg.failure_threshold as usize {
-                        self.set(
-                            &mut inner,
-                            Inner::Open {
-                                until: now + self.cfg.timeout,
-                            },
-                        );
-                    }
+            Inner::Closed { failures } if success == Some(false) => {
+                failures.push_back(now);
+                while failures
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.cfg.window)
+                {
+                    failures.pop_front();
+                }
+                if failures.len() >= self.cfg.failure_threshold as usize {
+                    self.set(
+                        &mut inner,
+                        Inner::Open {
+                            until: now + self.cfg.timeout,
+                        },
+                    );
                 }
             }
             Inner::HalfOpen { probes, successes } if probe => {

@@ -48,6 +48,9 @@ impl From<&Config> for CacheAwareConfig {
     }
 }
 
+/// (cost, queued, assigned work, random tie-breaker), compared lexicographically.
+type CostKey = (f64, usize, u64, u32);
+
 pub struct CacheAware {
     cfg: CacheAwareConfig,
     index: PrefixIndex,
@@ -122,7 +125,7 @@ impl Policy for CacheAware {
             }
         }
         // Ordered by (cost, queued, assigned work, random).
-        let mut best: Option<((f64, usize, u64, u32), usize, usize)> = None;
+        let mut best: Option<(CostKey, usize, usize)> = None;
         for (i, w) in candidates.iter().enumerate() {
             let m = if (matched[i] as f64) < self.cfg.cache_threshold * n {
                 0

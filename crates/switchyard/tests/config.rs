@@ -1,0 +1,207 @@
+//! One config schema from flags and YAML: flags override the file, validation names
+//! the option.
+
+use std::io::Write;
+
+use switchyard::{Config, PolicyKind};
+
+#[test]
+fn flags_override_the_yaml_file() {
+    let mut f = tempfile();
+    writeln!(f.1, "policy: round_robin\nport: 31111\nworker_urls: [\"http://127.0.0.1:9\"]\nretry_max_retries: 7\ncache_threshold: 0.8").unwrap();
+    let (demo, cfg) = Config::from_arg_list([
+        "switchyard",
+        "serve",
+        "--config",
+        f.0.to_str().unwrap(),
+        "--port",
+        "32222",
+        "--policy",
+        "cache_aware",
+    ])
+    .unwrap();
+    assert!(!demo);
+    assert_eq!(cfg.port, 32222, "flag wins");
+    assert_eq!(cfg.policy, PolicyKind::CacheAware, "flag wins");
+    assert_eq!(cfg.retry_max_retries, 7, "file value kept");
+    assert_eq!(cfg.cache_threshold, 0.8);
+    assert_eq!(cfg.worker_urls, ["http://127.0.0.1:9"]);
+    assert_eq!(cfg.prometheus_port, 29000, "default kept");
+}
+
+#[test]
+fn yaml_errors_name_the_option() {
+    let mut f = tempfile();
+    writeln!(f.1, "retry_max_retries: lots").unwrap();
+    let err = Config::from_arg_list(["switchyard", "serve", "--config", f.0.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("retry_max_retries"), "{err}");
+    let mut g = tempfile();
+    writeln!(g.1, "no_such_option: 1").unwrap();
+    let err = Config::from_arg_list(["switchyard", "serve", "--config", g.0.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no_such_option"), "{err}");
+}
+
+#[test]
+fn validation_names_the_option() {
+    let bad = |c: Config, flag: &str| {
+        let e = c.validate().unwrap_err();
+        assert!(e.contains(flag), "{e}");
+    };
+    bad(
+        Config {
+            worker_urls: vec!["ftp://x:1".into()],
+            ..Config::default()
+        },
+        "--worker-urls",
+    );
+    bad(
+        Config {
+            cache_threshold: 1.5,
+            ..Config::default()
+        },
+        "--cache-threshold",
+    );
+    bad(
+        Config {
+            balance_rel_threshold: 0.5,
+            ..Config::default()
+        },
+        "--balance-rel-threshold",
+    );
+    bad(
+        Config {
+            retry_initial_backoff_ms: 10_000,
+            retry_max_backoff_ms: 10,
+            ..Config::default()
+        },
+        "--retry-initial-backoff-ms",
+    );
+    bad(
+        Config {
+            health_check_endpoint: "health".into(),
+            ..Config::default()
+        },
+        "--health-check-endpoint",
+    );
+    bad(
+        Config {
+            cb_failure_threshold: 0,
+            ..Config::default()
+        },
+        "--cb-failure-threshold",
+    );
+    bad(
+        Config {
+            request_id_headers: vec!["bad header".into()],
+            ..Config::default()
+        },
+        "--request-id-headers",
+    );
+    assert!(Config::default().validate().is_ok());
+}
+
+#[test]
+fn vllm_router_style_flags_parse() {
+    let (_, cfg) = Config::from_arg_list([
+        "switchyard",
+        "serve",
+        "--worker-urls",
+        "http://a:1",
+        "http://b:2",
+        "--policy",
+        "consistent_hash",
+        "--cache-threshold",
+        "0.5",
+        "--balance-abs-threshold",
+        "8",
+        "--balance-rel-threshold",
+        "2",
+        "--eviction-interval",
+        "30",
+        "--max-tree-size",
+        "1000000",
+        "--retry-max-retries",
+        "2",
+        "--retry-initial-backoff-ms",
+        "10",
+        "--retry-max-backoff-ms",
+        "100",
+        "--retry-backoff-multiplier",
+        "3",
+        "--retry-jitter-factor",
+        "0.5",
+        "--cb-failure-threshold",
+        "4",
+        "--cb-success-threshold",
+        "1",
+        "--cb-timeout-duration-secs",
+        "9",
+        "--cb-window-duration-secs",
+        "20",
+        "--health-check-interval-secs",
+        "5",
+        "--health-check-timeout-secs",
+        "2",
+        "--health-failure-threshold",
+        "2",
+        "--health-success-threshold",
+        "1",
+        "--health-check-endpoint",
+        "/ping",
+        "--max-concurrent-requests",
+        "10",
+        "--queue-size",
+        "5",
+        "--queue-timeout-secs",
+        "3",
+        "--rate-limit-tokens-per-second",
+        "100",
+        "--prometheus-host",
+        "0.0.0.0",
+        "--prometheus-port",
+        "9100",
+        "--request-id-headers",
+        "x-my-id",
+        "--log-level",
+        "debug",
+        "--log-json",
+        "--api-key",
+        "k",
+        "--worker-api-key",
+        "w",
+        "--cors-allowed-origins",
+        "*",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8080",
+        "--request-timeout-secs",
+        "60",
+        "--max-payload-size",
+        "1024",
+        "--disable-retries",
+        "--disable-circuit-breaker",
+    ])
+    .unwrap();
+    assert_eq!(cfg.worker_urls.len(), 2);
+    assert_eq!(cfg.policy, PolicyKind::ConsistentHash);
+    assert_eq!(cfg.request_id_headers, ["x-my-id"]);
+    assert!(cfg.disable_retries && cfg.disable_circuit_breaker && cfg.log_json);
+    assert_eq!(cfg.health_check_endpoint, "/ping");
+    assert!(cfg.validate().is_ok());
+}
+
+fn tempfile() -> (std::path::PathBuf, std::fs::File) {
+    let path = std::env::temp_dir().join(format!("switchyard-test-{:x}.yaml", fastrand_u64()));
+    let f = std::fs::File::create(&path).unwrap();
+    (path, f)
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
