@@ -197,6 +197,10 @@ pub struct SimConfig {
     /// engine i of --engines uses PORT+i, 0 picks a free port.
     #[arg(long)]
     pub bootstrap_port: Option<u16>,
+    /// Answer every completion at once with a fixed text, skipping tokenizer, cache and
+    /// scheduler: an engine that costs nothing, for measuring a gateway's overhead.
+    #[arg(long)]
+    pub instant: bool,
     /// Log filter (trace, debug, info, warn, error).
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -410,3 +410,36 @@ async fn unknown_route_is_404_json() {
     assert_eq!(resp.status(), 404);
     assert_error(&resp.json().await.unwrap(), 404);
 }
+
+#[tokio::test]
+async fn instant_mode_answers_without_the_engine() {
+    let sim = start(SimConfig {
+        instant: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let (status, body) = post(&sim.url(), "/v1/chat/completions", &chat_body("hi", 5)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        switchyard_sim::tokenizer::encode(
+            body["choices"][0]["message"]["content"].as_str().unwrap()
+        )
+        .len(),
+        5
+    );
+    let (status, events) = sse(
+        &sim.url(),
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 3, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[3], "[DONE]");
+    assert_eq!(
+        metric(&sim.url(), "vllm:prompt_tokens_total", &[]).await,
+        0.0,
+        "the engine never ran"
+    );
+}

@@ -206,6 +206,9 @@ pub async fn chat_completions(
             ));
         }
     }
+    if st.cfg.instant {
+        return instant(&st, req, true);
+    }
     let messages: Vec<Value> = messages.iter().cloned().map(Value::Object).collect();
     let prompt = tokenizer::encode(&tokenizer::render_chat(&messages));
     generate(st, &headers, req, prompt, true).await
@@ -225,9 +228,72 @@ pub async fn completions(
                 Some("prompt"),
             ));
         }
+        Some(_) if st.cfg.instant => return instant(&st, req, false),
         Some(p) => prompt_tokens(p)?,
     };
     generate(st, &headers, req, prompt, false).await
+}
+
+/// `--instant`: answer at once with a fixed completion of `max_tokens` (default 16)
+/// tokens, without tokenizing, caching or scheduling — an engine that costs nothing,
+/// for measuring a gateway's own overhead. Usage reports no prompt tokens.
+fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<Response, ApiError> {
+    let model = st.resolve_model(req.model.as_deref())?;
+    let n = if chat {
+        req.max_completion_tokens.or(req.max_tokens)
+    } else {
+        req.max_tokens
+    }
+    .unwrap_or(16);
+    let out = Output {
+        chat,
+        id: random_id(if chat { "chatcmpl" } else { "cmpl" }),
+        created: now_unix(),
+        model,
+        target: n,
+        finish: FinishReason::Length,
+        kv: None,
+    };
+    let tokens: Vec<&str> = (0..n)
+        .map(|i| tokenizer::token_text(tokenizer::generated_token(st.cfg.seed, i)))
+        .collect();
+    let usage = json!({"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n,
+                       "prompt_tokens_details": {"cached_tokens": 0}});
+    if req.stream == Some(true) {
+        let mut frames = Vec::with_capacity(tokens.len() + 3);
+        if chat {
+            frames.push(out.chunk(None, true, None));
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            let finish = (i + 1 == tokens.len()).then_some("length");
+            frames.push(out.chunk(Some(t), false, finish));
+        }
+        if req
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+        {
+            frames.push(out.event(json!({"id": out.id, "object": if chat { "chat.completion.chunk" } else { "text_completion" },
+                "created": out.created, "model": out.model, "choices": [], "usage": usage})));
+        }
+        frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>));
+        return Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+            .body(Body::from_stream(stream))
+            .expect("static headers are valid"));
+    }
+    let text: String = tokens.concat();
+    let choice = if chat {
+        json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": "length"})
+    } else {
+        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": "length"})
+    };
+    Ok(Json(
+        json!({"id": out.id, "object": if chat { "chat.completion" } else { "text_completion" },
+        "created": out.created, "model": out.model, "choices": [choice], "usage": usage}),
+    )
+    .into_response())
 }
 
 /// A completion prompt: text, token ids, or a one-element list of either.
