@@ -9,7 +9,7 @@ fn main() -> anyhow::Result<()> {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    switchyard::logging::init(&cfg)?;
+    let _log_guard = switchyard::logging::init(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

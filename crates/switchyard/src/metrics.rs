@@ -1,5 +1,6 @@
 //! Every metric the gateway exports, in one place (documented in docs/metrics.md).
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,32 +16,32 @@ use crate::routing::Policy;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
-    pub model: String,
-    pub worker: String,
+    pub model: Arc<str>,
+    pub worker: Arc<str>,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteModel {
     pub route: &'static str,
-    pub model: String,
+    pub model: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelWorker {
-    pub model: String,
-    pub worker: String,
+    pub model: Arc<str>,
+    pub worker: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub model: String,
+    pub model: Arc<str>,
     pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabel {
-    pub worker: String,
+    pub worker: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -200,7 +201,7 @@ impl Metrics {
     pub fn set_worker_health(&self, worker: &str, healthy: bool) {
         self.worker_healthy
             .get_or_create(&WorkerLabel {
-                worker: worker.to_string(),
+                worker: Arc::from(worker),
             })
             .set(i64::from(healthy));
     }

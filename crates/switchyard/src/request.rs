@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use serde::Deserialize;
@@ -42,7 +43,7 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct RequestView {
     pub route: Route,
-    pub model: String,
+    pub model: Arc<str>,
     pub stream: bool,
     /// Session affinity key: `X-Session-ID`, `X-User-ID`, the configured header, else `user`.
     pub session_key: Option<String>,
@@ -212,7 +213,7 @@ impl RequestView {
             .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}"), None))?;
 
         let model = match wire.model {
-            Some(m) if !m.is_empty() => m.into_owned(),
+            Some(m) if !m.is_empty() => Arc::from(m.as_ref()),
             Some(_) => {
                 return Err(ApiError::bad_request(
                     "`model` must not be empty",
@@ -414,7 +415,7 @@ mod tests {
             &SessionHeaders::default(),
         )
         .unwrap();
-        assert_eq!(v.model, "m");
+        assert_eq!(&*v.model, "m");
         assert!(v.stream);
         assert_eq!(v.session_key.as_deref(), Some("u1"));
         assert!(v.prefix_blocks.is_empty());

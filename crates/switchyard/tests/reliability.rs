@@ -378,20 +378,26 @@ async fn full_queue_answers_503_with_retry_after() {
     assert_error(&resp.json().await.unwrap(), "queue_full");
     // The permit is held until the stream ends: once it is dropped, requests pass.
     drop(held);
-    let url = gw.url();
-    eventually("the permit to come back", || {
-        let url = url.clone();
-        async move {
-            post(
-                &url,
-                "/v1/completions",
-                &json!({"model": MODEL, "prompt": "z", "max_tokens": 1}),
-            )
-            .await
-            .0 == 200
+    let mut rejected = 1.0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = post(
+            &gw.url(),
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "z", "max_tokens": 1}),
+        )
+        .await;
+        if status == 200 {
+            break;
         }
-    })
-    .await;
+        assert_eq!(status, 503);
+        rejected += 1.0;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the permit never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         metric(
             &metrics_url(&gw),
@@ -399,7 +405,7 @@ async fn full_queue_answers_503_with_retry_after() {
             &[("reason", "queue_full")]
         )
         .await,
-        1.0
+        rejected
     );
 }
 

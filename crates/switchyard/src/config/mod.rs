@@ -60,6 +60,10 @@ pub struct Config {
     /// How long in-flight requests may run after SIGTERM/SIGINT before the gateway closes.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_period_secs: u64,
+    /// Data-plane threads, each with its own event loop, listener (SO_REUSEPORT) and
+    /// upstream connection pool (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
 
     // --- workers and policy ---
     /// Engine base URLs, e.g. http://10.0.0.5:8000.

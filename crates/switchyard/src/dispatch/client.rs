@@ -24,6 +24,16 @@ pub fn build() -> UpstreamClient {
         .build(connector)
 }
 
+thread_local! {
+    static LOCAL: UpstreamClient = build();
+}
+
+/// This thread's client. Each data-plane thread keeps its own pool, so a request and
+/// its upstream connection are served by the same event loop.
+pub fn local() -> UpstreamClient {
+    LOCAL.with(Clone::clone)
+}
+
 /// GET with a timeout, reading the whole (small) body.
 pub async fn get(
     client: &UpstreamClient,

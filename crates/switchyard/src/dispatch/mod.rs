@@ -20,7 +20,6 @@ use crate::fleet::{Registry, Worker, WorkerId};
 use crate::metrics::{DecisionLabels, Metrics, ReasonLabel};
 use crate::request::RequestView;
 use crate::routing::Policy;
-use client::UpstreamClient;
 use stream::{ObservedBody, Settle};
 
 /// Retry settings.
@@ -58,7 +57,6 @@ pub struct DispatchConfig {
 
 /// Sends requests upstream.
 pub struct Dispatcher {
-    pub client: UpstreamClient,
     pub cfg: DispatchConfig,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
@@ -134,7 +132,7 @@ impl Dispatcher {
             let in_flight = worker.begin();
             self.policy.on_routed(&worker, &view);
             let req = self.upstream_request(&worker, &view, headers, body.clone(), request_id);
-            let result = tokio::time::timeout(self.cfg.timeout, self.client.request(req)).await;
+            let result = tokio::time::timeout(self.cfg.timeout, client::local().request(req)).await;
             let retries_left = attempt + 1 < max_attempts;
             match result {
                 Err(_) => {

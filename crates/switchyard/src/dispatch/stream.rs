@@ -189,23 +189,27 @@ fn find_usage(tail: &[u8]) -> Option<Vec<(&'static str, u64)>> {
     let pos = tail.windows(needle.len()).rposition(|w| w == needle)?;
     let rest = &tail[pos + needle.len()..];
     let colon = rest.iter().position(|b| *b == b':')?;
-    let mut stream =
-        serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<serde_json::Value>();
+    #[derive(serde::Deserialize)]
+    struct Details {
+        cached_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        prompt_tokens_details: Option<Details>,
+    }
+    let mut stream = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<Usage>();
     let usage = stream.next()?.ok()?;
-    let get = |k: &str| usage.get(k).and_then(serde_json::Value::as_u64);
-    let mut out = Vec::new();
-    if let Some(p) = get("prompt_tokens") {
-        out.push(("prompt", p));
-    }
-    if let Some(c) = get("completion_tokens") {
-        out.push(("completion", c));
-    }
-    if let Some(c) = usage
-        .pointer("/prompt_tokens_details/cached_tokens")
-        .and_then(serde_json::Value::as_u64)
-    {
-        out.push(("cached", c));
-    }
+    let cached = usage.prompt_tokens_details.and_then(|d| d.cached_tokens);
+    let out: Vec<(&'static str, u64)> = [
+        ("prompt", usage.prompt_tokens),
+        ("completion", usage.completion_tokens),
+        ("cached", cached),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
     (!out.is_empty()).then_some(out)
 }
 

@@ -74,7 +74,7 @@ pub fn parse_worker_url(url: &str) -> Result<(Scheme, Authority, String), String
 pub struct Worker {
     pub id: WorkerId,
     /// `url` or `url#dpN`, for logs and metric labels.
-    pub label: String,
+    pub label: Arc<str>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -103,7 +103,7 @@ impl Worker {
         let url = format!("{scheme}://{authority}{base_path}");
         let id = WorkerId { url, dp_rank, role };
         Ok(Worker {
-            label: id.to_string(),
+            label: Arc::from(id.to_string()),
             id,
             scheme,
             authority,
@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn health_thresholds_and_passive_ejection() {
         let w = Worker::new("http://h:1", Some(1), WorkerRole::Regular, breaker()).unwrap();
-        assert_eq!(w.label, "http://h:1#dp1");
+        assert_eq!(&*w.label, "http://h:1#dp1");
         assert!(!w.is_healthy());
         assert!(!w.record_check(true, 3, 2));
         assert!(w.record_check(true, 3, 2));

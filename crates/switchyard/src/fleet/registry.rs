@@ -66,6 +66,19 @@ impl Registry {
         out
     }
 
+    /// Whether any healthy worker reports `model` (or reports no models at all).
+    pub fn knows_model(&self, model: &str) -> bool {
+        let all = self.all();
+        let mut any_healthy = false;
+        for w in all.iter().filter(|w| w.is_healthy()) {
+            any_healthy = true;
+            if w.serves(model) {
+                return true;
+            }
+        }
+        !any_healthy
+    }
+
     pub fn healthy_count(&self) -> usize {
         self.all().iter().filter(|w| w.is_healthy()).count()
     }

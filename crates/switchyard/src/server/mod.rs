@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use futures_util::future::join_all;
 use http::{HeaderName, HeaderValue};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::config::Config;
@@ -46,7 +47,7 @@ pub struct Gateway {
     pub metrics_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -73,10 +74,9 @@ impl Gateway {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let registry = Arc::new(Registry::new(workers));
         let policy = routing::build(&cfg);
-        let upstream = client::build();
         let prober = Prober {
             registry: registry.clone(),
-            client: upstream.clone(),
+            client: client::build(),
             cfg: ProbeConfig {
                 interval: Duration::from_secs(cfg.health_check_interval_secs),
                 timeout: Duration::from_secs(cfg.health_check_timeout_secs),
@@ -105,7 +105,6 @@ impl Gateway {
             None => None,
         };
         let dispatcher = Dispatcher {
-            client: upstream,
             cfg: DispatchConfig {
                 retry: RetryConfig {
                     max_retries: if cfg.disable_retries {
@@ -165,10 +164,13 @@ impl Gateway {
             shutdown_rx.clone(),
         ));
 
-        let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
-        let addr = listener.local_addr()?;
+        let addr: SocketAddr = tokio::net::lookup_host((cfg.host.as_str(), cfg.port))
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("--host {:?} resolves to no address", cfg.host))?;
+        let first = reuseport_listener(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let addr = first.local_addr()?;
         let metrics_listener =
             TcpListener::bind((cfg.prometheus_host.as_str(), cfg.prometheus_port))
                 .await
@@ -193,34 +195,43 @@ impl Gateway {
                 })
                 .await;
         });
+
+        // Thread per core: each has its own event loop, its own listening socket on the
+        // same port (the kernel spreads connections), and its own upstream pool, so a
+        // request never hops between threads.
+        let n = match cfg.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let grace = Duration::from_secs(cfg.shutdown_grace_period_secs);
-        let mut rx = shutdown_rx;
-        let server = tokio::spawn(async move {
-            let mut signal = rx.clone();
-            let serve = axum::serve(
-                listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                app,
-            )
-            .with_graceful_shutdown(async move {
-                let _ = signal.changed().await;
-            });
-            let serve = std::future::IntoFuture::into_future(serve);
-            tokio::pin!(serve);
-            tokio::select! {
-                _ = &mut serve => {}
-                _ = async { let _ = rx.changed().await; tokio::time::sleep(grace).await; } => {
-                    tracing::warn!("shutdown grace period over; closing remaining connections");
-                }
-            }
-        });
+        let mut listeners = vec![first];
+        for _ in 1..n {
+            listeners.push(reuseport_listener(addr)?);
+        }
+        let mut threads = Vec::with_capacity(n);
+        for (i, std_listener) in listeners.into_iter().enumerate() {
+            let (app, rx) = (app.clone(), shutdown_rx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("switchyard-{i}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("building a data-plane runtime");
+                    rt.block_on(async move {
+                        let listener =
+                            TcpListener::from_std(std_listener).expect("registering the listener");
+                        serve(listener, app, rx, grace).await;
+                    });
+                })?;
+            threads.push(thread);
+        }
         Ok(Gateway {
             addr,
             metrics_addr,
             state,
             shutdown,
-            server,
+            threads,
         })
     }
 
@@ -234,9 +245,61 @@ impl Gateway {
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until the server has stopped (after [`shutdown`](Self::shutdown)).
+    /// Waits until every data-plane thread has stopped (after [`shutdown`](Self::shutdown)).
     pub async fn wait(self) {
-        let _ = self.server.await;
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// A non-blocking listening socket with SO_REUSEPORT, so several threads can accept
+/// on the same port.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// One thread's accept loop. On shutdown it stops accepting at once and lets open
+/// connections finish their requests for up to `grace`.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
     }
 }
 

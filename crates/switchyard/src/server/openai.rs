@@ -46,8 +46,8 @@ async fn proxy(st: Arc<AppState>, route: Route, req: Request) -> Response {
                 .requests
                 .get_or_create(&RequestLabels {
                     route: route.name(),
-                    model: String::new(),
-                    worker: String::new(),
+                    model: Arc::from(""),
+                    worker: Arc::from(""),
                     status: e.status.as_u16(),
                 })
                 .inc();
@@ -96,9 +96,11 @@ async fn prepare(
         st.policy.prefix_block_size(),
         &st.session,
     )?;
-    let models = st.registry.models();
-    if !models.is_empty() && !models.iter().any(|m| m == &view.model) {
-        return Err(ApiError::model_not_found(&view.model, &models));
+    if !st.registry.knows_model(&view.model) {
+        return Err(ApiError::model_not_found(
+            &view.model,
+            &st.registry.models(),
+        ));
     }
     Ok((view, bytes))
 }
