@@ -108,6 +108,17 @@ static VOCAB: LazyLock<Vec<(Token, &'static str)>> = LazyLock::new(|| {
     v
 });
 
+/// Words (with their leading space) that are each one token and only letters: any
+/// sequence of them tokenizes to exactly one token per word. Used to build prompts of
+/// exact token lengths.
+pub fn word_tokens() -> Vec<&'static str> {
+    VOCAB
+        .iter()
+        .map(|(_, w)| *w)
+        .filter(|w| w.len() > 1 && w[1..].chars().all(|c| c.is_ascii_alphabetic()))
+        .collect()
+}
+
 /// The `i`-th generated token of a sequence whose stream is seeded by `seed`.
 pub fn generated_token(seed: u64, i: u32) -> Token {
     let mut x = seed ^ (u64::from(i)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -129,6 +140,14 @@ mod tests {
             assert_eq!(encode(w), vec![*id]);
             assert_eq!(token_text(*id), *w);
         }
+    }
+
+    #[test]
+    fn word_sequences_have_one_token_per_word() {
+        let words = word_tokens();
+        assert!(words.len() > 100);
+        let text: String = (0..500).map(|i| words[(i * 7 + 3) % words.len()]).collect();
+        assert_eq!(encode(&text).len(), 500);
     }
 
     #[test]

@@ -1,0 +1,16 @@
+//! `switchyard-bench`: realistic workloads against any OpenAI-compatible URL, and
+//! side-by-side comparisons of targets measured in one run.
+//!
+//! - [`workload`]: seeded generators (shared-prefix, multi-turn, agentic, random,
+//!   prefix-repetition) and trace replay.
+//! - [`runner`]: open/closed-loop execution with client-side TTFT, ITL and latency.
+//! - [`engines`]: the engines' own prefix-cache counters, cache resets, process usage.
+//! - [`oracle`]: the best hit rate any router could reach on what was sent.
+//! - [`report`]: rotation over targets and repetitions, JSON and Markdown.
+
+pub mod engines;
+pub mod oracle;
+pub mod report;
+pub mod runner;
+pub mod stats;
+pub mod workload;

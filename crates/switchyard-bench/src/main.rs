@@ -1,0 +1,268 @@
+//! `switchyard-bench`: run a workload against one or more targets and write the results.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use switchyard_bench::report::{self, CompareConfig, Target};
+use switchyard_bench::runner::Arrivals;
+use switchyard_bench::workload::{self, Params};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Workload {
+    SharedPrefix,
+    MultiTurn,
+    Agentic,
+    Random,
+    PrefixRepetition,
+    Trace,
+}
+
+/// Measure OpenAI-compatible targets (routers, engines) on one workload, side by side.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-bench", version, about)]
+struct Args {
+    /// A target as NAME=URL (repeatable); the first is the baseline of the ratios.
+    #[arg(long = "target", required = true, value_parser = parse_target)]
+    targets: Vec<(String, String)>,
+    /// Attribute CPU time and peak RSS to a target's local process: NAME=PID.
+    #[arg(long = "pid", value_parser = parse_pid)]
+    pids: Vec<(String, u32)>,
+    /// Engine base URLs whose /metrics give the prefix-cache hit rate and request
+    /// shares, and whose caches are reset before each target (repeatable).
+    #[arg(long = "engine")]
+    engines: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Workload::SharedPrefix)]
+    workload: Workload,
+    /// Model name sent in requests.
+    #[arg(long, default_value = "switchyard/sim-8b")]
+    model: String,
+    /// Open loop: sessions (conversations, workflows, requests) started per second, Poisson.
+    #[arg(long, conflicts_with = "concurrency")]
+    rate: Option<f64>,
+    /// Closed loop: sessions in flight at once.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Stop sending after this many requests.
+    #[arg(long, default_value_t = 100_000)]
+    max_requests: usize,
+    /// Stop sending after this many seconds (answers in flight get --request-timeout more).
+    #[arg(long, default_value_t = 300)]
+    duration: u64,
+    #[arg(long, default_value_t = 120)]
+    request_timeout: u64,
+    /// Runs of every target, rotating their order each time.
+    #[arg(long, default_value_t = 1)]
+    repetitions: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output tokens per request.
+    #[arg(long, default_value_t = 256)]
+    output_len: u32,
+    /// shared-prefix: system prompts.
+    #[arg(long, default_value_t = 64)]
+    groups: usize,
+    /// shared-prefix: questions per system prompt.
+    #[arg(long, default_value_t = 16)]
+    prompts_per_group: usize,
+    /// shared-prefix: system prompt tokens; multi-turn: first-turn system prompt tokens.
+    #[arg(long, default_value_t = 2048)]
+    system_len: usize,
+    /// shared-prefix: question tokens; agentic: task tokens.
+    #[arg(long, default_value_t = 128)]
+    question_len: usize,
+    /// multi-turn: conversations.
+    #[arg(long, default_value_t = 32)]
+    conversations: usize,
+    /// multi-turn: turns per conversation.
+    #[arg(long, default_value_t = 8)]
+    turns: usize,
+    /// multi-turn: user tokens per turn.
+    #[arg(long, default_value_t = 128)]
+    turn_len: usize,
+    /// multi-turn: mean think time between turns, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    think_time: f64,
+    /// agentic: workflows.
+    #[arg(long, default_value_t = 16)]
+    workflows: usize,
+    /// agentic: parallel agents per workflow.
+    #[arg(long, default_value_t = 4)]
+    agents: usize,
+    /// agentic: shared context tokens.
+    #[arg(long, default_value_t = 4096)]
+    context_len: usize,
+    /// random, prefix-repetition: requests.
+    #[arg(long, default_value_t = 1000)]
+    num_requests: usize,
+    /// random: prompt tokens.
+    #[arg(long, default_value_t = 1024)]
+    prompt_len: usize,
+    /// prefix-repetition: distinct prefixes.
+    #[arg(long, default_value_t = 8)]
+    num_prefixes: usize,
+    /// prefix-repetition: prefix tokens.
+    #[arg(long, default_value_t = 2048)]
+    prefix_len: usize,
+    /// prefix-repetition: suffix tokens.
+    #[arg(long, default_value_t = 128)]
+    suffix_len: usize,
+    /// trace: JSONL file to replay.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Write OUT.json and OUT.md (default: print the table only).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_target(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s.split_once('=').ok_or("expected NAME=URL")?;
+    if name.is_empty() {
+        return Err("empty target name".into());
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{url:?} is not an http(s) URL"));
+    }
+    Ok((name.to_string(), url.trim_end_matches('/').to_string()))
+}
+
+fn parse_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
+    Ok((
+        name.to_string(),
+        pid.parse().map_err(|e| format!("PID {pid:?}: {e}"))?,
+    ))
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
+    let p = Params {
+        seed: a.seed,
+        output_len: a.output_len,
+        groups: a.groups,
+        prompts_per_group: a.prompts_per_group,
+        system_len: a.system_len,
+        question_len: a.question_len,
+        conversations: a.conversations,
+        turns: a.turns,
+        turn_len: a.turn_len,
+        think_secs: a.think_time,
+        workflows: a.workflows,
+        agents: a.agents,
+        context_len: a.context_len,
+        num_requests: a.num_requests,
+        prompt_len: a.prompt_len,
+        num_prefixes: a.num_prefixes,
+        prefix_len: a.prefix_len,
+        suffix_len: a.suffix_len,
+    };
+    if a.output_len == 0 {
+        anyhow::bail!("--output-len must be at least 1");
+    }
+    let mut sessions = match a.workload {
+        Workload::SharedPrefix => workload::shared_prefix(&p),
+        Workload::MultiTurn => workload::multi_turn(&p),
+        Workload::Agentic => workload::agentic(&p),
+        Workload::Random => workload::random(&p),
+        Workload::PrefixRepetition => workload::prefix_repetition(&p),
+        Workload::Trace => {
+            let path = a
+                .trace
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("--workload trace needs --trace FILE"))?;
+            workload::trace(path, a.output_len)?
+        }
+    };
+    let arrivals = match (a.rate, a.concurrency) {
+        (Some(r), _) if !(r.is_finite() && r > 0.0) => {
+            anyhow::bail!("--rate must be a positive number")
+        }
+        (Some(r), _) => {
+            workload::poisson_starts(&mut sessions, r, a.seed);
+            Arrivals::Open
+        }
+        (None, Some(0)) => anyhow::bail!("--concurrency must be at least 1"),
+        (None, Some(c)) => Arrivals::Closed(c),
+        (None, None) if matches!(a.workload, Workload::Trace) => Arrivals::Open,
+        (None, None) => anyhow::bail!(
+            "choose an arrival process: --rate R (open loop) or --concurrency N (closed loop)"
+        ),
+    };
+    let targets: Vec<Target> = a
+        .targets
+        .iter()
+        .map(|(name, url)| Target {
+            name: name.clone(),
+            url: url.clone(),
+            pid: a.pids.iter().find(|(n, _)| n == name).map(|(_, p)| *p),
+        })
+        .collect();
+    if let Some((n, _)) = a
+        .pids
+        .iter()
+        .find(|(n, _)| !targets.iter().any(|t| &t.name == n))
+    {
+        anyhow::bail!("--pid {n}=…: no target named {n}");
+    }
+    let cfg = CompareConfig {
+        targets: targets.clone(),
+        engines: a
+            .engines
+            .iter()
+            .map(|e| e.trim_end_matches('/').to_string())
+            .collect(),
+        model: a.model.clone(),
+        arrivals,
+        max_requests: a.max_requests,
+        duration: Duration::from_secs(a.duration),
+        request_timeout: Duration::from_secs(a.request_timeout),
+        repetitions: a.repetitions,
+        progress: !a.quiet,
+    };
+    let requests: usize = sessions.iter().map(|s| s.requests()).sum();
+    eprintln!(
+        "workload {:?}: {} sessions, {} requests",
+        a.workload,
+        sessions.len(),
+        requests
+    );
+    let results = report::compare(&cfg, Arc::new(sessions)).await?;
+    let rows = report::aggregate(&results, &targets);
+    let title = format!(
+        "{:?} ({} requests, {:?})",
+        a.workload,
+        requests.min(a.max_requests),
+        arrivals
+    );
+    let md = report::markdown(&title, &rows);
+    println!("{md}");
+    if let Some(out) = &a.out {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let json = serde_json::json!({"workload": format!("{:?}", a.workload), "params": p, "summary": rows, "runs": results});
+        std::fs::write(
+            out.with_extension("json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+        std::fs::write(out.with_extension("md"), &md)?;
+        eprintln!(
+            "wrote {} and {}",
+            out.with_extension("json").display(),
+            out.with_extension("md").display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! Comparing targets on one workload: cache resets between targets, rotation across
+//! repetitions, and the JSON / Markdown results with ratios against the first target.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::engines::{self, EngineCounters, ProcUsage};
+use crate::oracle;
+use crate::runner::{self, Arrivals, RunConfig};
+use crate::stats::{Summary, summarize};
+use crate::workload::Session;
+
+/// A router, engine or anything OpenAI-compatible to measure.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub url: String,
+    /// Local process to account CPU time and peak RSS to.
+    pub pid: Option<u32>,
+}
+
+/// Settings shared by every target of a comparison.
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    pub targets: Vec<Target>,
+    pub engines: Vec<String>,
+    pub model: String,
+    pub arrivals: Arrivals,
+    pub max_requests: usize,
+    pub duration: Duration,
+    pub request_timeout: Duration,
+    pub repetitions: usize,
+    pub progress: bool,
+}
+
+/// One target's results in one repetition.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetResult {
+    pub name: String,
+    pub url: String,
+    pub repetition: usize,
+    pub ok: u64,
+    pub by_status: BTreeMap<String, u64>,
+    /// Requests cut by the run's time bound.
+    pub cut: usize,
+    pub wall_secs: f64,
+    pub req_per_sec: f64,
+    pub output_tok_per_sec: f64,
+    pub ttft: Summary,
+    pub itl: Summary,
+    pub e2e: Summary,
+    /// Engines' prefix-cache hit rate over the run (hits / queried tokens).
+    pub engine_hit_rate: Option<f64>,
+    /// Best possible hit rate for the prompts sent (unbounded cache).
+    pub oracle_hit_rate: f64,
+    /// Each engine's share of the requests it finished during the run.
+    pub engine_share: Vec<f64>,
+    pub process: Option<ProcUsage>,
+}
+
+async fn scrape_all(
+    client: &reqwest::Client,
+    engines: &[String],
+) -> anyhow::Result<Vec<EngineCounters>> {
+    let mut out = Vec::new();
+    for e in engines {
+        out.push(engines::scrape(client, e).await?);
+    }
+    Ok(out)
+}
+
+/// Checks that a target answers at all before a run starts.
+pub async fn check_reachable(client: &reqwest::Client, t: &Target) -> anyhow::Result<()> {
+    client
+        .get(format!("{}/v1/models", t.url))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("target {} ({}) is unreachable: {e}", t.name, t.url))?;
+    Ok(())
+}
+
+/// Runs every target on `sessions`, `repetitions` times, rotating the order.
+pub async fn compare(
+    cfg: &CompareConfig,
+    sessions: Arc<Vec<Session>>,
+) -> anyhow::Result<Vec<TargetResult>> {
+    let client = reqwest::Client::new();
+    for t in &cfg.targets {
+        check_reachable(&client, t).await?;
+    }
+    let mut results = Vec::new();
+    for rep in 0..cfg.repetitions.max(1) {
+        let n = cfg.targets.len();
+        for k in 0..n {
+            let t = &cfg.targets[(k + rep) % n];
+            for e in &cfg.engines {
+                engines::reset(&client, e).await?;
+            }
+            let before = scrape_all(&client, &cfg.engines).await?;
+            let proc_before = t.pid.map(engines::proc_usage).transpose()?;
+            let run_cfg = RunConfig {
+                name: t.name.clone(),
+                url: t.url.clone(),
+                model: cfg.model.clone(),
+                arrivals: cfg.arrivals,
+                max_requests: cfg.max_requests,
+                duration: cfg.duration,
+                request_timeout: cfg.request_timeout,
+                progress: cfg.progress,
+            };
+            let out = runner::run(run_cfg, sessions.clone()).await;
+            let after = scrape_all(&client, &cfg.engines).await?;
+            let process = match (t.pid, proc_before) {
+                (Some(pid), Some(b)) => {
+                    let a = engines::proc_usage(pid)?;
+                    Some(ProcUsage {
+                        cpu_secs: a.cpu_secs - b.cpu_secs,
+                        peak_rss_mb: a.peak_rss_mb,
+                    })
+                }
+                _ => None,
+            };
+            results.push(summarize_run(t, rep, out, &before, &after, process));
+        }
+    }
+    Ok(results)
+}
+
+fn summarize_run(
+    t: &Target,
+    rep: usize,
+    mut out: runner::RunOutput,
+    before: &[EngineCounters],
+    after: &[EngineCounters],
+    process: Option<ProcUsage>,
+) -> TargetResult {
+    out.samples.sort_by(|a, b| a.sent_at.total_cmp(&b.sent_at));
+    let ok: Vec<&runner::Sample> = out.samples.iter().filter(|s| s.status == 200).collect();
+    let ttfts: Vec<f64> = ok.iter().filter_map(|s| s.ttft).collect();
+    let itls: Vec<f64> = ok.iter().flat_map(|s| s.itl.iter().copied()).collect();
+    let e2es: Vec<f64> = ok.iter().map(|s| s.e2e).collect();
+    let out_tokens: u64 = ok.iter().map(|s| s.output_tokens).sum();
+    let deltas: Vec<EngineCounters> = after.iter().zip(before).map(|(a, b)| a.delta(b)).collect();
+    let queries: f64 = deltas.iter().map(|d| d.prefix_queries).sum();
+    let hits: f64 = deltas.iter().map(|d| d.prefix_hits).sum();
+    let finished: f64 = deltas.iter().map(|d| d.requests).sum();
+    let prompts: Vec<Vec<u32>> = out
+        .samples
+        .iter()
+        .map(|s| oracle::prompt_tokens(&s.messages))
+        .collect();
+    let wall = out.wall_secs.max(1e-9);
+    TargetResult {
+        name: t.name.clone(),
+        url: t.url.clone(),
+        repetition: rep,
+        ok: ok.len() as u64,
+        by_status: runner::by_status(&out.samples),
+        cut: out.cut,
+        wall_secs: out.wall_secs,
+        req_per_sec: ok.len() as f64 / wall,
+        output_tok_per_sec: out_tokens as f64 / wall,
+        ttft: summarize(&ttfts),
+        itl: summarize(&itls),
+        e2e: summarize(&e2es),
+        engine_hit_rate: (queries > 0.0).then(|| hits / queries),
+        oracle_hit_rate: oracle::hit_rate(&prompts),
+        engine_share: deltas
+            .iter()
+            .map(|d| {
+                if finished > 0.0 {
+                    d.requests / finished
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+        process,
+    }
+}
+
+/// Mean of each target's numbers over its repetitions, in target order.
+pub fn aggregate(results: &[TargetResult], targets: &[Target]) -> Vec<TargetResult> {
+    targets
+        .iter()
+        .filter_map(|t| {
+            let rs: Vec<&TargetResult> = results.iter().filter(|r| r.name == t.name).collect();
+            let n = rs.len() as f64;
+            let first = (*rs.first()?).clone();
+            let mean = |f: &dyn Fn(&TargetResult) -> f64| rs.iter().map(|r| f(r)).sum::<f64>() / n;
+            let msum = |f: &dyn Fn(&TargetResult) -> Summary| Summary {
+                p50: mean(&|r| f(r).p50),
+                p90: mean(&|r| f(r).p90),
+                p99: mean(&|r| f(r).p99),
+                mean: mean(&|r| f(r).mean),
+                count: rs.iter().map(|r| f(r).count).sum(),
+            };
+            let mut by_status = BTreeMap::new();
+            for r in &rs {
+                for (k, v) in &r.by_status {
+                    *by_status.entry(k.clone()).or_insert(0) += v;
+                }
+            }
+            Some(TargetResult {
+                repetition: rs.len(),
+                ok: rs.iter().map(|r| r.ok).sum(),
+                by_status,
+                cut: rs.iter().map(|r| r.cut).sum(),
+                wall_secs: mean(&|r| r.wall_secs),
+                req_per_sec: mean(&|r| r.req_per_sec),
+                output_tok_per_sec: mean(&|r| r.output_tok_per_sec),
+                ttft: msum(&|r| r.ttft),
+                itl: msum(&|r| r.itl),
+                e2e: msum(&|r| r.e2e),
+                engine_hit_rate: first
+                    .engine_hit_rate
+                    .map(|_| mean(&|r| r.engine_hit_rate.unwrap_or(0.0))),
+                oracle_hit_rate: mean(&|r| r.oracle_hit_rate),
+                engine_share: (0..first.engine_share.len())
+                    .map(|i| mean(&|r| r.engine_share.get(i).copied().unwrap_or(0.0)))
+                    .collect(),
+                process: first.process.map(|_| ProcUsage {
+                    cpu_secs: mean(&|r| r.process.map_or(0.0, |p| p.cpu_secs)),
+                    peak_rss_mb: rs
+                        .iter()
+                        .filter_map(|r| r.process)
+                        .map(|p| p.peak_rss_mb)
+                        .fold(0.0, f64::max),
+                }),
+                ..first
+            })
+        })
+        .collect()
+}
+
+fn ms(s: f64) -> String {
+    if s >= 10.0 {
+        format!("{:.1} s", s)
+    } else {
+        format!("{:.0} ms", s * 1e3)
+    }
+}
+
+/// A Markdown table of aggregated results, with ratios against the first row.
+pub fn markdown(title: &str, rows: &[TargetResult]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "### {title}\n");
+    let _ = writeln!(
+        md,
+        "| target | ok | errors | req/s | out tok/s | TTFT p50 | TTFT p90 | TTFT p99 | ITL p50 | ITL p90 | E2E p90 | engine hit rate | oracle | engine share | CPU s | peak RSS | TTFT p90 vs first | req/s vs first |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
+    let base = rows.first();
+    for r in rows {
+        let errors: u64 = r
+            .by_status
+            .iter()
+            .filter(|(k, _)| k.as_str() != "200")
+            .map(|(_, v)| v)
+            .sum();
+        let err_detail = if errors > 0 {
+            let parts: Vec<String> = r
+                .by_status
+                .iter()
+                .filter(|(k, _)| k.as_str() != "200")
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            format!("{errors} ({})", parts.join(", "))
+        } else {
+            "0".into()
+        };
+        let share = if r.engine_share.is_empty() {
+            "—".into()
+        } else {
+            r.engine_share
+                .iter()
+                .map(|s| format!("{:.0}%", s * 100.0))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}×", a / b)
+            } else {
+                "—".into()
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1}% | {} | {} | {} | {} | {} |",
+            r.name,
+            r.ok,
+            err_detail,
+            r.req_per_sec,
+            r.output_tok_per_sec,
+            ms(r.ttft.p50),
+            ms(r.ttft.p90),
+            ms(r.ttft.p99),
+            ms(r.itl.p50),
+            ms(r.itl.p90),
+            ms(r.e2e.p90),
+            r.engine_hit_rate
+                .map_or("—".into(), |h| format!("{:.1}%", h * 100.0)),
+            r.oracle_hit_rate * 100.0,
+            share,
+            r.process
+                .map_or("—".into(), |p| format!("{:.1}", p.cpu_secs)),
+            r.process
+                .map_or("—".into(), |p| format!("{:.0} MB", p.peak_rss_mb)),
+            base.map_or("—".into(), |b| ratio(r.ttft.p90, b.ttft.p90)),
+            base.map_or("—".into(), |b| ratio(r.req_per_sec, b.req_per_sec)),
+        );
+    }
+    md
+}
