@@ -149,10 +149,10 @@ fn summarize_run(
     let queries: f64 = deltas.iter().map(|d| d.prefix_queries).sum();
     let hits: f64 = deltas.iter().map(|d| d.prefix_hits).sum();
     let finished: f64 = deltas.iter().map(|d| d.requests).sum();
-    let prompts: Vec<Vec<u32>> = out
+    let prompts: Vec<(Vec<u32>, Vec<u32>)> = out
         .samples
         .iter()
-        .map(|s| oracle::prompt_tokens(&s.messages))
+        .map(|s| (oracle::prompt_tokens(&s.messages), switchyard_sim::tokenizer::encode(&s.output)))
         .collect();
     let wall = out.wall_secs.max(1e-9);
     TargetResult {

@@ -50,9 +50,11 @@ pub struct Sample {
     pub cached_tokens: u64,
     /// Offset from the run's start at which it was sent.
     pub sent_at: f64,
-    /// The messages sent (for the oracle).
+    /// The messages sent and the text received (for the oracle).
     #[serde(skip)]
     pub messages: Vec<Value>,
+    #[serde(skip)]
+    pub output: String,
 }
 
 /// Everything a run produced.
@@ -277,6 +279,7 @@ async fn send(shared: &Shared, spec: &RequestSpec, messages: Vec<Value>) -> (Sam
         }
     }
     sample.e2e = start.elapsed().as_secs_f64();
+    sample.output = text.clone();
     shared.done.fetch_add(1, Ordering::Relaxed);
     if sample.status != 200 {
         shared.errors.fetch_add(1, Ordering::Relaxed);

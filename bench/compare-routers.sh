@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Switchyard's policies against vllm-router, sglang-router and a direct connection, on
+# simulated engines, in one run. Writes bench/results/<date>[-overhead].md.
+#
+#   bench/compare-routers.sh            # routing quality: shared-prefix and multi-turn
+#   bench/compare-routers.sh overhead   # instant engines: max throughput, added latency (needs wrk)
+#
+# Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-quality}
+VENV=bench/.venv
+OUT=bench/results
+LOGS=$OUT/logs
+mkdir -p "$OUT" "$LOGS"
+DATE=$(date -u +%Y-%m-%d-%H%M)
+
+if [ ! -x "$VENV/bin/vllm-router" ] || [ ! -x "$VENV/bin/sglang-router" ]; then
+  echo "installing vllm-router 0.1.17 and sglang-router into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "vllm-router==0.1.17" "sglang-router"
+fi
+cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
+BIN=target/release
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+start() { # start NAME CMD...: runs CMD in the background, logs to $LOGS/NAME.log
+  local name=$1; shift
+  "$@" > "$LOGS/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_${name//-/_}=$!"
+}
+
+wait_ready() { # wait_ready URL: until GET URL answers, 60 s at most
+  for _ in $(seq 1 300); do
+    curl -fs -o /dev/null -m 1 "$1" && return 0
+    sleep 0.2
+  done
+  echo "not ready: $1" >&2; exit 1
+}
+
+ENGINE_PORT=18600
+ROUTER_PORT=18700
+engines() { for i in $(seq 0 $(($1 - 1))); do echo "http://127.0.0.1:$((ENGINE_PORT + i))"; done; }
+
+routers() { # routers N_ENGINES: start every router in front of the engines
+  local urls; urls=$(engines "$1" | tr '\n' ' ')
+  local p=$ROUTER_PORT
+  for pol in cache_aware round_robin power_of_two consistent_hash; do
+    start "switchyard-$pol" $BIN/switchyard serve --worker-urls $urls --policy $pol --port $p --prometheus-port $((p + 50)) --log-level warn
+    TARGETS+=("switchyard-$pol=http://127.0.0.1:$p"); PIDARGS+=("--pid" "switchyard-$pol=$(eval echo \$PID_switchyard_$pol)"); p=$((p + 1))
+  done
+  for pol in round_robin cache_aware; do
+    start "vllm-router-$pol" "$VENV/bin/vllm-router" --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
+    TARGETS+=("vllm-router-$pol=http://127.0.0.1:$p"); p=$((p + 1))
+    start "sglang-router-$pol" "$VENV/bin/sglang-router" launch --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
+    TARGETS+=("sglang-router-$pol=http://127.0.0.1:$p"); p=$((p + 1))
+  done
+  TARGETS+=("direct=http://127.0.0.1:$ENGINE_PORT")
+  for t in "${TARGETS[@]}"; do wait_ready "${t#*=}/v1/models"; done
+  sleep 2 # let the routers finish their first health checks
+}
+
+if [ "$MODE" = overhead ]; then
+  command -v wrk >/dev/null || { echo "overhead mode needs wrk (apt-get install wrk)" >&2; exit 1; }
+  start sim $BIN/switchyard-sim --instant --engines 2 --port $ENGINE_PORT --log-level warn
+  wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
+  TARGETS=(); PIDARGS=()
+  routers 2
+  REPORT=$OUT/$DATE-overhead.md
+  {
+    echo "## Overhead: instant engines ($(date -u +%Y-%m-%d))"
+    echo
+    echo "2 instant simulated engines; non-streaming chat completions (bench/chat-load.lua)."
+    echo "Throughput: wrk -t2 -c64 -d8s. Latency: wrk -t1 -c1 -d5s (sequential, keep-alive)."
+    echo "Each target measured 3 times in rotated order; the median is shown. Nothing pinned."
+    echo
+  } > "$REPORT"
+  declare -A RPS LAT
+  for rep in 0 1 2; do
+    n=${#TARGETS[@]}
+    for k in $(seq 0 $((n - 1))); do
+      t=${TARGETS[$(((k + rep) % n))]}; name=${t%%=*}; url=${t#*=}
+      rps=$(wrk -t2 -c64 -d8s -s bench/chat-load.lua "$url/v1/chat/completions" | awk '/Requests\/sec/ {print $2}')
+      lat=$(wrk -t1 -c1 -d5s --latency -s bench/chat-load.lua "$url/v1/chat/completions" | awk '$1=="50%" {print $2}')
+      RPS[$name]="${RPS[$name]:-} $rps"; LAT[$name]="${LAT[$name]:-} $lat"
+      echo "rep $rep $name: $rps req/s, p50 $lat"
+    done
+  done
+  median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  to_us() { awk '{v=$1; if (v ~ /ms$/) {sub(/ms/,"",v); v*=1000} else if (v ~ /us$/) {sub(/us/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1e6}; print v}'; }
+  direct_lat=$(for v in ${LAT[direct]}; do echo "$v" | to_us; done | median)
+  base=$(echo "${RPS[vllm-router-round_robin]}" | median)
+  {
+    echo "| target | req/s (median) | vs vllm-router round_robin | p50 latency (µs) | added over direct (µs) |"
+    echo "|---|---:|---:|---:|---:|"
+    for t in "${TARGETS[@]}"; do
+      name=${t%%=*}
+      r=$(echo "${RPS[$name]}" | median)
+      l=$(for v in ${LAT[$name]}; do echo "$v" | to_us; done | median)
+      printf "| %s | %.0f | %.2f× | %.0f | %.0f |\n" "$name" "$r" "$(echo "$r / $base" | bc -l)" "$l" "$(echo "$l - $direct_lat" | bc -l)"
+    done
+  } >> "$REPORT"
+  cat "$REPORT"
+  exit 0
+fi
+
+# Routing quality: 4 engines whose caches cannot hold every prefix (4000 blocks of 16
+# tokens each), run 4x faster than real time.
+SCALE=4
+start sim $BIN/switchyard-sim --engines 4 --port $ENGINE_PORT --time-scale $SCALE --num-gpu-blocks 4000 --max-model-len 16384 --log-level warn
+wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
+TARGETS=(); PIDARGS=()
+routers 4
+ENGINE_ARGS=(); for e in $(engines 4); do ENGINE_ARGS+=(--engine "$e"); done
+TARGET_ARGS=(); for t in "${TARGETS[@]}"; do TARGET_ARGS+=(--target "$t"); done
+REPORT=$OUT/$DATE.md
+{
+  echo "## Routing quality ($(date -u +%Y-%m-%d))"
+  echo
+  echo "4 simulated engines (switchyard-sim --engines 4 --time-scale $SCALE --num-gpu-blocks 4000 --max-model-len 16384),"
+  echo "prefix caches reset before every target. Latencies are client-side real time; multiply by $SCALE for simulated (GPU-equivalent) time."
+  echo "\`direct\` sends everything to one engine."
+  echo
+} > "$REPORT"
+$BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PIDARGS[@]}" --quiet \
+  --workload shared-prefix --groups 64 --prompts-per-group 16 --system-len 2048 --question-len 128 --output-len 256 \
+  --rate 40 --duration 120 --request-timeout 120 --out "$OUT/$DATE-shared-prefix" >> "$REPORT"
+$BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PIDARGS[@]}" --quiet \
+  --workload multi-turn --conversations 32 --turns 8 --system-len 2048 --turn-len 128 --output-len 256 --think-time 0.5 \
+  --rate 8 --duration 120 --request-timeout 120 --out "$OUT/$DATE-multi-turn" >> "$REPORT"
+cat "$REPORT"
