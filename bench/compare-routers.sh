@@ -58,9 +58,9 @@ routers() { # routers N_ENGINES: start every router in front of the engines
   done
   for pol in round_robin cache_aware; do
     start "vllm-router-$pol" "$VENV/bin/vllm-router" --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
-    TARGETS+=("vllm-router-$pol=http://127.0.0.1:$p"); p=$((p + 1))
+    TARGETS+=("vllm-router-$pol=http://127.0.0.1:$p"); PIDARGS+=("--pid" "vllm-router-$pol=$(eval echo \$PID_vllm_router_$pol)"); p=$((p + 1))
     start "sglang-router-$pol" "$VENV/bin/sglang-router" launch --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
-    TARGETS+=("sglang-router-$pol=http://127.0.0.1:$p"); p=$((p + 1))
+    TARGETS+=("sglang-router-$pol=http://127.0.0.1:$p"); PIDARGS+=("--pid" "sglang-router-$pol=$(eval echo \$PID_sglang_router_$pol)"); p=$((p + 1))
   done
   TARGETS+=("direct=http://127.0.0.1:$ENGINE_PORT")
   for t in "${TARGETS[@]}"; do wait_ready "${t#*=}/v1/models"; done
