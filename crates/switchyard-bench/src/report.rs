@@ -152,7 +152,12 @@ fn summarize_run(
     let prompts: Vec<(Vec<u32>, Vec<u32>)> = out
         .samples
         .iter()
-        .map(|s| (oracle::prompt_tokens(&s.messages), switchyard_sim::tokenizer::encode(&s.output)))
+        .map(|s| {
+            (
+                oracle::prompt_tokens(&s.messages),
+                switchyard_sim::tokenizer::encode(&s.output),
+            )
+        })
         .collect();
     let wall = out.wall_secs.max(1e-9);
     TargetResult {

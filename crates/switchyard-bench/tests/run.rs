@@ -11,13 +11,34 @@ use switchyard_sim::SimConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comparison_of_two_engines_reports_every_measure() {
-    let sims = switchyard_sim::spawn(SimConfig { engines: 2, time_scale: 50.0, ..SimConfig::default() }).await.unwrap();
+    let sims = switchyard_sim::spawn(SimConfig {
+        engines: 2,
+        time_scale: 50.0,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
     let urls = sims.urls();
-    let p = Params { groups: 2, prompts_per_group: 4, system_len: 200, question_len: 10, output_len: 8, ..Params::default() };
+    let p = Params {
+        groups: 2,
+        prompts_per_group: 4,
+        system_len: 200,
+        question_len: 10,
+        output_len: 8,
+        ..Params::default()
+    };
     let sessions = Arc::new(workload::shared_prefix(&p));
     let targets = vec![
-        Target { name: "a".into(), url: urls[0].clone(), pid: Some(std::process::id()) },
-        Target { name: "b".into(), url: urls[1].clone(), pid: None },
+        Target {
+            name: "a".into(),
+            url: urls[0].clone(),
+            pid: Some(std::process::id()),
+        },
+        Target {
+            name: "b".into(),
+            url: urls[1].clone(),
+            pid: None,
+        },
     ];
     let cfg = CompareConfig {
         targets: targets.clone(),
@@ -33,7 +54,10 @@ async fn comparison_of_two_engines_reports_every_measure() {
     let results = report::compare(&cfg, sessions).await.unwrap();
     assert_eq!(results.len(), 4, "2 targets × 2 repetitions");
     assert_eq!(results[0].name, "a");
-    assert_eq!(results[2].name, "b", "the order rotates on the second repetition");
+    assert_eq!(
+        results[2].name, "b",
+        "the order rotates on the second repetition"
+    );
     for r in &results {
         assert_eq!(r.ok, 8, "{r:?}");
         assert_eq!(r.ttft.count, 8);
@@ -42,9 +66,17 @@ async fn comparison_of_two_engines_reports_every_measure() {
         let share_sum: f64 = r.engine_share.iter().sum();
         assert!((share_sum - 1.0).abs() < 1e-9);
         // 2 groups of 4: at best 3 of every 4 prompts hit the shared prefix.
-        assert!(r.oracle_hit_rate > 0.5 && r.oracle_hit_rate < 0.75, "{}", r.oracle_hit_rate);
+        assert!(
+            r.oracle_hit_rate > 0.5 && r.oracle_hit_rate < 0.75,
+            "{}",
+            r.oracle_hit_rate
+        );
         let hit = r.engine_hit_rate.unwrap();
-        assert!(hit > 0.5 && hit <= r.oracle_hit_rate + 1e-9, "engine {hit} vs oracle {}", r.oracle_hit_rate);
+        assert!(
+            hit > 0.5 && hit <= r.oracle_hit_rate + 1e-9,
+            "engine {hit} vs oracle {}",
+            r.oracle_hit_rate
+        );
     }
     assert!(results[0].process.is_some() && results[1].process.is_none());
     let rows = report::aggregate(&results, &targets);
@@ -60,12 +92,30 @@ async fn comparison_of_two_engines_reports_every_measure() {
 
 #[tokio::test]
 async fn a_failing_target_is_reported_as_errors_not_a_crash() {
-    let sims = switchyard_sim::spawn(SimConfig { time_scale: 50.0, ..SimConfig::default() }).await.unwrap();
+    let sims = switchyard_sim::spawn(SimConfig {
+        time_scale: 50.0,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
     sims.server(0)
-        .set_faults(switchyard_sim::Faults { error_rate: 1.0, error_status: 503, ..Default::default() })
+        .set_faults(switchyard_sim::Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            ..Default::default()
+        })
         .unwrap();
-    let p = Params { num_requests: 5, prompt_len: 10, output_len: 4, ..Params::default() };
-    let targets = vec![Target { name: "bad".into(), url: sims.url(), pid: None }];
+    let p = Params {
+        num_requests: 5,
+        prompt_len: 10,
+        output_len: 4,
+        ..Params::default()
+    };
+    let targets = vec![Target {
+        name: "bad".into(),
+        url: sims.url(),
+        pid: None,
+    }];
     let cfg = CompareConfig {
         targets: targets.clone(),
         engines: vec![],
@@ -77,7 +127,9 @@ async fn a_failing_target_is_reported_as_errors_not_a_crash() {
         repetitions: 1,
         progress: false,
     };
-    let results = report::compare(&cfg, Arc::new(workload::random(&p))).await.unwrap();
+    let results = report::compare(&cfg, Arc::new(workload::random(&p)))
+        .await
+        .unwrap();
     assert_eq!(results[0].ok, 0);
     assert_eq!(results[0].by_status.get("503"), Some(&5));
     let md = report::markdown("t", &report::aggregate(&results, &targets));
@@ -86,7 +138,11 @@ async fn a_failing_target_is_reported_as_errors_not_a_crash() {
 
 #[tokio::test]
 async fn an_unreachable_target_is_a_clear_error() {
-    let targets = vec![Target { name: "gone".into(), url: "http://127.0.0.1:9".into(), pid: None }];
+    let targets = vec![Target {
+        name: "gone".into(),
+        url: "http://127.0.0.1:9".into(),
+        pid: None,
+    }];
     let cfg = CompareConfig {
         targets,
         engines: vec![],
@@ -98,6 +154,9 @@ async fn an_unreachable_target_is_a_clear_error() {
         repetitions: 1,
         progress: false,
     };
-    let err = report::compare(&cfg, Arc::new(vec![])).await.unwrap_err().to_string();
+    let err = report::compare(&cfg, Arc::new(vec![]))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("gone") && err.contains("unreachable"), "{err}");
 }
