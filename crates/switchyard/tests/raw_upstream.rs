@@ -23,6 +23,7 @@ use tokio::sync::{Notify, mpsc};
 #[derive(Default)]
 struct Script {
     headers: Mutex<Vec<HeaderMap>>,
+    bodies: Mutex<Vec<Bytes>>,
     /// Released to let the stream continue past its first chunk.
     gate: Notify,
     /// Signalled when a stream body is dropped before it ended.
@@ -60,6 +61,7 @@ async fn stream(
     _body: Bytes,
 ) -> axum::response::Response {
     s.headers.lock().unwrap().push(headers);
+    s.bodies.lock().unwrap().push(body);
     let script = s.clone();
     let signal = DropSignal(s.dropped.lock().unwrap().clone(), false);
     let body = futures_util::stream::unfold(
@@ -217,4 +219,40 @@ async fn request_ids_and_auth_headers_are_forwarded_as_documented() {
         .unwrap();
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(id.starts_with("req-") && id.len() > 10, "{id}");
+}
+
+#[tokio::test]
+async fn data_parallel_rank_goes_in_header_and_optionally_body() {
+    let script = Arc::new(Script::default());
+    let addr = start_upstream(script.clone()).await;
+    let mut cfg = config(vec![format!("http://{addr}")], PolicyKind::RoundRobin);
+    cfg.dp_size = 2;
+    cfg.dp_rank_in_body = true;
+    let gw = gateway(cfg).await;
+    for _ in 0..2 {
+        script.gate.notify_one();
+        let resp = client()
+            .post(format!("{}/v1/chat/completions", gw.url()))
+            .json(&body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let headers = script.headers.lock().unwrap().clone();
+    let bodies = script.bodies.lock().unwrap().clone();
+    let mut ranks = Vec::new();
+    for (h, b) in headers.iter().zip(&bodies) {
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        let in_body = v["data_parallel_rank"].as_u64().unwrap();
+        assert_eq!(
+            h["x-data-parallel-rank"].to_str().unwrap(),
+            in_body.to_string()
+        );
+        assert_eq!(v["model"], "raw", "the rest of the body is kept");
+        ranks.push(in_body);
+    }
+    ranks.sort();
+    assert_eq!(ranks, [0, 1]);
 }

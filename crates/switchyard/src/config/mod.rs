@@ -72,6 +72,13 @@ pub struct Config {
     /// Routing policy.
     #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
     pub policy: PolicyKind,
+    /// Data-parallel ranks behind each worker URL; each rank is its own routing
+    /// candidate (own cache state and load), addressed with `X-data-parallel-rank`.
+    #[arg(long, default_value_t = 1)]
+    pub dp_size: usize,
+    /// Also put the rank in the request body as `data_parallel_rank` (SGLang).
+    #[arg(long)]
+    pub dp_rank_in_body: bool,
 
     // --- cache_aware ---
     /// Smallest fraction of a prompt that must match a worker's cached prefix to count as a hit.
@@ -328,6 +335,7 @@ impl Config {
             ("request-timeout-secs", self.request_timeout_secs as usize),
             ("max-payload-size", self.max_payload_size),
             ("cache-block-size", self.cache_block_size),
+            ("dp-size", self.dp_size),
             ("max-tree-size", self.max_tree_size),
             ("eviction-interval", self.eviction_interval as usize),
             ("load-interval-secs", self.load_interval_secs as usize),

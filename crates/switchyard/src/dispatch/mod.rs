@@ -53,6 +53,8 @@ pub struct DispatchConfig {
     /// Forward the client's own `Authorization` (only when the gateway has no keys).
     pub forward_client_auth: bool,
     pub passive_failure_threshold: u32,
+    /// Add `data_parallel_rank` to the body of requests to a data-parallel rank.
+    pub dp_rank_in_body: bool,
 }
 
 /// Sends requests upstream.
@@ -276,6 +278,10 @@ impl Dispatcher {
         body: Bytes,
         request_id: &str,
     ) -> Request<Full<Bytes>> {
+        let body = match worker.id.dp_rank {
+            Some(rank) if self.cfg.dp_rank_in_body => with_rank(&body, rank).unwrap_or(body),
+            _ => body,
+        };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = worker.uri(view.route.path());
@@ -304,6 +310,14 @@ impl Dispatcher {
         }
         req
     }
+}
+
+/// The body with `"data_parallel_rank": rank` set (SGLang reads the rank there). The
+/// body was validated as a JSON object before routing.
+fn with_rank(body: &[u8], rank: u32) -> Option<Bytes> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    v.insert("data_parallel_rank".into(), rank.into());
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// Removes connection-specific headers from a forwarded response.

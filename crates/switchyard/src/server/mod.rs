@@ -63,11 +63,17 @@ impl Gateway {
             timeout: Duration::from_secs(cfg.cb_timeout_duration_secs),
             window: Duration::from_secs(cfg.cb_window_duration_secs),
         };
+        // One routing candidate per engine, or per data-parallel rank of it.
+        let ranks: Vec<Option<u32>> = match cfg.dp_size {
+            1 => vec![None],
+            n => (0..n as u32).map(Some).collect(),
+        };
         let workers = cfg
             .worker_urls
             .iter()
-            .map(|u| {
-                Worker::new(u, None, WorkerRole::Regular, breaker.clone())
+            .flat_map(|u| ranks.iter().map(move |r| (u, *r)))
+            .map(|(u, rank)| {
+                Worker::new(u, rank, WorkerRole::Regular, breaker.clone())
                     .map(Arc::new)
                     .map_err(anyhow::Error::msg)
             })
@@ -121,6 +127,7 @@ impl Gateway {
                 worker_auth,
                 forward_client_auth,
                 passive_failure_threshold: cfg.health_failure_threshold,
+                dp_rank_in_body: cfg.dp_rank_in_body,
             },
             metrics: metrics.clone(),
             registry: registry.clone(),
