@@ -58,7 +58,7 @@ impl Drop for DropSignal {
 async fn stream(
     State(s): State<Arc<Script>>,
     headers: HeaderMap,
-    _body: Bytes,
+    body: Bytes,
 ) -> axum::response::Response {
     s.headers.lock().unwrap().push(headers);
     s.bodies.lock().unwrap().push(body);
