@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::fleet::Registry as Fleet;
-use crate::routing::Policy;
+use crate::routing::IndexStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -211,7 +211,7 @@ impl Metrics {
     }
 
     /// Refreshes gauges that mirror live state, then renders the text exposition.
-    pub fn render(&self, fleet: &Fleet, policy: &dyn Policy) -> String {
+    pub fn render(&self, fleet: &Fleet, s: IndexStats) -> String {
         for w in fleet.all().iter() {
             let l = WorkerLabel {
                 worker: w.label.clone(),
@@ -226,7 +226,6 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(w.breaker.state() as i64);
         }
-        let s = policy.index_stats();
         self.index_entries.set(s.entries as i64);
         if s.blocks_total > 0 {
             self.index_hit_ratio

@@ -72,6 +72,14 @@ pub struct Config {
     /// Routing policy.
     #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
     pub policy: PolicyKind,
+    /// A model's own policy, as MODEL=POLICY (repeatable); other models use --policy.
+    /// Every model gets its own policy instance (its own prefix index).
+    #[arg(long, value_delimiter = ',')]
+    pub model_policy: Vec<String>,
+    /// A model alias, as ALIAS=MODEL (repeatable): requests naming ALIAS go to MODEL's
+    /// workers, and the body forwarded names MODEL.
+    #[arg(long, value_delimiter = ',')]
+    pub model_alias: Vec<String>,
     /// Data-parallel ranks behind each worker URL; each rank is its own routing
     /// candidate (own cache state and load), addressed with `X-data-parallel-rank`.
     #[arg(long, default_value_t = 1)]
@@ -299,6 +307,21 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `--model-alias` as a map from alias to model.
+    pub fn aliases(
+        &self,
+    ) -> Result<std::collections::HashMap<String, std::sync::Arc<str>>, String> {
+        self.model_alias
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((a, m)) if !a.is_empty() && !m.is_empty() && a != m => {
+                    Ok((a.to_string(), std::sync::Arc::from(m)))
+                }
+                _ => Err(format!("--model-alias {pair:?}: expected ALIAS=MODEL")),
+            })
+            .collect()
+    }
+
     /// Checks values and their relations; the message names the option.
     pub fn validate(&self) -> Result<(), String> {
         for url in &self.worker_urls {
@@ -390,6 +413,8 @@ impl Config {
                 return Err(format!("--hash-header {h:?} is not a valid header name"));
             }
         }
+        crate::routing::Policies::new(self)?;
+        self.aliases()?;
         if self.api_key.as_deref() == Some("") {
             return Err("--api-key must not be empty".into());
         }

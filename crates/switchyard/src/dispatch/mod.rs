@@ -19,7 +19,8 @@ use crate::error::ApiError;
 use crate::fleet::{Registry, Worker, WorkerId};
 use crate::metrics::{DecisionLabels, Metrics, ReasonLabel};
 use crate::request::RequestView;
-use crate::routing::Policy;
+use crate::request::set_field;
+use crate::routing::Policies;
 use stream::{ObservedBody, Settle};
 
 /// Retry settings.
@@ -62,7 +63,7 @@ pub struct Dispatcher {
     pub cfg: DispatchConfig,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
-    pub policy: Arc<dyn Policy>,
+    pub policies: Arc<Policies>,
 }
 
 fn retryable(status: StatusCode) -> bool {
@@ -101,6 +102,7 @@ impl Dispatcher {
         start: Instant,
     ) -> Response {
         let view = Arc::new(view);
+        let policy = self.policies.for_model(&view.model);
         let max_attempts = self.cfg.retry.max_retries + 1;
         let mut tried: Vec<WorkerId> = Vec::new();
         let mut last_error: Option<ApiError> = None;
@@ -108,13 +110,13 @@ impl Dispatcher {
             let Some(candidates) = self.candidates(&view.model, &tried, attempt).await else {
                 break;
             };
-            let Some(pick) = self.policy.pick(&candidates, &view) else {
+            let Some(pick) = policy.pick(&candidates, &view) else {
                 break;
             };
             self.metrics
                 .decisions
                 .get_or_create(&DecisionLabels {
-                    policy: self.policy.name(),
+                    policy: policy.name(),
                     reason: pick.reason,
                 })
                 .inc();
@@ -132,7 +134,7 @@ impl Dispatcher {
                     .inc();
             }
             let in_flight = worker.begin();
-            self.policy.on_routed(&worker, &view);
+            policy.on_routed(&worker, &view);
             let req = self.upstream_request(&worker, &view, headers, body.clone(), request_id);
             let result = tokio::time::timeout(self.cfg.timeout, client::local().request(req)).await;
             let retries_left = attempt + 1 < max_attempts;
@@ -140,7 +142,7 @@ impl Dispatcher {
                 Err(_) => {
                     permit.record(false);
                     worker.record_upstream(false, self.cfg.passive_failure_threshold);
-                    self.policy.on_finished(&worker, &view, false);
+                    policy.on_finished(&worker, &view, false);
                     self.upstream_error("timeout");
                     return ApiError::gateway_timeout(format!(
                         "Upstream {} did not answer within {} s",
@@ -154,7 +156,7 @@ impl Dispatcher {
                     if worker.record_upstream(false, self.cfg.passive_failure_threshold) {
                         tracing::warn!(worker = %worker.label, "worker ejected after consecutive upstream failures");
                     }
-                    self.policy.on_finished(&worker, &view, false);
+                    policy.on_finished(&worker, &view, false);
                     self.upstream_error("connect");
                     tracing::debug!(worker = %worker.label, error = %e, attempt, "upstream request failed");
                     last_error = Some(ApiError::bad_gateway(format!(
@@ -175,7 +177,7 @@ impl Dispatcher {
                         drop(permit);
                     }
                     worker.record_upstream(!server_error, self.cfg.passive_failure_threshold);
-                    self.policy.on_finished(&worker, &view, false);
+                    policy.on_finished(&worker, &view, false);
                     self.upstream_error("status");
                     last_error = Some(ApiError::upstream_status(
                         status,
@@ -199,7 +201,7 @@ impl Dispatcher {
                         status: parts.status,
                         request_id: request_id.to_string(),
                         metrics: self.metrics.clone(),
-                        policy: self.policy.clone(),
+                        policy: policy.clone(),
                         passive_failure_threshold: self.cfg.passive_failure_threshold,
                         attempts: attempt + 1,
                     };
@@ -279,7 +281,9 @@ impl Dispatcher {
         request_id: &str,
     ) -> Request<Full<Bytes>> {
         let body = match worker.id.dp_rank {
-            Some(rank) if self.cfg.dp_rank_in_body => with_rank(&body, rank).unwrap_or(body),
+            Some(rank) if self.cfg.dp_rank_in_body => {
+                set_field(&body, "data_parallel_rank", rank.into()).unwrap_or(body)
+            }
             _ => body,
         };
         let mut req = Request::new(Full::new(body));
@@ -310,14 +314,6 @@ impl Dispatcher {
         }
         req
     }
-}
-
-/// The body with `"data_parallel_rank": rank` set (SGLang reads the rank there). The
-/// body was validated as a JSON object before routing.
-fn with_rank(body: &[u8], rank: u32) -> Option<Bytes> {
-    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-    v.insert("data_parallel_rank".into(), rank.into());
-    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// Removes connection-specific headers from a forwarded response.

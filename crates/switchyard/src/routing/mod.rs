@@ -9,7 +9,10 @@ pub mod prefix;
 pub mod random;
 pub mod round_robin;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use clap::ValueEnum;
 
 use crate::config::{Config, PolicyKind};
 use crate::fleet::{Worker, WorkerId};
@@ -67,9 +70,9 @@ pub trait Policy: Send + Sync {
     }
 }
 
-/// Builds the configured policy.
-pub fn build(cfg: &Config) -> Arc<dyn Policy> {
-    match cfg.policy {
+/// Builds a policy of `kind` with the settings in `cfg`.
+pub fn build(kind: PolicyKind, cfg: &Config) -> Arc<dyn Policy> {
+    match kind {
         PolicyKind::Random => Arc::new(random::Random),
         PolicyKind::RoundRobin => Arc::new(round_robin::RoundRobin::default()),
         PolicyKind::PowerOfTwo => Arc::new(power_of_two::PowerOfTwo),
@@ -79,6 +82,107 @@ pub fn build(cfg: &Config) -> Arc<dyn Policy> {
         PolicyKind::CacheAware => Arc::new(cache_aware::CacheAware::new(
             cache_aware::CacheAwareConfig::from(cfg),
         )),
+    }
+}
+
+/// One policy instance per model (each with its own state, e.g. its own prefix index),
+/// of the kind `--model-policy` gives for that model, else `--policy`.
+pub struct Policies {
+    cfg: Config,
+    overrides: HashMap<String, PolicyKind>,
+    instances: RwLock<HashMap<Arc<str>, Arc<dyn Policy>>>,
+    prefix_block_size: usize,
+    wants_engine_load: bool,
+}
+
+impl Policies {
+    pub fn new(cfg: &Config) -> Result<Self, String> {
+        let overrides: HashMap<String, PolicyKind> = cfg
+            .model_policy
+            .iter()
+            .map(|pair| {
+                let (model, kind) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--model-policy {pair:?}: expected MODEL=POLICY"))?;
+                let kind = PolicyKind::from_str(kind, false)
+                    .map_err(|_| format!("--model-policy {pair:?}: unknown policy {kind:?}"))?;
+                Ok((model.to_string(), kind))
+            })
+            .collect::<Result<_, String>>()?;
+        let kinds: Vec<Arc<dyn Policy>> = std::iter::once(cfg.policy)
+            .chain(overrides.values().copied())
+            .map(|k| build(k, cfg))
+            .collect();
+        Ok(Policies {
+            prefix_block_size: kinds
+                .iter()
+                .map(|p| p.prefix_block_size())
+                .max()
+                .unwrap_or(0),
+            wants_engine_load: kinds.iter().any(|p| p.wants_engine_load()),
+            cfg: cfg.clone(),
+            overrides,
+            instances: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The policy routing `model`, created on first use.
+    pub fn for_model(&self, model: &Arc<str>) -> Arc<dyn Policy> {
+        if let Some(p) = self.instances.read().expect("policies lock").get(model) {
+            return p.clone();
+        }
+        let kind = self
+            .overrides
+            .get(&**model)
+            .copied()
+            .unwrap_or(self.cfg.policy);
+        self.instances
+            .write()
+            .expect("policies lock")
+            .entry(model.clone())
+            .or_insert_with(|| build(kind, &self.cfg))
+            .clone()
+    }
+
+    /// Block size of the prefix hashes any model's policy reads (0: none).
+    pub fn prefix_block_size(&self) -> usize {
+        self.prefix_block_size
+    }
+
+    /// Whether any model's policy reads the engines' queues.
+    pub fn wants_engine_load(&self) -> bool {
+        self.wants_engine_load
+    }
+
+    fn each(&self) -> Vec<Arc<dyn Policy>> {
+        self.instances
+            .read()
+            .expect("policies lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Periodic upkeep of every instance.
+    pub fn maintain(&self) {
+        self.each().iter().for_each(|p| p.maintain());
+    }
+
+    /// Index statistics summed over the models.
+    pub fn index_stats(&self) -> IndexStats {
+        self.each()
+            .iter()
+            .map(|p| p.index_stats())
+            .fold(IndexStats::default(), |a, b| IndexStats {
+                entries: a.entries + b.entries,
+                blocks_total: a.blocks_total + b.blocks_total,
+                blocks_matched: a.blocks_matched + b.blocks_matched,
+            })
+    }
+
+    /// Tells every instance that a worker left.
+    pub fn on_worker_removed(&self, worker: &WorkerId) {
+        self.each().iter().for_each(|p| p.on_worker_removed(worker));
     }
 }
 

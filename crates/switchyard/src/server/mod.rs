@@ -26,14 +26,16 @@ use crate::fleet::health::{ProbeConfig, Prober};
 use crate::fleet::{BreakerConfig, Registry, Worker, WorkerRole};
 use crate::metrics::Metrics;
 use crate::request::SessionHeaders;
-use crate::routing::{self, Policy};
+use crate::routing::Policies;
 use middleware::Admission;
 
 /// Shared by every handler and layer.
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub registry: Arc<Registry>,
-    pub policy: Arc<dyn Policy>,
+    pub policies: Arc<Policies>,
+    /// `--model-alias`: alias → model.
+    pub aliases: std::collections::HashMap<String, Arc<str>>,
     pub dispatcher: Dispatcher,
     pub metrics: Arc<Metrics>,
     pub session: SessionHeaders,
@@ -79,7 +81,8 @@ impl Gateway {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let registry = Arc::new(Registry::new(workers));
-        let policy = routing::build(&cfg);
+        let policies = Arc::new(Policies::new(&cfg).map_err(anyhow::Error::msg)?);
+        let aliases = cfg.aliases().map_err(anyhow::Error::msg)?;
         let prober = Prober {
             registry: registry.clone(),
             client: client::build(),
@@ -131,7 +134,7 @@ impl Gateway {
             },
             metrics: metrics.clone(),
             registry: registry.clone(),
-            policy: policy.clone(),
+            policies: policies.clone(),
         };
         let state = Arc::new(AppState {
             session: SessionHeaders {
@@ -155,18 +158,19 @@ impl Gateway {
                 .collect::<Result<_, _>>()?,
             cfg: cfg.clone(),
             registry,
-            policy: policy.clone(),
+            policies: policies.clone(),
+            aliases,
             dispatcher,
             metrics,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(prober.clone().run_health(shutdown_rx.clone()));
-        if policy.wants_engine_load() {
+        if policies.wants_engine_load() {
             tokio::spawn(prober.run_load(shutdown_rx.clone()));
         }
         tokio::spawn(maintain(
-            policy,
+            policies,
             Duration::from_secs(cfg.eviction_interval),
             shutdown_rx.clone(),
         ));
@@ -357,14 +361,14 @@ async fn render_metrics(
             http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.metrics.render(&st.registry, st.policy.as_ref()),
+        st.metrics.render(&st.registry, st.policies.index_stats()),
     )
 }
 
 /// Periodic policy upkeep: trims the prefix index every `interval`, and every second
 /// while it is over its bound.
 async fn maintain(
-    policy: Arc<dyn Policy>,
+    policies: Arc<Policies>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -372,7 +376,7 @@ async fn maintain(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => policy.maintain(),
+            _ = tick.tick() => policies.maintain(),
             _ = shutdown.changed() => return,
         }
     }

@@ -13,7 +13,7 @@ use super::AppState;
 use super::middleware::RequestId;
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
-use crate::request::{RequestView, Route};
+use crate::request::{RequestView, Route, set_field};
 
 pub async fn chat_completions(State(st): State<Arc<AppState>>, req: Request) -> Response {
     proxy(st, Route::Chat, req).await
@@ -89,13 +89,18 @@ async fn prepare(
             ApiError::bad_request(format!("Could not read the request body: {e}"), None)
         }
     })?;
-    let view = RequestView::parse(
+    let mut view = RequestView::parse(
         route,
         headers,
         &bytes,
-        st.policy.prefix_block_size(),
+        st.policies.prefix_block_size(),
         &st.session,
     )?;
+    let mut bytes = bytes;
+    if let Some(target) = st.aliases.get(&*view.model) {
+        bytes = set_field(&bytes, "model", serde_json::Value::from(&**target)).unwrap_or(bytes);
+        view.model = target.clone();
+    }
     if !st.registry.knows_model(&view.model) {
         return Err(ApiError::model_not_found(
             &view.model,
@@ -107,12 +112,21 @@ async fn prepare(
 
 /// `GET /v1/models`: the union of what healthy workers serve.
 pub async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let data: Vec<serde_json::Value> = st
-        .registry
-        .models()
-        .into_iter()
+    let served = st.registry.models();
+    let mut data: Vec<serde_json::Value> = served
+        .iter()
         .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "switchyard"}))
         .collect();
+    // Aliases of served models are listed too, naming their target as `parent`.
+    let mut aliases: Vec<(&String, &Arc<str>)> = st
+        .aliases
+        .iter()
+        .filter(|(_, t)| served.iter().any(|m| **m == ***t))
+        .collect();
+    aliases.sort();
+    for (alias, target) in aliases {
+        data.push(serde_json::json!({"id": alias, "object": "model", "created": 0, "owned_by": "switchyard", "parent": &**target}));
+    }
     Json(serde_json::json!({"object": "list", "data": data}))
 }
 
