@@ -57,6 +57,21 @@ impl ApiError {
         e
     }
 
+    /// 404: an unknown resource (worker, job).
+    pub fn not_found_named(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 403: not allowed (e.g. a worker host outside `--worker-allowlist`).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 409: conflicts with the current state (e.g. a duplicate worker).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
     /// 404: unknown route.
     pub fn route_not_found(method: &str, path: &str) -> Self {
         Self::new(

@@ -185,6 +185,24 @@ pub struct Config {
     #[arg(long, default_value_t = 0.0)]
     pub rate_limit_tokens_per_second: f64,
 
+    // --- worker API ---
+    /// Address of the admin listener (worker API); the data plane never serves it.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub admin_host: String,
+    /// Port of the admin listener (0: a free port).
+    #[arg(long, default_value_t = 30080)]
+    pub admin_port: u16,
+    /// Clients of the worker API must send `Authorization: Bearer <key>`.
+    #[arg(long, env = "SWITCHYARD_ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
+    /// Hosts or CIDRs (e.g. 10.0.0.0/8) workers may be registered at through the API;
+    /// none: any. Guards against the API being used to reach arbitrary hosts.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub worker_allowlist: Vec<String>,
+    /// Longest a deleted worker may keep serving its in-flight requests before removal.
+    #[arg(long, default_value_t = 60)]
+    pub drain_timeout_secs: u64,
+
     // --- observability ---
     #[arg(long, default_value = "127.0.0.1")]
     pub prometheus_host: String,
@@ -415,6 +433,23 @@ impl Config {
         }
         crate::routing::Policies::new(self)?;
         self.aliases()?;
+        for entry in &self.worker_allowlist {
+            if let Some((net, len)) = entry.split_once('/') {
+                let ok = match net.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(_)) => len.parse::<u32>().is_ok_and(|l| l <= 32),
+                    Ok(std::net::IpAddr::V6(_)) => len.parse::<u32>().is_ok_and(|l| l <= 128),
+                    Err(_) => false,
+                };
+                if !ok {
+                    return Err(format!("--worker-allowlist {entry:?} is not a valid CIDR"));
+                }
+            } else if entry.is_empty() {
+                return Err("--worker-allowlist entries must not be empty".into());
+            }
+        }
+        if self.admin_api_key.as_deref() == Some("") {
+            return Err("--admin-api-key must not be empty".into());
+        }
         if self.api_key.as_deref() == Some("") {
             return Err("--api-key must not be empty".into());
         }

@@ -34,6 +34,26 @@ pub fn local() -> UpstreamClient {
     LOCAL.with(Clone::clone)
 }
 
+/// POST with an empty body and a timeout; the status.
+pub async fn post_empty(
+    client: &UpstreamClient,
+    uri: Uri,
+    timeout: Duration,
+) -> Result<StatusCode, String> {
+    let req = Request::post(uri)
+        .body(Full::default())
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        Ok(status)
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
 /// GET with a timeout, reading the whole (small) body.
 pub async fn get(
     client: &UpstreamClient,

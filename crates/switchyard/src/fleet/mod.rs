@@ -75,6 +75,10 @@ pub struct Worker {
     pub id: WorkerId,
     /// `url` or `url#dpN`, for logs and metric labels.
     pub label: Arc<str>,
+    /// Opaque id used by the worker API.
+    pub api_id: String,
+    draining: AtomicBool,
+    labels: RwLock<std::collections::BTreeMap<String, String>>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -104,6 +108,9 @@ impl Worker {
         let id = WorkerId { url, dp_rank, role };
         Ok(Worker {
             label: Arc::from(id.to_string()),
+            api_id: crate::server::admin::api_id(&id.to_string()),
+            draining: AtomicBool::new(false),
+            labels: RwLock::new(std::collections::BTreeMap::new()),
             id,
             scheme,
             authority,
@@ -147,10 +154,31 @@ impl Worker {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Whether routing may use this worker now: healthy, breaker allows, not cooling down
-    /// after a Retry-After.
+    /// Whether routing may use this worker now: healthy, not draining, breaker allows,
+    /// not cooling down after a Retry-After.
     pub fn is_eligible(&self) -> bool {
-        self.is_healthy() && !self.cooling_down() && self.breaker.can_attempt()
+        self.is_healthy()
+            && !self.is_draining()
+            && !self.cooling_down()
+            && self.breaker.can_attempt()
+    }
+
+    /// Being removed: takes no new requests.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining; false if it already was.
+    pub fn start_draining(&self) -> bool {
+        !self.draining.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        self.labels.read().expect("labels lock").clone()
+    }
+
+    pub fn set_labels(&self, labels: std::collections::BTreeMap<String, String>) {
+        *self.labels.write().expect("labels lock") = labels;
     }
 
     /// Forces the health state (first probe at startup, tests).

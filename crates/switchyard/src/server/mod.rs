@@ -1,6 +1,7 @@
 //! Assembling and running the gateway: the data-plane app (axum + tower layers), the
 //! metrics listener, the background probes, and graceful shutdown.
 
+pub mod admin;
 pub mod health;
 pub mod middleware;
 pub mod openai;
@@ -41,12 +42,17 @@ pub struct AppState {
     pub session: SessionHeaders,
     pub admission: Admission,
     pub request_id_headers: Vec<HeaderName>,
+    /// Health and model probes, shared with the worker API.
+    pub prober: Prober,
+    pub jobs: admin::Jobs,
 }
 
 /// A running gateway.
 pub struct Gateway {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The worker API's listener.
+    pub admin_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -160,6 +166,8 @@ impl Gateway {
             registry,
             policies: policies.clone(),
             aliases,
+            prober: prober.clone(),
+            jobs: admin::Jobs::default(),
             dispatcher,
             metrics,
         });
@@ -193,6 +201,26 @@ impl Gateway {
                     )
                 })?;
         let metrics_addr = metrics_listener.local_addr()?;
+
+        let admin_listener = TcpListener::bind((cfg.admin_host.as_str(), cfg.admin_port))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {}:{} for the worker API: {e}",
+                    cfg.admin_host,
+                    cfg.admin_port
+                )
+            })?;
+        let admin_addr = admin_listener.local_addr()?;
+        let admin_app = admin::router(state.clone());
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(admin_listener, admin_app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+        });
 
         let app = router(state.clone());
         let metrics_app = Router::new()
@@ -240,6 +268,7 @@ impl Gateway {
         Ok(Gateway {
             addr,
             metrics_addr,
+            admin_addr,
             state,
             shutdown,
             threads,

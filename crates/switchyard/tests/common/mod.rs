@@ -30,6 +30,7 @@ pub fn config(urls: Vec<String>, policy: PolicyKind) -> Config {
     Config {
         port: 0,
         prometheus_port: 0,
+        admin_port: 0,
         worker_urls: urls,
         policy,
         health_check_interval_secs: 1,
