@@ -50,6 +50,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub policy: &'static str,
     pub reason: &'static str,
@@ -89,6 +94,8 @@ pub struct Metrics {
     pub index_entries: Gauge,
     pub index_hit_ratio: Gauge<f64, AtomicU64>,
     pub upstream_errors: Family<ReasonLabel, Counter>,
+    pub pd_phase: Hist<PhaseLabel>,
+    pub pd_failures: Family<PhaseLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,6 +124,8 @@ impl Metrics {
             index_entries: Gauge::default(),
             index_hit_ratio: Gauge::default(),
             upstream_errors: Family::default(),
+            pd_phase: Family::new_with_constructor(latency_histogram),
+            pd_failures: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -194,6 +203,16 @@ impl Metrics {
             "upstream_errors",
             "Upstream failures by kind (connect, timeout, status, stream)",
             m.upstream_errors.clone(),
+        );
+        r.register(
+            "pd_phase_seconds",
+            "Prefill/decode: time until each phase's response headers",
+            m.pd_phase.clone(),
+        );
+        r.register(
+            "pd_phase_failures",
+            "Prefill/decode: failed attempts by phase",
+            m.pd_failures.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -174,11 +174,18 @@ pub fn hash_block(parent: u64, block: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The JSON object `body` with `key` set to `value` — for the few routes that must change
-/// the body (model alias, data-parallel rank in the body). `None` if it is not an object.
-pub fn set_field(body: &[u8], key: &str, value: serde_json::Value) -> Option<bytes::Bytes> {
+/// The JSON object `body` with each `(key, value)` set (a `null` value removes the key) —
+/// for the few routes that must change the body (model alias, data-parallel rank in the
+/// body, prefill/decode). `None` if `body` is not a JSON object.
+pub fn set_fields(body: &[u8], fields: &[(&str, serde_json::Value)]) -> Option<bytes::Bytes> {
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-    v.insert(key.to_string(), value);
+    for (k, val) in fields {
+        if val.is_null() {
+            v.remove(*k);
+        } else {
+            v.insert((*k).to_string(), val.clone());
+        }
+    }
     serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
 }
 

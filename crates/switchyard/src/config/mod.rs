@@ -19,6 +19,14 @@ pub enum PolicyKind {
     CacheAware,
 }
 
+/// The prefill/decode protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PdMode {
+    Vllm,
+    Sglang,
+}
+
 /// `switchyard`: an OpenAI-compatible gateway in front of vLLM / SGLang engines.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about)]
@@ -80,6 +88,28 @@ pub struct Config {
     /// workers, and the body forwarded names MODEL.
     #[arg(long, value_delimiter = ',')]
     pub model_alias: Vec<String>,
+    /// Prefill/decode disaggregation: requests are prefilled on a --prefill worker and
+    /// decoded on a --decode worker (instead of --worker-urls).
+    #[arg(long)]
+    pub pd_disaggregation: bool,
+    /// A prefill worker: URL [BOOTSTRAP_PORT] (repeatable; the bootstrap port is used in
+    /// sglang mode and defaults to the worker's own port). In YAML, a list where a number
+    /// after a URL is that URL's bootstrap port.
+    #[arg(long, num_args = 1..=2, action = clap::ArgAction::Append, value_names = ["URL", "BOOTSTRAP_PORT"])]
+    pub prefill: Vec<String>,
+    /// A decode worker URL (repeatable).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub decode: Vec<String>,
+    /// Policy choosing the prefill worker.
+    #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
+    pub prefill_policy: PolicyKind,
+    /// Policy choosing the decode worker.
+    #[arg(long, value_enum, default_value_t = PolicyKind::PowerOfTwo)]
+    pub decode_policy: PolicyKind,
+    /// How the two phases talk: `vllm` (NixlConnector kv_transfer_params, prefill then
+    /// decode) or `sglang` (bootstrap host/port/room, both sent at once).
+    #[arg(long, value_enum, default_value_t = PdMode::Vllm)]
+    pub pd_mode: PdMode,
     /// Data-parallel ranks behind each worker URL; each rank is its own routing
     /// candidate (own cache state and load), addressed with `X-data-parallel-rank`.
     #[arg(long, default_value_t = 1)]
@@ -325,6 +355,29 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `--prefill` as (URL, bootstrap port) pairs, validated; `--decode` URLs validated.
+    pub fn pd_workers(&self) -> Result<Vec<(String, Option<u16>)>, String> {
+        let mut out: Vec<(String, Option<u16>)> = Vec::new();
+        for v in &self.prefill {
+            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                let port = v
+                    .parse::<u16>()
+                    .map_err(|_| format!("--prefill bootstrap port {v:?} is not a port number"))?;
+                match out.last_mut() {
+                    Some((_, p @ None)) => *p = Some(port),
+                    _ => return Err(format!("--prefill bootstrap port {v} must follow a URL")),
+                }
+            } else {
+                crate::fleet::parse_worker_url(v).map_err(|e| format!("--prefill {v:?}: {e}"))?;
+                out.push((v.clone(), None));
+            }
+        }
+        for url in &self.decode {
+            crate::fleet::parse_worker_url(url).map_err(|e| format!("--decode {url:?}: {e}"))?;
+        }
+        Ok(out)
+    }
+
     /// `--model-alias` as a map from alias to model.
     pub fn aliases(
         &self,
@@ -432,6 +485,15 @@ impl Config {
             }
         }
         crate::routing::Policies::new(self)?;
+        self.pd_workers()?;
+        if !self.pd_disaggregation && (!self.prefill.is_empty() || !self.decode.is_empty()) {
+            return Err("--prefill / --decode need --pd-disaggregation".into());
+        }
+        if self.pd_disaggregation && (self.prefill.is_empty() || self.decode.is_empty()) {
+            return Err(
+                "--pd-disaggregation needs at least one --prefill and one --decode worker".into(),
+            );
+        }
         self.aliases()?;
         for entry in &self.worker_allowlist {
             if let Some((net, len)) = entry.split_once('/') {

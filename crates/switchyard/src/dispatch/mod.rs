@@ -3,6 +3,7 @@
 //! byte reached the client, then stream the answer back.
 
 pub mod client;
+pub mod pd;
 pub mod stream;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::error::ApiError;
 use crate::fleet::{Registry, Worker, WorkerId};
 use crate::metrics::{DecisionLabels, Metrics, ReasonLabel};
 use crate::request::RequestView;
-use crate::request::set_field;
+use crate::request::set_fields;
 use crate::routing::Policies;
 use stream::{ObservedBody, Settle};
 
@@ -64,6 +65,8 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
     pub policies: Arc<Policies>,
+    /// Prefill/decode disaggregation, when on.
+    pub pd: Option<pd::Pd>,
 }
 
 fn retryable(status: StatusCode) -> bool {
@@ -101,6 +104,11 @@ impl Dispatcher {
         request_id: &str,
         start: Instant,
     ) -> Response {
+        if let Some(pd) = &self.pd {
+            return self
+                .dispatch_pd(pd, view, headers, body, request_id, start)
+                .await;
+        }
         let view = Arc::new(view);
         let policy = self.policies.for_model(&view.model);
         let max_attempts = self.cfg.retry.max_retries + 1;
@@ -282,7 +290,7 @@ impl Dispatcher {
     ) -> Request<Full<Bytes>> {
         let body = match worker.id.dp_rank {
             Some(rank) if self.cfg.dp_rank_in_body => {
-                set_field(&body, "data_parallel_rank", rank.into()).unwrap_or(body)
+                set_fields(&body, &[("data_parallel_rank", rank.into())]).unwrap_or(body)
             }
             _ => body,
         };
@@ -314,6 +322,11 @@ impl Dispatcher {
         }
         req
     }
+}
+
+/// Removes connection-specific headers from a forwarded response.
+pub(crate) fn hop_by_hop_headers(h: &mut HeaderMap) {
+    h.retain_hop_by_hop();
 }
 
 /// Removes connection-specific headers from a forwarded response.

@@ -77,6 +77,8 @@ pub struct Worker {
     pub label: Arc<str>,
     /// Opaque id used by the worker API.
     pub api_id: String,
+    /// SGLang bootstrap port of a prefill worker (default: its own port).
+    pub bootstrap_port: Option<u16>,
     draining: AtomicBool,
     labels: RwLock<std::collections::BTreeMap<String, String>>,
     scheme: Scheme,
@@ -109,6 +111,7 @@ impl Worker {
         Ok(Worker {
             label: Arc::from(id.to_string()),
             api_id: crate::server::admin::api_id(&id.to_string()),
+            bootstrap_port: None,
             draining: AtomicBool::new(false),
             labels: RwLock::new(std::collections::BTreeMap::new()),
             id,
@@ -127,6 +130,22 @@ impl Worker {
             models: RwLock::new(Vec::new()),
             epoch: Instant::now(),
         })
+    }
+
+    /// Sets the SGLang bootstrap port (prefill workers).
+    pub fn with_bootstrap_port(mut self, port: Option<u16>) -> Self {
+        self.bootstrap_port = port;
+        self
+    }
+
+    /// Host of the worker URL.
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+
+    /// Port of the worker URL.
+    pub fn port(&self) -> u16 {
+        self.authority.port_u16().unwrap_or(80)
     }
 
     /// The upstream URI for `path_and_query` (which starts with `/`).

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::{Worker, WorkerId};
+use super::{Worker, WorkerId, WorkerRole};
 
 /// Workers known to the gateway. Readers take an `Arc` snapshot; writers replace it.
 #[derive(Debug, Default)]
@@ -24,9 +24,14 @@ impl Registry {
 
     /// Workers a request for `model` may be routed to now: eligible and serving it.
     pub fn candidates(&self, model: &str) -> Vec<Arc<Worker>> {
+        self.candidates_for(model, WorkerRole::Regular)
+    }
+
+    /// Eligible workers of `role` serving `model`.
+    pub fn candidates_for(&self, model: &str, role: WorkerRole) -> Vec<Arc<Worker>> {
         self.all()
             .iter()
-            .filter(|w| w.is_eligible() && w.serves(model))
+            .filter(|w| w.id.role == role && w.is_eligible() && w.serves(model))
             .cloned()
             .collect()
     }

@@ -97,6 +97,12 @@ pub struct Policies {
 
 impl Policies {
     pub fn new(cfg: &Config) -> Result<Self, String> {
+        Self::with_default(cfg, cfg.policy)
+    }
+
+    /// As [`new`](Self::new), with `default` instead of `--policy` for models without
+    /// their own (prefill and decode pools have their own defaults).
+    pub fn with_default(cfg: &Config, default: PolicyKind) -> Result<Self, String> {
         let overrides: HashMap<String, PolicyKind> = cfg
             .model_policy
             .iter()
@@ -109,7 +115,7 @@ impl Policies {
                 Ok((model.to_string(), kind))
             })
             .collect::<Result<_, String>>()?;
-        let kinds: Vec<Arc<dyn Policy>> = std::iter::once(cfg.policy)
+        let kinds: Vec<Arc<dyn Policy>> = std::iter::once(default)
             .chain(overrides.values().copied())
             .map(|k| build(k, cfg))
             .collect();
@@ -120,7 +126,10 @@ impl Policies {
                 .max()
                 .unwrap_or(0),
             wants_engine_load: kinds.iter().any(|p| p.wants_engine_load()),
-            cfg: cfg.clone(),
+            cfg: Config {
+                policy: default,
+                ..cfg.clone()
+            },
             overrides,
             instances: RwLock::new(HashMap::new()),
         })

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::config::Config;
+use crate::dispatch::pd::Pd;
 use crate::dispatch::{DispatchConfig, Dispatcher, RetryConfig, client};
 use crate::fleet::health::{ProbeConfig, Prober};
 use crate::fleet::{BreakerConfig, Registry, Worker, WorkerRole};
@@ -45,6 +46,31 @@ pub struct AppState {
     /// Health and model probes, shared with the worker API.
     pub prober: Prober,
     pub jobs: admin::Jobs,
+    /// Block size of the prefix hashes any policy reads (0: none).
+    pub prefix_block_size: usize,
+}
+
+impl AppState {
+    /// Every set of policies: the models' own, and the prefill and decode pools'.
+    pub fn policy_pools(&self) -> Vec<Arc<Policies>> {
+        let mut pools = vec![self.policies.clone()];
+        if let Some(pd) = &self.dispatcher.pd {
+            pools.push(pd.prefill.clone());
+            pools.push(pd.decode.clone());
+        }
+        pools
+    }
+}
+
+fn sum_stats(pools: &[Arc<Policies>]) -> crate::routing::IndexStats {
+    pools
+        .iter()
+        .map(|p| p.index_stats())
+        .fold(Default::default(), |a, b| crate::routing::IndexStats {
+            entries: a.entries + b.entries,
+            blocks_total: a.blocks_total + b.blocks_total,
+            blocks_matched: a.blocks_matched + b.blocks_matched,
+        })
 }
 
 /// A running gateway.
@@ -76,7 +102,7 @@ impl Gateway {
             1 => vec![None],
             n => (0..n as u32).map(Some).collect(),
         };
-        let workers = cfg
+        let mut workers = cfg
             .worker_urls
             .iter()
             .flat_map(|u| ranks.iter().map(move |r| (u, *r)))
@@ -86,6 +112,34 @@ impl Gateway {
                     .map_err(anyhow::Error::msg)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        for (url, bootstrap) in cfg.pd_workers().map_err(anyhow::Error::msg)? {
+            for rank in &ranks {
+                let w = Worker::new(&url, *rank, WorkerRole::Prefill, breaker.clone())
+                    .map_err(anyhow::Error::msg)?;
+                workers.push(Arc::new(w.with_bootstrap_port(bootstrap)));
+            }
+        }
+        for url in &cfg.decode {
+            for rank in &ranks {
+                workers.push(Arc::new(
+                    Worker::new(url, *rank, WorkerRole::Decode, breaker.clone())
+                        .map_err(anyhow::Error::msg)?,
+                ));
+            }
+        }
+        let pd: Option<Pd> = if cfg.pd_disaggregation {
+            Some(Pd {
+                mode: cfg.pd_mode,
+                prefill: Arc::new(
+                    Policies::with_default(&cfg, cfg.prefill_policy).map_err(anyhow::Error::msg)?,
+                ),
+                decode: Arc::new(
+                    Policies::with_default(&cfg, cfg.decode_policy).map_err(anyhow::Error::msg)?,
+                ),
+            })
+        } else {
+            None
+        };
         let registry = Arc::new(Registry::new(workers));
         let policies = Arc::new(Policies::new(&cfg).map_err(anyhow::Error::msg)?);
         let aliases = cfg.aliases().map_err(anyhow::Error::msg)?;
@@ -119,6 +173,11 @@ impl Gateway {
             })?),
             None => None,
         };
+        let prefix_block_size = std::iter::once(&policies)
+            .chain(pd.iter().flat_map(|p| [&p.prefill, &p.decode]))
+            .map(|p| p.prefix_block_size())
+            .max()
+            .unwrap_or(0);
         let dispatcher = Dispatcher {
             cfg: DispatchConfig {
                 retry: RetryConfig {
@@ -141,6 +200,7 @@ impl Gateway {
             metrics: metrics.clone(),
             registry: registry.clone(),
             policies: policies.clone(),
+            pd,
         };
         let state = Arc::new(AppState {
             session: SessionHeaders {
@@ -168,17 +228,19 @@ impl Gateway {
             aliases,
             prober: prober.clone(),
             jobs: admin::Jobs::default(),
+            prefix_block_size,
             dispatcher,
             metrics,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(prober.clone().run_health(shutdown_rx.clone()));
-        if policies.wants_engine_load() {
+        let pools = state.policy_pools();
+        if pools.iter().any(|p| p.wants_engine_load()) {
             tokio::spawn(prober.run_load(shutdown_rx.clone()));
         }
         tokio::spawn(maintain(
-            policies,
+            pools,
             Duration::from_secs(cfg.eviction_interval),
             shutdown_rx.clone(),
         ));
@@ -390,14 +452,15 @@ async fn render_metrics(
             http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.metrics.render(&st.registry, st.policies.index_stats()),
+        st.metrics
+            .render(&st.registry, sum_stats(&st.policy_pools())),
     )
 }
 
 /// Periodic policy upkeep: trims the prefix index every `interval`, and every second
 /// while it is over its bound.
 async fn maintain(
-    policies: Arc<Policies>,
+    pools: Vec<Arc<Policies>>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -405,7 +468,7 @@ async fn maintain(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => policies.maintain(),
+            _ = tick.tick() => pools.iter().for_each(|p| p.maintain()),
             _ = shutdown.changed() => return,
         }
     }

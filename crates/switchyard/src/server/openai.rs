@@ -13,7 +13,7 @@ use super::AppState;
 use super::middleware::RequestId;
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
-use crate::request::{RequestView, Route, set_field};
+use crate::request::{RequestView, Route, set_fields};
 
 pub async fn chat_completions(State(st): State<Arc<AppState>>, req: Request) -> Response {
     proxy(st, Route::Chat, req).await
@@ -89,16 +89,11 @@ async fn prepare(
             ApiError::bad_request(format!("Could not read the request body: {e}"), None)
         }
     })?;
-    let mut view = RequestView::parse(
-        route,
-        headers,
-        &bytes,
-        st.policies.prefix_block_size(),
-        &st.session,
-    )?;
+    let mut view = RequestView::parse(route, headers, &bytes, st.prefix_block_size, &st.session)?;
     let mut bytes = bytes;
     if let Some(target) = st.aliases.get(&*view.model) {
-        bytes = set_field(&bytes, "model", serde_json::Value::from(&**target)).unwrap_or(bytes);
+        bytes =
+            set_fields(&bytes, &[("model", serde_json::Value::from(&**target))]).unwrap_or(bytes);
         view.model = target.clone();
     }
     if !st.registry.knows_model(&view.model) {

@@ -1,0 +1,314 @@
+//! Prefill/decode disaggregation against simulated engines in each role, in vLLM
+//! (NixlConnector) and SGLang (bootstrap) modes: the round trip, streaming, a failure
+//! in each phase, and retries that re-select the pair.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard::config::PdMode;
+use switchyard::{Config, PolicyKind};
+use switchyard_sim::{Faults, Role, SimConfig, SimHandle};
+
+async fn role(role: Role, engines: usize) -> SimHandle {
+    sims_with(SimConfig {
+        engines,
+        role,
+        time_scale: 100.0,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+fn pd_config(prefill: &SimHandle, decode: &SimHandle, mode: PdMode) -> Config {
+    let mut cfg = config(vec![], PolicyKind::CacheAware);
+    cfg.pd_disaggregation = true;
+    cfg.pd_mode = mode;
+    cfg.prefill = prefill.urls();
+    cfg.decode = decode.urls();
+    cfg.cb_failure_threshold = 100;
+    cfg.health_failure_threshold = 100;
+    cfg
+}
+
+async fn generated(url: &str) -> f64 {
+    metric_sim(url, "vllm:generation_tokens_total").await
+}
+
+async fn metric_sim(url: &str, name: &str) -> f64 {
+    let text = client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn stream_chat(gw: &str, content: &str, max_tokens: u32) -> (u16, String) {
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+                      "stream": true, "stream_options": {"include_usage": true}});
+    let resp = client()
+        .post(format!("{gw}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn vllm_mode_prefills_then_streams_the_decode() {
+    let prefill = role(Role::Prefill, 2).await;
+    let decode = role(Role::Decode, 2).await;
+    let gw = gateway(pd_config(&prefill, &decode, PdMode::Vllm)).await;
+    let (status, text) = stream_chat(&gw.url(), &system_prompt(1, 800), 12).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(text.contains("\"completion_tokens\":12"), "{text}");
+    assert_eq!(per_server(&prefill).iter().sum::<u64>(), 1);
+    assert_eq!(per_server(&decode).iter().sum::<u64>(), 1);
+    // The prefill produced exactly one token; the decode all twelve.
+    let p: f64 = futures_util::future::join_all(prefill.urls().iter().map(|u| generated(u)))
+        .await
+        .iter()
+        .sum();
+    let d: f64 = futures_util::future::join_all(decode.urls().iter().map(|u| generated(u)))
+        .await
+        .iter()
+        .sum();
+    assert_eq!((p, d), (1.0, 12.0));
+    // Non-streaming works the same way.
+    let (status, body) = post(&gw.url(), "/v1/chat/completions", &chat("again", 5)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    let m = metrics_url(&gw);
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_pd_phase_seconds_count",
+            &[("phase", "prefill")]
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_pd_phase_seconds_count",
+            &[("phase", "decode")]
+        )
+        .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn sglang_mode_sends_both_with_a_bootstrap_room() {
+    let prefill = role(Role::Prefill, 1).await;
+    let decode = role(Role::Decode, 1).await;
+    let gw = gateway(pd_config(&prefill, &decode, PdMode::Sglang)).await;
+    let (status, text) = stream_chat(&gw.url(), &system_prompt(2, 500), 7).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"completion_tokens\":7"), "{text}");
+    assert_eq!(per_server(&prefill), [1]);
+    assert_eq!(per_server(&decode), [1]);
+}
+
+#[tokio::test]
+async fn a_failing_phase_is_named_in_the_error() {
+    for (failing, phase) in [(Role::Prefill, "prefill"), (Role::Decode, "decode")] {
+        let prefill = role(Role::Prefill, 1).await;
+        let decode = role(Role::Decode, 1).await;
+        let bad = if failing == Role::Prefill {
+            &prefill
+        } else {
+            &decode
+        };
+        bad.server(0)
+            .set_faults(Faults {
+                error_rate: 1.0,
+                error_status: 500,
+                ..Faults::default()
+            })
+            .unwrap();
+        let mut cfg = pd_config(&prefill, &decode, PdMode::Vllm);
+        cfg.retry_max_retries = 1;
+        let gw = gateway(cfg).await;
+        let (status, body) = post(&gw.url(), "/v1/chat/completions", &chat("x", 3)).await;
+        assert_eq!(status, 502, "{body}");
+        assert_error(&body, "upstream_error");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with(&format!("{phase} phase failed")), "{msg}");
+        assert_eq!(
+            metric(
+                &metrics_url(&gw),
+                "switchyard_pd_phase_failures_total",
+                &[("phase", phase)]
+            )
+            .await,
+            2.0
+        );
+        if failing == Role::Prefill {
+            assert_eq!(per_server(&decode), [0], "no decode without a prefill");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sglang_mode_fails_fast_when_the_prefill_fails() {
+    let prefill = role(Role::Prefill, 1).await;
+    let decode = role(Role::Decode, 1).await;
+    prefill
+        .server(0)
+        .set_faults(Faults {
+            error_rate: 1.0,
+            error_status: 500,
+            ..Faults::default()
+        })
+        .unwrap();
+    let mut cfg = pd_config(&prefill, &decode, PdMode::Sglang);
+    cfg.retry_max_retries = 0;
+    let gw = gateway(cfg).await;
+    let t = std::time::Instant::now();
+    let (status, body) = post(&gw.url(), "/v1/chat/completions", &chat("x", 3)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("prefill phase failed")
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "the decode waiting for KV was cancelled"
+    );
+}
+
+#[tokio::test]
+async fn retries_re_select_the_pair() {
+    let prefill = role(Role::Prefill, 2).await;
+    let decode = role(Role::Decode, 2).await;
+    prefill
+        .server(0)
+        .set_faults(Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            retry_after_secs: 0,
+            ..Faults::default()
+        })
+        .unwrap();
+    decode
+        .server(1)
+        .set_faults(Faults {
+            error_rate: 1.0,
+            error_status: 500,
+            ..Faults::default()
+        })
+        .unwrap();
+    let gw = gateway(pd_config(&prefill, &decode, PdMode::Vllm)).await;
+    for i in 0..6 {
+        let (status, text) = stream_chat(&gw.url(), &format!("question {i}"), 4).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    assert_eq!(
+        per_server(&prefill)[1],
+        per_server(&prefill).iter().sum::<u64>(),
+        "only the healthy prefill engine prefilled"
+    );
+    assert_eq!(
+        per_server(&decode)[0],
+        6,
+        "every decode on the healthy decode engine"
+    );
+    assert!(
+        metric(
+            &metrics_url(&gw),
+            "switchyard_retries_total",
+            &[("reason", "pd_pair")]
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn pd_flags_are_validated() {
+    let bad = |cfg: Config, needle: &str| {
+        let e = cfg.validate().unwrap_err();
+        assert!(e.contains(needle), "{e}");
+    };
+    bad(
+        Config {
+            pd_disaggregation: true,
+            ..Config::default()
+        },
+        "--pd-disaggregation",
+    );
+    bad(
+        Config {
+            prefill: vec!["http://a:1".into()],
+            ..Config::default()
+        },
+        "--pd-disaggregation",
+    );
+    bad(
+        Config {
+            pd_disaggregation: true,
+            prefill: vec!["8998".into()],
+            decode: vec!["http://b:1".into()],
+            ..Config::default()
+        },
+        "must follow a URL",
+    );
+    bad(
+        Config {
+            pd_disaggregation: true,
+            prefill: vec!["ftp://a:1".into()],
+            decode: vec!["http://b:1".into()],
+            ..Config::default()
+        },
+        "--prefill",
+    );
+    let ok = Config {
+        pd_disaggregation: true,
+        prefill: vec!["http://a:1".into(), "8998".into(), "http://c:1".into()],
+        decode: vec!["http://b:1".into()],
+        ..Config::default()
+    };
+    assert_eq!(
+        ok.pd_workers().unwrap(),
+        [
+            ("http://a:1".to_string(), Some(8998)),
+            ("http://c:1".to_string(), None)
+        ]
+    );
+    let (_, parsed) = Config::from_arg_list([
+        "switchyard",
+        "serve",
+        "--pd-disaggregation",
+        "--prefill",
+        "http://a:1",
+        "8998",
+        "--prefill",
+        "http://c:1",
+        "--decode",
+        "http://b:1",
+        "--prefill-policy",
+        "round_robin",
+        "--decode-policy",
+        "random",
+        "--pd-mode",
+        "sglang",
+    ])
+    .unwrap();
+    assert_eq!(parsed.pd_workers().unwrap().len(), 2);
+    assert_eq!(parsed.pd_mode, PdMode::Sglang);
+    let _: Value = serde_json::to_value(&parsed).unwrap();
+}
