@@ -312,3 +312,75 @@ async fn pd_flags_are_validated() {
     assert_eq!(parsed.pd_mode, PdMode::Sglang);
     let _: Value = serde_json::to_value(&parsed).unwrap();
 }
+
+#[tokio::test]
+async fn prefill_and_decode_workers_can_be_registered_through_the_api() {
+    let prefill = role(Role::Prefill, 1).await;
+    let decode = role(Role::Decode, 2).await;
+    let mut cfg = pd_config(&prefill, &decode, PdMode::Vllm);
+    cfg.decode = vec![decode.urls()[0].clone()];
+    let gw = gateway(cfg).await;
+    let admin = format!("http://{}", gw.admin_addr);
+    for (body, param) in [
+        (json!({"url": decode.urls()[1]}), "role"),
+        (json!({"url": decode.urls()[1], "role": "regular"}), "role"),
+        (json!({"url": decode.urls()[1], "role": "verifier"}), "role"),
+        (
+            json!({"url": decode.urls()[1], "role": "decode", "bootstrap_port": 8998}),
+            "bootstrap_port",
+        ),
+    ] {
+        let (status, resp) = post(&admin, "/workers", &body).await;
+        assert_eq!(status, 400, "{body} -> {resp}");
+        assert_eq!(resp["error"]["param"], param);
+    }
+    let (status, resp) = post(
+        &admin,
+        "/workers",
+        &json!({"url": decode.urls()[1], "role": "decode"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{resp}");
+    let job_url = format!("{admin}/jobs/{}", resp["job_id"].as_str().unwrap());
+    eventually("the decode worker to register", || {
+        let u = job_url.clone();
+        async move {
+            client()
+                .get(&u)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()["state"]
+                == "succeeded"
+        }
+    })
+    .await;
+    // The configured decode engine goes away; the registered one serves.
+    decode.server(0).shutdown();
+    for i in 0..3 {
+        let (status, body) = post(
+            &gw.url(),
+            "/v1/chat/completions",
+            &chat(&format!("q{i}"), 2),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(decode.server(1).requests(), 3);
+}
+
+#[tokio::test]
+async fn a_regular_gateway_refuses_prefill_workers() {
+    let sims = sims(1).await;
+    let gw = gateway(config(vec![], PolicyKind::RoundRobin)).await;
+    let (status, resp) = post(
+        &format!("http://{}", gw.admin_addr),
+        "/workers",
+        &json!({"url": sims.url(), "role": "prefill"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{resp}");
+    assert_eq!(resp["error"]["param"], "role");
+}

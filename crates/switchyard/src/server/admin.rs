@@ -166,6 +166,10 @@ struct AddWorker {
     model_id: Option<String>,
     dp_size: Option<usize>,
     labels: Option<BTreeMap<String, String>>,
+    /// `regular` (default), `prefill` or `decode`.
+    role: Option<String>,
+    /// SGLang bootstrap port of a prefill worker.
+    bootstrap_port: Option<u16>,
 }
 
 /// Whether `host` is allowed by `--worker-allowlist` entries (hosts or CIDRs).
@@ -217,6 +221,32 @@ async fn add_worker(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             Some("model_id"),
         ));
     }
+    let role = match req.role.as_deref() {
+        None | Some("regular") => WorkerRole::Regular,
+        Some("prefill") => WorkerRole::Prefill,
+        Some("decode") => WorkerRole::Decode,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("`role` must be regular, prefill or decode, not {other:?}"),
+                Some("role"),
+            ));
+        }
+    };
+    if req.bootstrap_port.is_some() && role != WorkerRole::Prefill {
+        return Err(ApiError::bad_request(
+            "`bootstrap_port` applies to prefill workers only",
+            Some("bootstrap_port"),
+        ));
+    }
+    let pd = st.dispatcher.pd.is_some();
+    if pd == (role == WorkerRole::Regular) {
+        let why = if pd {
+            "this gateway runs prefill/decode disaggregation: `role` must be prefill or decode"
+        } else {
+            "`role` prefill/decode needs a gateway started with --pd-disaggregation"
+        };
+        return Err(ApiError::bad_request(why, Some("role")));
+    }
     let url = format!("{scheme}://{authority}{base}");
     if st.registry.all().iter().any(|w| w.id.url == url) {
         return Err(ApiError::conflict(format!(
@@ -227,14 +257,14 @@ async fn add_worker(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
     let id = job.id.clone();
     let st2 = st.clone();
     tokio::spawn(async move {
-        let result = register(
-            &st2,
-            &url,
-            req.model_id,
+        let spec = Registration {
+            role,
+            bootstrap_port: req.bootstrap_port,
+            model_id: req.model_id,
             dp_size,
-            req.labels.unwrap_or_default(),
-        )
-        .await;
+            labels: req.labels.unwrap_or_default(),
+        };
+        let result = register(&st2, &url, spec).await;
         match &result {
             Ok(ids) => tracing::info!(%url, workers = ?ids, "worker registered"),
             Err(e) => tracing::warn!(%url, error = %e, "worker registration failed"),
@@ -248,13 +278,23 @@ async fn add_worker(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         .into_response())
 }
 
-async fn register(
-    st: &AppState,
-    url: &str,
+/// What a registration asks for, validated.
+struct Registration {
+    role: WorkerRole,
+    bootstrap_port: Option<u16>,
     model_id: Option<String>,
     dp_size: usize,
     labels: BTreeMap<String, String>,
-) -> Result<Vec<String>, String> {
+}
+
+async fn register(st: &AppState, url: &str, spec: Registration) -> Result<Vec<String>, String> {
+    let Registration {
+        role,
+        bootstrap_port,
+        model_id,
+        dp_size,
+        labels,
+    } = spec;
     let c = &st.prober.cfg;
     let breaker = BreakerConfig {
         enabled: !st.cfg.disable_circuit_breaker,
@@ -270,7 +310,10 @@ async fn register(
     };
     let workers: Vec<Arc<Worker>> = ranks
         .iter()
-        .map(|r| Worker::new(url, *r, WorkerRole::Regular, breaker.clone()).map(Arc::new))
+        .map(|r| {
+            Worker::new(url, *r, role, breaker.clone())
+                .map(|w| Arc::new(w.with_bootstrap_port(bootstrap_port)))
+        })
         .collect::<Result<_, _>>()?;
     let first = &workers[0];
     match client::get(&st.prober.client, first.uri(&c.endpoint), c.timeout).await {
