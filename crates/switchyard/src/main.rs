@@ -23,17 +23,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    if cfg.worker_urls.is_empty() {
-        anyhow::bail!(
-            "no workers: pass --worker-urls http://host:port ... (or try `switchyard demo`)"
-        );
-    }
     let gw = Gateway::start(cfg).await?;
     tracing::info!(
         "switchyard listening on {} (metrics on http://{}/metrics)",
         gw.url(),
         gw.metrics_addr
     );
+    if gw.state.registry.all().is_empty() {
+        tracing::warn!(
+            "no workers configured: register them at http://{}/workers (or pass --worker-urls)",
+            gw.admin_addr
+        );
+    }
     wait_for_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     gw.shutdown();
