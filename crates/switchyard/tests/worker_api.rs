@@ -135,7 +135,22 @@ async fn registration_errors_are_clear() {
         (json!({"url": sims.url()}), 409, "conflict"),
         (json!({"url": "http://10.1.2.3:8000"}), 403, "forbidden"),
         (
-            json!({"url": "http://127.0.0.1:9", "weight": 3}),
+            json!({"url": "http://127.0.0.1:9", "flavor": 3}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9", "weight": 0}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9", "weight": 1001}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9", "priority": -1}),
             400,
             "invalid_request",
         ),
@@ -191,6 +206,105 @@ async fn registration_errors_are_clear() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // Patches that change nothing or set a bad weight.
+    let id = get_json(&format!("{a}/workers")).await.1["workers"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (patch, param) in [
+        (json!({}), Value::Null),
+        (json!({"weight": 0}), json!("weight")),
+        (json!({"weight": "heavy"}), json!("weight")),
+        (json!({"colour": "red"}), Value::Null),
+    ] {
+        let r = client()
+            .patch(format!("{a}/workers/{id}"))
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{patch}");
+        let body: Value = r.json().await.unwrap();
+        assert_error(&body, "invalid_request");
+        if !param.is_null() {
+            assert_eq!(body["error"]["param"], param, "{body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn dp_size_is_discovered_from_the_engine_metrics() {
+    let dp = sims_with(SimConfig {
+        data_parallel_size: 3,
+        time_scale: 100.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let gw = gateway(config(vec![], PolicyKind::RoundRobin)).await;
+    let job = register(&gw, json!({"url": dp.url()})).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["worker_ids"].as_array().unwrap().len(), 3, "{job}");
+    let (_, list) = get_json(&format!("{}/workers", admin(&gw))).await;
+    let mut ranks: Vec<u64> = list["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["dp_rank"].as_u64().unwrap())
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, vec![0, 1, 2]);
+    // A single-rank engine stays one candidate without a rank.
+    let one = sims(1).await;
+    let job = register(&gw, json!({"url": one.url()})).await;
+    assert_eq!(job["worker_ids"].as_array().unwrap().len(), 1, "{job}");
+    let (_, w) = get_json(&format!(
+        "{}/workers/{}",
+        admin(&gw),
+        job["worker_ids"][0].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(w["dp_rank"], Value::Null);
+}
+
+#[tokio::test]
+async fn weights_split_traffic_and_priorities_pick_the_preferred_tier() {
+    let sims = sims(3).await;
+    let urls = sims.urls();
+    let gw = gateway(config(vec![], PolicyKind::RoundRobin)).await;
+    let heavy = register(&gw, json!({"url": urls[0], "weight": 3})).await;
+    let light = register(&gw, json!({"url": urls[1]})).await;
+    assert_eq!(heavy["state"], "succeeded", "{heavy}");
+    assert_eq!(light["state"], "succeeded", "{light}");
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 1});
+    for _ in 0..40 {
+        assert_eq!(post(&gw.url(), "/v1/completions", &body).await.0, 200);
+    }
+    assert_eq!(per_server(&sims), vec![30, 10, 0], "3:1 by weight");
+    // A higher-priority worker takes all traffic while it is eligible.
+    let preferred = register(&gw, json!({"url": urls[2], "priority": 1})).await;
+    let pid = preferred["worker_ids"][0].as_str().unwrap().to_string();
+    for _ in 0..10 {
+        assert_eq!(post(&gw.url(), "/v1/completions", &body).await.0, 200);
+    }
+    assert_eq!(per_server(&sims), vec![30, 10, 10]);
+    let (_, w) = get_json(&format!("{}/workers/{pid}", admin(&gw))).await;
+    assert_eq!(
+        (w["priority"].as_u64(), w["weight"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // Demoted by PATCH, it shares traffic by weight again (3:1:1).
+    let r = client()
+        .patch(format!("{}/workers/{pid}", admin(&gw)))
+        .json(&json!({"priority": 0, "weight": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["priority"], 0);
+    for _ in 0..50 {
+        assert_eq!(post(&gw.url(), "/v1/completions", &body).await.0, 200);
+    }
+    assert_eq!(per_server(&sims), vec![60, 20, 20]);
 }
 
 #[tokio::test]

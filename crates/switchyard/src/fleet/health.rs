@@ -80,6 +80,17 @@ impl Prober {
         }
     }
 
+    /// Data-parallel ranks behind the engine: the distinct `engine` labels vLLM puts on
+    /// `vllm:num_requests_running` (one per rank). 1 when that cannot be read.
+    pub async fn discover_dp_size(&self, w: &Arc<Worker>) -> usize {
+        match get(&self.client, w.uri("/metrics"), self.cfg.timeout).await {
+            Ok((s, body)) if s.is_success() => {
+                engine_count(&String::from_utf8_lossy(&body), "vllm:num_requests_running")
+            }
+            _ => 1,
+        }
+    }
+
     /// Scrapes the engine's queue from its Prometheus metrics.
     pub async fn scrape_load(&self, w: &Arc<Worker>) {
         if let Ok((s, body)) = get(&self.client, w.uri("/metrics"), self.cfg.timeout).await {
@@ -150,6 +161,21 @@ pub fn engine_gauge(text: &str, name: &str, rank: Option<u32>) -> f64 {
         .sum()
 }
 
+/// Distinct values of the `engine` label on a metric's samples (at least 1).
+pub fn engine_count(text: &str, name: &str) -> usize {
+    let mut engines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split('{').next() == Some(name))
+        .filter_map(|l| {
+            let rest = &l[l.find("engine=\"")? + 8..];
+            Some(&rest[..rest.find('"')?])
+        })
+        .collect();
+    engines.sort_unstable();
+    engines.dedup();
+    engines.len().max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +194,8 @@ mod tests {
             engine_gauge(text, "vllm:num_requests_waiting", Some(0)),
             0.0
         );
+        assert_eq!(engine_count(text, "vllm:num_requests_running"), 2);
+        assert_eq!(engine_count(text, "vllm:num_requests_waiting"), 1);
+        assert_eq!(engine_count("", "vllm:num_requests_running"), 1);
     }
 }

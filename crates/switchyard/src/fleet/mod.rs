@@ -80,6 +80,12 @@ pub struct Worker {
     /// SGLang bootstrap port of a prefill worker (default: its own port).
     pub bootstrap_port: Option<u16>,
     draining: AtomicBool,
+    /// Relative capacity (≥ 1): load-aware policies divide load by it, random and
+    /// round-robin send traffic in proportion to it.
+    weight: AtomicU32,
+    /// Routing prefers the eligible workers of the highest priority; lower ones are
+    /// fallbacks.
+    priority: AtomicU32,
     labels: RwLock<std::collections::BTreeMap<String, String>>,
     scheme: Scheme,
     authority: Authority,
@@ -113,6 +119,8 @@ impl Worker {
             api_id: crate::server::admin::api_id(&id.to_string()),
             bootstrap_port: None,
             draining: AtomicBool::new(false),
+            weight: AtomicU32::new(1),
+            priority: AtomicU32::new(0),
             labels: RwLock::new(std::collections::BTreeMap::new()),
             id,
             scheme,
@@ -190,6 +198,29 @@ impl Worker {
     /// Starts draining; false if it already was.
     pub fn start_draining(&self) -> bool {
         !self.draining.swap(true, Ordering::Relaxed)
+    }
+
+    /// Relative capacity, at least 1.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
+    pub fn priority(&self) -> u32 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    pub fn set_priority(&self, priority: u32) {
+        self.priority.store(priority, Ordering::Relaxed);
+    }
+
+    /// Whether this worker carries less load per unit of capacity than `other`, given
+    /// each one's load (cross-multiplied, so no division on the hot path).
+    pub fn lighter_than(&self, load: usize, other: &Worker, other_load: usize) -> bool {
+        (load as u64) * (other.weight() as u64) < (other_load as u64) * (self.weight() as u64)
     }
 
     pub fn labels(&self) -> std::collections::BTreeMap<String, String> {

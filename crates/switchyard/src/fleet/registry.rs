@@ -27,13 +27,19 @@ impl Registry {
         self.candidates_for(model, WorkerRole::Regular)
     }
 
-    /// Eligible workers of `role` serving `model`.
+    /// Eligible workers of `role` serving `model`, of the highest priority among them.
     pub fn candidates_for(&self, model: &str, role: WorkerRole) -> Vec<Arc<Worker>> {
-        self.all()
+        let mut out: Vec<Arc<Worker>> = self
+            .all()
             .iter()
             .filter(|w| w.id.role == role && w.is_eligible() && w.serves(model))
             .cloned()
-            .collect()
+            .collect();
+        let top = out.iter().map(|w| w.priority()).max().unwrap_or(0);
+        if out.iter().any(|w| w.priority() != top) {
+            out.retain(|w| w.priority() == top);
+        }
+        out
     }
 
     /// Adds a worker; false if one with the same id exists.
@@ -86,5 +92,43 @@ impl Registry {
 
     pub fn healthy_count(&self) -> usize {
         self.all().iter().filter(|w| w.is_healthy()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::BreakerConfig;
+
+    fn worker(port: u16, priority: u32) -> Arc<Worker> {
+        let breaker = BreakerConfig {
+            enabled: true,
+            failure_threshold: 5,
+            success_threshold: 2,
+            timeout: std::time::Duration::from_secs(1),
+            window: std::time::Duration::from_secs(1),
+        };
+        let w = Worker::new(
+            &format!("http://h:{port}"),
+            None,
+            WorkerRole::Regular,
+            breaker,
+        );
+        let w = Arc::new(w.unwrap());
+        w.set_healthy(true);
+        w.set_priority(priority);
+        w
+    }
+
+    #[test]
+    fn the_highest_eligible_priority_wins_and_lower_ones_are_fallbacks() {
+        let (a, b, c) = (worker(1, 2), worker(2, 1), worker(3, 1));
+        let reg = Registry::new(vec![a.clone(), b.clone(), c.clone()]);
+        let ports = |v: Vec<Arc<Worker>>| v.iter().map(|w| w.port()).collect::<Vec<_>>();
+        assert_eq!(ports(reg.candidates("m")), vec![1]);
+        a.set_healthy(false);
+        assert_eq!(ports(reg.candidates("m")), vec![2, 3]);
+        b.start_draining();
+        assert_eq!(ports(reg.candidates("m")), vec![3]);
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cost_w = (blocks - m_w)                                   uncached prompt work
-//!        + queue_weight × (in_flight_w + engine_waiting_w)  queued work
+//!        + queue_weight × (in_flight_w + engine_waiting_w) / weight_w   queued work
 //! ```
 //!
 //! The cheapest wins (ties: fewer in flight, then random). When the candidates are
@@ -87,7 +87,9 @@ impl CacheAware {
     }
 
     fn imbalanced(&self, candidates: &[Arc<Worker>]) -> bool {
-        let loads = candidates.iter().map(|w| w.in_flight());
+        let loads = candidates
+            .iter()
+            .map(|w| w.in_flight().div_ceil(w.weight() as usize));
         let (min, max) = loads.fold((usize::MAX, 0), |(lo, hi), l| (lo.min(l), hi.max(l)));
         max - min > self.cfg.balance_abs_threshold
             && max as f64 > min as f64 * self.cfg.balance_rel_threshold
@@ -133,7 +135,8 @@ impl Policy for CacheAware {
                 matched[i]
             };
             let queued = w.in_flight() + w.engine_load().1 as usize;
-            let cost = (blocks.len() - m) as f64 + self.cfg.queue_weight * queued as f64;
+            let cost = (blocks.len() - m) as f64
+                + self.cfg.queue_weight * queued as f64 / w.weight() as f64;
             let key = (cost, queued, assigned[slots[i] as usize], fastrand::u32(..));
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
                 best = Some((key, i, m));

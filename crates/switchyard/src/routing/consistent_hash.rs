@@ -1,7 +1,8 @@
 //! `consistent_hash`: bounded-load consistent hashing (Mirrokni et al.). A session key
 //! (`X-Session-ID`, `X-User-ID`, `--hash-header`, else the body's `user`) maps to a point
 //! on a ring of virtual nodes; the request goes to the first worker clockwise that is a
-//! candidate and under its load bound, `ceil(factor × (total in-flight + 1) / n)`. When
+//! candidate and under its load bound, `ceil(factor × (total in-flight + 1) × weight /
+//! total weight)` (with equal weights: `ceil(factor × (total in-flight + 1) / n)`). When
 //! the owner is unhealthy or full the walk continues along the ring, so only that
 //! owner's keys move. Requests without a key go to the least-loaded candidate.
 
@@ -75,7 +76,11 @@ impl Policy for ConsistentHash {
         };
         self.ensure_on_ring(candidates);
         let total: usize = candidates.iter().map(|w| w.in_flight()).sum();
-        let bound = (self.factor * (total + 1) as f64 / candidates.len() as f64).ceil() as usize;
+        let weights: u64 = candidates.iter().map(|w| w.weight() as u64).sum();
+        // A worker's share of the load bound is proportional to its weight.
+        let bound = |w: &Worker| {
+            (self.factor * (total + 1) as f64 * w.weight() as f64 / weights as f64).ceil() as usize
+        };
         let h = hash_block(0, key.as_bytes());
         let ring = self.ring.read().expect("ring lock");
         let start = ring.partition_point(|(p, _)| *p < h);
@@ -84,7 +89,7 @@ impl Policy for ConsistentHash {
             let (_, id) = &ring[(start + k) % ring.len()];
             let owner_id = *owner.get_or_insert(id);
             if let Some(index) = candidates.iter().position(|w| &w.id == id) {
-                if candidates[index].in_flight() < bound {
+                if candidates[index].in_flight() < bound(&candidates[index]) {
                     let reason = if owner_id == id { "owner" } else { "walked" };
                     return Some(Pick { index, reason });
                 }

@@ -195,12 +195,107 @@ impl Policies {
     }
 }
 
-/// Index of the candidate with the fewest in-flight requests (ties: the first).
+/// Index of the candidate with the fewest in-flight requests per unit of weight
+/// (ties: the first).
 pub fn least_loaded(candidates: &[Arc<Worker>]) -> usize {
-    candidates
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, w)| w.in_flight())
-        .map(|(i, _)| i)
-        .unwrap_or(0)
+    let mut best = 0;
+    for (i, w) in candidates.iter().enumerate().skip(1) {
+        let b = &candidates[best];
+        if w.lighter_than(w.in_flight(), b, b.in_flight()) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Sum of the candidates' weights, or `None` when they are all equal (the common case,
+/// where policies need not weigh anything).
+pub fn total_weight(candidates: &[Arc<Worker>]) -> Option<u64> {
+    let first = candidates.first()?.weight();
+    let mut total = 0u64;
+    let mut uneven = false;
+    for w in candidates {
+        let x = w.weight();
+        uneven |= x != first;
+        total += x as u64;
+    }
+    uneven.then_some(total)
+}
+
+/// The candidate at position `ticket` (< total weight) when each candidate covers as
+/// many consecutive positions as its weight.
+pub fn by_weight(candidates: &[Arc<Worker>], mut ticket: u64) -> usize {
+    for (i, w) in candidates.iter().enumerate() {
+        let x = w.weight() as u64;
+        if ticket < x {
+            return i;
+        }
+        ticket -= x;
+    }
+    candidates.len() - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{BreakerConfig, WorkerRole};
+
+    fn worker(
+        port: u16,
+        weight: u32,
+        in_flight: usize,
+    ) -> (Arc<Worker>, Vec<crate::fleet::InFlight>) {
+        let breaker = BreakerConfig {
+            enabled: true,
+            failure_threshold: 5,
+            success_threshold: 2,
+            timeout: std::time::Duration::from_secs(1),
+            window: std::time::Duration::from_secs(1),
+        };
+        let w = Worker::new(
+            &format!("http://h:{port}"),
+            None,
+            WorkerRole::Regular,
+            breaker,
+        );
+        let w = Arc::new(w.unwrap());
+        w.set_weight(weight);
+        let guards = (0..in_flight).map(|_| w.begin()).collect();
+        (w, guards)
+    }
+
+    #[test]
+    fn load_is_compared_per_unit_of_weight() {
+        // 5 in flight on weight 4 is lighter than 2 in flight on weight 1.
+        let (a, _ga) = worker(1, 1, 2);
+        let (b, _gb) = worker(2, 4, 5);
+        let both = vec![a.clone(), b.clone()];
+        assert_eq!(least_loaded(&both), 1);
+        assert!(b.lighter_than(5, &a, 2));
+        assert!(!a.lighter_than(2, &b, 5));
+        assert_eq!(total_weight(&both), Some(5));
+        let even = vec![a.clone(), a.clone()];
+        assert_eq!(total_weight(&even), None);
+        let picks: Vec<usize> = (0..5).map(|t| by_weight(&both, t)).collect();
+        assert_eq!(picks, vec![0, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn power_of_two_prefers_the_lighter_worker_per_weight() {
+        let (a, _ga) = worker(1, 1, 3);
+        let (b, _gb) = worker(2, 8, 10);
+        let both = vec![a, b];
+        let req = RequestView {
+            route: crate::request::Route::Completions,
+            model: Arc::from("m"),
+            stream: false,
+            session_key: None,
+            prefix_blocks: Vec::new(),
+            prompt_bytes: 1,
+        };
+        let p = power_of_two::PowerOfTwo;
+        for _ in 0..20 {
+            assert_eq!(p.pick(&both, &req).unwrap().index, 1);
+        }
+    }
 }

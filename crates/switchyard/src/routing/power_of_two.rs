@@ -1,6 +1,7 @@
 //! `power_of_two`: the less loaded of two random candidates. Load is the gateway's own
 //! in-flight count plus the engine's running and waiting requests, scraped from vLLM's
-//! `/metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`).
+//! `/metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`), divided by
+//! the worker's weight.
 
 use std::sync::Arc;
 
@@ -30,7 +31,8 @@ impl Policy for PowerOfTwo {
             n => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                let index = if load(&candidates[b]) < load(&candidates[a]) {
+                let (wa, wb) = (&candidates[a], &candidates[b]);
+                let index = if wb.lighter_than(load(wb), wa, load(wa)) {
                     b
                 } else {
                     a

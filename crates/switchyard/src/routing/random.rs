@@ -15,7 +15,10 @@ impl Policy for Random {
 
     fn pick(&self, candidates: &[Arc<Worker>], _req: &RequestView) -> Option<Pick> {
         (!candidates.is_empty()).then(|| Pick {
-            index: fastrand::usize(..candidates.len()),
+            index: match super::total_weight(candidates) {
+                None => fastrand::usize(..candidates.len()),
+                Some(total) => super::by_weight(candidates, fastrand::u64(..total)),
+            },
             reason: "random",
         })
     }

@@ -1,4 +1,4 @@
-//! `round_robin`: candidates in turn.
+//! `round_robin`: candidates in turn; a worker of weight w gets w turns per round.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,8 +18,12 @@ impl Policy for RoundRobin {
     }
 
     fn pick(&self, candidates: &[Arc<Worker>], _req: &RequestView) -> Option<Pick> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
         (!candidates.is_empty()).then(|| Pick {
-            index: self.next.fetch_add(1, Ordering::Relaxed) % candidates.len(),
+            index: match super::total_weight(candidates) {
+                None => turn % candidates.len(),
+                Some(total) => super::by_weight(candidates, turn as u64 % total),
+            },
             reason: "turn",
         })
     }

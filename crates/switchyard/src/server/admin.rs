@@ -141,6 +141,8 @@ fn worker_json(w: &Worker) -> Value {
         "role": w.id.role,
         "models": w.models(),
         "labels": w.labels(),
+        "weight": w.weight(),
+        "priority": w.priority(),
         "healthy": w.is_healthy(),
         "draining": w.is_draining(),
         "circuit": w.breaker.state().as_str(),
@@ -170,6 +172,20 @@ struct AddWorker {
     role: Option<String>,
     /// SGLang bootstrap port of a prefill worker.
     bootstrap_port: Option<u16>,
+    /// Relative capacity, 1..=1000 (default 1).
+    weight: Option<u32>,
+    /// Higher is preferred; lower priorities are fallbacks (default 0).
+    priority: Option<u32>,
+}
+
+fn check_weight(weight: Option<u32>) -> Result<(), ApiError> {
+    match weight {
+        Some(w) if !(1..=1000).contains(&w) => Err(ApiError::bad_request(
+            "`weight` must be between 1 and 1000",
+            Some("weight"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `host` is allowed by `--worker-allowlist` entries (hosts or CIDRs).
@@ -208,13 +224,13 @@ async fn add_worker(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             authority.host()
         )));
     }
-    let dp_size = req.dp_size.unwrap_or(1);
-    if !(1..=1024).contains(&dp_size) {
+    if req.dp_size.is_some_and(|n| !(1..=1024).contains(&n)) {
         return Err(ApiError::bad_request(
             "`dp_size` must be between 1 and 1024",
             Some("dp_size"),
         ));
     }
+    check_weight(req.weight)?;
     if req.model_id.as_deref() == Some("") {
         return Err(ApiError::bad_request(
             "`model_id` must not be empty",
@@ -261,8 +277,10 @@ async fn add_worker(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             role,
             bootstrap_port: req.bootstrap_port,
             model_id: req.model_id,
-            dp_size,
+            dp_size: req.dp_size,
             labels: req.labels.unwrap_or_default(),
+            weight: req.weight.unwrap_or(1),
+            priority: req.priority.unwrap_or(0),
         };
         let result = register(&st2, &url, spec).await;
         match &result {
@@ -279,21 +297,33 @@ async fn add_worker(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
 }
 
 /// What a registration asks for, validated.
-struct Registration {
-    role: WorkerRole,
-    bootstrap_port: Option<u16>,
-    model_id: Option<String>,
-    dp_size: usize,
-    labels: BTreeMap<String, String>,
+pub(crate) struct Registration {
+    pub role: WorkerRole,
+    pub bootstrap_port: Option<u16>,
+    /// The model; none: read from the engine's `/v1/models`.
+    pub model_id: Option<String>,
+    /// Data-parallel ranks; none: counted from the engine's `/metrics`.
+    pub dp_size: Option<usize>,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+    pub priority: u32,
 }
 
-async fn register(st: &AppState, url: &str, spec: Registration) -> Result<Vec<String>, String> {
+/// Probes the engine at `url` (health, models, data-parallel size) and adds one worker
+/// per rank. Shared by the worker API and Kubernetes discovery.
+pub(crate) async fn register(
+    st: &AppState,
+    url: &str,
+    spec: Registration,
+) -> Result<Vec<String>, String> {
     let Registration {
         role,
         bootstrap_port,
         model_id,
         dp_size,
         labels,
+        weight,
+        priority,
     } = spec;
     let c = &st.prober.cfg;
     let breaker = BreakerConfig {
@@ -302,6 +332,18 @@ async fn register(st: &AppState, url: &str, spec: Registration) -> Result<Vec<St
         success_threshold: st.cfg.cb_success_threshold,
         timeout: Duration::from_secs(st.cfg.cb_timeout_duration_secs),
         window: Duration::from_secs(st.cfg.cb_window_duration_secs),
+    };
+    let probe = Worker::new(url, None, role, breaker.clone()).map(Arc::new)?;
+    match client::get(&st.prober.client, probe.uri(&c.endpoint), c.timeout).await {
+        Ok((s, _)) if s.is_success() => {}
+        Ok((s, _)) => return Err(format!("health check {} answered {s}", c.endpoint)),
+        Err(e) => return Err(format!("unreachable: {e}")),
+    }
+    st.prober.discover_models(&probe).await;
+    let models = probe.models();
+    let dp_size = match dp_size {
+        Some(n) => n,
+        None => st.prober.discover_dp_size(&probe).await,
     };
     let ranks: Vec<Option<u32>> = if dp_size == 1 {
         vec![None]
@@ -315,14 +357,6 @@ async fn register(st: &AppState, url: &str, spec: Registration) -> Result<Vec<St
                 .map(|w| Arc::new(w.with_bootstrap_port(bootstrap_port)))
         })
         .collect::<Result<_, _>>()?;
-    let first = &workers[0];
-    match client::get(&st.prober.client, first.uri(&c.endpoint), c.timeout).await {
-        Ok((s, _)) if s.is_success() => {}
-        Ok((s, _)) => return Err(format!("health check {} answered {s}", c.endpoint)),
-        Err(e) => return Err(format!("unreachable: {e}")),
-    }
-    st.prober.discover_models(first).await;
-    let models = first.models();
     let models = match model_id {
         Some(m) if models.is_empty() => vec![m],
         Some(m) if models.contains(&m) => models,
@@ -333,6 +367,8 @@ async fn register(st: &AppState, url: &str, spec: Registration) -> Result<Vec<St
     for w in &workers {
         w.set_models(models.clone());
         w.set_labels(labels.clone());
+        w.set_weight(weight);
+        w.set_priority(priority);
         w.set_healthy(true);
         if !st.registry.add(w.clone()) {
             return Err(format!("worker {} is already registered", w.label));
@@ -372,19 +408,7 @@ async fn delete_worker(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let w = find(&st, &id)?;
-    if w.start_draining() {
-        let st2 = st.clone();
-        let deadline = Instant::now() + Duration::from_secs(st.cfg.drain_timeout_secs);
-        tokio::spawn(async move {
-            while w.in_flight() > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            st2.registry.remove(&w.id);
-            st2.policies.on_worker_removed(&w.id);
-            tracing::info!(worker = %w.label, in_flight_left = w.in_flight(), "worker removed");
-        });
-    }
+    drain(&st, find(&st, &id)?);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": id, "state": "draining"})),
@@ -392,13 +416,35 @@ async fn delete_worker(
         .into_response())
 }
 
+/// Stops routing to `w` at once and removes it once its in-flight requests end, or after
+/// `--drain-timeout-secs` at most. Shared by the worker API and Kubernetes discovery.
+pub(crate) fn drain(st: &Arc<AppState>, w: Arc<Worker>) {
+    if !w.start_draining() {
+        return;
+    }
+    let st = st.clone();
+    let deadline = Instant::now() + Duration::from_secs(st.cfg.drain_timeout_secs);
+    tokio::spawn(async move {
+        while w.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        st.registry.remove(&w.id);
+        for pool in st.policy_pools() {
+            pool.on_worker_removed(&w.id);
+        }
+        tracing::info!(worker = %w.label, in_flight_left = w.in_flight(), "worker removed");
+    });
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchWorker {
-    labels: BTreeMap<String, String>,
+    labels: Option<BTreeMap<String, String>>,
+    weight: Option<u32>,
+    priority: Option<u32>,
 }
 
-/// `PATCH /workers/{id}`: replaces the worker's labels.
+/// `PATCH /workers/{id}`: replaces the given ones of labels, weight and priority.
 async fn patch_worker(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -406,7 +452,22 @@ async fn patch_worker(
 ) -> Result<Json<Value>, ApiError> {
     let w = find(&st, &id)?;
     let patch: PatchWorker = json_body(&body)?;
-    w.set_labels(patch.labels);
+    if patch.labels.is_none() && patch.weight.is_none() && patch.priority.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing to change: give `labels`, `weight` or `priority`",
+            None,
+        ));
+    }
+    check_weight(patch.weight)?;
+    if let Some(labels) = patch.labels {
+        w.set_labels(labels);
+    }
+    if let Some(weight) = patch.weight {
+        w.set_weight(weight);
+    }
+    if let Some(priority) = patch.priority {
+        w.set_priority(priority);
+    }
     Ok(Json(worker_json(&w)))
 }
 
