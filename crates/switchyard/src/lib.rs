@@ -14,5 +14,5 @@ pub mod request;
 pub mod routing;
 pub mod server;
 
-pub use config::{Config, PolicyKind};
+pub use config::{Config, ModelSettings, PolicyKind};
 pub use server::Gateway;

@@ -174,6 +174,127 @@ async fn each_model_can_have_its_own_policy() {
     );
 }
 
+/// Requests for `model` sharing a long system prompt but each with its own question.
+async fn shared_prefix_requests(gw: &switchyard::Gateway, model: &str) {
+    let system = system_prompt(9, 300);
+    for q in ["first question here", "second different question entirely"] {
+        let body = req(model, &format!("{system}\n{q} {}", "z ".repeat(200)));
+        assert_eq!(post(&gw.url(), "/v1/completions", &body).await.0, 200);
+    }
+}
+
+async fn decisions(gw: &switchyard::Gateway, policy: &str, reason: &str) -> f64 {
+    metric(
+        &metrics_url(gw),
+        "switchyard_policy_decisions_total",
+        &[("policy", policy), ("reason", reason)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn models_have_their_own_policy_settings_from_the_config_file() {
+    let (a, b) = two_models().await;
+    let mut urls = a.urls();
+    urls.extend(b.urls());
+    let path = std::env::temp_dir().join(format!("sy-models-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "policy: cache_aware\nmodels:\n  model-a:\n    cache_threshold: 0.95\n  model-b:\n    cache_threshold: 0.1\n",
+    )
+    .unwrap();
+    let (_, file_cfg) = switchyard::Config::from_arg_list([
+        "switchyard",
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+    ])
+    .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(file_cfg.models["model-a"].cache_threshold, Some(0.95));
+    let cfg = switchyard::Config {
+        models: file_cfg.models,
+        ..config(urls, PolicyKind::CacheAware)
+    };
+    let gw = gateway(cfg).await;
+    // The second prompt shares well under 95% but over 10% of the first: a hit for
+    // model-b's threshold, not for model-a's.
+    shared_prefix_requests(&gw, "model-a").await;
+    assert_eq!(decisions(&gw, "cache_aware", "cache_hit").await, 0.0);
+    shared_prefix_requests(&gw, "model-b").await;
+    assert_eq!(decisions(&gw, "cache_aware", "cache_hit").await, 1.0);
+}
+
+#[tokio::test]
+async fn worker_labels_set_a_models_policy() {
+    let (a, b) = two_models().await;
+    let gw = gateway(config(a.urls(), PolicyKind::CacheAware)).await;
+    let admin = format!("http://{}", gw.admin_addr);
+    // Bad policy labels are refused up front.
+    for labels in [
+        json!({"policy": "fastest"}),
+        json!({"policy": "cache_aware", "policy.cache_threshold": "2"}),
+        json!({"policy.colour": "red"}),
+    ] {
+        let (status, body) = post(
+            &admin,
+            "/workers",
+            &json!({"url": b.urls()[0], "labels": labels}),
+        )
+        .await;
+        assert_eq!(status, 400, "{labels} -> {body}");
+        assert_error(&body, "invalid_request");
+        assert_eq!(body["error"]["param"], "labels", "{body}");
+    }
+    for url in b.urls() {
+        let (status, body) = post(
+            &admin,
+            "/workers",
+            &json!({"url": url, "labels": {"policy": "round_robin"}}),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    eventually("both model-b workers registered", || async {
+        let v: Value = client()
+            .get(format!("{admin}/workers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["workers"].as_array().unwrap().len() == 4
+    })
+    .await;
+    let long = system_prompt(3, 400);
+    for _ in 0..4 {
+        assert_eq!(
+            post(&gw.url(), "/v1/completions", &req("model-b", &long))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            post(&gw.url(), "/v1/completions", &req("model-a", &long))
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(
+        per_server(&b),
+        [2, 2],
+        "model-b takes turns, as its labels say"
+    );
+    assert!(
+        per_server(&a).contains(&4),
+        "model-a stays cache-aware: {:?}",
+        per_server(&a)
+    );
+    assert_eq!(decisions(&gw, "round_robin", "turn").await, 4.0);
+}
+
 #[test]
 fn bad_model_flags_are_rejected() {
     for (policy, alias, flag) in [
@@ -190,4 +311,21 @@ fn bad_model_flags_are_rejected() {
         let err = cfg.validate().unwrap_err();
         assert!(err.contains(flag), "{err}");
     }
+    let mut models = std::collections::BTreeMap::new();
+    models.insert(
+        "model-a".to_string(),
+        switchyard::ModelSettings {
+            balance_rel_threshold: Some(0.5),
+            ..Default::default()
+        },
+    );
+    let cfg = switchyard::Config {
+        models,
+        ..switchyard::Config::default()
+    };
+    let err = cfg.validate().unwrap_err();
+    assert!(
+        err.contains("models.model-a") && err.contains("balance-rel-threshold"),
+        "{err}"
+    );
 }

@@ -27,6 +27,82 @@ pub enum PdMode {
     Sglang,
 }
 
+/// A model's own routing policy and settings; `None` inherits the gateway-wide value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    pub policy: Option<PolicyKind>,
+    pub cache_threshold: Option<f64>,
+    pub balance_abs_threshold: Option<usize>,
+    pub balance_rel_threshold: Option<f64>,
+    pub max_tree_size: Option<usize>,
+    pub cache_queue_weight: Option<f64>,
+    pub hash_load_factor: Option<f64>,
+}
+
+impl ModelSettings {
+    /// Label naming a model's policy on its workers; `policy.<setting>` labels carry
+    /// the settings (e.g. `policy.cache_threshold=0.5`).
+    pub const LABEL: &'static str = "policy";
+
+    /// Settings from worker labels (`policy`, `policy.<setting>`); `None` when the
+    /// labels carry none.
+    pub fn from_labels(
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<ModelSettings>, String> {
+        let mut map = serde_json::Map::new();
+        for (k, v) in labels {
+            let key = if k == Self::LABEL {
+                "policy"
+            } else if let Some(setting) = k.strip_prefix("policy.") {
+                setting
+            } else {
+                continue;
+            };
+            let value = serde_json::from_str::<serde_json::Value>(v)
+                .ok()
+                .filter(|v| v.is_number())
+                .unwrap_or_else(|| serde_json::Value::String(v.clone()));
+            map.insert(key.to_string(), value);
+        }
+        if map.is_empty() {
+            return Ok(None);
+        }
+        serde_path_to_error::deserialize(serde_json::Value::Object(map))
+            .map(Some)
+            .map_err(|e| format!("label `policy.{}`: {}", e.path(), e.inner()))
+    }
+
+    /// `base` with these settings applied.
+    pub fn apply(&self, base: &Config) -> Config {
+        let mut c = base.clone();
+        c.models.clear();
+        c.model_policy.clear();
+        if let Some(v) = self.policy {
+            c.policy = v;
+        }
+        if let Some(v) = self.cache_threshold {
+            c.cache_threshold = v;
+        }
+        if let Some(v) = self.balance_abs_threshold {
+            c.balance_abs_threshold = v;
+        }
+        if let Some(v) = self.balance_rel_threshold {
+            c.balance_rel_threshold = v;
+        }
+        if let Some(v) = self.max_tree_size {
+            c.max_tree_size = v;
+        }
+        if let Some(v) = self.cache_queue_weight {
+            c.cache_queue_weight = v;
+        }
+        if let Some(v) = self.hash_load_factor {
+            c.hash_load_factor = v;
+        }
+        c
+    }
+}
+
 /// `switchyard`: an OpenAI-compatible gateway in front of vLLM / SGLang engines.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about)]
@@ -84,6 +160,12 @@ pub struct Config {
     /// Every model gets its own policy instance (its own prefix index).
     #[arg(long, value_delimiter = ',')]
     pub model_policy: Vec<String>,
+    /// Per-model policy and policy settings (YAML only): a map from model id to any of
+    /// `policy`, `cache_threshold`, `balance_abs_threshold`, `balance_rel_threshold`,
+    /// `max_tree_size`, `cache_queue_weight`, `hash_load_factor`. Unset ones inherit the
+    /// top-level value.
+    #[arg(skip)]
+    pub models: std::collections::BTreeMap<String, ModelSettings>,
     /// A model alias, as ALIAS=MODEL (repeatable): requests naming ALIAS go to MODEL's
     /// workers, and the body forwarded names MODEL.
     #[arg(long, value_delimiter = ',')]
@@ -393,6 +475,29 @@ impl Config {
             .collect()
     }
 
+    /// Checks the settings a policy reads (also run on each model's own settings).
+    pub fn validate_policy_settings(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.cache_threshold) {
+            return Err(format!(
+                "--cache-threshold must be between 0 and 1, got {}",
+                self.cache_threshold
+            ));
+        }
+        if self.balance_rel_threshold.is_nan() || self.balance_rel_threshold < 1.0 {
+            return Err("--balance-rel-threshold must be at least 1.0".into());
+        }
+        if self.hash_load_factor.is_nan() || self.hash_load_factor < 1.0 {
+            return Err("--hash-load-factor must be at least 1.0".into());
+        }
+        if self.cache_queue_weight.is_nan() || self.cache_queue_weight < 0.0 {
+            return Err("--cache-queue-weight must be non-negative".into());
+        }
+        if self.max_tree_size == 0 {
+            return Err("--max-tree-size must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// Checks values and their relations; the message names the option.
     pub fn validate(&self) -> Result<(), String> {
         for url in &self.worker_urls {
@@ -406,19 +511,10 @@ impl Config {
                 Err(format!("--{name} must be between 0 and 1, got {v}"))
             }
         };
-        unit("cache-threshold", self.cache_threshold)?;
+        self.validate_policy_settings()?;
         unit("retry-jitter-factor", self.retry_jitter_factor)?;
-        if self.balance_rel_threshold.is_nan() || self.balance_rel_threshold < 1.0 {
-            return Err("--balance-rel-threshold must be at least 1.0".into());
-        }
-        if self.hash_load_factor.is_nan() || self.hash_load_factor < 1.0 {
-            return Err("--hash-load-factor must be at least 1.0".into());
-        }
         if self.retry_backoff_multiplier.is_nan() || self.retry_backoff_multiplier < 1.0 {
             return Err("--retry-backoff-multiplier must be at least 1.0".into());
-        }
-        if self.cache_queue_weight.is_nan() || self.cache_queue_weight < 0.0 {
-            return Err("--cache-queue-weight must be non-negative".into());
         }
         if !(self.rate_limit_tokens_per_second >= 0.0
             && self.rate_limit_tokens_per_second.is_finite())
@@ -430,7 +526,6 @@ impl Config {
             ("max-payload-size", self.max_payload_size),
             ("cache-block-size", self.cache_block_size),
             ("dp-size", self.dp_size),
-            ("max-tree-size", self.max_tree_size),
             ("eviction-interval", self.eviction_interval as usize),
             ("load-interval-secs", self.load_interval_secs as usize),
             ("cb-failure-threshold", self.cb_failure_threshold as usize),

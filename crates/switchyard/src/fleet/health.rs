@@ -119,14 +119,22 @@ impl Prober {
         }
     }
 
-    /// Scrapes engine load every `load_interval` until `shutdown` flips.
-    pub async fn run_load(self, mut shutdown: watch::Receiver<bool>) {
+    /// Scrapes engine load every `load_interval`, while some policy in `pools` reads
+    /// it, until `shutdown` flips.
+    pub async fn run_load(
+        self,
+        pools: Vec<Arc<crate::routing::Policies>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(self.cfg.load_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
+            }
+            if !pools.iter().any(|p| p.wants_engine_load()) {
+                continue;
             }
             let workers = self.registry.all();
             join_all(

@@ -10,11 +10,12 @@ pub mod random;
 pub mod round_robin;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use clap::ValueEnum;
 
-use crate::config::{Config, PolicyKind};
+use crate::config::{Config, ModelSettings, PolicyKind};
 use crate::fleet::{Worker, WorkerId};
 use crate::request::RequestView;
 
@@ -85,14 +86,18 @@ pub fn build(kind: PolicyKind, cfg: &Config) -> Arc<dyn Policy> {
     }
 }
 
-/// One policy instance per model (each with its own state, e.g. its own prefix index),
-/// of the kind `--model-policy` gives for that model, else `--policy`.
+/// One policy instance per model (each with its own state, e.g. its own prefix index).
+/// A model's kind and settings come from the config (`models:`, `--model-policy`), else
+/// from its workers' `policy` labels, else the pool's defaults.
 pub struct Policies {
     cfg: Config,
-    overrides: HashMap<String, PolicyKind>,
+    /// Per-model settings from the config; they win over labels.
+    configured: HashMap<String, ModelSettings>,
+    /// Per-model settings adopted from worker labels.
+    labelled: RwLock<HashMap<String, ModelSettings>>,
     instances: RwLock<HashMap<Arc<str>, Arc<dyn Policy>>>,
-    prefix_block_size: usize,
-    wants_engine_load: bool,
+    prefix_block_size: AtomicUsize,
+    wants_engine_load: AtomicBool,
 }
 
 impl Policies {
@@ -103,35 +108,56 @@ impl Policies {
     /// As [`new`](Self::new), with `default` instead of `--policy` for models without
     /// their own (prefill and decode pools have their own defaults).
     pub fn with_default(cfg: &Config, default: PolicyKind) -> Result<Self, String> {
-        let overrides: HashMap<String, PolicyKind> = cfg
-            .model_policy
-            .iter()
-            .map(|pair| {
-                let (model, kind) = pair
-                    .split_once('=')
-                    .ok_or_else(|| format!("--model-policy {pair:?}: expected MODEL=POLICY"))?;
-                let kind = PolicyKind::from_str(kind, false)
-                    .map_err(|_| format!("--model-policy {pair:?}: unknown policy {kind:?}"))?;
-                Ok((model.to_string(), kind))
-            })
-            .collect::<Result<_, String>>()?;
-        let kinds: Vec<Arc<dyn Policy>> = std::iter::once(default)
-            .chain(overrides.values().copied())
-            .map(|k| build(k, cfg))
-            .collect();
-        Ok(Policies {
-            prefix_block_size: kinds
-                .iter()
-                .map(|p| p.prefix_block_size())
-                .max()
-                .unwrap_or(0),
-            wants_engine_load: kinds.iter().any(|p| p.wants_engine_load()),
-            cfg: Config {
-                policy: default,
-                ..cfg.clone()
-            },
-            overrides,
+        let mut configured = cfg.models.clone();
+        for pair in &cfg.model_policy {
+            let (model, kind) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("--model-policy {pair:?}: expected MODEL=POLICY"))?;
+            let kind = PolicyKind::from_str(kind, false)
+                .map_err(|_| format!("--model-policy {pair:?}: unknown policy {kind:?}"))?;
+            configured.entry(model.to_string()).or_default().policy = Some(kind);
+        }
+        let base = Config {
+            policy: default,
+            ..cfg.clone()
+        };
+        let pools = Policies {
+            cfg: base,
+            configured: HashMap::new(),
+            labelled: RwLock::new(HashMap::new()),
             instances: RwLock::new(HashMap::new()),
+            prefix_block_size: AtomicUsize::new(0),
+            wants_engine_load: AtomicBool::new(false),
+        };
+        pools.note(&build(default, &pools.cfg));
+        for (model, settings) in &configured {
+            let c = settings.apply(&pools.cfg);
+            c.validate_policy_settings()
+                .map_err(|e| format!("models.{model}: {e}"))?;
+            pools.note(&build(c.policy, &c));
+        }
+        Ok(Policies {
+            configured: configured.into_iter().collect(),
+            ..pools
+        })
+    }
+
+    /// Records what a policy instance needs from the gateway.
+    fn note(&self, p: &Arc<dyn Policy>) {
+        self.prefix_block_size
+            .fetch_max(p.prefix_block_size(), Ordering::Relaxed);
+        if p.wants_engine_load() {
+            self.wants_engine_load.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn settings(&self, model: &str) -> Option<ModelSettings> {
+        self.configured.get(model).cloned().or_else(|| {
+            self.labelled
+                .read()
+                .expect("labelled lock")
+                .get(model)
+                .cloned()
         })
     }
 
@@ -140,27 +166,62 @@ impl Policies {
         if let Some(p) = self.instances.read().expect("policies lock").get(model) {
             return p.clone();
         }
-        let kind = self
-            .overrides
-            .get(&**model)
-            .copied()
-            .unwrap_or(self.cfg.policy);
-        self.instances
+        let c = match self.settings(model) {
+            Some(s) => s.apply(&self.cfg),
+            None => self.cfg.clone(),
+        };
+        let p = self
+            .instances
             .write()
             .expect("policies lock")
             .entry(model.clone())
-            .or_insert_with(|| build(kind, &self.cfg))
-            .clone()
+            .or_insert_with(|| build(c.policy, &c))
+            .clone();
+        self.note(&p);
+        p
+    }
+
+    /// Adopts the policy settings in a newly registered worker's labels for its models,
+    /// unless the config sets them. A model whose settings change gets a new instance.
+    pub fn adopt_labels(
+        &self,
+        models: &[String],
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let Some(settings) = ModelSettings::from_labels(labels)? else {
+            return Ok(());
+        };
+        let c = settings.apply(&self.cfg);
+        c.validate_policy_settings()?;
+        for model in models {
+            if self.configured.contains_key(model) {
+                continue;
+            }
+            let mut labelled = self.labelled.write().expect("labelled lock");
+            if labelled.get(model) == Some(&settings) {
+                continue;
+            }
+            labelled.insert(model.clone(), settings.clone());
+            drop(labelled);
+            let p = build(c.policy, &c);
+            self.note(&p);
+            tracing::info!(%model, policy = p.name(), "policy set by worker labels");
+            self.instances
+                .write()
+                .expect("policies lock")
+                .insert(Arc::from(model.as_str()), p);
+        }
+        Ok(())
     }
 
     /// Block size of the prefix hashes any model's policy reads (0: none).
     pub fn prefix_block_size(&self) -> usize {
-        self.prefix_block_size
+        self.prefix_block_size.load(Ordering::Relaxed)
     }
 
     /// Whether any model's policy reads the engines' queues.
     pub fn wants_engine_load(&self) -> bool {
-        self.wants_engine_load
+        self.wants_engine_load.load(Ordering::Relaxed)
     }
 
     fn each(&self) -> Vec<Arc<dyn Policy>> {

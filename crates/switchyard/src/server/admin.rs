@@ -178,6 +178,22 @@ struct AddWorker {
     priority: Option<u32>,
 }
 
+/// Checks the `policy` / `policy.<setting>` labels a worker would bring.
+fn check_policy_labels(
+    st: &AppState,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<(), ApiError> {
+    let Some(labels) = labels else { return Ok(()) };
+    let bad = |e: String| ApiError::bad_request(format!("`labels`: {e}"), Some("labels"));
+    if let Some(settings) = crate::config::ModelSettings::from_labels(labels).map_err(bad)? {
+        settings
+            .apply(&st.cfg)
+            .validate_policy_settings()
+            .map_err(bad)?;
+    }
+    Ok(())
+}
+
 fn check_weight(weight: Option<u32>) -> Result<(), ApiError> {
     match weight {
         Some(w) if !(1..=1000).contains(&w) => Err(ApiError::bad_request(
@@ -231,6 +247,7 @@ async fn add_worker(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         ));
     }
     check_weight(req.weight)?;
+    check_policy_labels(&st, req.labels.as_ref())?;
     if req.model_id.as_deref() == Some("") {
         return Err(ApiError::bad_request(
             "`model_id` must not be empty",
@@ -363,6 +380,7 @@ pub(crate) async fn register(
         Some(m) => return Err(format!("the worker serves {models:?}, not `{m}`")),
         None => models,
     };
+    st.pool_for(role).adopt_labels(&models, &labels)?;
     let mut ids = Vec::new();
     for w in &workers {
         w.set_models(models.clone());
@@ -459,7 +477,11 @@ async fn patch_worker(
         ));
     }
     check_weight(patch.weight)?;
+    check_policy_labels(&st, patch.labels.as_ref())?;
     if let Some(labels) = patch.labels {
+        st.pool_for(w.id.role)
+            .adopt_labels(&w.models(), &labels)
+            .map_err(|e| ApiError::bad_request(format!("`labels`: {e}"), Some("labels")))?;
         w.set_labels(labels);
     }
     if let Some(weight) = patch.weight {

@@ -46,8 +46,6 @@ pub struct AppState {
     /// Health and model probes, shared with the worker API.
     pub prober: Prober,
     pub jobs: admin::Jobs,
-    /// Block size of the prefix hashes any policy reads (0: none).
-    pub prefix_block_size: usize,
 }
 
 impl AppState {
@@ -59,6 +57,27 @@ impl AppState {
             pools.push(pd.decode.clone());
         }
         pools
+    }
+
+    /// The policies choosing workers of `role`.
+    pub fn pool_for(&self, role: WorkerRole) -> &Arc<Policies> {
+        match (role, &self.dispatcher.pd) {
+            (WorkerRole::Prefill, Some(pd)) => &pd.prefill,
+            (WorkerRole::Decode, Some(pd)) => &pd.decode,
+            _ => &self.policies,
+        }
+    }
+
+    /// Block size of the prefix hashes any policy reads (0: none). Policies set by
+    /// worker labels may raise it at runtime.
+    pub fn prefix_block_size(&self) -> usize {
+        let mut n = self.policies.prefix_block_size();
+        if let Some(pd) = &self.dispatcher.pd {
+            n = n
+                .max(pd.prefill.prefix_block_size())
+                .max(pd.decode.prefix_block_size());
+        }
+        n
     }
 }
 
@@ -173,11 +192,6 @@ impl Gateway {
             })?),
             None => None,
         };
-        let prefix_block_size = std::iter::once(&policies)
-            .chain(pd.iter().flat_map(|p| [&p.prefill, &p.decode]))
-            .map(|p| p.prefix_block_size())
-            .max()
-            .unwrap_or(0);
         let dispatcher = Dispatcher {
             cfg: DispatchConfig {
                 retry: RetryConfig {
@@ -228,7 +242,6 @@ impl Gateway {
             aliases,
             prober: prober.clone(),
             jobs: admin::Jobs::default(),
-            prefix_block_size,
             dispatcher,
             metrics,
         });
@@ -236,9 +249,7 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(prober.clone().run_health(shutdown_rx.clone()));
         let pools = state.policy_pools();
-        if pools.iter().any(|p| p.wants_engine_load()) {
-            tokio::spawn(prober.run_load(shutdown_rx.clone()));
-        }
+        tokio::spawn(prober.run_load(pools.clone(), shutdown_rx.clone()));
         tokio::spawn(maintain(
             pools,
             Duration::from_secs(cfg.eviction_interval),

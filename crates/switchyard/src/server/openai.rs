@@ -89,7 +89,7 @@ async fn prepare(
             ApiError::bad_request(format!("Could not read the request body: {e}"), None)
         }
     })?;
-    let mut view = RequestView::parse(route, headers, &bytes, st.prefix_block_size, &st.session)?;
+    let mut view = RequestView::parse(route, headers, &bytes, st.prefix_block_size(), &st.session)?;
     let mut bytes = bytes;
     if let Some(target) = st.aliases.get(&*view.model) {
         bytes =
