@@ -101,6 +101,45 @@ fn validation_names_the_option() {
         },
         "--request-id-headers",
     );
+    let discovery = |f: fn(&mut Config)| {
+        let mut c = Config {
+            service_discovery: true,
+            selector: vec!["app=vllm".into()],
+            ..Config::default()
+        };
+        f(&mut c);
+        c
+    };
+    assert!(discovery(|_| {}).validate().is_ok());
+    bad(discovery(|c| c.selector.clear()), "--selector");
+    bad(discovery(|c| c.selector = vec!["app".into()]), "--selector");
+    bad(
+        discovery(|c| c.prefill_selector = vec!["role=prefill".into()]),
+        "--prefill-selector",
+    );
+    bad(
+        discovery(|c| {
+            c.pd_disaggregation = true;
+            c.selector.clear();
+            c.prefill_selector = vec!["role=prefill".into()];
+        }),
+        "--decode-selector",
+    );
+    bad(
+        discovery(|c| c.service_discovery_relist_secs = 0),
+        "--service-discovery-relist-secs",
+    );
+    bad(
+        discovery(|c| c.kube_api_url = Some("nowhere".into())),
+        "--kube-api-url",
+    );
+    bad(
+        Config {
+            selector: vec!["app=vllm".into()],
+            ..Config::default()
+        },
+        "--service-discovery",
+    );
     assert!(Config::default().validate().is_ok());
 }
 

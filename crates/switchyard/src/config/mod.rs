@@ -200,6 +200,41 @@ pub struct Config {
     #[arg(long)]
     pub dp_rank_in_body: bool,
 
+    // --- Kubernetes service discovery ---
+    /// Discover workers from Kubernetes pods (in addition to any static ones).
+    #[arg(long)]
+    pub service_discovery: bool,
+    /// Label selector of worker pods, as KEY=VALUE pairs (all must match; evaluated by
+    /// the API server).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub selector: Vec<String>,
+    /// Namespace to watch (default: all namespaces the service account may list).
+    #[arg(long)]
+    pub service_discovery_namespace: Option<String>,
+    /// Port the engines listen on in their pods.
+    #[arg(long, default_value_t = 8000)]
+    pub service_discovery_port: u16,
+    /// Label selector of prefill pods (with --pd-disaggregation).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub prefill_selector: Vec<String>,
+    /// Label selector of decode pods (with --pd-disaggregation).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub decode_selector: Vec<String>,
+    /// Annotation, else label, of a pod naming the model it serves (absent: read from
+    /// the engine's /v1/models).
+    #[arg(long, default_value = "switchyard.ai/model")]
+    pub service_discovery_model_key: String,
+    /// Annotation of a prefill pod giving its SGLang bootstrap port.
+    #[arg(long, default_value = "sglang.ai/bootstrap-port")]
+    pub bootstrap_port_annotation: String,
+    /// Seconds between full relists that repair missed watch events.
+    #[arg(long, default_value_t = 60)]
+    pub service_discovery_relist_secs: u64,
+    /// API server URL, e.g. `kubectl proxy`'s http://127.0.0.1:8001 (default: the
+    /// in-cluster service account, else the kubeconfig).
+    #[arg(long)]
+    pub kube_api_url: Option<String>,
+
     // --- cache_aware ---
     /// Smallest fraction of a prompt that must match a worker's cached prefix to count as a hit.
     #[arg(long, default_value_t = 0.3)]
@@ -584,9 +619,54 @@ impl Config {
         if !self.pd_disaggregation && (!self.prefill.is_empty() || !self.decode.is_empty()) {
             return Err("--prefill / --decode need --pd-disaggregation".into());
         }
-        if self.pd_disaggregation && (self.prefill.is_empty() || self.decode.is_empty()) {
+        if self.pd_disaggregation
+            && !self.service_discovery
+            && (self.prefill.is_empty() || self.decode.is_empty())
+        {
             return Err(
-                "--pd-disaggregation needs at least one --prefill and one --decode worker".into(),
+                "--pd-disaggregation needs at least one --prefill and one --decode worker (or --service-discovery with --prefill-selector and --decode-selector)".into(),
+            );
+        }
+        crate::fleet::kubernetes::check_selector("selector", &self.selector)?;
+        crate::fleet::kubernetes::check_selector("prefill-selector", &self.prefill_selector)?;
+        crate::fleet::kubernetes::check_selector("decode-selector", &self.decode_selector)?;
+        if self.service_discovery {
+            if self.pd_disaggregation {
+                if self.prefill_selector.is_empty() || self.decode_selector.is_empty() {
+                    return Err("--service-discovery with --pd-disaggregation needs --prefill-selector and --decode-selector".into());
+                }
+                if !self.selector.is_empty() {
+                    return Err("--selector applies without --pd-disaggregation; use --prefill-selector and --decode-selector".into());
+                }
+            } else {
+                if self.selector.is_empty() {
+                    return Err("--service-discovery needs --selector KEY=VALUE".into());
+                }
+                if !self.prefill_selector.is_empty() || !self.decode_selector.is_empty() {
+                    return Err(
+                        "--prefill-selector / --decode-selector need --pd-disaggregation".into(),
+                    );
+                }
+            }
+            if self.service_discovery_port == 0 {
+                return Err("--service-discovery-port must be a port number".into());
+            }
+            if self.service_discovery_relist_secs == 0 {
+                return Err("--service-discovery-relist-secs must be at least 1".into());
+            }
+            if let Some(url) = &self.kube_api_url {
+                url.parse::<http::Uri>()
+                    .ok()
+                    .filter(|u| u.scheme().is_some() && u.authority().is_some())
+                    .ok_or_else(|| format!("--kube-api-url {url:?} is not a URL"))?;
+            }
+        } else if !self.selector.is_empty()
+            || !self.prefill_selector.is_empty()
+            || !self.decode_selector.is_empty()
+        {
+            return Err(
+                "--selector / --prefill-selector / --decode-selector need --service-discovery"
+                    .into(),
             );
         }
         self.aliases()?;

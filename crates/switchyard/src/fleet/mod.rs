@@ -3,6 +3,7 @@
 
 pub mod breaker;
 pub mod health;
+pub mod kubernetes;
 pub mod registry;
 
 use std::fmt;

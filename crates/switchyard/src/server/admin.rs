@@ -139,6 +139,7 @@ fn worker_json(w: &Worker) -> Value {
         "url": w.id.url,
         "dp_rank": w.id.dp_rank,
         "role": w.id.role,
+        "bootstrap_port": w.bootstrap_port,
         "models": w.models(),
         "labels": w.labels(),
         "weight": w.weight(),

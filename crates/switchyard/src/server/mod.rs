@@ -247,6 +247,10 @@ impl Gateway {
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        if let Some(discovery) = crate::fleet::kubernetes::Discovery::from_config(&cfg) {
+            let kube = crate::fleet::kubernetes::client(&cfg).await?;
+            crate::fleet::kubernetes::spawn(state.clone(), kube, discovery, shutdown_rx.clone());
+        }
         tokio::spawn(prober.clone().run_health(shutdown_rx.clone()));
         let pools = state.policy_pools();
         tokio::spawn(prober.run_load(pools.clone(), shutdown_rx.clone()));
