@@ -244,3 +244,25 @@ fn fastrand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
+
+/// The config in deploy/switchyard.yaml's ConfigMap is one this gateway accepts.
+#[test]
+fn the_kubernetes_example_config_is_valid() {
+    use serde::Deserialize;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/switchyard.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .collect();
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let embedded = cm["data"]["switchyard.yaml"].as_str().unwrap();
+    let mut f = tempfile();
+    write!(f.1, "{embedded}").unwrap();
+    let (_, cfg) =
+        Config::from_arg_list(["switchyard", "serve", "--config", f.0.to_str().unwrap()]).unwrap();
+    std::fs::remove_file(&f.0).unwrap();
+    cfg.validate().unwrap();
+    assert!(cfg.service_discovery);
+    assert_eq!(cfg.selector, vec!["app=vllm".to_string()]);
+    assert_eq!(cfg.service_discovery_namespace.as_deref(), Some("llm"));
+}
