@@ -351,6 +351,36 @@ async fn a_relist_repairs_missed_events() {
     let lists = kube.lists();
     workers_become(&gw, &[format!("http://127.0.0.6:{port}")]).await;
     assert!(kube.lists() > lists, "repaired by a new list");
+    // A worker removed through the worker API while its pod stays Ready comes back at
+    // the next relist: the pods are the source of truth.
+    let admin = format!("http://{}", gw.admin_addr);
+    let v: Value = client()
+        .get(format!("{admin}/workers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["workers"][0]["id"].as_str().unwrap().to_string();
+    let r = client()
+        .delete(format!("{admin}/workers/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually("the deleted worker is gone and back", || async {
+        let v: Value = client()
+            .get(format!("{admin}/workers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["workers"].as_array().unwrap().len() == 1 && v["workers"][0]["draining"] == false
+    })
+    .await;
 }
 
 #[tokio::test]

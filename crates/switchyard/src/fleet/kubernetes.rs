@@ -173,7 +173,11 @@ impl Watcher {
         let current = self.tracked.get(&key);
         match (current, want) {
             (None, None) => {}
-            (Some(cur), Some(want)) if cur.url == want.url => {
+            // Registered and still there (a worker removed through the worker API
+            // while its pod stays Ready is registered again below).
+            (Some(cur), Some(want))
+                if cur.url == want.url && !self.workers(&want.url).is_empty() =>
+            {
                 if *cur != want {
                     for w in self.workers(&want.url) {
                         w.set_labels(want.labels.clone());
@@ -189,7 +193,9 @@ impl Watcher {
             }
             (cur, Some(want)) => {
                 if let Some(cur) = cur.cloned() {
-                    self.remove(&key, &cur.url);
+                    if cur.url != want.url {
+                        self.remove(&key, &cur.url);
+                    }
                     self.tracked.remove(&key);
                 }
                 let spec = Registration {
