@@ -216,14 +216,7 @@ fn discovery_config(api: &str, port: u16) -> switchyard::Config {
 
 /// The URLs of the gateway's workers (not draining), sorted.
 async fn worker_urls(gw: &switchyard::Gateway) -> Vec<String> {
-    let v: Value = client()
-        .get(format!("http://{}/workers", gw.admin_addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = admin_workers(gw).await;
     let mut urls: Vec<String> = v["workers"]
         .as_array()
         .unwrap()
@@ -279,15 +272,7 @@ async fn pods_join_when_ready_and_leave_when_not_ready_or_deleted() {
         "the selector is sent to the API server: {:?}",
         kube.selectors()
     );
-    let admin = format!("http://{}", gw.admin_addr);
-    let v: Value = client()
-        .get(format!("{admin}/workers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = admin_workers(&gw).await;
     assert_eq!(
         v["workers"][0]["weight"], 2,
         "weight from the pod's annotation"
@@ -319,14 +304,7 @@ async fn pods_join_when_ready_and_leave_when_not_ready_or_deleted() {
     workers_become(&gw, &[]).await;
     kube.delete("a", true);
     eventually("no workers left at all", || async {
-        let v: Value = client()
-            .get(format!("{admin}/workers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = admin_workers(&gw).await;
         v["workers"].as_array().unwrap().is_empty()
     })
     .await;
@@ -354,14 +332,7 @@ async fn a_relist_repairs_missed_events() {
     // A worker removed through the worker API while its pod stays Ready comes back at
     // the next relist: the pods are the source of truth.
     let admin = format!("http://{}", gw.admin_addr);
-    let v: Value = client()
-        .get(format!("{admin}/workers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = admin_workers(&gw).await;
     let id = v["workers"][0]["id"].as_str().unwrap().to_string();
     let r = client()
         .delete(format!("{admin}/workers/{id}"))
@@ -370,14 +341,7 @@ async fn a_relist_repairs_missed_events() {
         .unwrap();
     assert_eq!(r.status(), 202);
     eventually("the deleted worker is gone and back", || async {
-        let v: Value = client()
-            .get(format!("{admin}/workers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = admin_workers(&gw).await;
         v["workers"].as_array().unwrap().len() == 1 && v["workers"][0]["draining"] == false
     })
     .await;
@@ -421,15 +385,7 @@ async fn prefill_and_decode_pods_come_from_their_selectors() {
         ],
     )
     .await;
-    let admin = format!("http://{}", gw.admin_addr);
-    let v: Value = client()
-        .get(format!("{admin}/workers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = admin_workers(&gw).await;
     let by_url = |u: &str| {
         v["workers"]
             .as_array()

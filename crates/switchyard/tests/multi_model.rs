@@ -256,14 +256,7 @@ async fn worker_labels_set_a_models_policy() {
         assert_eq!(status, 202, "{body}");
     }
     eventually("both model-b workers registered", || async {
-        let v: Value = client()
-            .get(format!("{admin}/workers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = admin_workers(&gw).await;
         v["workers"].as_array().unwrap().len() == 4
     })
     .await;

@@ -167,3 +167,15 @@ pub async fn worker_healthy(gw_url: &str, worker_url: &str) -> bool {
 pub fn shared<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
+
+/// `GET /workers` on the gateway's worker API: `{"workers": [...]}`.
+pub async fn admin_workers(gw: &Gateway) -> Value {
+    client()
+        .get(format!("http://{}/workers", gw.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
