@@ -81,6 +81,15 @@ impl ApiError {
         )
     }
 
+    /// 405: a known route asked with a method it does not serve.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} does not accept {method}"),
+        )
+    }
+
     /// 413: body larger than `--max-payload-size`.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(

@@ -3,6 +3,10 @@
 use switchyard::{Config, Gateway};
 use switchyard_sim::SimConfig;
 
+// glibc malloc was ~10% of the data plane's CPU at saturation (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let (demo, cfg) = Config::from_args()?;
     if let Err(e) = cfg.validate() {

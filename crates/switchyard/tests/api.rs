@@ -116,6 +116,38 @@ async fn unknown_route_is_404_json() {
 }
 
 #[tokio::test]
+async fn a_wrong_method_is_405_json_with_a_request_id() {
+    let sims = sims(1).await;
+    let gw = gateway(config(sims.urls(), PolicyKind::RoundRobin)).await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/chat/completions"),
+        (reqwest::Method::PUT, "/v1/completions"),
+        (reqwest::Method::GET, "/v1/embeddings"),
+        (reqwest::Method::POST, "/v1/models"),
+    ] {
+        let resp = client()
+            .request(method.clone(), format!("{}{path}", gw.url()))
+            .header("x-request-id", "wrong-method-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["x-request-id"], "wrong-method-1");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_error(&body, "method_not_allowed");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(path),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        sims.servers()[0].requests(),
+        0,
+        "nothing reached the engine"
+    );
+}
+
+#[tokio::test]
 async fn api_key_is_required_when_configured() {
     let sims = sims(1).await;
     let mut cfg = config(sims.urls(), PolicyKind::RoundRobin);
@@ -136,6 +168,7 @@ async fn api_key_is_required_when_configured() {
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 401, "{auth:?}");
+        assert!(resp.headers().contains_key("x-request-id"), "{auth:?}");
         assert_error(&resp.json().await.unwrap(), "invalid_api_key");
     }
     let resp = client()

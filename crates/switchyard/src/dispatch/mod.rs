@@ -103,11 +103,16 @@ impl Dispatcher {
         body: Bytes,
         request_id: &str,
         start: Instant,
+        admission: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Response {
         if let Some(pd) = &self.pd {
-            return self
+            let resp = self
                 .dispatch_pd(pd, view, headers, body, request_id, start)
                 .await;
+            return match admission {
+                Some(permit) => crate::server::middleware::hold(resp, permit),
+                None => resp,
+            };
         }
         let view = Arc::new(view);
         let policy = self.policies.for_model(&view.model);
@@ -196,16 +201,12 @@ impl Dispatcher {
                 Ok(Ok(resp)) => {
                     let (mut parts, incoming) = resp.into_parts();
                     parts.headers.retain_hop_by_hop();
-                    if let Ok(v) = HeaderValue::from_str(request_id) {
-                        parts
-                            .headers
-                            .insert(HeaderName::from_static("x-request-id"), v);
-                    }
                     let settle = Settle {
                         start,
                         view: view.clone(),
                         in_flight,
                         permit: Some(permit),
+                        admission,
                         status: parts.status,
                         request_id: request_id.to_string(),
                         metrics: self.metrics.clone(),

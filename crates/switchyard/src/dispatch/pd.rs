@@ -17,7 +17,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
@@ -234,16 +234,12 @@ impl Dispatcher {
     fn stream_decode(&self, decode: &Phase<'_>, ctx: &Ctx<'_>, sent: Sent) -> Response {
         let (mut parts, incoming) = sent.resp.into_parts();
         hop_by_hop_headers(&mut parts.headers);
-        if let Ok(v) = HeaderValue::from_str(ctx.request_id) {
-            parts
-                .headers
-                .insert(HeaderName::from_static("x-request-id"), v);
-        }
         let settle = Settle {
             start: ctx.start,
             view: ctx.view.clone(),
             in_flight: sent.in_flight,
             permit: Some(sent.permit),
+            admission: None,
             status: parts.status,
             request_id: ctx.request_id.to_string(),
             metrics: self.metrics.clone(),

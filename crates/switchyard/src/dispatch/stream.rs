@@ -46,6 +46,9 @@ pub struct Settle {
     pub view: Arc<RequestView>,
     pub in_flight: InFlight,
     pub permit: Option<Permit>,
+    /// The gateway's concurrency permit (`--max-concurrent-requests`), released with
+    /// the body.
+    pub admission: Option<tokio::sync::OwnedSemaphorePermit>,
     pub status: StatusCode,
     pub request_id: String,
     pub metrics: Arc<Metrics>,

@@ -16,46 +16,59 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-/// The request's id, from the first configured header present or generated.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
-
-pub async fn request_id(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let id = st
-        .request_id_headers
+/// The id of a request with these headers: the first configured header present, else
+/// a generated one.
+pub fn request_id_of(st: &AppState, headers: &http::HeaderMap) -> String {
+    st.request_id_headers
         .iter()
         .find_map(|h| {
-            req.headers()
+            headers
                 .get(h)
                 .and_then(|v| v.to_str().ok())
                 .filter(|s| !s.is_empty() && s.len() <= 256)
         })
         .map(str::to_string)
-        .unwrap_or_else(|| format!("req-{:032x}", fastrand::u128(..)));
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+        .unwrap_or_else(|| format!("req-{:032x}", fastrand::u128(..)))
+}
+
+/// Echoes the request id in the response.
+pub fn set_request_id(resp: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
         resp.headers_mut()
             .insert(HeaderName::from_static("x-request-id"), v);
     }
+}
+
+/// Request ids for the routes that do not handle them inline (all but generation).
+pub async fn request_id(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let id = request_id_of(&st, req.headers());
+    let mut resp = next.run(req).await;
+    set_request_id(&mut resp, &id);
     resp
 }
 
-/// Requires `Authorization: Bearer <--api-key>` when a key is configured.
-pub async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// Checks `Authorization: Bearer <--api-key>` when a key is configured.
+pub fn check_auth(st: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError> {
     if let Some(key) = &st.cfg.api_key {
-        let given = req
-            .headers()
+        let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
             st.metrics.reject("unauthorized");
-            return ApiError::unauthorized().into_response();
+            return Err(ApiError::unauthorized());
         }
     }
-    next.run(req).await
+    Ok(())
+}
+
+/// API-key auth for the routes that do not check it inline.
+pub async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match check_auth(&st, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -173,22 +186,14 @@ impl Admission {
     }
 }
 
-/// Applies admission to generation routes; the permit is held until the response body
-/// has been sent (or the client went away).
-pub async fn admission(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match st.admission.admit().await {
-        Err(e) => e.into_response(),
-        Ok(None) => next.run(req).await,
-        Ok(Some(permit)) => {
-            let resp = next.run(req).await;
-            resp.map(|body| {
-                Body::new(Holding {
-                    inner: body,
-                    _permit: permit,
-                })
-            })
-        }
-    }
+/// Keeps `guard` alive until `resp`'s body has been sent (or the client went away).
+pub fn hold<G: Unpin + Send + 'static>(resp: Response, guard: G) -> Response {
+    resp.map(|body| {
+        Body::new(Holding {
+            inner: body,
+            _permit: guard,
+        })
+    })
 }
 
 /// A body that holds a guard until it is dropped.

@@ -421,18 +421,31 @@ async fn serve(
 }
 
 fn router(state: Arc<AppState>) -> Router {
+    // Generation routes handle request ids, auth and admission inline (the hot path);
+    // the others get them from layers.
     let generation = Router::new()
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/embeddings", post(openai::embeddings))
+        .route(
+            "/v1/chat/completions",
+            post(openai::chat_completions).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/completions",
+            post(openai::completions).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/embeddings",
+            post(openai::embeddings).fallback(openai::method_not_allowed),
+        );
+    let v1 = Router::new()
+        .route(
+            "/v1/models",
+            get(openai::models).fallback(openai::method_not_allowed),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::admission,
+            middleware::auth,
         ));
-    let v1 = generation.route("/v1/models", get(openai::models)).layer(
-        axum::middleware::from_fn_with_state(state.clone(), middleware::auth),
-    );
-    let mut app = Router::new()
+    let rest = Router::new()
         .merge(v1)
         .route("/health", get(health::health))
         .route("/readiness", get(health::readiness))
@@ -442,6 +455,7 @@ fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             middleware::request_id,
         ));
+    let mut app = generation.merge(rest);
     let origins = &state.cfg.cors_allowed_origins;
     if !origins.is_empty() {
         let allow = if origins.iter().any(|o| o == "*") {

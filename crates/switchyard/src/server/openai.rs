@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use http::header;
 
 use super::AppState;
-use super::middleware::RequestId;
+use super::middleware::{check_auth, request_id_of, set_request_id};
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
 use crate::request::{RequestView, Route, set_fields};
@@ -27,18 +27,35 @@ pub async fn embeddings(State(st): State<Arc<AppState>>, req: Request) -> Respon
     proxy(st, Route::Embeddings, req).await
 }
 
+/// A generation request: request id, auth and admission are handled here rather than
+/// by layers, as this is the hot path.
 async fn proxy(st: Arc<AppState>, route: Route, req: Request) -> Response {
     let start = Instant::now();
-    let rid = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let rid = request_id_of(&st, req.headers());
+    let mut resp = admit_and_proxy(st, route, req, &rid, start).await;
+    set_request_id(&mut resp, &rid);
+    resp
+}
+
+async fn admit_and_proxy(
+    st: Arc<AppState>,
+    route: Route,
+    req: Request,
+    rid: &str,
+    start: Instant,
+) -> Response {
+    if let Err(e) = check_auth(&st, req.headers()) {
+        return e.into_response();
+    }
+    let admission = match st.admission.admit().await {
+        Ok(permit) => permit,
+        Err(e) => return e.into_response(),
+    };
     let (parts, body) = req.into_parts();
     match prepare(&st, route, &parts.headers, body).await {
         Ok((view, bytes)) => {
             st.dispatcher
-                .dispatch(view, &parts.headers, bytes, &rid, start)
+                .dispatch(view, &parts.headers, bytes, rid, start, admission)
                 .await
         }
         Err(e) => {
@@ -128,4 +145,12 @@ pub async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> 
 /// Any other route.
 pub async fn not_found(req: Request) -> Response {
     ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
+}
+
+/// A known route with a method it does not serve.
+pub async fn method_not_allowed(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let mut resp =
+        ApiError::method_not_allowed(req.method().as_str(), req.uri().path()).into_response();
+    set_request_id(&mut resp, &request_id_of(&st, req.headers()));
+    resp
 }
