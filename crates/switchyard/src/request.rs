@@ -220,9 +220,16 @@ impl RequestView {
             }
         }
         let mut de = serde_json::Deserializer::from_slice(body);
-        let wire: Wire = match serde_path_to_error::deserialize(&mut de) {
+        // Plain serde on the hot path; only a failure is parsed again to name the field.
+        let wire: Wire = match serde::Deserialize::deserialize(&mut de) {
             Ok(w) => w,
-            Err(e) => return Err(wire_error(e)),
+            Err(_) => {
+                let mut de = serde_json::Deserializer::from_slice(body);
+                return Err(match serde_path_to_error::deserialize::<_, Wire>(&mut de) {
+                    Err(e) => wire_error(e),
+                    Ok(_) => ApiError::bad_request("Invalid request body", None),
+                });
+            }
         };
         de.end()
             .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}"), None))?;
