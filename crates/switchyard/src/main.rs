@@ -3,9 +3,10 @@
 use switchyard::{Config, Gateway};
 use switchyard_sim::SimConfig;
 
-// glibc malloc was ~10% of the data plane's CPU at saturation (docs/BENCHMARKS.md).
+// glibc malloc was ~10% of the data plane's CPU at saturation; jemalloc costs less
+// and, unlike mimalloc here, keeps idle RSS low (docs/BENCHMARKS.md).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     let (demo, cfg) = Config::from_args()?;
