@@ -345,6 +345,25 @@ impl Drop for InFlight {
     }
 }
 
+/// A regular worker at `http://h:{port}` with a default breaker, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_worker(port: u16) -> Arc<Worker> {
+    let breaker = BreakerConfig {
+        enabled: true,
+        failure_threshold: 5,
+        success_threshold: 2,
+        timeout: Duration::from_secs(1),
+        window: Duration::from_secs(1),
+    };
+    let w = Worker::new(
+        &format!("http://h:{port}"),
+        None,
+        WorkerRole::Regular,
+        breaker,
+    );
+    Arc::new(w.expect("a valid test URL"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,23 +98,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::BreakerConfig;
 
     fn worker(port: u16, priority: u32) -> Arc<Worker> {
-        let breaker = BreakerConfig {
-            enabled: true,
-            failure_threshold: 5,
-            success_threshold: 2,
-            timeout: std::time::Duration::from_secs(1),
-            window: std::time::Duration::from_secs(1),
-        };
-        let w = Worker::new(
-            &format!("http://h:{port}"),
-            None,
-            WorkerRole::Regular,
-            breaker,
-        );
-        let w = Arc::new(w.unwrap());
+        let w = crate::fleet::test_worker(port);
         w.set_healthy(true);
         w.set_priority(priority);
         w

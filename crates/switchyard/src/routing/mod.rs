@@ -299,27 +299,13 @@ pub fn by_weight(candidates: &[Arc<Worker>], mut ticket: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::{BreakerConfig, WorkerRole};
 
     fn worker(
         port: u16,
         weight: u32,
         in_flight: usize,
     ) -> (Arc<Worker>, Vec<crate::fleet::InFlight>) {
-        let breaker = BreakerConfig {
-            enabled: true,
-            failure_threshold: 5,
-            success_threshold: 2,
-            timeout: std::time::Duration::from_secs(1),
-            window: std::time::Duration::from_secs(1),
-        };
-        let w = Worker::new(
-            &format!("http://h:{port}"),
-            None,
-            WorkerRole::Regular,
-            breaker,
-        );
-        let w = Arc::new(w.unwrap());
+        let w = crate::fleet::test_worker(port);
         w.set_weight(weight);
         let guards = (0..in_flight).map(|_| w.begin()).collect();
         (w, guards)
