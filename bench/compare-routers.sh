@@ -47,6 +47,10 @@ wait_ready() { # wait_ready URL: until GET URL answers, 60 s at most
 
 ENGINE_PORT=18600
 ROUTER_PORT=18700
+# A process left on these ports would answer for a target that failed to start.
+if busy=$(ss -Hltnp "sport >= :18600 and sport <= :18899" | grep .); then
+  echo "ports 18600-18899 are in use; stop these first:" >&2; echo "$busy" >&2; exit 1
+fi
 engines() { for i in $(seq 0 $(($1 - 1))); do echo "http://127.0.0.1:$((ENGINE_PORT + i))"; done; }
 
 routers() { # routers N_ENGINES: start every router in front of the engines
@@ -54,15 +58,16 @@ routers() { # routers N_ENGINES: start every router in front of the engines
   local p=$ROUTER_PORT
   for pol in cache_aware round_robin power_of_two consistent_hash; do
     start "switchyard-$pol" $BIN/switchyard serve --worker-urls $urls --policy $pol --port $p --prometheus-port $((p + 50)) --admin-port $((p + 80)) --log-level warn
-    TARGETS+=("switchyard-$pol=http://127.0.0.1:$p"); PIDARGS+=("--pid" "switchyard-$pol=$(eval echo \$PID_switchyard_$pol)"); p=$((p + 1))
+    TARGETS+=("switchyard-$pol=http://127.0.0.1:$p"); PIDOF[switchyard-$pol]=$(eval echo \$PID_switchyard_$pol); p=$((p + 1))
   done
   for pol in round_robin cache_aware; do
     start "vllm-router-$pol" "$VENV/bin/vllm-router" --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
-    TARGETS+=("vllm-router-$pol=http://127.0.0.1:$p"); PIDARGS+=("--pid" "vllm-router-$pol=$(eval echo \$PID_vllm_router_$pol)"); p=$((p + 1))
+    TARGETS+=("vllm-router-$pol=http://127.0.0.1:$p"); PIDOF[vllm-router-$pol]=$(eval echo \$PID_vllm_router_$pol); p=$((p + 1))
     start "sglang-router-$pol" "$VENV/bin/sglang-router" launch --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
-    TARGETS+=("sglang-router-$pol=http://127.0.0.1:$p"); PIDARGS+=("--pid" "sglang-router-$pol=$(eval echo \$PID_sglang_router_$pol)"); p=$((p + 1))
+    TARGETS+=("sglang-router-$pol=http://127.0.0.1:$p"); PIDOF[sglang-router-$pol]=$(eval echo \$PID_sglang_router_$pol); p=$((p + 1))
   done
   TARGETS+=("direct=http://127.0.0.1:$ENGINE_PORT")
+  PIDARGS=(); for name in "${!PIDOF[@]}"; do PIDARGS+=("--pid" "$name=${PIDOF[$name]}"); done
   for t in "${TARGETS[@]}"; do wait_ready "${t#*=}/v1/models"; done
   sleep 2 # let the routers finish their first health checks
 }
@@ -71,7 +76,7 @@ if [ "$MODE" = overhead ]; then
   command -v wrk >/dev/null || { echo "overhead mode needs wrk (apt-get install wrk)" >&2; exit 1; }
   start sim $BIN/switchyard-sim --instant --engines 2 --port $ENGINE_PORT --log-level warn
   wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
-  TARGETS=(); PIDARGS=()
+  TARGETS=(); PIDARGS=(); declare -A PIDOF
   routers 2
   REPORT=$OUT/$DATE-overhead.md
   {
@@ -80,31 +85,45 @@ if [ "$MODE" = overhead ]; then
     echo "2 instant simulated engines; non-streaming chat completions (bench/chat-load.lua)."
     echo "Throughput: wrk -t2 -c64 -d8s. Latency: wrk -t1 -c1 -d5s (sequential, keep-alive)."
     echo "Each target measured 3 times in rotated order; the median is shown. Nothing pinned."
+    echo "CPU columns: CPU time (user + system) each process spent during the throughput run,"
+    echo "per completed request (router, the engine process, wrk); they share the 2 cores."
     echo
   } > "$REPORT"
-  declare -A RPS LAT
+  declare -A RPS LAT RCPU ECPU WCPU
+  ticks() { if [ -n "${1:-}" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
+  per_req() { echo "$1 * 1000000 / $(getconf CLK_TCK) / $2" | bc -l; } # per_req TICKS REQUESTS -> µs
   for rep in 0 1 2; do
     n=${#TARGETS[@]}
     for k in $(seq 0 $((n - 1))); do
       t=${TARGETS[$(((k + rep) % n))]}; name=${t%%=*}; url=${t#*=}
-      rps=$(wrk -t2 -c64 -d8s -s bench/chat-load.lua "$url/v1/chat/completions" | awk '/Requests\/sec/ {print $2}')
+      pid=${PIDOF[$name]:-}; r0=$(ticks "$pid"); e0=$(ticks "$PID_sim")
+      out=$(/usr/bin/time -f '%U %S' -o "$LOGS/wrk-time" wrk -t2 -c64 -d8s -s bench/chat-load.lua "$url/v1/chat/completions")
+      r1=$(ticks "$pid"); e1=$(ticks "$PID_sim")
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      nreq=$(echo "$out" | awk '/requests in/ {print $1}')
+      [ -n "$pid" ] && RCPU[$name]="${RCPU[$name]:-} $(per_req $((r1 - r0)) "$nreq")"
+      ECPU[$name]="${ECPU[$name]:-} $(per_req $((e1 - e0)) "$nreq")"
+      WCPU[$name]="${WCPU[$name]:-} $(awk -v n="$nreq" '{print ($1 + $2) * 1e6 / n}' "$LOGS/wrk-time")"
       lat=$(wrk -t1 -c1 -d5s --latency -s bench/chat-load.lua "$url/v1/chat/completions" | awk '$1=="50%" {print $2}')
       RPS[$name]="${RPS[$name]:-} $rps"; LAT[$name]="${LAT[$name]:-} $lat"
-      echo "rep $rep $name: $rps req/s, p50 $lat"
+      echo "rep $rep $name: $rps req/s, p50 $lat, router CPU $(echo "${RCPU[$name]:-}" | awk '{printf "%.1f", $NF}') µs/req"
     done
   done
-  median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
   to_us() { awk '{v=$1; if (v ~ /ms$/) {sub(/ms/,"",v); v*=1000} else if (v ~ /us$/) {sub(/us/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1e6}; print v}'; }
   direct_lat=$(for v in ${LAT[direct]}; do echo "$v" | to_us; done | median)
   base=$(echo "${RPS[vllm-router-round_robin]}" | median)
+  base_cpu=$(echo "${RCPU[vllm-router-round_robin]}" | median)
   {
-    echo "| target | req/s (median) | vs vllm-router round_robin | p50 latency (µs) | added over direct (µs) |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| target | req/s (median) | vs vllm-router round_robin | p50 latency (µs) | added over direct (µs) | router CPU µs/req | engine CPU µs/req | wrk CPU µs/req | router CPU vs vllm-router round_robin |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in "${TARGETS[@]}"; do
       name=${t%%=*}
       r=$(echo "${RPS[$name]}" | median)
       l=$(for v in ${LAT[$name]}; do echo "$v" | to_us; done | median)
-      printf "| %s | %.0f | %.2f× | %.0f | %.0f |\n" "$name" "$r" "$(echo "$r / $base" | bc -l)" "$l" "$(echo "$l - $direct_lat" | bc -l)"
+      rc=$(echo "${RCPU[$name]:-}" | median); ec=$(echo "${ECPU[$name]}" | median); wc=$(echo "${WCPU[$name]}" | median)
+      if [ -n "$rc" ]; then rcs=$(printf "%.1f" "$rc"); rel=$(printf "%.2f×" "$(echo "$base_cpu / $rc" | bc -l)"); else rcs="—"; rel="—"; fi
+      printf "| %s | %.0f | %.2f× | %.0f | %.0f | %s | %.1f | %.1f | %s |\n" "$name" "$r" "$(echo "$r / $base" | bc -l)" "$l" "$(echo "$l - $direct_lat" | bc -l)" "$rcs" "$ec" "$wc" "$rel"
     done
   } >> "$REPORT"
   cat "$REPORT"
@@ -116,7 +135,7 @@ fi
 SCALE=4
 start sim $BIN/switchyard-sim --engines 4 --port $ENGINE_PORT --time-scale $SCALE --num-gpu-blocks 4000 --max-model-len 16384 --log-level warn
 wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
-TARGETS=(); PIDARGS=()
+TARGETS=(); PIDARGS=(); declare -A PIDOF
 routers 4
 ENGINE_ARGS=(); for e in $(engines 4); do ENGINE_ARGS+=(--engine "$e"); done
 TARGET_ARGS=(); for t in "${TARGETS[@]}"; do TARGET_ARGS+=(--target "$t"); done
@@ -133,6 +152,6 @@ $BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PIDARGS[@]}" --
   --workload shared-prefix --groups 64 --prompts-per-group 16 --system-len 2048 --question-len 128 --output-len 256 \
   --rate 40 --duration 120 --request-timeout 120 --out "$OUT/$DATE-shared-prefix" >> "$REPORT"
 $BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PIDARGS[@]}" --quiet \
-  --workload multi-turn --conversations 32 --turns 8 --system-len 2048 --turn-len 128 --output-len 256 --think-time 0.5 \
+  --workload multi-turn --conversations 64 --turns 8 --system-len 2048 --turn-len 128 --output-len 256 --think-time 0.5 \
   --rate 8 --duration 120 --request-timeout 120 --out "$OUT/$DATE-multi-turn" >> "$REPORT"
 cat "$REPORT"
