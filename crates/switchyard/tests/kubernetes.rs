@@ -424,3 +424,46 @@ async fn prefill_and_decode_pods_come_from_their_selectors() {
         vec!["role=decode".to_string(), "role=prefill".to_string()]
     );
 }
+
+#[tokio::test]
+async fn an_unresponsive_pod_does_not_hold_up_the_others() {
+    let (port, sims) = engines_on(&[("127.0.0.11", Role::Both)]).await;
+    // A Ready pod whose engine accepts connections and never answers: its probe waits
+    // out the whole health-check timeout.
+    let silent = tokio::net::TcpListener::bind(("127.0.0.10", port))
+        .await
+        .unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    let (kube, api) = fake_kube().await;
+    let engine = json!({"app": "engine"});
+    kube.put(
+        pod("silent", "127.0.0.10", engine.clone(), json!({}), true),
+        true,
+    );
+    let mut cfg = discovery_config(&api, port);
+    cfg.health_check_timeout_secs = 120;
+    let gw = gateway(cfg).await;
+    eventually("the silent pod is being probed", || async {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    // While that probe hangs, another pod turns Ready and joins at once.
+    kube.put(pod("ok", "127.0.0.11", engine, json!({}), true), true);
+    workers_become(&gw, &[format!("http://127.0.0.11:{port}")]).await;
+    let body = json!({"model": MODEL, "prompt": "hello", "max_tokens": 2});
+    let (status, resp) = post(&gw.url(), "/v1/completions", &body).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(sims[0].servers()[0].requests(), 1);
+    // The silent pod going away is handled without waiting for its probe either.
+    kube.delete("silent", true);
+    kube.delete("ok", true);
+    workers_become(&gw, &[]).await;
+}

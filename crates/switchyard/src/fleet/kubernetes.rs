@@ -1,7 +1,7 @@
 //! Kubernetes discovery: watches pods matching a label selector (server-side) and keeps
 //! one worker per Ready pod. A pod that turns Ready is probed and registered like a
 //! worker-API registration; one that turns NotReady, starts terminating or is deleted is
-//! drained. Every `--service-discovery-relist-secs` the watch is replaced by a full list
+//! drained. Pods are reconciled independently of each other. Every `--service-discovery-relist-secs` the watch is replaced by a full list
 //! that is reconciled against what is registered, repairing any missed event.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::WorkerRole;
 use crate::config::Config;
@@ -156,85 +157,48 @@ fn desired(pod: &Pod, d: &Discovery) -> Option<PodWorker> {
     })
 }
 
-/// One watch (one selector, one role) and the pods it has registered.
+/// One watch (one selector, one role). Each pod is reconciled by its own task, fed the
+/// pod's latest desired worker, so a slow or unreachable pod's probe never holds up
+/// another pod's registration or removal.
 struct Watcher {
-    st: Arc<AppState>,
+    pods: PodCtx,
     d: Discovery,
     selector: String,
-    role: WorkerRole,
     api: Api<Pod>,
-    /// Pod key → the worker registered for it.
-    tracked: HashMap<String, PodWorker>,
+    /// Pod key → its reconciler.
+    slots: HashMap<String, PodSlot>,
+    /// Reconcilers of pods that went away and may still be draining, awaited by a new
+    /// reconciler of the same pod before it starts.
+    finishing: HashMap<String, JoinHandle<()>>,
+}
+
+struct PodSlot {
+    want: watch::Sender<Option<PodWorker>>,
+    task: JoinHandle<()>,
 }
 
 impl Watcher {
-    /// Brings the pod's worker in line with the pod.
-    async fn apply(&mut self, key: String, want: Option<PodWorker>) {
-        let current = self.tracked.get(&key);
-        match (current, want) {
+    /// Hands the pod's desired worker (`None`: none) to its reconciler, starting one
+    /// for a pod not seen before. A relist sends every pod again, which retries failed
+    /// registrations and restores workers removed through the worker API.
+    fn apply(&mut self, key: String, want: Option<PodWorker>) {
+        match (self.slots.remove(&key), want) {
             (None, None) => {}
-            // Registered and still there (a worker removed through the worker API
-            // while its pod stays Ready is registered again below).
-            (Some(cur), Some(want))
-                if cur.url == want.url && !self.workers(&want.url).is_empty() =>
-            {
-                if *cur != want {
-                    for w in self.workers(&want.url) {
-                        w.set_labels(want.labels.clone());
-                        w.set_weight(want.weight);
-                        w.set_priority(want.priority);
-                    }
-                    self.tracked.insert(key, want);
-                }
+            (Some(slot), None) => {
+                // The reconciler drains the worker, then sees the channel closed and ends.
+                slot.want.send_replace(None);
+                self.finishing.insert(key, slot.task);
             }
-            (Some(_), None) => {
-                let cur = self.tracked.remove(&key).expect("tracked");
-                self.remove(&key, &cur.url);
+            (Some(slot), Some(want)) => {
+                slot.want.send_replace(Some(want));
+                self.slots.insert(key, slot);
             }
-            (cur, Some(want)) => {
-                if let Some(cur) = cur.cloned() {
-                    if cur.url != want.url {
-                        self.remove(&key, &cur.url);
-                    }
-                    self.tracked.remove(&key);
-                }
-                let spec = Registration {
-                    role: self.role,
-                    bootstrap_port: want.bootstrap_port,
-                    model_id: want.model.clone(),
-                    dp_size: None,
-                    labels: want.labels.clone(),
-                    weight: want.weight,
-                    priority: want.priority,
-                };
-                match register(&self.st, &want.url, spec).await {
-                    Ok(ids) => {
-                        tracing::info!(pod = %key, url = %want.url, workers = ?ids, "pod registered");
-                        self.tracked.insert(key, want);
-                    }
-                    // Retried at the next event or relist.
-                    Err(e) => {
-                        tracing::warn!(pod = %key, url = %want.url, error = %e, "pod not registered")
-                    }
-                }
+            (None, Some(want)) => {
+                let (tx, rx) = watch::channel(Some(want));
+                let previous = self.finishing.remove(&key);
+                let task = tokio::spawn(self.pods.clone().reconcile(key.clone(), rx, previous));
+                self.slots.insert(key, PodSlot { want: tx, task });
             }
-        }
-    }
-
-    fn workers(&self, url: &str) -> Vec<Arc<super::Worker>> {
-        self.st
-            .registry
-            .all()
-            .iter()
-            .filter(|w| w.id.url == url && w.id.role == self.role)
-            .cloned()
-            .collect()
-    }
-
-    fn remove(&self, key: &str, url: &str) {
-        tracing::info!(pod = %key, %url, "pod gone or not ready: draining its worker");
-        for w in self.workers(url) {
-            drain(&self.st, w);
         }
     }
 
@@ -250,17 +214,18 @@ impl Watcher {
             .map(|p| (pod_key(p), desired(p, &self.d)))
             .collect();
         let gone: Vec<String> = self
-            .tracked
+            .slots
             .keys()
             .filter(|k| !seen.contains_key(*k))
             .cloned()
             .collect();
         for key in gone {
-            self.apply(key, None).await;
+            self.apply(key, None);
         }
         for (key, want) in seen.drain() {
-            self.apply(key, want).await;
+            self.apply(key, want);
         }
+        self.finishing.retain(|_, task| !task.is_finished());
         Ok(list.metadata.resource_version.unwrap_or_default())
     }
 
@@ -305,9 +270,9 @@ impl Watcher {
                 match event {
                     Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => {
                         let want = desired(&pod, &self.d);
-                        self.apply(pod_key(&pod), want).await;
+                        self.apply(pod_key(&pod), want);
                     }
-                    Some(Ok(WatchEvent::Deleted(pod))) => self.apply(pod_key(&pod), None).await,
+                    Some(Ok(WatchEvent::Deleted(pod))) => self.apply(pod_key(&pod), None),
                     Some(Ok(WatchEvent::Bookmark(_))) => {}
                     Some(Ok(WatchEvent::Error(status))) => {
                         tracing::debug!(?status, "watch ended by the API server; relisting");
@@ -320,6 +285,109 @@ impl Watcher {
                     None => break,
                 }
             }
+        }
+    }
+}
+
+/// What a pod's reconciler needs: the gateway and the role its watch registers.
+#[derive(Clone)]
+struct PodCtx {
+    st: Arc<AppState>,
+    role: WorkerRole,
+}
+
+impl PodCtx {
+    /// One pod's reconciler: brings its worker in line with each desired state in turn
+    /// (intermediate states it had no time to see are skipped), until the watcher drops
+    /// the pod. Starts after the previous reconciler of the same pod, if any, has ended.
+    async fn reconcile(
+        self,
+        key: String,
+        mut want: watch::Receiver<Option<PodWorker>>,
+        previous: Option<JoinHandle<()>>,
+    ) {
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        let mut current = None;
+        loop {
+            let next = want.borrow_and_update().clone();
+            current = self.apply(&key, current, next).await;
+            if want.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Brings the pod's worker from `current` to `want`; returns what is registered.
+    async fn apply(
+        &self,
+        key: &str,
+        current: Option<PodWorker>,
+        want: Option<PodWorker>,
+    ) -> Option<PodWorker> {
+        match (current, want) {
+            (None, None) => None,
+            // Registered and still there (a worker removed through the worker API
+            // while its pod stays Ready is registered again below).
+            (Some(cur), Some(want))
+                if cur.url == want.url && !self.workers(&want.url).is_empty() =>
+            {
+                if cur != want {
+                    for w in self.workers(&want.url) {
+                        w.set_labels(want.labels.clone());
+                        w.set_weight(want.weight);
+                        w.set_priority(want.priority);
+                    }
+                }
+                Some(want)
+            }
+            (Some(cur), None) => {
+                self.remove(key, &cur.url);
+                None
+            }
+            (cur, Some(want)) => {
+                if let Some(cur) = cur.filter(|cur| cur.url != want.url) {
+                    self.remove(key, &cur.url);
+                }
+                let spec = Registration {
+                    role: self.role,
+                    bootstrap_port: want.bootstrap_port,
+                    model_id: want.model.clone(),
+                    dp_size: None,
+                    labels: want.labels.clone(),
+                    weight: want.weight,
+                    priority: want.priority,
+                };
+                match register(&self.st, &want.url, spec).await {
+                    Ok(ids) => {
+                        tracing::info!(pod = %key, url = %want.url, workers = ?ids, "pod registered");
+                        Some(want)
+                    }
+                    // Retried at the pod's next event or the next relist.
+                    Err(e) => {
+                        tracing::warn!(pod = %key, url = %want.url, error = %e, "pod not registered");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn workers(&self, url: &str) -> Vec<Arc<super::Worker>> {
+        self.st
+            .registry
+            .all()
+            .iter()
+            .filter(|w| w.id.url == url && w.id.role == self.role)
+            .cloned()
+            .collect()
+    }
+
+    fn remove(&self, key: &str, url: &str) {
+        tracing::info!(pod = %key, %url, "pod gone or not ready: draining its worker");
+        for w in self.workers(url) {
+            drain(&self.st, w);
         }
     }
 }
@@ -337,12 +405,15 @@ pub fn spawn(
             None => Api::all(client.clone()),
         };
         let w = Watcher {
-            st: st.clone(),
+            pods: PodCtx {
+                st: st.clone(),
+                role,
+            },
             d: d.clone(),
             selector,
-            role,
             api,
-            tracked: HashMap::new(),
+            slots: HashMap::new(),
+            finishing: HashMap::new(),
         };
         tokio::spawn(w.run(shutdown.clone()));
     }
