@@ -467,3 +467,59 @@ async fn an_unresponsive_pod_does_not_hold_up_the_others() {
     kube.delete("ok", true);
     workers_become(&gw, &[]).await;
 }
+
+#[tokio::test]
+async fn a_pod_ready_again_while_its_worker_drains_comes_back_once_drained() {
+    let (port, sims) = engines_on(&[("127.0.0.12", Role::Both)]).await;
+    let url = format!("http://127.0.0.12:{port}");
+    let (kube, api) = fake_kube().await;
+    let engine = json!({"app": "engine"});
+    kube.put(
+        pod("a", "127.0.0.12", engine.clone(), json!({}), true),
+        true,
+    );
+    // The default relist (60 s) is far off: only the pod's own events can bring it back.
+    let gw = gateway(discovery_config(&api, port)).await;
+    workers_become(&gw, std::slice::from_ref(&url)).await;
+    // A request the engine never answers keeps the worker busy.
+    let server = sims[0].servers()[0].clone();
+    server
+        .set_faults(switchyard_sim::Faults {
+            hang_rate: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+    let body = json!({"model": MODEL, "prompt": "hello", "max_tokens": 2});
+    let gw_url = gw.url();
+    let hanging = tokio::spawn(async move { post(&gw_url, "/v1/completions", &body).await });
+    eventually("the request is in flight", || async {
+        admin_workers(&gw).await["workers"][0]["in_flight"] == 1
+    })
+    .await;
+    // NotReady: the worker drains but stays while its request is open; Ready again.
+    kube.put(
+        pod("a", "127.0.0.12", engine.clone(), json!({}), false),
+        true,
+    );
+    eventually("the worker drains", || async {
+        admin_workers(&gw).await["workers"][0]["draining"] == true
+    })
+    .await;
+    kube.put(pod("a", "127.0.0.12", engine, json!({}), true), true);
+    // The request ends (the client goes away); the drained worker is removed and the
+    // pod registered again.
+    server
+        .set_faults(switchyard_sim::Faults::default())
+        .unwrap();
+    hanging.abort();
+    eventually("the pod's worker is back, not draining", || async {
+        let v: Value = admin_workers(&gw).await;
+        v["workers"].as_array().unwrap().len() == 1
+            && v["workers"][0]["draining"] == false
+            && v["workers"][0]["in_flight"] == 0
+    })
+    .await;
+    let body = json!({"model": MODEL, "prompt": "hello", "max_tokens": 2});
+    let (status, resp) = post(&gw.url(), "/v1/completions", &body).await;
+    assert_eq!(status, 200, "{resp}");
+}

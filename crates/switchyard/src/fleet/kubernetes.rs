@@ -331,7 +331,8 @@ impl PodCtx {
             // Registered and still there (a worker removed through the worker API
             // while its pod stays Ready is registered again below).
             (Some(cur), Some(want))
-                if cur.url == want.url && !self.workers(&want.url).is_empty() =>
+                if cur.url == want.url
+                    && self.workers(&want.url).iter().any(|w| !w.is_draining()) =>
             {
                 if cur != want {
                     for w in self.workers(&want.url) {
@@ -349,6 +350,13 @@ impl PodCtx {
             (cur, Some(want)) => {
                 if let Some(cur) = cur.filter(|cur| cur.url != want.url) {
                     self.remove(key, &cur.url);
+                }
+                if self.workers(&want.url).iter().any(|w| w.is_draining()) {
+                    // Back to Ready while its old worker still drains: register afresh
+                    // once that one is gone (`drain_timeout_secs` at most).
+                    let bound = Duration::from_secs(self.st.cfg.drain_timeout_secs + 1);
+                    let gone = self.st.registry.wait_gone(&want.url, self.role);
+                    let _ = tokio::time::timeout(bound, gone).await;
                 }
                 let spec = Registration {
                     role: self.role,

@@ -8,12 +8,15 @@ use super::{Worker, WorkerId, WorkerRole};
 #[derive(Debug, Default)]
 pub struct Registry {
     workers: RwLock<Arc<Vec<Arc<Worker>>>>,
+    /// Woken whenever a worker is removed.
+    removed: tokio::sync::Notify,
 }
 
 impl Registry {
     pub fn new(workers: Vec<Arc<Worker>>) -> Self {
         Registry {
             workers: RwLock::new(Arc::new(workers)),
+            removed: tokio::sync::Notify::new(),
         }
     }
 
@@ -61,7 +64,27 @@ impl Registry {
         let mut next = (**guard).clone();
         let w = next.remove(pos);
         *guard = Arc::new(next);
+        drop(guard);
+        self.removed.notify_waiters();
         Some(w)
+    }
+
+    /// Waits until no worker of `role` at `url` is left (a draining one is removed when
+    /// its last request ends).
+    pub async fn wait_gone(&self, url: &str, role: WorkerRole) {
+        loop {
+            let removed = self.removed.notified();
+            let mut removed = std::pin::pin!(removed);
+            removed.as_mut().enable();
+            if !self
+                .all()
+                .iter()
+                .any(|w| w.id.url == url && w.id.role == role)
+            {
+                return;
+            }
+            removed.await;
+        }
     }
 
     /// Union of the models healthy workers report, sorted.
@@ -116,5 +139,23 @@ mod tests {
         assert_eq!(ports(reg.candidates("m")), vec![2, 3]);
         b.start_draining();
         assert_eq!(ports(reg.candidates("m")), vec![3]);
+    }
+
+    #[tokio::test]
+    async fn wait_gone_returns_once_the_last_worker_at_the_url_is_removed() {
+        let (a, b) = (worker(1, 0), worker(2, 0));
+        let reg = Arc::new(Registry::new(vec![a.clone(), b.clone()]));
+        let url = a.id.url.clone();
+        let waiter = tokio::spawn({
+            let reg = reg.clone();
+            async move { reg.wait_gone(&url, WorkerRole::Regular).await }
+        });
+        reg.remove(&b.id);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a's worker is still there");
+        reg.remove(&a.id);
+        waiter.await.unwrap();
+        // Nothing at that URL: returns at once.
+        reg.wait_gone(&a.id.url, WorkerRole::Regular).await;
     }
 }
