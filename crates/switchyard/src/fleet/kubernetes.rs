@@ -1,8 +1,9 @@
 //! Kubernetes discovery: watches pods matching a label selector (server-side) and keeps
 //! one worker per Ready pod. A pod that turns Ready is probed and registered like a
 //! worker-API registration; one that turns NotReady, starts terminating or is deleted is
-//! drained. Pods are reconciled independently of each other. Every `--service-discovery-relist-secs` the watch is replaced by a full list
-//! that is reconciled against what is registered, repairing any missed event.
+//! drained, each pod on its own so that one slow probe holds up no other pod. Every
+//! `--service-discovery-relist-secs` the watch is replaced by a full list that is
+//! reconciled against what is registered, repairing any missed event.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
