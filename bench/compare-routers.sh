@@ -74,6 +74,7 @@ routers() { # routers N_ENGINES: start every router in front of the engines
 
 if [ "$MODE" = overhead ]; then
   command -v wrk >/dev/null || { echo "overhead mode needs wrk (apt-get install wrk)" >&2; exit 1; }
+  [ -x /usr/bin/time ] || { echo "overhead mode needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
   start sim $BIN/switchyard-sim --instant --engines 2 --port $ENGINE_PORT --log-level warn
   wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
   TARGETS=(); PIDARGS=(); declare -A PIDOF
