@@ -8,16 +8,16 @@ use switchyard_bench::report::{self, CompareConfig, Target};
 use switchyard_bench::runner::Arrivals;
 use switchyard_bench::workload::{self, Params};
 use switchyard_sim::SimConfig;
+use switchyard_testkit::{MODEL, sims_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comparison_of_two_engines_reports_every_measure() {
-    let sims = switchyard_sim::spawn(SimConfig {
+    let sims = sims_with(SimConfig {
         engines: 2,
         time_scale: 50.0,
         ..SimConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let urls = sims.urls();
     let p = Params {
         groups: 2,
@@ -43,7 +43,7 @@ async fn comparison_of_two_engines_reports_every_measure() {
     let cfg = CompareConfig {
         targets: targets.clone(),
         engines: urls.clone(),
-        model: "switchyard/sim-8b".into(),
+        model: MODEL.into(),
         arrivals: Arrivals::Closed(2),
         max_requests: 100,
         duration: Duration::from_secs(30),
@@ -92,12 +92,11 @@ async fn comparison_of_two_engines_reports_every_measure() {
 
 #[tokio::test]
 async fn a_failing_target_is_reported_as_errors_not_a_crash() {
-    let sims = switchyard_sim::spawn(SimConfig {
+    let sims = sims_with(SimConfig {
         time_scale: 50.0,
         ..SimConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     sims.server(0)
         .set_faults(switchyard_sim::Faults {
             error_rate: 1.0,
@@ -119,7 +118,7 @@ async fn a_failing_target_is_reported_as_errors_not_a_crash() {
     let cfg = CompareConfig {
         targets: targets.clone(),
         engines: vec![],
-        model: "switchyard/sim-8b".into(),
+        model: MODEL.into(),
         arrivals: Arrivals::Closed(1),
         max_requests: 5,
         duration: Duration::from_secs(10),

@@ -23,6 +23,10 @@ pub struct Faults {
     /// Real milliseconds added before a generation request is processed.
     #[arg(long = "fault-latency-ms", default_value_t = 0)]
     pub latency_ms: u64,
+    /// Generation requests whose body contains this text are always answered with
+    /// `error_status` (a "poison" request that fails on every engine).
+    #[arg(long = "fault-error-match")]
+    pub error_match: Option<String>,
     /// Fraction of generation requests accepted and then never answered.
     #[arg(long = "fault-hang-rate", default_value_t = 0.0)]
     pub hang_rate: f64,
@@ -30,6 +34,11 @@ pub struct Faults {
     /// the headers). For SSE streams a chunk is one event.
     #[arg(long = "fault-crash-after-chunks")]
     pub crash_after_chunks: Option<u64>,
+    /// Hold every response after this many body chunks until the faults change (0: right
+    /// after the headers). For SSE streams a chunk is one event. Lets a test keep a
+    /// stream open for as long as it needs, then release it.
+    #[arg(long = "fault-stall-after-chunks")]
+    pub stall_after_chunks: Option<u64>,
     /// Stop accepting connections (the listening socket is closed; connections already
     /// open keep working).
     #[arg(long = "fault-refuse-connections")]
@@ -52,9 +61,11 @@ impl Default for Faults {
             error_rate: 0.0,
             error_status: default_status(),
             retry_after_secs: default_retry_after(),
+            error_match: None,
             latency_ms: 0,
             hang_rate: 0.0,
             crash_after_chunks: None,
+            stall_after_chunks: None,
             refuse_connections: false,
             health_fail: false,
             health_latency_ms: 0,
@@ -83,6 +94,9 @@ impl Faults {
         }
         if !matches!(self.error_status, 429 | 500 | 503) {
             return Err("error_status must be 429, 500 or 503".into());
+        }
+        if self.error_match.as_deref() == Some("") {
+            return Err("error_match must not be empty".into());
         }
         if let Some(s) = self.clear_after_secs {
             if !(s.is_finite() && s > 0.0) {

@@ -1,20 +1,16 @@
 //! Every endpoint of the simulator, streaming and not, over real HTTP.
 
-mod common;
-
-use common::*;
 use serde_json::{Value, json};
 use switchyard_sim::{OutputLen, SimConfig};
+use switchyard_testkit::*;
 
 #[tokio::test]
 async fn chat_completion_has_openai_shape_and_exact_token_count() {
-    let sim = start(fast_config()).await;
-    let (status, body) = post(
-        &sim.url(),
-        "/v1/chat/completions",
-        &chat_body("Hello there", 12),
-    )
-    .await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let (status, body) = http
+        .post(&sim.url(), "/v1/chat/completions", &chat("Hello there", 12))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -39,46 +35,51 @@ async fn chat_completion_has_openai_shape_and_exact_token_count() {
 
 #[tokio::test]
 async fn completion_accepts_text_and_token_ids() {
-    let sim = start(fast_config()).await;
-    let (status, body) = post(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"prompt": "Once upon a time", "max_tokens": 4}),
-    )
-    .await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let (status, body) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": "Once upon a time", "max_tokens": 4}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "text_completion");
     assert_eq!(body["usage"]["prompt_tokens"], 4);
     assert_eq!(body["usage"]["completion_tokens"], 4);
     assert!(body["choices"][0]["text"].is_string());
 
-    let (status, body) = post(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"prompt": [1, 2, 3, 4, 5], "max_tokens": 2}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": [1, 2, 3, 4, 5], "max_tokens": 2}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["usage"]["prompt_tokens"], 5);
-    let (status, body) = post(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"prompt": [[7, 8, 9]], "max_tokens": 2}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": [[7, 8, 9]], "max_tokens": 2}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["usage"]["prompt_tokens"], 3);
 }
 
 #[tokio::test]
 async fn output_is_deterministic_for_a_seed() {
-    let sim = start(fast_config()).await;
-    let mut a = chat_body("same prompt", 10);
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let mut a = chat("same prompt", 10);
     a["seed"] = json!(42);
-    let (_, r1) = post(&sim.url(), "/v1/chat/completions", &a).await;
-    let (_, r2) = post(&sim.url(), "/v1/chat/completions", &a).await;
+    let (_, r1) = http.post(&sim.url(), "/v1/chat/completions", &a).await;
+    let (_, r2) = http.post(&sim.url(), "/v1/chat/completions", &a).await;
     a["seed"] = json!(43);
-    let (_, r3) = post(&sim.url(), "/v1/chat/completions", &a).await;
+    let (_, r3) = http.post(&sim.url(), "/v1/chat/completions", &a).await;
     let text = |v: &Value| {
         v["choices"][0]["message"]["content"]
             .as_str()
@@ -91,53 +92,59 @@ async fn output_is_deterministic_for_a_seed() {
 
 #[tokio::test]
 async fn output_length_distribution_applies_without_max_tokens() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         output_len: OutputLen::Fixed(7),
-        ..fast_config()
+        ..fast()
     })
     .await;
-    let (status, body) = post(
-        &sim.url(),
-        "/v1/chat/completions",
-        &json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &sim.url(),
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["usage"]["completion_tokens"], 7);
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     // min_tokens raises the sampled length.
-    let (_, body) = post(
-        &sim.url(),
-        "/v1/chat/completions",
-        &json!({"messages": [{"role": "user", "content": "hi"}], "min_tokens": 9}),
-    )
-    .await;
+    let (_, body) = http
+        .post(
+            &sim.url(),
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}], "min_tokens": 9}),
+        )
+        .await;
     assert_eq!(body["usage"]["completion_tokens"], 9);
     // max_completion_tokens is honoured for chat.
-    let (_, body) = post(
-        &sim.url(),
-        "/v1/chat/completions",
-        &json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3}),
-    )
-    .await;
+    let (_, body) = http
+        .post(
+            &sim.url(),
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3}),
+        )
+        .await;
     assert_eq!(body["usage"]["completion_tokens"], 3);
     assert_eq!(body["choices"][0]["finish_reason"], "length");
 }
 
 #[tokio::test]
 async fn ignore_eos_without_max_tokens_runs_to_the_context_limit() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         max_model_len: 64,
         output_len: OutputLen::Fixed(2),
-        ..fast_config()
+        ..fast()
     })
     .await;
-    let (status, body) = post(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"prompt": [1, 2, 3, 4], "ignore_eos": true}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": [1, 2, 3, 4], "ignore_eos": true}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["usage"]["completion_tokens"], 60);
     assert_eq!(body["choices"][0]["finish_reason"], "length");
@@ -145,11 +152,12 @@ async fn ignore_eos_without_max_tokens_runs_to_the_context_limit() {
 
 #[tokio::test]
 async fn chat_stream_has_role_tokens_finish_usage_and_done() {
-    let sim = start(fast_config()).await;
-    let mut body = chat_body("Stream to me", 5);
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let mut body = chat("Stream to me", 5);
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let (status, events) = sse(&sim.url(), "/v1/chat/completions", &body).await;
+    let (status, events) = http.sse(&sim.url(), "/v1/chat/completions", &body).await;
     assert_eq!(status, 200);
     assert_eq!(events.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = events[..events.len() - 1]
@@ -170,13 +178,15 @@ async fn chat_stream_has_role_tokens_finish_usage_and_done() {
 
 #[tokio::test]
 async fn completion_stream_without_usage() {
-    let sim = start(fast_config()).await;
-    let (status, events) = sse(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"prompt": "abc", "max_tokens": 3, "stream": true}),
-    )
-    .await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let (status, events) = http
+        .sse(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": "abc", "max_tokens": 3, "stream": true}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(events.len(), 4, "{events:?}");
     assert_eq!(events[3], "[DONE]");
@@ -188,17 +198,19 @@ async fn completion_stream_without_usage() {
 
 #[tokio::test]
 async fn embeddings_are_deterministic_unit_vectors() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         embedding_dim: 64,
-        ..fast_config()
+        ..fast()
     })
     .await;
-    let (status, body) = post(
-        &sim.url(),
-        "/v1/embeddings",
-        &json!({"input": ["hello world", "other"]}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &sim.url(),
+            "/v1/embeddings",
+            &json!({"input": ["hello world", "other"]}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "list");
     let data = body["data"].as_array().unwrap();
@@ -213,21 +225,23 @@ async fn embeddings_are_deterministic_unit_vectors() {
     let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
     assert!((norm - 1.0).abs() < 1e-3);
     assert_eq!(body["usage"]["prompt_tokens"], 3);
-    let (_, again) = post(
-        &sim.url(),
-        "/v1/embeddings",
-        &json!({"input": "hello world"}),
-    )
-    .await;
+    let (_, again) = http
+        .post(
+            &sim.url(),
+            "/v1/embeddings",
+            &json!({"input": "hello world"}),
+        )
+        .await;
     assert_eq!(again["data"][0]["embedding"], data[0]["embedding"]);
     assert_ne!(data[1]["embedding"], data[0]["embedding"]);
 
-    let (status, b64) = post(
-        &sim.url(),
-        "/v1/embeddings",
-        &json!({"input": "hello world", "encoding_format": "base64", "dimensions": 8}),
-    )
-    .await;
+    let (status, b64) = http
+        .post(
+            &sim.url(),
+            "/v1/embeddings",
+            &json!({"input": "hello world", "encoding_format": "base64", "dimensions": 8}),
+        )
+        .await;
     assert_eq!(status, 200);
     let s = b64["data"][0]["embedding"].as_str().unwrap();
     assert_eq!(s.len(), 44, "8 f32 = 32 bytes = 44 base64 chars");
@@ -235,13 +249,15 @@ async fn embeddings_are_deterministic_unit_vectors() {
 
 #[tokio::test]
 async fn models_lists_every_served_name_with_max_model_len() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         served_model_name: vec!["llama".into(), "meta-llama/Llama-3.1-8B-Instruct".into()],
         max_model_len: 4096,
-        ..fast_config()
+        ..fast()
     })
     .await;
-    let body: Value = client()
+    let body: Value = http
+        .0
         .get(format!("{}/v1/models", sim.url()))
         .send()
         .await
@@ -258,21 +274,23 @@ async fn models_lists_every_served_name_with_max_model_len() {
     assert_eq!(ids, ["llama", "meta-llama/Llama-3.1-8B-Instruct"]);
     assert_eq!(body["data"][0]["max_model_len"], 4096);
     // Either name is accepted.
-    let (status, body) = post(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "x", "max_tokens": 1}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "x", "max_tokens": 1}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["model"], "meta-llama/Llama-3.1-8B-Instruct");
 }
 
 #[tokio::test]
 async fn health_load_metrics_and_stats() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     let url = sim.url();
-    let c = client();
+    let c = &http.0;
     let health = c.get(format!("{url}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let load: Value = c
@@ -284,40 +302,46 @@ async fn health_load_metrics_and_stats() {
         .await
         .unwrap();
     assert_eq!(load, json!({"server_load": 0}));
-    let (_, body) = post(
-        &url,
-        "/v1/completions",
-        &json!({"prompt": "metrics please", "max_tokens": 3}),
-    )
-    .await;
+    let (_, body) = http
+        .post(
+            &url,
+            "/v1/completions",
+            &json!({"prompt": "metrics please", "max_tokens": 3}),
+        )
+        .await;
     let prompt = body["usage"]["prompt_tokens"].as_f64().unwrap();
     let labels = [("model_name", "switchyard/sim-8b"), ("engine", "0")];
     assert_eq!(
-        metric(&url, "vllm:generation_tokens_total", &labels).await,
+        http.metric(&url, "vllm:generation_tokens_total", &labels)
+            .await,
         3.0
     );
     assert_eq!(
-        metric(&url, "vllm:prompt_tokens_total", &labels).await,
+        http.metric(&url, "vllm:prompt_tokens_total", &labels).await,
         prompt
     );
     assert_eq!(
-        metric(&url, "vllm:prefix_cache_queries_total", &labels).await,
+        http.metric(&url, "vllm:prefix_cache_queries_total", &labels)
+            .await,
         prompt
     );
     assert_eq!(
-        metric(&url, "vllm:time_to_first_token_seconds_count", &labels).await,
+        http.metric(&url, "vllm:time_to_first_token_seconds_count", &labels)
+            .await,
         1.0
     );
     assert_eq!(
-        metric(&url, "vllm:inter_token_latency_seconds_count", &labels).await,
+        http.metric(&url, "vllm:inter_token_latency_seconds_count", &labels)
+            .await,
         2.0
     );
     assert_eq!(
-        metric(&url, "vllm:e2e_request_latency_seconds_count", &labels).await,
+        http.metric(&url, "vllm:e2e_request_latency_seconds_count", &labels)
+            .await,
         1.0
     );
     assert_eq!(
-        metric(
+        http.metric(
             &url,
             "vllm:request_success_total",
             &[("finished_reason", "length")]
@@ -326,16 +350,21 @@ async fn health_load_metrics_and_stats() {
         1.0
     );
     assert_eq!(
-        metric(&url, "vllm:num_requests_running", &labels).await,
+        http.metric(&url, "vllm:num_requests_running", &labels)
+            .await,
         0.0
     );
     assert_eq!(
-        metric(&url, "vllm:num_requests_waiting", &labels).await,
+        http.metric(&url, "vllm:num_requests_waiting", &labels)
+            .await,
         0.0
     );
-    assert_eq!(metric(&url, "vllm:kv_cache_usage_perc", &labels).await, 0.0);
     assert_eq!(
-        metric(
+        http.metric(&url, "vllm:kv_cache_usage_perc", &labels).await,
+        0.0
+    );
+    assert_eq!(
+        http.metric(
             &url,
             "vllm:cache_config_info",
             &[("block_size", "16"), ("num_gpu_blocks", "28000")]
@@ -357,32 +386,35 @@ async fn health_load_metrics_and_stats() {
 
 #[tokio::test]
 async fn several_engines_serve_on_consecutive_independent_ports() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         engines: 3,
-        ..fast_config()
+        ..fast()
     })
     .await;
     let urls = sim.urls();
     assert_eq!(urls.len(), 3);
-    let text = long_text(1, 200);
-    post(
+    let text = prompt_text(1, 200);
+    http.post(
         &urls[0],
         "/v1/completions",
         &json!({"prompt": text, "max_tokens": 1}),
     )
     .await;
-    let (_, warm) = post(
-        &urls[0],
-        "/v1/completions",
-        &json!({"prompt": text, "max_tokens": 1}),
-    )
-    .await;
-    let (_, cold) = post(
-        &urls[1],
-        "/v1/completions",
-        &json!({"prompt": text, "max_tokens": 1}),
-    )
-    .await;
+    let (_, warm) = http
+        .post(
+            &urls[0],
+            "/v1/completions",
+            &json!({"prompt": text, "max_tokens": 1}),
+        )
+        .await;
+    let (_, cold) = http
+        .post(
+            &urls[1],
+            "/v1/completions",
+            &json!({"prompt": text, "max_tokens": 1}),
+        )
+        .await;
     assert!(
         warm["usage"]["prompt_tokens_details"]["cached_tokens"]
             .as_u64()
@@ -401,8 +433,10 @@ async fn several_engines_serve_on_consecutive_independent_ports() {
 
 #[tokio::test]
 async fn unknown_route_is_404_json() {
-    let sim = start(fast_config()).await;
-    let resp = client()
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let resp = http
+        .0
         .get(format!("{}/v2/nothing", sim.url()))
         .send()
         .await
@@ -413,12 +447,15 @@ async fn unknown_route_is_404_json() {
 
 #[tokio::test]
 async fn instant_mode_answers_without_the_engine() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         instant: true,
         ..SimConfig::default()
     })
     .await;
-    let (status, body) = post(&sim.url(), "/v1/chat/completions", &chat_body("hi", 5)).await;
+    let (status, body) = http
+        .post(&sim.url(), "/v1/chat/completions", &chat("hi", 5))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["usage"]["completion_tokens"], 5);
     assert_eq!(
@@ -428,17 +465,19 @@ async fn instant_mode_answers_without_the_engine() {
         .len(),
         5
     );
-    let (status, events) = sse(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"prompt": "x", "max_tokens": 3, "stream": true}),
-    )
-    .await;
+    let (status, events) = http
+        .sse(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 3, "stream": true}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(events.len(), 4);
     assert_eq!(events[3], "[DONE]");
     assert_eq!(
-        metric(&sim.url(), "vllm:prompt_tokens_total", &[]).await,
+        http.metric(&sim.url(), "vllm:prompt_tokens_total", &[])
+            .await,
         0.0,
         "the engine never ran"
     );

@@ -1,17 +1,16 @@
 //! Every malformed request gets vLLM's answer: a 400 (404 for an unknown model) with an
 //! OpenAI error body, and never reaches an engine.
 
-mod common;
-
-use common::*;
 use serde_json::json;
 use switchyard_sim::SimConfig;
+use switchyard_testkit::*;
 
 #[tokio::test]
 async fn malformed_requests_get_400_with_error_json() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         max_model_len: 100,
-        ..fast_config()
+        ..fast()
     })
     .await;
     let url = sim.url();
@@ -22,7 +21,9 @@ async fn malformed_requests_get_400_with_error_json() {
         ("/v1/completions", "{\"prompt\": \"x\","),
         ("/v1/embeddings", "nope"),
     ] {
-        let (status, body) = post_raw(&url, path, raw).await;
+        let (status, body) = http
+            .post_raw(&url, path, Some("application/json"), raw)
+            .await;
         assert_eq!(status, 400, "{path} {raw}");
         assert_error(&body, 400);
     }
@@ -132,20 +133,21 @@ async fn malformed_requests_get_400_with_error_json() {
         ),
     ];
     for (path, body, param) in cases {
-        let (status, resp) = post(&url, path, &body).await;
+        let (status, resp) = http.post(&url, path, &body).await;
         assert_eq!(status, 400, "{path} {body} -> {resp}");
         assert_error(&resp, 400);
         if let Some(p) = param {
             assert_eq!(resp["error"]["param"], p, "{body} -> {resp}");
         }
     }
-    let too_long = post(
-        &url,
-        "/v1/completions",
-        &json!({"prompt": (0..101).collect::<Vec<u32>>()}),
-    )
-    .await
-    .1;
+    let too_long = http
+        .post(
+            &url,
+            "/v1/completions",
+            &json!({"prompt": (0..101).collect::<Vec<u32>>()}),
+        )
+        .await
+        .1;
     assert!(
         too_long["error"]["message"]
             .as_str()
@@ -158,17 +160,19 @@ async fn malformed_requests_get_400_with_error_json() {
         "no bad request reached an engine"
     );
     assert_eq!(
-        metric(&url, "vllm:prefix_cache_queries_total", &[]).await,
+        http.metric(&url, "vllm:prefix_cache_queries_total", &[])
+            .await,
         0.0
     );
 }
 
 #[tokio::test]
 async fn unknown_model_is_404() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] {
         let body = json!({"model": "gpt-17", "messages": [{"role": "user", "content": "x"}], "prompt": "x", "input": "x"});
-        let (status, resp) = post(&sim.url(), path, &body).await;
+        let (status, resp) = http.post(&sim.url(), path, &body).await;
         assert_eq!(status, 404, "{path}");
         assert_error(&resp, 404);
         assert!(
@@ -182,9 +186,11 @@ async fn unknown_model_is_404() {
 
 #[tokio::test]
 async fn bad_rank_header_is_400() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     for rank in ["abc", "1"] {
-        let resp = client()
+        let resp = http
+            .0
             .post(format!("{}/v1/completions", sim.url()))
             .header("x-data-parallel-rank", rank)
             .json(&json!({"prompt": "x", "max_tokens": 1}))

@@ -1,26 +1,25 @@
 //! Prefill/decode disaggregation: vLLM's NixlConnector `kv_transfer_params` and
 //! SGLang's bootstrap rooms.
 
-mod common;
-
-use common::*;
 use serde_json::{Value, json};
 use switchyard_sim::{Role, SimConfig};
+use switchyard_testkit::*;
 
 fn role(role: Role) -> SimConfig {
     SimConfig {
         role,
         bootstrap_port: Some(0),
-        ..fast_config()
+        ..fast()
     }
 }
 
 #[tokio::test]
 async fn nixl_prefill_then_decode_round_trip() {
-    let prefill = start(role(Role::Prefill)).await;
-    let decode = start(role(Role::Decode)).await;
-    let prompt = long_text(11, 2000);
-    let (status, p) = post(
+    let http = Http::new();
+    let prefill = sims_with(role(Role::Prefill)).await;
+    let decode = sims_with(role(Role::Decode)).await;
+    let prompt = prompt_text(11, 2000);
+    let (status, p) = http.post(
         &prefill.url(),
         "/v1/completions",
         &json!({"prompt": prompt, "max_tokens": 1, "stream": false,
@@ -44,7 +43,7 @@ async fn nixl_prefill_then_decode_round_trip() {
     );
 
     let mut events = Vec::new();
-    let (status, stream) = sse(
+    let (status, stream) = http.sse(
         &decode.url(),
         "/v1/completions",
         &json!({"prompt": prompt, "max_tokens": 8, "stream": true, "stream_options": {"include_usage": true},
@@ -59,113 +58,121 @@ async fn nixl_prefill_then_decode_round_trip() {
     // The decode engine skipped the prefill compute and paid only the transfer.
     let decode_ttft = usage["sim_timing"]["ttft_secs"].as_f64().unwrap();
     assert!(
-        decode_ttft * 3.0 < ttft(&p),
+        decode_ttft * 3.0 < sim_ttft(&p),
         "decode {decode_ttft} vs prefill {}",
-        ttft(&p)
+        sim_ttft(&p)
     );
 }
 
 #[tokio::test]
 async fn roles_refuse_the_wrong_half() {
-    let prefill = start(role(Role::Prefill)).await;
-    let decode = start(role(Role::Decode)).await;
+    let http = Http::new();
+    let prefill = sims_with(role(Role::Prefill)).await;
+    let decode = sims_with(role(Role::Decode)).await;
     let remote_prefill =
         json!({"do_remote_prefill": true, "remote_block_ids": [1, 2], "remote_engine_id": "x"});
-    let (status, body) = post(
-        &prefill.url(),
-        "/v1/completions",
-        &json!({"prompt": "x", "kv_transfer_params": remote_prefill}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &prefill.url(),
+            "/v1/completions",
+            &json!({"prompt": "x", "kv_transfer_params": remote_prefill}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert_error(&body, 400);
     assert_eq!(body["error"]["param"], "kv_transfer_params");
-    let (status, body) = post(
-        &decode.url(),
-        "/v1/completions",
-        &json!({"prompt": "x", "kv_transfer_params": {"do_remote_decode": true}}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &decode.url(),
+            "/v1/completions",
+            &json!({"prompt": "x", "kv_transfer_params": {"do_remote_decode": true}}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert_error(&body, 400);
-    let (status, body) = post(
-        &decode.url(),
-        "/v1/completions",
-        &json!({"prompt": "x", "kv_transfer_params": {"do_remote_prefill": true}}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &decode.url(),
+            "/v1/completions",
+            &json!({"prompt": "x", "kv_transfer_params": {"do_remote_prefill": true}}),
+        )
+        .await;
     assert_eq!(status, 400, "missing remote_block_ids");
     assert_error(&body, 400);
-    let both = start(fast_config()).await;
-    let (status, body) = post(
-        &both.url(),
-        "/v1/completions",
-        &json!({"prompt": "x", "bootstrap_room": 5}),
-    )
-    .await;
+    let both = sims_with(fast()).await;
+    let (status, body) = http
+        .post(
+            &both.url(),
+            "/v1/completions",
+            &json!({"prompt": "x", "bootstrap_room": 5}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert_error(&body, 400);
-    let (status, body) = post(
-        &decode.url(),
-        "/v1/completions",
-        &json!({"prompt": "x", "bootstrap_room": 5}),
-    )
-    .await;
+    let (status, body) = http
+        .post(
+            &decode.url(),
+            "/v1/completions",
+            &json!({"prompt": "x", "bootstrap_room": 5}),
+        )
+        .await;
     assert_eq!(status, 400, "decode needs bootstrap_host/port");
     assert_error(&body, 400);
 }
 
 #[tokio::test]
 async fn sglang_bootstrap_pairs_prefill_and_decode_sent_together() {
-    let prefill = start(role(Role::Prefill)).await;
-    let decode = start(role(Role::Decode)).await;
+    let http = Http::new();
+    let prefill = sims_with(role(Role::Prefill)).await;
+    let decode = sims_with(role(Role::Decode)).await;
     let bootstrap = prefill
         .server(0)
         .bootstrap_addr()
         .expect("bootstrap listener");
-    let prompt = long_text(12, 1500);
+    let prompt = prompt_text(12, 1500);
     let body = |max: u32| {
         json!({"prompt": prompt, "max_tokens": max, "bootstrap_host": "127.0.0.1",
                "bootstrap_port": bootstrap.port(), "bootstrap_room": 987654321u64})
     };
     let (purl, durl, pbody, dbody) = (prefill.url(), decode.url(), body(1), body(6));
     let (p, d) = tokio::join!(
-        post(&purl, "/v1/completions", &pbody),
-        post(&durl, "/v1/completions", &dbody)
+        http.post(&purl, "/v1/completions", &pbody),
+        http.post(&durl, "/v1/completions", &dbody)
     );
     assert_eq!(p.0, 200, "{}", p.1);
     assert_eq!(d.0, 200, "{}", d.1);
     assert_eq!(d.1["usage"]["completion_tokens"], 6);
     // Decode's own time to first token excludes the prefill compute.
     assert!(
-        ttft(&d.1) * 3.0 < ttft(&p.1),
+        sim_ttft(&d.1) * 3.0 < sim_ttft(&p.1),
         "decode {} prefill {}",
-        ttft(&d.1),
-        ttft(&p.1)
+        sim_ttft(&d.1),
+        sim_ttft(&p.1)
     );
 }
 
 #[tokio::test]
 async fn sglang_decode_fails_clearly_when_the_prefill_aborts() {
-    let prefill = start(SimConfig {
+    let http = Http::new();
+    let prefill = sims_with(SimConfig {
         time_scale: 1.0,
         ..role(Role::Prefill)
     })
     .await;
-    let decode = start(role(Role::Decode)).await;
+    let decode = sims_with(role(Role::Decode)).await;
     let port = prefill.server(0).addr().port();
     let room = 4242u64;
     // The prefill is streamed and dropped before its first token.
-    let resp = client()
+    let resp = http.0
         .post(format!("{}/v1/completions", prefill.url()))
-        .json(&json!({"prompt": long_text(13, 3000), "max_tokens": 1, "stream": true,
+        .json(&json!({"prompt": prompt_text(13, 3000), "max_tokens": 1, "stream": true,
                       "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": room}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     drop(resp);
-    let (status, body) = post(
+    let (status, body) = http.post(
         &decode.url(),
         "/v1/completions",
         &json!({"prompt": "x", "max_tokens": 2, "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": room}),

@@ -1,25 +1,27 @@
 //! The engine model seen through the API: prefix caching, LRU eviction, queueing,
 //! batching, preemption, cancellation and data-parallel ranks.
 
-mod common;
-
-use common::*;
 use serde_json::json;
 use switchyard_sim::SimConfig;
 use switchyard_sim::tokenizer::{encode, render_chat};
+use switchyard_testkit::*;
 
 #[tokio::test]
 async fn shared_prefix_is_cached_and_lowers_ttft() {
-    let sim = start(fast_config()).await;
-    let system = long_text(3, 2000);
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let system = prompt_text(3, 2000);
     let req = |q: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}], "max_tokens": 4});
-    let (_, first) = post(&sim.url(), "/v1/chat/completions", &req("What is alpha?")).await;
-    let (_, second) = post(
-        &sim.url(),
-        "/v1/chat/completions",
-        &req("And what is golf?"),
-    )
-    .await;
+    let (_, first) = http
+        .post(&sim.url(), "/v1/chat/completions", &req("What is alpha?"))
+        .await;
+    let (_, second) = http
+        .post(
+            &sim.url(),
+            "/v1/chat/completions",
+            &req("And what is golf?"),
+        )
+        .await;
     let a = encode(&render_chat(
         &req("What is alpha?")["messages"]
             .as_array()
@@ -34,35 +36,37 @@ async fn shared_prefix_is_cached_and_lowers_ttft() {
     ));
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count() as f64;
     assert!(shared > 1500.0, "shared prefix {shared}");
-    assert_eq!(cached(&first), 0);
-    let hit = cached(&second) as f64;
+    assert_eq!(cached_tokens(&first), 0);
+    let hit = cached_tokens(&second) as f64;
     assert!(hit >= 0.9 * shared, "cached {hit} of shared {shared}");
     assert!(
-        ttft(&second) * 3.0 < ttft(&first),
+        sim_ttft(&second) * 3.0 < sim_ttft(&first),
         "ttft {} vs {}",
-        ttft(&second),
-        ttft(&first)
+        sim_ttft(&second),
+        sim_ttft(&first)
     );
     let labels = [("engine", "0")];
     assert_eq!(
-        metric(&sim.url(), "vllm:prefix_cache_hits_total", &labels).await,
+        http.metric(&sim.url(), "vllm:prefix_cache_hits_total", &labels)
+            .await,
         hit
     );
 }
 
 #[tokio::test]
 async fn prefix_caching_can_be_disabled() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         no_enable_prefix_caching: true,
-        ..fast_config()
+        ..fast()
     })
     .await;
-    let body = json!({"prompt": long_text(4, 300), "max_tokens": 1});
-    post(&sim.url(), "/v1/completions", &body).await;
-    let (_, again) = post(&sim.url(), "/v1/completions", &body).await;
-    assert_eq!(cached(&again), 0);
+    let body = json!({"prompt": prompt_text(4, 300), "max_tokens": 1});
+    http.post(&sim.url(), "/v1/completions", &body).await;
+    let (_, again) = http.post(&sim.url(), "/v1/completions", &body).await;
+    assert_eq!(cached_tokens(&again), 0);
     assert_eq!(
-        metric(
+        http.metric(
             &sim.url(),
             "vllm:cache_config_info",
             &[("enable_prefix_caching", "False")]
@@ -78,19 +82,20 @@ fn ids(base: u32) -> Vec<u32> {
 
 #[tokio::test]
 async fn lru_evicts_the_least_recently_used_prefix() {
+    let http = Http::new();
     // 64 blocks of 16 tokens; each prompt is exactly 20 blocks.
-    let sim = start(SimConfig {
+    let sim = sims_with(SimConfig {
         num_gpu_blocks: 64,
         max_model_len: 1024,
         max_num_batched_tokens: 1024,
-        ..fast_config()
+        ..fast()
     })
     .await;
     let url = sim.url();
     let send = |base: u32| {
-        let url = url.clone();
+        let (url, http) = (url.clone(), http.clone());
         async move {
-            post(
+            http.post(
                 &url,
                 "/v1/completions",
                 &json!({"prompt": ids(base), "max_tokens": 1}),
@@ -100,19 +105,19 @@ async fn lru_evicts_the_least_recently_used_prefix() {
         }
     };
     for base in [1000, 2000, 3000] {
-        assert_eq!(cached(&send(base).await), 0);
+        assert_eq!(cached_tokens(&send(base).await), 0);
     }
     // A is used again, so B becomes the least recently used prefix.
     assert_eq!(
-        cached(&send(1000).await),
+        cached_tokens(&send(1000).await),
         304,
         "A fully cached (the last block is recomputed)"
     );
     // D needs 20 blocks: 3 never used, then B's blocks, tail first.
-    assert_eq!(cached(&send(4000).await), 0);
-    assert_eq!(cached(&send(3000).await), 304, "C untouched");
-    assert_eq!(cached(&send(1000).await), 304, "A untouched");
-    let b = cached(&send(2000).await);
+    assert_eq!(cached_tokens(&send(4000).await), 0);
+    assert_eq!(cached_tokens(&send(3000).await), 304, "C untouched");
+    assert_eq!(cached_tokens(&send(1000).await), 304, "A untouched");
+    let b = cached_tokens(&send(2000).await);
     assert!(
         b < 100,
         "B was evicted, only its head blocks may remain: {b}"
@@ -121,57 +126,88 @@ async fn lru_evicts_the_least_recently_used_prefix() {
 
 #[tokio::test]
 async fn queueing_raises_ttft() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    // One sequence at a time, in real time: a long generation holds the engine for
+    // minutes, so the requests below certainly queue behind it.
+    let cfg = SimConfig {
         max_num_seqs: 1,
-        ..fast_config()
-    })
-    .await;
+        time_scale: 1.0,
+        ..SimConfig::default()
+    };
+    let base = cfg.step.base_ms * 1e-3;
+    let sim = sims_with(cfg).await;
     let url = sim.url();
-    let reqs = (0..4).map(|i| {
-        let url = url.clone();
-        async move {
-            post(
+    let mut holder = http
+        .0
+        .post(format!("{url}/v1/completions"))
+        .json(&json!({"prompt": "hold the engine", "max_tokens": 30000, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    holder.chunk().await.unwrap();
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        let (url, http) = (url.clone(), http.clone());
+        queued.push(tokio::spawn(async move {
+            http.post(
                 &url,
                 "/v1/completions",
                 &json!({"prompt": format!("question {i}"), "max_tokens": 20}),
             )
             .await
             .1
-        }
-    });
-    let mut ttfts: Vec<f64> = futures_util::future::join_all(reqs)
-        .await
+        }));
+    }
+    let server = sim.server(0).clone();
+    eventually("three requests waiting", || async {
+        server.engine_stats().await[0].waiting == 3
+    })
+    .await;
+    // The holder goes away; the three run one after another.
+    drop(holder);
+    let mut bodies = Vec::new();
+    for q in queued {
+        bodies.push(q.await.unwrap());
+    }
+    let mut timing: Vec<(f64, f64)> = bodies
         .iter()
-        .map(ttft)
+        .map(|b| (sim_ttft(b), b["sim_timing"]["queue_secs"].as_f64().unwrap()))
         .collect();
-    ttfts.sort_by(f64::total_cmp);
-    // Each waits for the ~20 decode steps of every request before it.
-    assert!(ttfts[3] > 3.0 * ttfts[0] + 0.2, "{ttfts:?}");
-    let queued = metric(&url, "vllm:request_queue_time_seconds_sum", &[]).await;
-    assert!(queued > 0.2, "queue time sum {queued}");
+    timing.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Every one waited; each waited for the ~20 decode steps of every one before it.
+    assert!(timing.iter().all(|(_, q)| *q > 0.0), "{timing:?}");
+    for w in timing.windows(2) {
+        assert!(w[1].0 - w[0].0 >= 19.0 * base, "{timing:?}");
+    }
+    let queued = http
+        .metric(&url, "vllm:request_queue_time_seconds_sum", &[])
+        .await;
+    assert!(queued > 0.0, "queue time sum {queued}");
 }
 
 #[tokio::test]
 async fn inter_token_latency_grows_with_batch_size() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     let url = sim.url();
     let itl = |b: &serde_json::Value| {
         let t = &b["sim_timing"];
         (t["e2e_secs"].as_f64().unwrap() - t["ttft_secs"].as_f64().unwrap()) / 49.0
     };
-    let (_, alone) = post(
-        &url,
-        "/v1/completions",
-        &json!({"prompt": long_text(9, 500), "max_tokens": 50}),
-    )
-    .await;
+    let (_, alone) = http
+        .post(
+            &url,
+            "/v1/completions",
+            &json!({"prompt": prompt_text(9, 500), "max_tokens": 50}),
+        )
+        .await;
     let reqs = (0..64).map(|i| {
-        let url = url.clone();
+        let (url, http) = (url.clone(), http.clone());
         async move {
-            post(
+            http.post(
                 &url,
                 "/v1/completions",
-                &json!({"prompt": long_text(100 + i, 500), "max_tokens": 50}),
+                &json!({"prompt": prompt_text(100 + i, 500), "max_tokens": 50}),
             )
             .await
             .1
@@ -188,20 +224,22 @@ async fn inter_token_latency_grows_with_batch_size() {
 
 #[tokio::test]
 async fn chunked_prefill_splits_long_prompts() {
+    let http = Http::new();
     // A 2000-token prompt with a 512-token budget needs 4 steps before its first token.
     let cfg = SimConfig {
         max_num_batched_tokens: 512,
-        ..fast_config()
+        ..fast()
     };
     let step = cfg.step;
-    let sim = start(cfg).await;
-    let (_, body) = post(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"prompt": (0..2000).collect::<Vec<u32>>(), "max_tokens": 1}),
-    )
-    .await;
-    let t = ttft(&body) - body["sim_timing"]["queue_secs"].as_f64().unwrap();
+    let sim = sims_with(cfg).await;
+    let (_, body) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": (0..2000).collect::<Vec<u32>>(), "max_tokens": 1}),
+        )
+        .await;
+    let t = sim_ttft(&body) - body["sim_timing"]["queue_secs"].as_f64().unwrap();
     let one_step = step.step_secs(2000, 0, 2000);
     assert!(
         t > one_step + 2.5 * step.base_ms * 1e-3,
@@ -211,34 +249,37 @@ async fn chunked_prefill_splits_long_prompts() {
 
 #[tokio::test]
 async fn preemption_under_cache_pressure_still_completes_every_request() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         num_gpu_blocks: 16,
         max_model_len: 256,
-        ..fast_config()
+        ..fast()
     })
     .await;
     let url = sim.url();
     let reqs = (0..4).map(|i| {
-        let url = url.clone();
+        let (url, http) = (url.clone(), http.clone());
         async move {
-            post(&url, "/v1/completions", &json!({"prompt": (0..48).map(|t| t + 1000 * i).collect::<Vec<u32>>(), "max_tokens": 100})).await
+            http.post(&url, "/v1/completions", &json!({"prompt": (0..48).map(|t| t + 1000 * i).collect::<Vec<u32>>(), "max_tokens": 100})).await
         }
     });
     for (status, body) in futures_util::future::join_all(reqs).await {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["usage"]["completion_tokens"], 100);
     }
-    assert!(metric(&url, "vllm:num_preemptions_total", &[]).await > 0.0);
+    assert!(http.metric(&url, "vllm:num_preemptions_total", &[]).await > 0.0);
 }
 
 #[tokio::test]
 async fn client_disconnect_aborts_the_sequence() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         time_scale: 1.0,
         ..SimConfig::default()
     })
     .await;
-    let resp = client()
+    let resp = http
+        .0
         .post(format!("{}/v1/completions", sim.url()))
         .json(&json!({"prompt": "go on forever", "max_tokens": 30000, "stream": true}))
         .send()
@@ -255,7 +296,7 @@ async fn client_disconnect_aborts_the_sequence() {
     })
     .await;
     assert_eq!(
-        metric(
+        http.metric(
             &sim.url(),
             "vllm:request_success_total",
             &[("finished_reason", "abort")]
@@ -268,17 +309,19 @@ async fn client_disconnect_aborts_the_sequence() {
 
 #[tokio::test]
 async fn data_parallel_ranks_have_separate_caches() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         data_parallel_size: 2,
-        ..fast_config()
+        ..fast()
     })
     .await;
     let url = sim.url();
-    let body = json!({"prompt": long_text(5, 400), "max_tokens": 1});
+    let body = json!({"prompt": prompt_text(5, 400), "max_tokens": 1});
     let send = |rank: u32| {
-        let (url, body) = (url.clone(), body.clone());
+        let (url, body, http) = (url.clone(), body.clone(), http.clone());
         async move {
-            let r = client()
+            let r = http
+                .0
                 .post(format!("{url}/v1/completions"))
                 .header("X-data-parallel-rank", rank)
                 .json(&body)
@@ -289,24 +332,28 @@ async fn data_parallel_ranks_have_separate_caches() {
             r.json::<serde_json::Value>().await.unwrap()
         }
     };
-    assert_eq!(cached(&send(0).await), 0);
-    assert!(cached(&send(0).await) > 300);
-    assert_eq!(cached(&send(1).await), 0, "rank 1 has its own cache");
+    assert_eq!(cached_tokens(&send(0).await), 0);
+    assert!(cached_tokens(&send(0).await) > 300);
+    assert_eq!(cached_tokens(&send(1).await), 0, "rank 1 has its own cache");
     // The body field (SGLang style) picks a rank too.
     let mut b = body.clone();
     b["data_parallel_rank"] = json!(1);
-    let (_, r) = post(&url, "/v1/completions", &b).await;
-    assert!(cached(&r) > 300);
+    let (_, r) = http.post(&url, "/v1/completions", &b).await;
+    assert!(cached_tokens(&r) > 300);
     assert_eq!(sim.server(0).requests_per_rank(), [2, 2]);
-    assert!(metric(&url, "vllm:prefix_cache_queries_total", &[("engine", "1")]).await > 0.0);
+    assert!(
+        http.metric(&url, "vllm:prefix_cache_queries_total", &[("engine", "1")])
+            .await
+            > 0.0
+    );
     // Without a rank, requests alternate.
-    post(
+    http.post(
         &url,
         "/v1/completions",
         &json!({"prompt": "a", "max_tokens": 1}),
     )
     .await;
-    post(
+    http.post(
         &url,
         "/v1/completions",
         &json!({"prompt": "a", "max_tokens": 1}),
@@ -317,35 +364,38 @@ async fn data_parallel_ranks_have_separate_caches() {
 
 #[tokio::test]
 async fn reset_prefix_cache_forgets_prefixes() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     let url = sim.url();
-    let body = json!({"prompt": long_text(6, 300), "max_tokens": 1});
-    post(&url, "/v1/completions", &body).await;
-    let resp = client()
+    let body = json!({"prompt": prompt_text(6, 300), "max_tokens": 1});
+    http.post(&url, "/v1/completions", &body).await;
+    let resp = http
+        .0
         .post(format!("{url}/reset_prefix_cache"))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let (_, again) = post(&url, "/v1/completions", &body).await;
-    assert_eq!(cached(&again), 0);
+    let (_, again) = http.post(&url, "/v1/completions", &body).await;
+    assert_eq!(cached_tokens(&again), 0);
 }
 
 #[tokio::test]
 async fn slower_engines_take_longer() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         engines: 2,
         step_time_multiplier: vec![1.0, 3.0],
-        ..fast_config()
+        ..fast()
     })
     .await;
-    let body = json!({"prompt": long_text(7, 1000), "max_tokens": 1});
-    let (_, fast) = post(&sim.urls()[0], "/v1/completions", &body).await;
-    let (_, slow) = post(&sim.urls()[1], "/v1/completions", &body).await;
+    let body = json!({"prompt": prompt_text(7, 1000), "max_tokens": 1});
+    let (_, fast) = http.post(&sim.urls()[0], "/v1/completions", &body).await;
+    let (_, slow) = http.post(&sim.urls()[1], "/v1/completions", &body).await;
     assert!(
-        ttft(&slow) > 2.5 * ttft(&fast),
+        sim_ttft(&slow) > 2.5 * sim_ttft(&fast),
         "{} vs {}",
-        ttft(&slow),
-        ttft(&fast)
+        sim_ttft(&slow),
+        sim_ttft(&fast)
     );
 }

@@ -1,28 +1,29 @@
 //! Fault injection, from the config and at runtime through `/sim/faults`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{Value, json};
 use switchyard_sim::{Faults, SimConfig};
+use switchyard_testkit::*;
 
-async fn set(url: &str, faults: Value) -> (u16, Value) {
-    post(url, "/sim/faults", &faults).await
+async fn set(http: &Http, url: &str, faults: Value) -> (u16, Value) {
+    http.post(url, "/sim/faults", &faults).await
 }
 
 #[tokio::test]
 async fn error_rate_answers_the_chosen_status_with_retry_after() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     let url = sim.url();
     let (status, body) = set(
+        &http,
         &url,
         json!({"error_rate": 1.0, "error_status": 503, "retry_after_secs": 7}),
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let got: Value = client()
+    let got: Value = http
+        .0
         .get(format!("{url}/sim/faults"))
         .send()
         .await
@@ -31,9 +32,10 @@ async fn error_rate_answers_the_chosen_status_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(got["error_status"], 503);
-    let resp = client()
+    let resp = http
+        .0
         .post(format!("{url}/v1/chat/completions"))
-        .json(&chat_body("x", 1))
+        .json(&chat("x", 1))
         .send()
         .await
         .unwrap();
@@ -41,8 +43,9 @@ async fn error_rate_answers_the_chosen_status_with_retry_after() {
     assert_eq!(resp.headers()["retry-after"], "7");
     assert_error(&resp.json().await.unwrap(), 503);
 
-    set(&url, json!({"error_rate": 1.0, "error_status": 429})).await;
-    let resp = client()
+    set(&http, &url, json!({"error_rate": 1.0, "error_status": 429})).await;
+    let resp = http
+        .0
         .post(format!("{url}/v1/completions"))
         .json(&json!({"prompt": "x"}))
         .send()
@@ -51,33 +54,38 @@ async fn error_rate_answers_the_chosen_status_with_retry_after() {
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "1");
 
-    set(&url, json!({"error_rate": 1.0})).await;
-    let (status, body) = post(&url, "/v1/embeddings", &json!({"input": "x"})).await;
+    set(&http, &url, json!({"error_rate": 1.0})).await;
+    let (status, body) = http
+        .post(&url, "/v1/embeddings", &json!({"input": "x"}))
+        .await;
     assert_eq!(status, 500);
     assert_error(&body, 500);
 
-    set(&url, json!({})).await;
-    let (status, _) = post(
-        &url,
-        "/v1/completions",
-        &json!({"prompt": "x", "max_tokens": 1}),
-    )
-    .await;
+    set(&http, &url, json!({})).await;
+    let (status, _) = http
+        .post(
+            &url,
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 1}),
+        )
+        .await;
     assert_eq!(status, 200);
 }
 
 #[tokio::test]
 async fn partial_error_rate_fails_some_requests() {
-    let sim = start(fast_config()).await;
-    set(&sim.url(), json!({"error_rate": 0.5})).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    set(&http, &sim.url(), json!({"error_rate": 0.5})).await;
     let mut failed = 0;
     for _ in 0..60 {
-        let (status, _) = post(
-            &sim.url(),
-            "/v1/completions",
-            &json!({"prompt": "x", "max_tokens": 1}),
-        )
-        .await;
+        let (status, _) = http
+            .post(
+                &sim.url(),
+                "/v1/completions",
+                &json!({"prompt": "x", "max_tokens": 1}),
+            )
+            .await;
         failed += usize::from(status == 500);
     }
     assert!((10..=50).contains(&failed), "{failed} of 60 failed");
@@ -85,23 +93,26 @@ async fn partial_error_rate_fails_some_requests() {
 
 #[tokio::test]
 async fn added_latency_delays_requests() {
-    let sim = start(fast_config()).await;
-    set(&sim.url(), json!({"latency_ms": 300})).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    set(&http, &sim.url(), json!({"latency_ms": 300})).await;
     let t = Instant::now();
-    let (status, _) = post(
-        &sim.url(),
-        "/v1/completions",
-        &json!({"prompt": "x", "max_tokens": 1}),
-    )
-    .await;
+    let (status, _) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 1}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert!(t.elapsed() >= Duration::from_millis(300));
 }
 
 #[tokio::test]
 async fn hang_accepts_and_never_answers() {
-    let sim = start(fast_config()).await;
-    set(&sim.url(), json!({"hang_rate": 1.0})).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    set(&http, &sim.url(), json!({"hang_rate": 1.0})).await;
     let c = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
         .build()
@@ -125,9 +136,10 @@ async fn hang_accepts_and_never_answers() {
 
 #[tokio::test]
 async fn crash_closes_the_stream_after_k_chunks() {
-    let sim = start(fast_config()).await;
-    set(&sim.url(), json!({"crash_after_chunks": 3})).await;
-    let mut resp = client()
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    set(&http, &sim.url(), json!({"crash_after_chunks": 3})).await;
+    let mut resp = http.0
         .post(format!("{}/v1/chat/completions", sim.url()))
         .json(&json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 50, "stream": true}))
         .send()
@@ -144,8 +156,9 @@ async fn crash_closes_the_stream_after_k_chunks() {
     };
     assert_eq!(events, 3, "{err}");
     // A non-streaming response with k = 0 is cut right after the headers.
-    set(&sim.url(), json!({"crash_after_chunks": 0})).await;
-    let resp = client()
+    set(&http, &sim.url(), json!({"crash_after_chunks": 0})).await;
+    let resp = http
+        .0
         .post(format!("{}/v1/completions", sim.url()))
         .json(&json!({"prompt": "x", "max_tokens": 2}))
         .send()
@@ -156,7 +169,8 @@ async fn crash_closes_the_stream_after_k_chunks() {
 
 #[tokio::test]
 async fn refused_connections_recover_when_cleared() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     let server = sim.server(0);
     server
         .set_faults(Faults {
@@ -166,9 +180,9 @@ async fn refused_connections_recover_when_cleared() {
         .unwrap();
     let url = sim.url();
     eventually("the listener to close", || {
-        let url = url.clone();
+        let (url, http) = (url.clone(), http.clone());
         async move {
-            client()
+            http.0
                 .get(format!("{url}/health"))
                 .send()
                 .await
@@ -178,67 +192,159 @@ async fn refused_connections_recover_when_cleared() {
     .await;
     server.set_faults(Faults::default()).unwrap();
     eventually("the listener to come back", || {
-        let url = url.clone();
-        async move { client().get(format!("{url}/health")).send().await.is_ok() }
+        let (url, http) = (url.clone(), http.clone());
+        async move { http.0.get(format!("{url}/health")).send().await.is_ok() }
     })
     .await;
 }
 
 #[tokio::test]
 async fn faults_clear_by_themselves_after_clear_after_secs() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     let url = sim.url();
     let (status, _) = set(
+        &http,
         &url,
-        json!({"refuse_connections": true, "clear_after_secs": 0.3}),
+        json!({"refuse_connections": true, "clear_after_secs": 3}),
     )
     .await;
     assert_eq!(status, 200);
-    eventually("refusal", || {
-        let url = url.clone();
-        async move { client().get(format!("{url}/health")).send().await.is_err() }
+    assert!(
+        sim.server(0).faults().refuse_connections,
+        "in force once set"
+    );
+    eventually("automatic recovery", || async {
+        sim.server(0).faults() == Faults::default()
     })
     .await;
-    eventually("automatic recovery", || {
-        let url = url.clone();
-        async move { client().get(format!("{url}/health")).send().await.is_ok() }
+    eventually("the listener to come back", || async {
+        http.0.get(format!("{url}/health")).send().await.is_ok()
     })
     .await;
-    assert_eq!(sim.server(0).faults(), Faults::default());
+}
+
+#[tokio::test]
+async fn a_matching_request_fails_every_time_and_others_pass() {
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let url = sim.url();
+    set(
+        &http,
+        &url,
+        json!({"error_match": "POISON", "error_status": 500}),
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, body) = http
+            .post(
+                &url,
+                "/v1/completions",
+                &json!({"prompt": "a POISON pill", "max_tokens": 1}),
+            )
+            .await;
+        assert_eq!(status, 500, "{body}");
+        assert_error(&body, 500);
+    }
+    let (status, _) = http
+        .post(
+            &url,
+            "/v1/completions",
+            &json!({"prompt": "harmless", "max_tokens": 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = set(&http, &url, json!({"error_match": ""})).await;
+    assert_eq!(status, 400);
+    assert_error(&body, 400);
+}
+
+#[tokio::test]
+async fn a_stalled_response_waits_until_the_fault_is_lifted() {
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let url = sim.url();
+    set(&http, &url, json!({"stall_after_chunks": 2})).await;
+    let mut resp = http
+        .0
+        .post(format!("{url}/v1/completions"))
+        .json(&json!({"prompt": "x", "max_tokens": 5, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut events = 0;
+    while events < 2 {
+        let c = resp
+            .chunk()
+            .await
+            .unwrap()
+            .expect("two events before the stall");
+        events += c.windows(6).filter(|w| w == b"data: ").count();
+    }
+    assert_eq!(events, 2);
+    // Held: the engine finished long ago, the response waits for the test.
+    let server = sim.server(0).clone();
+    eventually("the engine to finish", || async {
+        server.engine_stats().await[0].running == 0
+    })
+    .await;
+    assert_eq!(server.in_flight(), 1, "still being answered");
+    // A response with fewer chunks than that is not held.
+    let (status, _) = http
+        .post(
+            &url,
+            "/v1/completions",
+            &json!({"prompt": "y", "max_tokens": 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    set(&http, &url, json!({})).await;
+    let mut rest = Vec::new();
+    while let Some(c) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert!(
+        String::from_utf8(rest)
+            .unwrap()
+            .ends_with("data: [DONE]\n\n")
+    );
 }
 
 #[tokio::test]
 async fn health_can_fail_or_be_slow() {
-    let sim = start(SimConfig {
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
         faults: Faults {
             health_fail: true,
             ..Faults::default()
         },
-        ..fast_config()
+        ..fast()
     })
     .await;
     let url = sim.url();
-    let resp = client().get(format!("{url}/health")).send().await.unwrap();
+    let resp = http.0.get(format!("{url}/health")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert_error(&resp.json().await.unwrap(), 503);
     // Generation is unaffected by a health fault.
-    let (status, _) = post(
-        &url,
-        "/v1/completions",
-        &json!({"prompt": "x", "max_tokens": 1}),
-    )
-    .await;
+    let (status, _) = http
+        .post(
+            &url,
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 1}),
+        )
+        .await;
     assert_eq!(status, 200);
-    set(&url, json!({"health_latency_ms": 250})).await;
+    set(&http, &url, json!({"health_latency_ms": 250})).await;
     let t = Instant::now();
-    let resp = client().get(format!("{url}/health")).send().await.unwrap();
+    let resp = http.0.get(format!("{url}/health")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(t.elapsed() >= Duration::from_millis(250));
 }
 
 #[tokio::test]
 async fn invalid_faults_are_rejected() {
-    let sim = start(fast_config()).await;
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
     for bad in [
         json!({"error_rate": 1.5}),
         json!({"error_status": 418}),
@@ -247,7 +353,7 @@ async fn invalid_faults_are_rejected() {
         json!({"no_such_fault": true}),
         json!({"latency_ms": "slow"}),
     ] {
-        let (status, body) = set(&sim.url(), bad.clone()).await;
+        let (status, body) = set(&http, &sim.url(), bad.clone()).await;
         assert_eq!(status, 400, "{bad}");
         assert_error(&body, 400);
     }

@@ -192,11 +192,6 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        resp.extensions_mut().insert(GatewayRejection);
         resp
     }
 }
-
-/// Marks a response produced by the gateway itself (never retried, logged as such).
-#[derive(Clone, Copy, Debug)]
-pub struct GatewayRejection;

@@ -1,7 +1,6 @@
 //! `switchyard serve` and `switchyard demo`.
 
 use switchyard::{Config, Gateway};
-use switchyard_sim::SimConfig;
 
 // glibc malloc was ~10% of the data plane's CPU at saturation; jemalloc costs less
 // and, unlike mimalloc here, keeps idle RSS low (docs/BENCHMARKS.md).
@@ -9,7 +8,13 @@ use switchyard_sim::SimConfig;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
-    let (demo, cfg) = Config::from_args()?;
+    let (demo, cfg) = match Config::from_args() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     if let Err(e) = cfg.validate() {
         eprintln!("error: {e}");
         std::process::exit(2);
@@ -25,6 +30,11 @@ fn main() -> anyhow::Result<()> {
             run(cfg).await
         }
     })
+}
+
+#[cfg(not(feature = "demo"))]
+async fn run_demo(_: Config) -> anyhow::Result<()> {
+    anyhow::bail!("this switchyard was built without the `demo` feature")
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -48,12 +58,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// The gateway in front of three simulated engines in this process.
+#[cfg(feature = "demo")]
 async fn run_demo(mut cfg: Config) -> anyhow::Result<()> {
-    let sims = switchyard_sim::spawn(SimConfig {
+    let sims = switchyard_sim::spawn(switchyard_sim::SimConfig {
         engines: 3,
         port: 0,
         num_gpu_blocks: 8192,
-        ..SimConfig::default()
+        ..switchyard_sim::SimConfig::default()
     })
     .await?;
     cfg.worker_urls = sims.urls();

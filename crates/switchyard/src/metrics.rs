@@ -10,8 +10,27 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::fleet::Registry as Fleet;
-use crate::routing::IndexStats;
+/// Live state mirrored into gauges when metrics are rendered: a snapshot the caller
+/// takes from the fleet and the policies, so this module depends on neither.
+#[derive(Clone, Debug, Default)]
+pub struct LiveState {
+    pub workers: Vec<WorkerGauges>,
+    /// Prefix index entries, summed over models.
+    pub index_entries: usize,
+    /// Prompt blocks routed so far, and how many the chosen worker already held.
+    pub blocks_total: u64,
+    pub blocks_matched: u64,
+}
+
+/// One worker's gauges.
+#[derive(Clone, Debug)]
+pub struct WorkerGauges {
+    pub label: Arc<str>,
+    pub in_flight: usize,
+    pub healthy: bool,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker: u8,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -145,7 +164,7 @@ impl Metrics {
         );
         r.register(
             "inter_token_latency_seconds",
-            "Gaps between streamed chunks",
+            "Gaps between content-bearing chunks of a stream (tokens, reasoning or tool calls)",
             m.itl.clone(),
         );
         r.register(
@@ -230,25 +249,25 @@ impl Metrics {
     }
 
     /// Refreshes gauges that mirror live state, then renders the text exposition.
-    pub fn render(&self, fleet: &Fleet, s: IndexStats) -> String {
-        for w in fleet.all().iter() {
+    pub fn render(&self, live: &LiveState) -> String {
+        for w in &live.workers {
             let l = WorkerLabel {
                 worker: w.label.clone(),
             };
             self.worker_in_flight
                 .get_or_create(&l)
-                .set(w.in_flight() as i64);
+                .set(w.in_flight as i64);
             self.worker_healthy
                 .get_or_create(&l)
-                .set(i64::from(w.is_healthy()));
+                .set(i64::from(w.healthy));
             self.worker_breaker
                 .get_or_create(&l)
-                .set(w.breaker.state() as i64);
+                .set(i64::from(w.breaker));
         }
-        self.index_entries.set(s.entries as i64);
-        if s.blocks_total > 0 {
+        self.index_entries.set(live.index_entries as i64);
+        if live.blocks_total > 0 {
             self.index_hit_ratio
-                .set(s.blocks_matched as f64 / s.blocks_total as f64);
+                .set(live.blocks_matched as f64 / live.blocks_total as f64);
         }
         let mut out = String::with_capacity(8192);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -1,21 +1,9 @@
 //! The data plane's API surface: every bad-input path (status + OpenAI error body, and
 //! nothing sent upstream), auth, probes, models, CORS and metrics.
 
-mod common;
-
-use common::*;
 use serde_json::{Value, json};
 use switchyard::PolicyKind;
-
-async fn raw(url: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16, Value) {
-    let mut req = client().post(format!("{url}{path}")).body(body);
-    if let Some(ct) = content_type {
-        req = req.header("content-type", ct);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
+use switchyard_testkit::*;
 
 /// (path, content type, body, status, error code, param).
 type Case = (
@@ -29,11 +17,11 @@ type Case = (
 
 #[tokio::test]
 async fn bad_requests_are_answered_by_the_gateway_and_never_reach_an_engine() {
-    let sims = sims(1).await;
-    let mut cfg = config(sims.urls(), PolicyKind::CacheAware);
-    cfg.max_payload_size = 4096;
-    let gw = gateway(cfg).await;
-    let url = gw.url();
+    let bed = TestBed::with(sims(1).await, |c| {
+        c.policy = PolicyKind::CacheAware;
+        c.max_payload_size = 4096;
+    })
+    .await;
     let json_ct = Some("application/json");
     let cases: Vec<Case> = vec![
         ("/v1/chat/completions", json_ct, b"{not json".to_vec(), 400, "invalid_request", None),
@@ -47,6 +35,7 @@ async fn bad_requests_are_answered_by_the_gateway_and_never_reach_an_engine() {
         ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"max_tokens":"ten"}"#.to_vec(), 400, "invalid_request", Some("max_tokens")),
         ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"stream":1}"#.to_vec(), 400, "invalid_request", Some("stream")),
         ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.to_vec(), 400, "invalid_request", Some("temperature")),
+        ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"\ud800":1}"#.to_vec(), 400, "invalid_request", None),
         ("/v1/completions", json_ct, br#"{"model":"switchyard/sim-8b"}"#.to_vec(), 400, "invalid_request", Some("prompt")),
         ("/v1/completions", json_ct, br#"{"model":"switchyard/sim-8b","prompt":false}"#.to_vec(), 400, "invalid_request", Some("prompt")),
         ("/v1/embeddings", json_ct, br#"{"model":"switchyard/sim-8b"}"#.to_vec(), 400, "invalid_request", Some("input")),
@@ -55,9 +44,10 @@ async fn bad_requests_are_answered_by_the_gateway_and_never_reach_an_engine() {
         ("/v1/chat/completions", json_ct, vec![b' '; 5000], 413, "payload_too_large", None),
         ("/v1/chat/completions", json_ct, br#"{"model":"gpt-17","messages":[{"role":"user","content":"x"}]}"#.to_vec(), 404, "model_not_found", Some("model")),
     ];
+    let n = cases.len();
     for (path, ct, body, status, code, param) in cases {
         let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).to_string();
-        let (got, resp) = raw(&url, path, ct, body).await;
+        let (got, resp) = bed.http.post_raw(&bed.url, path, ct, body).await;
         assert_eq!(got, status, "{path} {shown} -> {resp}");
         assert_error(&resp, code);
         assert_eq!(resp["error"]["param"].as_str(), param, "{shown} -> {resp}");
@@ -65,103 +55,85 @@ async fn bad_requests_are_answered_by_the_gateway_and_never_reach_an_engine() {
     // A chunked body over the limit (no Content-Length) is refused too.
     let stream =
         futures_util::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));
-    let resp = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
+    let (status, body) = bed
+        .http
+        .post_raw(
+            &bed.url,
+            "/v1/chat/completions",
+            json_ct,
+            reqwest::Body::wrap_stream(stream),
+        )
+        .await;
+    assert_eq!(status, 413);
+    assert_error(&body, "payload_too_large");
     // The unknown-model message lists what is available.
-    let (_, resp) = post(
-        &url,
-        "/v1/completions",
-        &json!({"model": "nope", "prompt": "x"}),
-    )
-    .await;
+    let (_, resp) = bed
+        .post("/v1/completions", &json!({"model": "nope", "prompt": "x"}))
+        .await;
     assert!(
         resp["error"]["message"]
             .as_str()
             .unwrap()
             .contains("switchyard/sim-8b")
     );
+    assert_eq!(bed.per_server(), [0], "no bad request reached the engine");
     assert_eq!(
-        sims.server(0).requests(),
-        0,
-        "no bad request reached the engine"
-    );
-    assert!(
-        metric(
-            &metrics_url(&gw),
-            "switchyard_requests_total",
-            &[("status", "400")]
-        )
-        .await
-            >= 15.0
+        bed.metric("switchyard_requests_total", &[("status", "400")])
+            .await,
+        (n - 2) as f64,
+        "every 400 counted once"
     );
 }
 
 #[tokio::test]
 async fn unknown_route_is_404_json() {
-    let sims = sims(1).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::RoundRobin)).await;
-    let resp = client()
-        .get(format!("{}/v1/engines", gw.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    assert_error(&resp.json().await.unwrap(), "not_found");
+    let bed = TestBed::start(1, PolicyKind::RoundRobin).await;
+    let (status, body) = bed.http.get(&format!("{}/v1/engines", bed.url)).await;
+    assert_eq!(status, 404);
+    assert_error(&body, "not_found");
 }
 
 #[tokio::test]
 async fn a_wrong_method_is_405_json_with_a_request_id() {
-    let sims = sims(1).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::RoundRobin)).await;
+    let bed = TestBed::start(1, PolicyKind::RoundRobin).await;
     for (method, path) in [
         (reqwest::Method::GET, "/v1/chat/completions"),
         (reqwest::Method::PUT, "/v1/completions"),
         (reqwest::Method::GET, "/v1/embeddings"),
         (reqwest::Method::POST, "/v1/models"),
     ] {
-        let resp = client()
-            .request(method.clone(), format!("{}{path}", gw.url()))
+        let resp = bed
+            .http
+            .0
+            .request(method.clone(), format!("{}{path}", bed.url))
             .header("x-request-id", "wrong-method-1")
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 405, "{method} {path}");
         assert_eq!(resp.headers()["x-request-id"], "wrong-method-1");
-        let body: serde_json::Value = resp.json().await.unwrap();
+        let body: Value = resp.json().await.unwrap();
         assert_error(&body, "method_not_allowed");
         assert!(
             body["error"]["message"].as_str().unwrap().contains(path),
             "{body}"
         );
     }
-    assert_eq!(
-        sims.servers()[0].requests(),
-        0,
-        "nothing reached the engine"
-    );
+    assert_eq!(bed.per_server(), [0], "nothing reached the engine");
 }
 
 #[tokio::test]
 async fn api_key_is_required_when_configured() {
-    let sims = sims(1).await;
-    let mut cfg = config(sims.urls(), PolicyKind::RoundRobin);
-    cfg.api_key = Some("sk-test".into());
-    let gw = gateway(cfg).await;
-    let url = gw.url();
+    let bed = TestBed::with(sims(1).await, |c| c.api_key = Some("sk-test".into())).await;
+    let client = &bed.http.0;
     for auth in [
         None,
         Some("Bearer wrong"),
         Some("sk-test"),
         Some("Basic c2stdGVzdA=="),
     ] {
-        let mut req = client()
-            .post(format!("{url}/v1/chat/completions"))
+        let mut req = client
+            .post(format!("{}/v1/chat/completions", bed.url))
             .json(&chat("x", 1));
         if let Some(a) = auth {
             req = req.header("authorization", a);
@@ -171,14 +143,11 @@ async fn api_key_is_required_when_configured() {
         assert!(resp.headers().contains_key("x-request-id"), "{auth:?}");
         assert_error(&resp.json().await.unwrap(), "invalid_api_key");
     }
-    let resp = client()
-        .get(format!("{url}/v1/models"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    let ok = client()
-        .post(format!("{url}/v1/chat/completions"))
+    let (status, body) = bed.http.get(&format!("{}/v1/models", bed.url)).await;
+    assert_eq!(status, 401);
+    assert_error(&body, "invalid_api_key");
+    let ok = client
+        .post(format!("{}/v1/chat/completions", bed.url))
         .bearer_auth("sk-test")
         .json(&chat("x", 1))
         .send()
@@ -186,102 +155,118 @@ async fn api_key_is_required_when_configured() {
         .unwrap();
     assert_eq!(ok.status(), 200);
     // Probes stay open for orchestrators.
+    assert_eq!(bed.http.get(&format!("{}/health", bed.url)).await.0, 200);
+    assert_eq!(bed.per_server(), [1]);
     assert_eq!(
-        client()
-            .get(format!("{url}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(sims.server(0).requests(), 1);
-    assert_eq!(
-        metric(
-            &metrics_url(&gw),
-            "switchyard_rejected_total",
-            &[("reason", "unauthorized")]
-        )
-        .await,
+        bed.metric("switchyard_rejected_total", &[("reason", "unauthorized")])
+            .await,
         5.0
     );
 }
 
 #[tokio::test]
 async fn models_and_probes() {
-    let sims = sims(2).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::RoundRobin)).await;
-    let models: Value = client()
-        .get(format!("{}/v1/models", gw.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bed = TestBed::start(2, PolicyKind::RoundRobin).await;
+    let (_, models) = bed.http.get(&format!("{}/v1/models", bed.url)).await;
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"].as_array().unwrap().len(), 1);
     assert_eq!(models["data"][0]["id"], MODEL);
-    let health: Value = client()
-        .get(format!("{}/health", gw.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, health) = bed.http.get(&format!("{}/health", bed.url)).await;
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["workers"].as_array().unwrap().len(), 2);
     assert_eq!(health["workers"][0]["circuit"], "closed");
-    let ready = client()
-        .get(format!("{}/readiness", gw.url()))
+    let (status, ready) = bed.http.get(&format!("{}/readiness", bed.url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["healthy_workers"], 2);
+}
+
+#[tokio::test]
+async fn the_data_plane_names_workers_by_opaque_ids_only() {
+    let bed = TestBed::with(sims(1).await, |c| {
+        c.api_key = Some("sk-test".into());
+        c.request_timeout_secs = 1;
+    })
+    .await;
+    let engine = bed.sims.url();
+    let port = bed.sims.server(0).addr().port().to_string();
+    // /health is open (probes), so it shows ids, not where the engines are.
+    let (_, health) = bed.http.get(&format!("{}/health", bed.url)).await;
+    let text = health.to_string();
+    let id = health["workers"][0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with('w') && id.len() == 17, "{health}");
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains(&port),
+        "{health}"
+    );
+    // The admin listener maps the id to the URL.
+    let (_, workers) = bed.http.get(&format!("{}/workers", bed.admin)).await;
+    assert_eq!(workers["workers"][0]["id"], id.as_str());
+    assert_eq!(workers["workers"][0]["url"], engine.as_str());
+    // A timeout's 504 names the worker by its id too.
+    bed.sims
+        .server(0)
+        .set_faults(switchyard_sim::Faults {
+            latency_ms: 3000,
+            ..Default::default()
+        })
+        .unwrap();
+    let resp = bed
+        .http
+        .0
+        .post(format!("{}/v1/completions", bed.url))
+        .bearer_auth("sk-test")
+        .json(&json!({"model": MODEL, "prompt": "x", "max_tokens": 1}))
         .send()
         .await
         .unwrap();
-    assert_eq!(ready.status(), 200);
-    assert_eq!(ready.json::<Value>().await.unwrap()["healthy_workers"], 2);
+    assert_eq!(resp.status(), 504);
+    let body: Value = resp.json().await.unwrap();
+    assert_error(&body, "upstream_timeout");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&id) && !msg.contains(&port), "{msg}");
 }
 
 #[tokio::test]
 async fn embeddings_and_completions_are_routed() {
-    let sims = sims(1).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::CacheAware)).await;
-    let (status, body) = post(
-        &gw.url(),
-        "/v1/embeddings",
-        &json!({"model": MODEL, "input": ["a", "b"]}),
-    )
-    .await;
+    let bed = TestBed::start(1, PolicyKind::CacheAware).await;
+    let (status, body) = bed
+        .post(
+            "/v1/embeddings",
+            &json!({"model": MODEL, "input": ["a", "b"]}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
-    let (status, body) = post(
-        &gw.url(),
-        "/v1/completions",
-        &json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 2}),
-    )
-    .await;
+    let (status, body) = bed
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 2}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     // Engine errors for valid-looking requests pass through unchanged.
-    let (status, body) = post(
-        &gw.url(),
-        "/v1/completions",
-        &json!({"model": MODEL, "prompt": "x", "n": 3}),
-    )
-    .await;
+    let (status, body) = bed
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "x", "n": 3}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["param"], "n");
 }
 
 #[tokio::test]
 async fn cors_headers_when_origins_are_configured() {
-    let sims = sims(1).await;
-    let mut cfg = config(sims.urls(), PolicyKind::RoundRobin);
-    cfg.cors_allowed_origins = vec!["https://app.example".into()];
-    let gw = gateway(cfg).await;
-    let resp = client()
+    let bed = TestBed::with(sims(1).await, |c| {
+        c.cors_allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let resp = bed
+        .http
+        .0
         .request(
             reqwest::Method::OPTIONS,
-            format!("{}/v1/chat/completions", gw.url()),
+            format!("{}/v1/chat/completions", bed.url),
         )
         .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")
@@ -296,64 +281,48 @@ async fn cors_headers_when_origins_are_configured() {
 
 #[tokio::test]
 async fn metrics_reflect_the_traffic() {
-    let sims = sims(2).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::RoundRobin)).await;
+    let bed = TestBed::start(2, PolicyKind::RoundRobin).await;
     for i in 0..4 {
-        assert_eq!(
-            post(
-                &gw.url(),
-                "/v1/chat/completions",
-                &chat(&format!("q{i}"), 3)
-            )
-            .await
-            .0,
-            200
-        );
+        assert_eq!(bed.chat(&format!("q{i}"), 3).await.0, 200);
     }
     let mut body = chat("stream", 5);
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let text = client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
-        .json(&body)
-        .send()
+    let (status, events) = bed.http.sse(&bed.url, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    eventually("the stream to be settled", || async {
+        bed.metric(
+            "switchyard_requests_total",
+            &[("route", "chat"), ("status", "200")],
+        )
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"));
-    let m = metrics_url(&gw);
-    eventually("the stream to be settled", || {
-        let m = m.clone();
-        async move {
-            metric(
-                &m,
-                "switchyard_requests_total",
-                &[("route", "chat"), ("status", "200")],
-            )
-            .await
-                == 5.0
-        }
+            == 5.0
     })
     .await;
     assert_eq!(
-        metric(&m, "switchyard_tokens_total", &[("kind", "completion")]).await,
+        bed.metric("switchyard_tokens_total", &[("kind", "completion")])
+            .await,
         17.0
     );
-    assert!(metric(&m, "switchyard_tokens_total", &[("kind", "prompt")]).await > 10.0);
+    assert!(
+        bed.metric("switchyard_tokens_total", &[("kind", "prompt")])
+            .await
+            > 10.0
+    );
     assert_eq!(
-        metric(&m, "switchyard_time_to_first_token_seconds_count", &[]).await,
+        bed.metric("switchyard_time_to_first_token_seconds_count", &[])
+            .await,
         1.0
     );
     assert_eq!(
-        metric(&m, "switchyard_inter_token_latency_seconds_count", &[]).await,
-        7.0,
-        "role + 5 tokens + usage + done = 8 frames"
+        bed.metric("switchyard_inter_token_latency_seconds_count", &[])
+            .await,
+        4.0,
+        "5 tokens give 4 gaps; the role, usage and [DONE] events carry no token"
     );
     assert_eq!(
-        metric(
-            &m,
+        bed.metric(
             "switchyard_request_duration_seconds_count",
             &[("route", "chat")]
         )
@@ -361,14 +330,13 @@ async fn metrics_reflect_the_traffic() {
         5.0
     );
     assert_eq!(
-        metric(
-            &m,
+        bed.metric(
             "switchyard_policy_decisions_total",
             &[("policy", "round_robin")]
         )
         .await,
         5.0
     );
-    assert_eq!(metric(&m, "switchyard_worker_in_flight", &[]).await, 0.0);
-    assert_eq!(metric(&m, "switchyard_worker_healthy", &[]).await, 2.0);
+    assert_eq!(bed.metric("switchyard_worker_in_flight", &[]).await, 0.0);
+    assert_eq!(bed.metric("switchyard_worker_healthy", &[]).await, 2.0);
 }

@@ -48,7 +48,7 @@ fn yaml_errors_name_the_option() {
 #[test]
 fn validation_names_the_option() {
     let bad = |c: Config, flag: &str| {
-        let e = c.validate().unwrap_err();
+        let e = c.validate().unwrap_err().to_string();
         assert!(e.contains(flag), "{e}");
     };
     bad(
@@ -234,10 +234,19 @@ fn vllm_router_style_flags_parse() {
     assert!(cfg.validate().is_ok());
 }
 
-fn tempfile() -> (std::path::PathBuf, std::fs::File) {
+/// A YAML file in the temp directory, removed when dropped.
+struct TempFile(std::path::PathBuf, std::fs::File);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tempfile() -> TempFile {
     let path = std::env::temp_dir().join(format!("switchyard-test-{:x}.yaml", fastrand_u64()));
     let f = std::fs::File::create(&path).unwrap();
-    (path, f)
+    TempFile(path, f)
 }
 
 fn fastrand_u64() -> u64 {
@@ -251,8 +260,8 @@ fn the_kubernetes_example_config_is_valid() {
     use serde::Deserialize;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/switchyard.yaml");
     let text = std::fs::read_to_string(path).unwrap();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+    let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&text)
+        .map(|d| yaml_serde::Value::deserialize(d).unwrap())
         .collect();
     let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
     let embedded = cm["data"]["switchyard.yaml"].as_str().unwrap();
@@ -260,7 +269,6 @@ fn the_kubernetes_example_config_is_valid() {
     write!(f.1, "{embedded}").unwrap();
     let (_, cfg) =
         Config::from_arg_list(["switchyard", "serve", "--config", f.0.to_str().unwrap()]).unwrap();
-    std::fs::remove_file(&f.0).unwrap();
     cfg.validate().unwrap();
     assert!(cfg.service_discovery);
     assert_eq!(cfg.selector, vec!["app=vllm".to_string()]);

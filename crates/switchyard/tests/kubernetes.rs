@@ -3,18 +3,16 @@
 //! label selectors). Engines are simulators, each on its own loopback address and the
 //! same port, as pods are.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::*;
 use serde_json::{Value, json};
 use switchyard::PolicyKind;
 use switchyard_sim::{Role, SimConfig, SimHandle};
+use switchyard_testkit::*;
 use tokio::sync::broadcast;
 
 const NS: &str = "llm";
@@ -215,8 +213,8 @@ fn discovery_config(api: &str, port: u16) -> switchyard::Config {
 }
 
 /// The URLs of the gateway's workers (not draining), sorted.
-async fn worker_urls(gw: &switchyard::Gateway) -> Vec<String> {
-    let v: Value = admin_workers(gw).await;
+async fn worker_urls(http: &Http, gw: &switchyard::Gateway) -> Vec<String> {
+    let v: Value = admin_workers(http, gw).await;
     let mut urls: Vec<String> = v["workers"]
         .as_array()
         .unwrap()
@@ -228,15 +226,16 @@ async fn worker_urls(gw: &switchyard::Gateway) -> Vec<String> {
     urls
 }
 
-async fn workers_become(gw: &switchyard::Gateway, want: &[String]) {
+async fn workers_become(http: &Http, gw: &switchyard::Gateway, want: &[String]) {
     eventually(&format!("workers {want:?}"), || async {
-        worker_urls(gw).await == want
+        worker_urls(http, gw).await == want
     })
     .await;
 }
 
 #[tokio::test]
 async fn pods_join_when_ready_and_leave_when_not_ready_or_deleted() {
+    let http = Http::new();
     let (port, sims) = engines_on(&[
         ("127.0.0.2", Role::Both),
         ("127.0.0.3", Role::Both),
@@ -266,13 +265,13 @@ async fn pods_join_when_ready_and_leave_when_not_ready_or_deleted() {
         true,
     );
     let gw = gateway(discovery_config(&api, port)).await;
-    workers_become(&gw, &[url(0)]).await;
+    workers_become(&http, &gw, &[url(0)]).await;
     assert!(
         kube.selectors().iter().all(|s| s == "app=engine"),
         "the selector is sent to the API server: {:?}",
         kube.selectors()
     );
-    let v: Value = admin_workers(&gw).await;
+    let v: Value = admin_workers(&http, &gw).await;
     assert_eq!(
         v["workers"][0]["weight"], 2,
         "weight from the pod's annotation"
@@ -280,14 +279,14 @@ async fn pods_join_when_ready_and_leave_when_not_ready_or_deleted() {
     assert_eq!(v["workers"][0]["models"], json!([MODEL]));
     assert_eq!(v["workers"][0]["labels"]["app"], "engine");
     let body = json!({"model": MODEL, "prompt": "hello", "max_tokens": 2});
-    assert_eq!(post(&gw.url(), "/v1/completions", &body).await.0, 200);
+    assert_eq!(http.post(&gw.url(), "/v1/completions", &body).await.0, 200);
     assert_eq!(sims[0].servers()[0].requests(), 1);
 
     // b turns Ready: it joins and takes traffic.
     kube.put(pod("b", "127.0.0.3", engine.clone(), json!({}), true), true);
-    workers_become(&gw, &[url(0), url(1)]).await;
+    workers_become(&http, &gw, &[url(0), url(1)]).await;
     for _ in 0..4 {
-        assert_eq!(post(&gw.url(), "/v1/completions", &body).await.0, 200);
+        assert_eq!(http.post(&gw.url(), "/v1/completions", &body).await.0, 200);
     }
     assert!(sims[1].servers()[0].requests() > 0);
 
@@ -296,25 +295,26 @@ async fn pods_join_when_ready_and_leave_when_not_ready_or_deleted() {
         pod("b", "127.0.0.3", engine.clone(), json!({}), false),
         true,
     );
-    workers_become(&gw, &[url(0)]).await;
+    workers_become(&http, &gw, &[url(0)]).await;
     // a starts terminating (deletion timestamp), then is deleted.
     let mut terminating = pod("a", "127.0.0.2", engine.clone(), json!({}), true);
     terminating["metadata"]["deletionTimestamp"] = json!("2026-11-24T00:00:00Z");
     kube.put(terminating, true);
-    workers_become(&gw, &[]).await;
+    workers_become(&http, &gw, &[]).await;
     kube.delete("a", true);
     eventually("no workers left at all", || async {
-        let v: Value = admin_workers(&gw).await;
+        let v: Value = admin_workers(&http, &gw).await;
         v["workers"].as_array().unwrap().is_empty()
     })
     .await;
-    let (status, resp) = post(&gw.url(), "/v1/completions", &body).await;
+    let (status, resp) = http.post(&gw.url(), "/v1/completions", &body).await;
     assert_eq!(status, 503, "{resp}");
     assert_error(&resp, "no_healthy_worker");
 }
 
 #[tokio::test]
 async fn a_relist_repairs_missed_events() {
+    let http = Http::new();
     let (port, _sims) = engines_on(&[("127.0.0.5", Role::Both), ("127.0.0.6", Role::Both)]).await;
     let (kube, api) = fake_kube().await;
     let engine = json!({"app": "engine"});
@@ -322,26 +322,27 @@ async fn a_relist_repairs_missed_events() {
     let mut cfg = discovery_config(&api, port);
     cfg.service_discovery_relist_secs = 1;
     let gw = gateway(cfg).await;
-    workers_become(&gw, &[format!("http://127.0.0.5:{port}")]).await;
+    workers_become(&http, &gw, &[format!("http://127.0.0.5:{port}")]).await;
     // Changes the watch never reports: a is deleted and b appears.
     kube.delete("a", false);
     kube.put(pod("b", "127.0.0.6", engine, json!({}), true), false);
     let lists = kube.lists();
-    workers_become(&gw, &[format!("http://127.0.0.6:{port}")]).await;
+    workers_become(&http, &gw, &[format!("http://127.0.0.6:{port}")]).await;
     assert!(kube.lists() > lists, "repaired by a new list");
     // A worker removed through the worker API while its pod stays Ready comes back at
     // the next relist: the pods are the source of truth.
     let admin = format!("http://{}", gw.admin_addr);
-    let v: Value = admin_workers(&gw).await;
+    let v: Value = admin_workers(&http, &gw).await;
     let id = v["workers"][0]["id"].as_str().unwrap().to_string();
-    let r = client()
+    let r = http
+        .0
         .delete(format!("{admin}/workers/{id}"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
     eventually("the deleted worker is gone and back", || async {
-        let v: Value = admin_workers(&gw).await;
+        let v: Value = admin_workers(&http, &gw).await;
         v["workers"].as_array().unwrap().len() == 1 && v["workers"][0]["draining"] == false
     })
     .await;
@@ -349,6 +350,7 @@ async fn a_relist_repairs_missed_events() {
 
 #[tokio::test]
 async fn prefill_and_decode_pods_come_from_their_selectors() {
+    let http = Http::new();
     let (port, sims) =
         engines_on(&[("127.0.0.7", Role::Prefill), ("127.0.0.8", Role::Decode)]).await;
     let (kube, api) = fake_kube().await;
@@ -378,6 +380,7 @@ async fn prefill_and_decode_pods_come_from_their_selectors() {
         true,
     );
     workers_become(
+        &http,
         &gw,
         &[
             format!("http://127.0.0.7:{port}"),
@@ -385,7 +388,7 @@ async fn prefill_and_decode_pods_come_from_their_selectors() {
         ],
     )
     .await;
-    let v: Value = admin_workers(&gw).await;
+    let v: Value = admin_workers(&http, &gw).await;
     let by_url = |u: &str| {
         v["workers"]
             .as_array()
@@ -403,7 +406,7 @@ async fn prefill_and_decode_pods_come_from_their_selectors() {
     assert_eq!(p["bootstrap_port"], 8998, "from the pod's annotation");
     assert_eq!(p["models"], json!([MODEL]), "from the pod's annotation");
     let body = json!({"model": MODEL, "prompt": "hello", "max_tokens": 3});
-    let (status, resp) = post(&gw.url(), "/v1/completions", &body).await;
+    let (status, resp) = http.post(&gw.url(), "/v1/completions", &body).await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["usage"]["completion_tokens"], 3);
     assert_eq!(
@@ -427,6 +430,7 @@ async fn prefill_and_decode_pods_come_from_their_selectors() {
 
 #[tokio::test]
 async fn an_unresponsive_pod_does_not_hold_up_the_others() {
+    let http = Http::new();
     let (port, sims) = engines_on(&[("127.0.0.11", Role::Both)]).await;
     // A Ready pod whose engine accepts connections and never answers: its probe waits
     // out the whole health-check timeout.
@@ -457,19 +461,20 @@ async fn an_unresponsive_pod_does_not_hold_up_the_others() {
     .await;
     // While that probe hangs, another pod turns Ready and joins at once.
     kube.put(pod("ok", "127.0.0.11", engine, json!({}), true), true);
-    workers_become(&gw, &[format!("http://127.0.0.11:{port}")]).await;
+    workers_become(&http, &gw, &[format!("http://127.0.0.11:{port}")]).await;
     let body = json!({"model": MODEL, "prompt": "hello", "max_tokens": 2});
-    let (status, resp) = post(&gw.url(), "/v1/completions", &body).await;
+    let (status, resp) = http.post(&gw.url(), "/v1/completions", &body).await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(sims[0].servers()[0].requests(), 1);
     // The silent pod going away is handled without waiting for its probe either.
     kube.delete("silent", true);
     kube.delete("ok", true);
-    workers_become(&gw, &[]).await;
+    workers_become(&http, &gw, &[]).await;
 }
 
 #[tokio::test]
 async fn a_pod_ready_again_while_its_worker_drains_comes_back_once_drained() {
+    let http = Http::new();
     let (port, sims) = engines_on(&[("127.0.0.12", Role::Both)]).await;
     let url = format!("http://127.0.0.12:{port}");
     let (kube, api) = fake_kube().await;
@@ -480,7 +485,7 @@ async fn a_pod_ready_again_while_its_worker_drains_comes_back_once_drained() {
     );
     // The default relist (60 s) is far off: only the pod's own events can bring it back.
     let gw = gateway(discovery_config(&api, port)).await;
-    workers_become(&gw, std::slice::from_ref(&url)).await;
+    workers_become(&http, &gw, std::slice::from_ref(&url)).await;
     // A request the engine never answers keeps the worker busy.
     let server = sims[0].servers()[0].clone();
     server
@@ -490,10 +495,10 @@ async fn a_pod_ready_again_while_its_worker_drains_comes_back_once_drained() {
         })
         .unwrap();
     let body = json!({"model": MODEL, "prompt": "hello", "max_tokens": 2});
-    let gw_url = gw.url();
-    let hanging = tokio::spawn(async move { post(&gw_url, "/v1/completions", &body).await });
+    let (gw_url, http2) = (gw.url(), http.clone());
+    let hanging = tokio::spawn(async move { http2.post(&gw_url, "/v1/completions", &body).await });
     eventually("the request is in flight", || async {
-        admin_workers(&gw).await["workers"][0]["in_flight"] == 1
+        admin_workers(&http, &gw).await["workers"][0]["in_flight"] == 1
     })
     .await;
     // NotReady: the worker drains but stays while its request is open; Ready again.
@@ -502,7 +507,7 @@ async fn a_pod_ready_again_while_its_worker_drains_comes_back_once_drained() {
         true,
     );
     eventually("the worker drains", || async {
-        admin_workers(&gw).await["workers"][0]["draining"] == true
+        admin_workers(&http, &gw).await["workers"][0]["draining"] == true
     })
     .await;
     kube.put(pod("a", "127.0.0.12", engine, json!({}), true), true);
@@ -513,13 +518,13 @@ async fn a_pod_ready_again_while_its_worker_drains_comes_back_once_drained() {
         .unwrap();
     hanging.abort();
     eventually("the pod's worker is back, not draining", || async {
-        let v: Value = admin_workers(&gw).await;
+        let v: Value = admin_workers(&http, &gw).await;
         v["workers"].as_array().unwrap().len() == 1
             && v["workers"][0]["draining"] == false
             && v["workers"][0]["in_flight"] == 0
     })
     .await;
     let body = json!({"model": MODEL, "prompt": "hello", "max_tokens": 2});
-    let (status, resp) = post(&gw.url(), "/v1/completions", &body).await;
+    let (status, resp) = http.post(&gw.url(), "/v1/completions", &body).await;
     assert_eq!(status, 200, "{resp}");
 }

@@ -1,12 +1,10 @@
 //! Several models behind one gateway: routing by `model`, aliases, per-model policies,
 //! the model list and the 404 that names what is available.
 
-mod common;
-
-use common::*;
 use serde_json::{Value, json};
 use switchyard::PolicyKind;
 use switchyard_sim::SimConfig;
+use switchyard_testkit::*;
 
 async fn two_models() -> (switchyard_sim::SimHandle, switchyard_sim::SimHandle) {
     let a = sims_with(SimConfig {
@@ -32,23 +30,25 @@ fn req(model: &str, prompt: &str) -> Value {
 
 #[tokio::test]
 async fn requests_go_to_the_workers_of_their_model() {
+    let http = Http::new();
     let (a, b) = two_models().await;
     let mut urls = a.urls();
     urls.extend(b.urls());
     let gw = gateway(config(urls, PolicyKind::RoundRobin)).await;
     for i in 0..4 {
-        let (status, body) = post(
-            &gw.url(),
-            "/v1/completions",
-            &req("model-a", &format!("{i}")),
-        )
-        .await;
+        let (status, body) = http
+            .post(
+                &gw.url(),
+                "/v1/completions",
+                &req("model-a", &format!("{i}")),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["model"], "model-a");
     }
     for i in 0..2 {
         assert_eq!(
-            post(
+            http.post(
                 &gw.url(),
                 "/v1/completions",
                 &req("model-b", &format!("{i}"))
@@ -60,14 +60,7 @@ async fn requests_go_to_the_workers_of_their_model() {
     }
     assert_eq!(per_server(&a), [2, 2]);
     assert_eq!(per_server(&b), [1, 1]);
-    let models: Value = client()
-        .get(format!("{}/v1/models", gw.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, models) = http.get(&format!("{}/v1/models", gw.url())).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -75,7 +68,9 @@ async fn requests_go_to_the_workers_of_their_model() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["model-a", "model-b"]);
-    let (status, body) = post(&gw.url(), "/v1/completions", &req("model-c", "x")).await;
+    let (status, body) = http
+        .post(&gw.url(), "/v1/completions", &req("model-c", "x"))
+        .await;
     assert_eq!(status, 404);
     assert_error(&body, "model_not_found");
     let msg = body["error"]["message"].as_str().unwrap();
@@ -84,13 +79,16 @@ async fn requests_go_to_the_workers_of_their_model() {
 
 #[tokio::test]
 async fn aliases_resolve_to_their_model_and_rewrite_the_body() {
+    let http = Http::new();
     let (a, b) = two_models().await;
     let mut urls = a.urls();
     urls.extend(b.urls());
     let mut cfg = config(urls, PolicyKind::RoundRobin);
     cfg.model_alias = vec!["fast=model-a".into(), "ghost=model-z".into()];
     let gw = gateway(cfg).await;
-    let (status, body) = post(&gw.url(), "/v1/completions", &req("fast", "x")).await;
+    let (status, body) = http
+        .post(&gw.url(), "/v1/completions", &req("fast", "x"))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["model"], "model-a",
@@ -98,16 +96,11 @@ async fn aliases_resolve_to_their_model_and_rewrite_the_body() {
     );
     assert_eq!(a.servers().iter().map(|s| s.requests()).sum::<u64>(), 1);
     // An alias of a model nobody serves is a 404; it is not listed.
-    let (status, _) = post(&gw.url(), "/v1/completions", &req("ghost", "x")).await;
+    let (status, _) = http
+        .post(&gw.url(), "/v1/completions", &req("ghost", "x"))
+        .await;
     assert_eq!(status, 404);
-    let models: Value = client()
-        .get(format!("{}/v1/models", gw.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, models) = http.get(&format!("{}/v1/models", gw.url())).await;
     let fast = models["data"]
         .as_array()
         .unwrap()
@@ -126,22 +119,23 @@ async fn aliases_resolve_to_their_model_and_rewrite_the_body() {
 
 #[tokio::test]
 async fn each_model_can_have_its_own_policy() {
+    let http = Http::new();
     let (a, b) = two_models().await;
     let mut urls = a.urls();
     urls.extend(b.urls());
     let mut cfg = config(urls, PolicyKind::CacheAware);
     cfg.model_policy = vec!["model-b=round_robin".into()];
     let gw = gateway(cfg).await;
-    let long = system_prompt(5, 500);
+    let long = prompt_text(5, 500);
     for _ in 0..4 {
         assert_eq!(
-            post(&gw.url(), "/v1/completions", &req("model-a", &long))
+            http.post(&gw.url(), "/v1/completions", &req("model-a", &long))
                 .await
                 .0,
             200
         );
         assert_eq!(
-            post(&gw.url(), "/v1/completions", &req("model-b", &long))
+            http.post(&gw.url(), "/v1/completions", &req("model-b", &long))
                 .await
                 .0,
             200
@@ -155,7 +149,7 @@ async fn each_model_can_have_its_own_policy() {
     assert_eq!(per_server(&b), [2, 2], "model-b takes turns");
     let m = metrics_url(&gw);
     assert_eq!(
-        metric(
+        http.metric(
             &m,
             "switchyard_policy_decisions_total",
             &[("policy", "round_robin")]
@@ -164,7 +158,7 @@ async fn each_model_can_have_its_own_policy() {
         4.0
     );
     assert_eq!(
-        metric(
+        http.metric(
             &m,
             "switchyard_policy_decisions_total",
             &[("policy", "cache_aware")]
@@ -175,16 +169,16 @@ async fn each_model_can_have_its_own_policy() {
 }
 
 /// Requests for `model` sharing a long system prompt but each with its own question.
-async fn shared_prefix_requests(gw: &switchyard::Gateway, model: &str) {
-    let system = system_prompt(9, 300);
+async fn shared_prefix_requests(http: &Http, gw: &switchyard::Gateway, model: &str) {
+    let system = prompt_text(9, 300);
     for q in ["first question here", "second different question entirely"] {
         let body = req(model, &format!("{system}\n{q} {}", "z ".repeat(200)));
-        assert_eq!(post(&gw.url(), "/v1/completions", &body).await.0, 200);
+        assert_eq!(http.post(&gw.url(), "/v1/completions", &body).await.0, 200);
     }
 }
 
-async fn decisions(gw: &switchyard::Gateway, policy: &str, reason: &str) -> f64 {
-    metric(
+async fn decisions(http: &Http, gw: &switchyard::Gateway, policy: &str, reason: &str) -> f64 {
+    http.metric(
         &metrics_url(gw),
         "switchyard_policy_decisions_total",
         &[("policy", policy), ("reason", reason)],
@@ -194,10 +188,15 @@ async fn decisions(gw: &switchyard::Gateway, policy: &str, reason: &str) -> f64 
 
 #[tokio::test]
 async fn models_have_their_own_policy_settings_from_the_config_file() {
+    let http = Http::new();
     let (a, b) = two_models().await;
     let mut urls = a.urls();
     urls.extend(b.urls());
-    let path = std::env::temp_dir().join(format!("sy-models-{}.yaml", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "sy-models-{}-{:x}.yaml",
+        std::process::id(),
+        std::ptr::from_ref(&a) as usize
+    ));
     std::fs::write(
         &path,
         "policy: cache_aware\nmodels:\n  model-a:\n    cache_threshold: 0.95\n  model-b:\n    cache_threshold: 0.1\n",
@@ -219,57 +218,60 @@ async fn models_have_their_own_policy_settings_from_the_config_file() {
     let gw = gateway(cfg).await;
     // The second prompt shares well under 95% but over 10% of the first: a hit for
     // model-b's threshold, not for model-a's.
-    shared_prefix_requests(&gw, "model-a").await;
-    assert_eq!(decisions(&gw, "cache_aware", "cache_hit").await, 0.0);
-    shared_prefix_requests(&gw, "model-b").await;
-    assert_eq!(decisions(&gw, "cache_aware", "cache_hit").await, 1.0);
+    shared_prefix_requests(&http, &gw, "model-a").await;
+    assert_eq!(decisions(&http, &gw, "cache_aware", "cache_hit").await, 0.0);
+    shared_prefix_requests(&http, &gw, "model-b").await;
+    assert_eq!(decisions(&http, &gw, "cache_aware", "cache_hit").await, 1.0);
 }
 
 #[tokio::test]
 async fn worker_labels_set_a_models_policy() {
+    let http = Http::new();
     let (a, b) = two_models().await;
     let gw = gateway(config(a.urls(), PolicyKind::CacheAware)).await;
-    let admin = format!("http://{}", gw.admin_addr);
+    let admin = admin_url(&gw);
     // Bad policy labels are refused up front.
     for labels in [
         json!({"policy": "fastest"}),
         json!({"policy": "cache_aware", "policy.cache_threshold": "2"}),
         json!({"policy.colour": "red"}),
     ] {
-        let (status, body) = post(
-            &admin,
-            "/workers",
-            &json!({"url": b.urls()[0], "labels": labels}),
-        )
-        .await;
+        let (status, body) = http
+            .post(
+                &admin,
+                "/workers",
+                &json!({"url": b.urls()[0], "labels": labels}),
+            )
+            .await;
         assert_eq!(status, 400, "{labels} -> {body}");
         assert_error(&body, "invalid_request");
         assert_eq!(body["error"]["param"], "labels", "{body}");
     }
     for url in b.urls() {
-        let (status, body) = post(
-            &admin,
-            "/workers",
-            &json!({"url": url, "labels": {"policy": "round_robin"}}),
-        )
-        .await;
+        let (status, body) = http
+            .post(
+                &admin,
+                "/workers",
+                &json!({"url": url, "labels": {"policy": "round_robin"}}),
+            )
+            .await;
         assert_eq!(status, 202, "{body}");
     }
     eventually("both model-b workers registered", || async {
-        let v: Value = admin_workers(&gw).await;
+        let v: Value = admin_workers(&http, &gw).await;
         v["workers"].as_array().unwrap().len() == 4
     })
     .await;
-    let long = system_prompt(3, 400);
+    let long = prompt_text(3, 400);
     for _ in 0..4 {
         assert_eq!(
-            post(&gw.url(), "/v1/completions", &req("model-b", &long))
+            http.post(&gw.url(), "/v1/completions", &req("model-b", &long))
                 .await
                 .0,
             200
         );
         assert_eq!(
-            post(&gw.url(), "/v1/completions", &req("model-a", &long))
+            http.post(&gw.url(), "/v1/completions", &req("model-a", &long))
                 .await
                 .0,
             200
@@ -285,7 +287,7 @@ async fn worker_labels_set_a_models_policy() {
         "model-a stays cache-aware: {:?}",
         per_server(&a)
     );
-    assert_eq!(decisions(&gw, "round_robin", "turn").await, 4.0);
+    assert_eq!(decisions(&http, &gw, "round_robin", "turn").await, 4.0);
 }
 
 #[test]
@@ -301,7 +303,7 @@ fn bad_model_flags_are_rejected() {
             model_alias: alias.into_iter().map(String::from).collect(),
             ..switchyard::Config::default()
         };
-        let err = cfg.validate().unwrap_err();
+        let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains(flag), "{err}");
     }
     let mut models = std::collections::BTreeMap::new();
@@ -316,7 +318,7 @@ fn bad_model_flags_are_rejected() {
         models,
         ..switchyard::Config::default()
     };
-    let err = cfg.validate().unwrap_err();
+    let err = cfg.validate().unwrap_err().to_string();
     assert!(
         err.contains("models.model-a") && err.contains("balance-rel-threshold"),
         "{err}"

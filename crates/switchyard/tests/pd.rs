@@ -1,14 +1,13 @@
 //! Prefill/decode disaggregation against simulated engines in each role, in vLLM
 //! (NixlConnector) and SGLang (bootstrap) modes: the round trip, streaming, a failure
-//! in each phase, and retries that re-select the pair.
+//! in each phase, retries that re-select the pair, and bad input answered like a
+//! colocated gateway answers it.
 
-mod common;
-
-use common::*;
 use serde_json::{Value, json};
 use switchyard::config::PdMode;
 use switchyard::{Config, PolicyKind};
 use switchyard_sim::{Faults, Role, SimConfig, SimHandle};
+use switchyard_testkit::*;
 
 async fn role(role: Role, engines: usize) -> SimHandle {
     sims_with(SimConfig {
@@ -31,29 +30,16 @@ fn pd_config(prefill: &SimHandle, decode: &SimHandle, mode: PdMode) -> Config {
     cfg
 }
 
-async fn generated(url: &str) -> f64 {
-    metric_sim(url, "vllm:generation_tokens_total").await
+/// Tokens an engine generated (its own metric).
+async fn generated(http: &Http, url: &str) -> f64 {
+    http.metric(url, "vllm:generation_tokens_total", &[]).await
 }
 
-async fn metric_sim(url: &str, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-async fn stream_chat(gw: &str, content: &str, max_tokens: u32) -> (u16, String) {
+async fn stream_chat(http: &Http, gw: &str, content: &str, max_tokens: u32) -> (u16, String) {
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
                       "stream": true, "stream_options": {"include_usage": true}});
-    let resp = client()
+    let resp = http
+        .0
         .post(format!("{gw}/v1/chat/completions"))
         .json(&body)
         .send()
@@ -65,56 +51,49 @@ async fn stream_chat(gw: &str, content: &str, max_tokens: u32) -> (u16, String) 
 
 #[tokio::test]
 async fn vllm_mode_prefills_then_streams_the_decode() {
+    let http = Http::new();
     let prefill = role(Role::Prefill, 2).await;
     let decode = role(Role::Decode, 2).await;
     let gw = gateway(pd_config(&prefill, &decode, PdMode::Vllm)).await;
-    let (status, text) = stream_chat(&gw.url(), &system_prompt(1, 800), 12).await;
+    let (status, text) = stream_chat(&http, &gw.url(), &prompt_text(1, 800), 12).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert!(text.contains("\"completion_tokens\":12"), "{text}");
     assert_eq!(per_server(&prefill).iter().sum::<u64>(), 1);
     assert_eq!(per_server(&decode).iter().sum::<u64>(), 1);
     // The prefill produced exactly one token; the decode all twelve.
-    let p: f64 = futures_util::future::join_all(prefill.urls().iter().map(|u| generated(u)))
-        .await
-        .iter()
-        .sum();
-    let d: f64 = futures_util::future::join_all(decode.urls().iter().map(|u| generated(u)))
-        .await
-        .iter()
-        .sum();
+    let mut p = 0.0;
+    for u in prefill.urls() {
+        p += generated(&http, &u).await;
+    }
+    let mut d = 0.0;
+    for u in decode.urls() {
+        d += generated(&http, &u).await;
+    }
     assert_eq!((p, d), (1.0, 12.0));
     // Non-streaming works the same way.
-    let (status, body) = post(&gw.url(), "/v1/chat/completions", &chat("again", 5)).await;
+    let (status, body) = http
+        .post(&gw.url(), "/v1/chat/completions", &chat("again", 5))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["usage"]["completion_tokens"], 5);
     let m = metrics_url(&gw);
-    assert_eq!(
-        metric(
-            &m,
-            "switchyard_pd_phase_seconds_count",
-            &[("phase", "prefill")]
-        )
-        .await,
-        2.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "switchyard_pd_phase_seconds_count",
-            &[("phase", "decode")]
-        )
-        .await,
-        2.0
-    );
+    for phase in ["prefill", "decode"] {
+        assert_eq!(
+            http.metric(&m, "switchyard_pd_phase_seconds_count", &[("phase", phase)])
+                .await,
+            2.0
+        );
+    }
 }
 
 #[tokio::test]
 async fn sglang_mode_sends_both_with_a_bootstrap_room() {
+    let http = Http::new();
     let prefill = role(Role::Prefill, 1).await;
     let decode = role(Role::Decode, 1).await;
     let gw = gateway(pd_config(&prefill, &decode, PdMode::Sglang)).await;
-    let (status, text) = stream_chat(&gw.url(), &system_prompt(2, 500), 7).await;
+    let (status, text) = stream_chat(&http, &gw.url(), &prompt_text(2, 500), 7).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"completion_tokens\":7"), "{text}");
     assert_eq!(per_server(&prefill), [1]);
@@ -123,6 +102,7 @@ async fn sglang_mode_sends_both_with_a_bootstrap_room() {
 
 #[tokio::test]
 async fn a_failing_phase_is_named_in_the_error() {
+    let http = Http::new();
     for (failing, phase) in [(Role::Prefill, "prefill"), (Role::Decode, "decode")] {
         let prefill = role(Role::Prefill, 1).await;
         let decode = role(Role::Decode, 1).await;
@@ -141,13 +121,15 @@ async fn a_failing_phase_is_named_in_the_error() {
         let mut cfg = pd_config(&prefill, &decode, PdMode::Vllm);
         cfg.retry_max_retries = 1;
         let gw = gateway(cfg).await;
-        let (status, body) = post(&gw.url(), "/v1/chat/completions", &chat("x", 3)).await;
+        let (status, body) = http
+            .post(&gw.url(), "/v1/chat/completions", &chat("x", 3))
+            .await;
         assert_eq!(status, 502, "{body}");
         assert_error(&body, "upstream_error");
         let msg = body["error"]["message"].as_str().unwrap();
         assert!(msg.starts_with(&format!("{phase} phase failed")), "{msg}");
         assert_eq!(
-            metric(
+            http.metric(
                 &metrics_url(&gw),
                 "switchyard_pd_phase_failures_total",
                 &[("phase", phase)]
@@ -163,6 +145,7 @@ async fn a_failing_phase_is_named_in_the_error() {
 
 #[tokio::test]
 async fn sglang_mode_fails_fast_when_the_prefill_fails() {
+    let http = Http::new();
     let prefill = role(Role::Prefill, 1).await;
     let decode = role(Role::Decode, 1).await;
     prefill
@@ -176,8 +159,9 @@ async fn sglang_mode_fails_fast_when_the_prefill_fails() {
     let mut cfg = pd_config(&prefill, &decode, PdMode::Sglang);
     cfg.retry_max_retries = 0;
     let gw = gateway(cfg).await;
-    let t = std::time::Instant::now();
-    let (status, body) = post(&gw.url(), "/v1/chat/completions", &chat("x", 3)).await;
+    let (status, body) = http
+        .post(&gw.url(), "/v1/chat/completions", &chat("x", 3))
+        .await;
     assert_eq!(status, 502, "{body}");
     assert!(
         body["error"]["message"]
@@ -185,14 +169,33 @@ async fn sglang_mode_fails_fast_when_the_prefill_fails() {
             .unwrap()
             .starts_with("prefill phase failed")
     );
-    assert!(
-        t.elapsed() < std::time::Duration::from_secs(5),
+    // The decode (which waits for KV that never comes) was dropped, not awaited: its
+    // phase never finished.
+    let m = metrics_url(&gw);
+    assert_eq!(
+        http.metric(
+            &m,
+            "switchyard_pd_phase_seconds_count",
+            &[("phase", "prefill")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        http.metric(
+            &m,
+            "switchyard_pd_phase_seconds_count",
+            &[("phase", "decode")]
+        )
+        .await,
+        0.0,
         "the decode waiting for KV was cancelled"
     );
 }
 
 #[tokio::test]
 async fn retries_re_select_the_pair() {
+    let http = Http::new();
     let prefill = role(Role::Prefill, 2).await;
     let decode = role(Role::Decode, 2).await;
     prefill
@@ -214,7 +217,7 @@ async fn retries_re_select_the_pair() {
         .unwrap();
     let gw = gateway(pd_config(&prefill, &decode, PdMode::Vllm)).await;
     for i in 0..6 {
-        let (status, text) = stream_chat(&gw.url(), &format!("question {i}"), 4).await;
+        let (status, text) = stream_chat(&http, &gw.url(), &format!("question {i}"), 4).await;
         assert_eq!(status, 200, "{text}");
     }
     assert_eq!(
@@ -228,7 +231,7 @@ async fn retries_re_select_the_pair() {
         "every decode on the healthy decode engine"
     );
     assert!(
-        metric(
+        http.metric(
             &metrics_url(&gw),
             "switchyard_retries_total",
             &[("reason", "pd_pair")]
@@ -238,10 +241,108 @@ async fn retries_re_select_the_pair() {
     );
 }
 
+/// Chat bodies a new user might send by mistake, or a fuzzer would: malformed,
+/// mistyped, valid JSON that only the engine rejects, and valid-looking objects with
+/// escapes and numbers that no JSON library holds in unknown fields.
+fn awkward_bodies() -> Vec<String> {
+    let msgs = r#"[{"role":"user","content":"hi"}]"#;
+    let mut bodies = vec![
+        "{".to_string(),
+        "[]".to_string(),
+        "null".to_string(),
+        r#"{"model":"switchyard/sim-8b"}"#.to_string(),
+        format!(r#"{{"model":"switchyard/sim-8b","messages":{msgs},"max_tokens":-1}}"#),
+        format!(r#"{{"model":"switchyard/sim-8b","messages":{msgs},"max_tokens":0}}"#),
+        format!(r#"{{"model":"switchyard/sim-8b","messages":{msgs},"max_tokens":100000000}}"#),
+        format!(r#"{{"model":"switchyard/sim-8b","messages":{msgs},"n":3}}"#),
+        format!(r#"{{"model":"switchyard/sim-8b","messages":{msgs},"temperature":5}}"#),
+        format!(r#"{{"model":"switchyard/sim-8b","messages":{msgs},"stream":"yes"}}"#),
+        format!(r#"{{"model":"switchyard/sim-8b","messages":{msgs},"min_tokens":9,"max_tokens":2}}"#),
+        format!(r#"{{"model":"nope","messages":{msgs}}}"#),
+        r#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":""}]}"#.to_string(),
+        r#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#.to_string(),
+    ];
+    for extra in [
+        r#""x":"\ud800""#,
+        r#""x":"\udc00\ud800""#,
+        r#""x":1e400"#,
+        r#""x":-1e400"#,
+        r#""x":123456789012345678901234567890"#,
+        r#""x":{"y":["\ud83d",1e999]}"#,
+        r#""x":"\u0000""#,
+    ] {
+        bodies.push(format!(
+            r#"{{"model":"switchyard/sim-8b","messages":{msgs},{extra}}}"#
+        ));
+    }
+    bodies
+}
+
+/// Sends each body; the statuses in order (a reset connection fails the test).
+async fn statuses(http: &Http, url: &str, bodies: &[String]) -> Vec<u16> {
+    let mut out = Vec::new();
+    for b in bodies {
+        let (status, resp) = http
+            .post_raw(
+                url,
+                "/v1/chat/completions",
+                Some("application/json"),
+                b.clone(),
+            )
+            .await;
+        assert!(status < 500, "{b} -> {status} {resp}");
+        if status >= 400 {
+            assert!(resp["error"]["message"].is_string(), "{b} -> {resp}");
+        }
+        out.push(status);
+    }
+    out
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_with_the_same_4xx_as_a_colocated_gateway() {
+    let http = Http::new();
+    let bodies = awkward_bodies();
+    // Colocated: one engine serving whole requests.
+    let both = sims(1).await;
+    let colocated = gateway(config(both.urls(), PolicyKind::RoundRobin)).await;
+    let expected = statuses(&http, &colocated.url(), &bodies).await;
+    // Disaggregated, with breakers and ejection that open after two failures: an
+    // engine's 4xx must count against nothing.
+    let prefill = role(Role::Prefill, 1).await;
+    let decode = role(Role::Decode, 1).await;
+    for mode in [PdMode::Vllm, PdMode::Sglang] {
+        let mut cfg = pd_config(&prefill, &decode, mode);
+        cfg.cb_failure_threshold = 2;
+        cfg.health_failure_threshold = 2;
+        let gw = gateway(cfg).await;
+        for round in 0..2 {
+            let got = statuses(&http, &gw.url(), &bodies).await;
+            assert_eq!(got, expected, "{mode:?} round {round}");
+        }
+        let m = metrics_url(&gw);
+        assert_eq!(
+            http.metric(&m, "switchyard_pd_phase_failures_total", &[])
+                .await,
+            0.0
+        );
+        assert_eq!(
+            http.metric(&m, "switchyard_worker_circuit_state", &[])
+                .await,
+            0.0,
+            "every breaker closed"
+        );
+        let (status, body) = http
+            .post(&gw.url(), "/v1/chat/completions", &chat("fine", 2))
+            .await;
+        assert_eq!(status, 200, "{mode:?}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn pd_flags_are_validated() {
     let bad = |cfg: Config, needle: &str| {
-        let e = cfg.validate().unwrap_err();
+        let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");
     };
     bad(
@@ -282,8 +383,14 @@ async fn pd_flags_are_validated() {
         decode: vec!["http://b:1".into()],
         ..Config::default()
     };
+    let workers: Vec<(String, Option<u16>)> = ok
+        .pd_workers()
+        .unwrap()
+        .into_iter()
+        .map(|(u, p)| (u.as_string(), p))
+        .collect();
     assert_eq!(
-        ok.pd_workers().unwrap(),
+        workers,
         [
             ("http://a:1".to_string(), Some(8998)),
             ("http://c:1".to_string(), None)
@@ -315,12 +422,13 @@ async fn pd_flags_are_validated() {
 
 #[tokio::test]
 async fn prefill_and_decode_workers_can_be_registered_through_the_api() {
+    let http = Http::new();
     let prefill = role(Role::Prefill, 1).await;
     let decode = role(Role::Decode, 2).await;
     let mut cfg = pd_config(&prefill, &decode, PdMode::Vllm);
     cfg.decode = vec![decode.urls()[0].clone()];
     let gw = gateway(cfg).await;
-    let admin = format!("http://{}", gw.admin_addr);
+    let admin = admin_url(&gw);
     for (body, param) in [
         (json!({"url": decode.urls()[1]}), "role"),
         (json!({"url": decode.urls()[1], "role": "regular"}), "role"),
@@ -330,42 +438,33 @@ async fn prefill_and_decode_workers_can_be_registered_through_the_api() {
             "bootstrap_port",
         ),
     ] {
-        let (status, resp) = post(&admin, "/workers", &body).await;
+        let (status, resp) = http.post(&admin, "/workers", &body).await;
         assert_eq!(status, 400, "{body} -> {resp}");
         assert_eq!(resp["error"]["param"], param);
     }
-    let (status, resp) = post(
-        &admin,
-        "/workers",
-        &json!({"url": decode.urls()[1], "role": "decode"}),
-    )
-    .await;
+    let (status, resp) = http
+        .post(
+            &admin,
+            "/workers",
+            &json!({"url": decode.urls()[1], "role": "decode"}),
+        )
+        .await;
     assert_eq!(status, 202, "{resp}");
     let job_url = format!("{admin}/jobs/{}", resp["job_id"].as_str().unwrap());
-    eventually("the decode worker to register", || {
-        let u = job_url.clone();
-        async move {
-            client()
-                .get(&u)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()["state"]
-                == "succeeded"
-        }
+    eventually("the decode worker to register", || async {
+        http.get(&job_url).await.1["state"] == "succeeded"
     })
     .await;
     // The configured decode engine goes away; the registered one serves.
     decode.server(0).shutdown();
     for i in 0..3 {
-        let (status, body) = post(
-            &gw.url(),
-            "/v1/chat/completions",
-            &chat(&format!("q{i}"), 2),
-        )
-        .await;
+        let (status, body) = http
+            .post(
+                &gw.url(),
+                "/v1/chat/completions",
+                &chat(&format!("q{i}"), 2),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(decode.server(1).requests(), 3);
@@ -373,14 +472,16 @@ async fn prefill_and_decode_workers_can_be_registered_through_the_api() {
 
 #[tokio::test]
 async fn a_regular_gateway_refuses_prefill_workers() {
+    let http = Http::new();
     let sims = sims(1).await;
     let gw = gateway(config(vec![], PolicyKind::RoundRobin)).await;
-    let (status, resp) = post(
-        &format!("http://{}", gw.admin_addr),
-        "/workers",
-        &json!({"url": sims.url(), "role": "prefill"}),
-    )
-    .await;
+    let (status, resp) = http
+        .post(
+            &admin_url(&gw),
+            "/workers",
+            &json!({"url": sims.url(), "role": "prefill"}),
+        )
+        .await;
     assert_eq!(status, 400, "{resp}");
     assert_eq!(resp["error"]["param"], "role");
 }

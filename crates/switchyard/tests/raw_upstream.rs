@@ -1,8 +1,7 @@
 //! Byte-level behaviour checked against a scripted upstream: streams pass through byte
 //! for byte and unbuffered, a client disconnect cancels the upstream request, headers
-//! and request ids are forwarded as documented.
-
-mod common;
+//! and request ids are forwarded as documented, and the inter-token latency counts
+//! tokens however the stream is cut into frames.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,9 +13,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
-use common::*;
 use serde_json::json;
 use switchyard::PolicyKind;
+use switchyard_testkit::*;
 use tokio::sync::{Notify, mpsc};
 
 /// What the scripted upstream saw and how it behaves.
@@ -95,11 +94,34 @@ async fn start_upstream(script: Arc<Script>) -> SocketAddr {
             get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "raw"}]})) }),
         )
         .route("/v1/chat/completions", post(stream))
+        .route("/v1/completions", post(odd_frames))
         .with_state(script);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
+}
+
+/// Three tokens (a, b, c) in five frames: an empty first event, two events in one
+/// frame, one event cut in two, and `[DONE]`.
+const ODD_FRAMES: [&[u8]; 5] = [
+    b"data: {\"choices\":[{\"text\":\"\"}]}\n\n",
+    b"data: {\"choices\":[{\"text\":\"a\"}]}\n\ndata: {\"choices\":[{\"text\":\"b\"}]}\n\n",
+    b"data: {\"choi",
+    b"ces\":[{\"text\":\"c\"}]}\n\n",
+    b"data: [DONE]\n\n",
+];
+
+async fn odd_frames() -> axum::response::Response {
+    let frames = futures_util::stream::iter(
+        ODD_FRAMES
+            .iter()
+            .map(|f| Ok::<_, Infallible>(Bytes::from_static(f))),
+    );
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(frames))
+        .unwrap()
 }
 
 fn body() -> serde_json::Value {
@@ -108,6 +130,7 @@ fn body() -> serde_json::Value {
 
 #[tokio::test]
 async fn stream_passes_through_byte_for_byte_without_holding_the_first_chunk() {
+    let http = Http::new();
     let script = Arc::new(Script::default());
     let addr = start_upstream(script.clone()).await;
     let gw = gateway(config(
@@ -115,7 +138,8 @@ async fn stream_passes_through_byte_for_byte_without_holding_the_first_chunk() {
         PolicyKind::RoundRobin,
     ))
     .await;
-    let mut resp = client()
+    let mut resp = http
+        .0
         .post(format!("{}/v1/chat/completions", gw.url()))
         .json(&body())
         .send()
@@ -126,7 +150,8 @@ async fn stream_passes_through_byte_for_byte_without_holding_the_first_chunk() {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     // The upstream holds everything after its first chunk until released: the first
     // chunk must reach the client on its own.
-    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+    // (A hang guard: a held-back chunk would never arrive.)
+    let first = tokio::time::timeout(Duration::from_secs(60), resp.chunk())
         .await
         .expect("first chunk not held back")
         .unwrap()
@@ -140,19 +165,22 @@ async fn stream_passes_through_byte_for_byte_without_holding_the_first_chunk() {
     assert_eq!(rest, CHUNKS[1..].concat());
     // Usage in the stream's tail is counted.
     let m = metrics_url(&gw);
-    eventually("tokens metric", || {
-        let m = m.clone();
-        async move { metric(&m, "switchyard_tokens_total", &[("kind", "prompt")]).await == 7.0 }
+    eventually("tokens metric", || async {
+        http.metric(&m, "switchyard_tokens_total", &[("kind", "prompt")])
+            .await
+            == 7.0
     })
     .await;
     assert_eq!(
-        metric(&m, "switchyard_time_to_first_token_seconds_count", &[]).await,
+        http.metric(&m, "switchyard_time_to_first_token_seconds_count", &[])
+            .await,
         1.0
     );
 }
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
+    let http = Http::new();
     let script = Arc::new(Script::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
     *script.dropped.lock().unwrap() = Some(tx);
@@ -162,7 +190,8 @@ async fn client_disconnect_cancels_the_upstream_request() {
         PolicyKind::RoundRobin,
     ))
     .await;
-    let mut resp = client()
+    let mut resp = http
+        .0
         .post(format!("{}/v1/chat/completions", gw.url()))
         .json(&body())
         .send()
@@ -170,20 +199,21 @@ async fn client_disconnect_cancels_the_upstream_request() {
         .unwrap();
     assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], CHUNKS[0]);
     drop(resp);
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+    // (A hang guard: an upstream request left open would never signal.)
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
         .await
         .expect("upstream stream dropped after client left")
         .unwrap();
     let worker = gw.state.registry.all()[0].clone();
-    eventually("in-flight slot released", || {
-        let w = worker.clone();
-        async move { w.in_flight() == 0 }
+    eventually("in-flight slot released", || async {
+        worker.in_flight() == 0
     })
     .await;
 }
 
 #[tokio::test]
 async fn request_ids_and_auth_headers_are_forwarded_as_documented() {
+    let http = Http::new();
     let script = Arc::new(Script::default());
     let addr = start_upstream(script.clone()).await;
     let mut cfg = config(vec![format!("http://{addr}")], PolicyKind::RoundRobin);
@@ -191,7 +221,8 @@ async fn request_ids_and_auth_headers_are_forwarded_as_documented() {
     cfg.worker_api_key = Some("engine-key".into());
     let gw = gateway(cfg).await;
     script.gate.notify_one();
-    let resp = client()
+    let resp = http
+        .0
         .post(format!("{}/v1/chat/completions", gw.url()))
         .bearer_auth("client-key")
         .header("x-correlation-id", "corr-123")
@@ -210,7 +241,8 @@ async fn request_ids_and_auth_headers_are_forwarded_as_documented() {
     );
     // Without any id header, one is generated and echoed.
     script.gate.notify_one();
-    let resp = client()
+    let resp = http
+        .0
         .post(format!("{}/v1/chat/completions", gw.url()))
         .bearer_auth("client-key")
         .json(&body())
@@ -222,7 +254,68 @@ async fn request_ids_and_auth_headers_are_forwarded_as_documented() {
 }
 
 #[tokio::test]
+async fn the_clients_authorization_reaches_engines_only_when_asked() {
+    let http = Http::new();
+    for forward in [false, true] {
+        let script = Arc::new(Script::default());
+        let addr = start_upstream(script.clone()).await;
+        let mut cfg = config(vec![format!("http://{addr}")], PolicyKind::RoundRobin);
+        cfg.forward_client_auth = forward;
+        let gw = gateway(cfg).await;
+        script.gate.notify_one();
+        let resp = http
+            .0
+            .post(format!("{}/v1/chat/completions", gw.url()))
+            .bearer_auth("a-client-secret")
+            .json(&body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        let seen = script.headers.lock().unwrap()[0].clone();
+        let got = seen
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        if forward {
+            assert_eq!(got.as_deref(), Some("Bearer a-client-secret"));
+        } else {
+            assert_eq!(got, None, "forwarded without --forward-client-auth");
+        }
+    }
+}
+
+#[tokio::test]
+async fn inter_token_latency_counts_tokens_not_frames() {
+    let http = Http::new();
+    let addr = start_upstream(Arc::new(Script::default())).await;
+    let gw = gateway(config(
+        vec![format!("http://{addr}")],
+        PolicyKind::RoundRobin,
+    ))
+    .await;
+    let body = json!({"model": "raw", "prompt": "x", "stream": true});
+    let (status, events) = http.sse(&gw.url(), "/v1/completions", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.len(), 5, "{events:?}");
+    let m = metrics_url(&gw);
+    eventually("the stream to be settled", || async {
+        http.metric(&m, "switchyard_requests_total", &[("status", "200")])
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(
+        http.metric(&m, "switchyard_inter_token_latency_seconds_count", &[])
+            .await,
+        2.0,
+        "three tokens, two gaps"
+    );
+}
+
+#[tokio::test]
 async fn data_parallel_rank_goes_in_header_and_optionally_body() {
+    let http = Http::new();
     let script = Arc::new(Script::default());
     let addr = start_upstream(script.clone()).await;
     let mut cfg = config(vec![format!("http://{addr}")], PolicyKind::RoundRobin);
@@ -231,7 +324,8 @@ async fn data_parallel_rank_goes_in_header_and_optionally_body() {
     let gw = gateway(cfg).await;
     for _ in 0..2 {
         script.gate.notify_one();
-        let resp = client()
+        let resp = http
+            .0
             .post(format!("{}/v1/chat/completions", gw.url()))
             .json(&body())
             .send()

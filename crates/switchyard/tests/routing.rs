@@ -1,61 +1,61 @@
 //! Each policy's behaviour through the gateway, against simulated engines.
 
-mod common;
-
-use common::*;
 use serde_json::json;
 use switchyard::PolicyKind;
 use switchyard_sim::{Faults, SimConfig};
+use switchyard_testkit::*;
 
-#[tokio::test]
-async fn round_robin_takes_turns() {
-    let sims = sims(3).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::RoundRobin)).await;
-    for i in 0..9 {
-        let (status, body) = post(
-            &gw.url(),
-            "/v1/chat/completions",
-            &chat(&format!("q{i}"), 2),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-    }
-    assert_eq!(per_server(&sims), [3, 3, 3]);
+/// Sends a completion and returns the index of the engine that took it.
+async fn served_by(bed: &TestBed, prompt: &str) -> usize {
+    let before = bed.per_server();
+    let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 1});
+    let (status, resp) = bed.post("/v1/completions", &body).await;
+    assert_eq!(status, 200, "{resp}");
+    let after = bed.per_server();
+    (0..after.len())
+        .find(|i| after[*i] != before[*i])
+        .expect("one engine took the request")
 }
 
 #[tokio::test]
-async fn random_uses_every_worker_eventually() {
-    let sims = sims(2).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::Random)).await;
-    for i in 0..40 {
-        assert_eq!(
-            post(
-                &gw.url(),
-                "/v1/completions",
-                &json!({"model": MODEL, "prompt": format!("p{i}"), "max_tokens": 1})
-            )
-            .await
-            .0,
-            200
-        );
+async fn round_robin_takes_turns() {
+    let bed = TestBed::start(3, PolicyKind::RoundRobin).await;
+    let mut order = Vec::new();
+    for i in 0..9 {
+        order.push(served_by(&bed, &format!("q{i}")).await);
     }
-    let counts = per_server(&sims);
-    assert!(counts.iter().all(|c| *c > 0), "{counts:?}");
+    assert_eq!(order[..3], order[3..6], "{order:?}");
+    assert_eq!(order[..3], order[6..], "{order:?}");
+    assert_eq!(bed.per_server(), [3, 3, 3]);
+}
+
+#[tokio::test]
+async fn random_picks_independently_not_in_turns() {
+    let bed = TestBed::start(2, PolicyKind::Random).await;
+    let mut order = Vec::new();
+    for i in 0..40 {
+        order.push(served_by(&bed, &format!("p{i}")).await);
+    }
+    assert!(order.contains(&0) && order.contains(&1), "{order:?}");
+    // Round robin would alternate strictly; 40 random picks do so with p = 2^-39.
+    assert!(
+        order.windows(2).any(|w| w[0] == w[1]),
+        "a strict rotation is not random: {order:?}"
+    );
 }
 
 #[tokio::test]
 async fn cache_aware_keeps_a_shared_prefix_on_one_worker() {
-    let sims = sims(3).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::CacheAware)).await;
-    let system = system_prompt(1, 1500);
+    let bed = TestBed::start(3, PolicyKind::CacheAware).await;
+    let system = prompt_text(1, 1500);
     let mut cached = Vec::new();
     for i in 0..8 {
-        let (status, body) = post(
-            &gw.url(),
-            "/v1/chat/completions",
-            &chat_with_system(&system, &format!("question {i}"), 2),
-        )
-        .await;
+        let (status, body) = bed
+            .post(
+                "/v1/chat/completions",
+                &chat_with_system(&system, &format!("question {i}"), 2),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         cached.push(
             body["usage"]["prompt_tokens_details"]["cached_tokens"]
@@ -63,44 +63,34 @@ async fn cache_aware_keeps_a_shared_prefix_on_one_worker() {
                 .unwrap(),
         );
     }
-    let counts = per_server(&sims);
+    let counts = bed.per_server();
     assert!(counts.contains(&8), "all on one worker: {counts:?}");
     assert!(
         cached[1..].iter().all(|c| *c > 1000),
         "engine cache hits after the first: {cached:?}"
     );
     assert!(
-        metric(
-            &metrics_url(&gw),
+        bed.metric(
             "switchyard_policy_decisions_total",
             &[("reason", "cache_hit")]
         )
         .await
             >= 7.0
     );
-    assert!(metric(&metrics_url(&gw), "switchyard_prefix_index_hit_ratio", &[]).await > 0.5);
+    assert!(bed.metric("switchyard_prefix_index_hit_ratio", &[]).await > 0.5);
 }
 
 #[tokio::test]
 async fn cache_aware_spreads_distinct_prefixes() {
-    let sims = sims(3).await;
-    let gw = gateway(config(sims.urls(), PolicyKind::CacheAware)).await;
+    let bed = TestBed::start(3, PolicyKind::CacheAware).await;
     for g in 0..12 {
-        let system = system_prompt(100 + g, 400);
+        let system = prompt_text(100 + g, 400);
         for q in 0..2 {
-            assert_eq!(
-                post(
-                    &gw.url(),
-                    "/v1/chat/completions",
-                    &chat_with_system(&system, &format!("q{q}"), 1)
-                )
-                .await
-                .0,
-                200
-            );
+            let body = chat_with_system(&system, &format!("q{q}"), 1);
+            assert_eq!(bed.post("/v1/chat/completions", &body).await.0, 200);
         }
     }
-    let counts = per_server(&sims);
+    let counts = bed.per_server();
     assert!(
         counts.iter().all(|c| *c >= 4),
         "groups spread over workers, not collapsed: {counts:?}"
@@ -113,96 +103,112 @@ async fn cache_aware_spreads_distinct_prefixes() {
 
 #[tokio::test]
 async fn cache_aware_spills_a_hot_prefix_when_its_worker_is_loaded() {
-    // Real-time engines so that requests overlap; a low imbalance threshold.
-    let sims = sims_with(SimConfig {
-        engines: 2,
-        time_scale: 1.0,
-        ..SimConfig::default()
+    // Every stream stalls after its first event, so requests pile up on the engines
+    // and the in-flight imbalance is there when each routing decision is made.
+    let sims = sims(2).await;
+    let stall = Faults {
+        stall_after_chunks: Some(1),
+        ..Faults::default()
+    };
+    let bed = TestBed::with(sims, |c| {
+        c.policy = PolicyKind::CacheAware;
+        c.balance_abs_threshold = 2;
+        c.balance_rel_threshold = 1.5;
     })
     .await;
-    let mut cfg = config(sims.urls(), PolicyKind::CacheAware);
-    cfg.balance_abs_threshold = 2;
-    cfg.balance_rel_threshold = 1.5;
-    let gw = gateway(cfg).await;
-    let system = system_prompt(7, 600);
-    assert_eq!(
-        post(
-            &gw.url(),
-            "/v1/chat/completions",
-            &chat_with_system(&system, "warm", 1)
-        )
-        .await
-        .0,
-        200
-    );
-    let url = gw.url();
-    let reqs = (0..16).map(|i| {
-        let (url, body) = (
-            url.clone(),
-            chat_with_system(&system, &format!("hot {i}"), 40),
-        );
-        async move { post(&url, "/v1/chat/completions", &body).await.0 }
-    });
-    let statuses = futures_util::future::join_all(reqs).await;
-    assert!(statuses.iter().all(|s| *s == 200));
-    let counts = per_server(&sims);
+    let system = prompt_text(7, 600);
+    let warm = chat_with_system(&system, "warm", 1);
+    assert_eq!(bed.post("/v1/chat/completions", &warm).await.0, 200);
+    for s in bed.sims.servers() {
+        s.set_faults(stall.clone()).unwrap();
+    }
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let mut body = chat_with_system(&system, &format!("hot {i}"), 4);
+        body["stream"] = json!(true);
+        let mut r = bed
+            .http
+            .0
+            .post(format!("{}/v1/chat/completions", bed.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.chunk().await.unwrap();
+        held.push(r);
+    }
+    let counts = bed.per_server();
     assert!(
         counts.iter().all(|c| *c >= 3),
         "load spilled to the other worker: {counts:?}"
     );
+    assert!(
+        bed.metric(
+            "switchyard_policy_decisions_total",
+            &[("reason", "balance")]
+        )
+        .await
+            >= 1.0
+    );
+    for s in bed.sims.servers() {
+        s.set_faults(Faults::default()).unwrap();
+    }
+    for mut r in held {
+        while r.chunk().await.unwrap().is_some() {}
+    }
 }
 
 #[tokio::test]
 async fn consistent_hash_keeps_sessions_and_walks_the_ring_on_failure() {
-    let sims = sims(3).await;
-    let mut cfg = config(sims.urls(), PolicyKind::ConsistentHash);
-    cfg.health_failure_threshold = 1;
-    cfg.health_success_threshold = 1;
-    let gw = gateway(cfg).await;
-    let send = |session: String| {
-        let url = gw.url();
-        async move {
-            let r = client()
-                .post(format!("{url}/v1/completions"))
-                .header("X-Session-ID", session)
-                .json(&json!({"model": MODEL, "prompt": "x", "max_tokens": 1}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-        }
+    let bed = TestBed::with(sims(3).await, |c| {
+        c.policy = PolicyKind::ConsistentHash;
+        c.health_failure_threshold = 1;
+        c.health_success_threshold = 1;
+    })
+    .await;
+    let send = |session: String| async {
+        let r = bed
+            .http
+            .0
+            .post(format!("{}/v1/completions", bed.url))
+            .header("X-Session-ID", session)
+            .json(&json!({"model": MODEL, "prompt": "x", "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
     };
     // Find each session's owner by the counter that moves.
     let mut owner = Vec::new();
     for s in 0..12 {
-        let before = per_server(&sims);
+        let before = bed.per_server();
         for _ in 0..3 {
             send(format!("s{s}")).await;
         }
-        let after = per_server(&sims);
+        let after = bed.per_server();
         let moved: Vec<usize> = (0..3).filter(|i| after[*i] != before[*i]).collect();
         assert_eq!(moved.len(), 1, "session s{s} stayed on one worker");
         assert_eq!(after[moved[0]] - before[moved[0]], 3);
         owner.push(moved[0]);
     }
     let victim = owner[0];
-    sims.server(victim)
+    bed.sims
+        .server(victim)
         .set_faults(Faults {
             health_fail: true,
             ..Faults::default()
         })
         .unwrap();
-    let victim_url = sims.urls()[victim].clone();
-    let gw_url = gw.url();
-    eventually("the owner to be marked unhealthy", || {
-        let (g, v) = (gw_url.clone(), victim_url.clone());
-        async move { !worker_healthy(&g, &v).await }
+    let victim_url = bed.sims.urls()[victim].clone();
+    eventually("the owner to be marked unhealthy", || async {
+        !worker_healthy(&bed.http, &bed.gateway, &victim_url).await
     })
     .await;
     for (s, o) in owner.iter().enumerate() {
-        let before = per_server(&sims);
+        let before = bed.per_server();
         send(format!("s{s}")).await;
-        let after = per_server(&sims);
+        let after = bed.per_server();
         let now = (0..3).find(|i| after[*i] != before[*i]).unwrap();
         if *o == victim {
             assert_ne!(now, victim, "s{s} moved off the unhealthy owner");
@@ -214,37 +220,37 @@ async fn consistent_hash_keeps_sessions_and_walks_the_ring_on_failure() {
 
 #[tokio::test]
 async fn consistent_hash_moves_a_session_when_its_owner_is_over_the_bound() {
-    let sims = sims_with(SimConfig {
-        engines: 2,
-        time_scale: 1.0,
-        ..SimConfig::default()
+    let sims = sims(2).await;
+    for s in sims.servers() {
+        s.set_faults(Faults {
+            stall_after_chunks: Some(1),
+            ..Faults::default()
+        })
+        .unwrap();
+    }
+    let bed = TestBed::with(sims, |c| {
+        c.policy = PolicyKind::ConsistentHash;
+        c.hash_load_factor = 1.0;
     })
     .await;
-    let mut cfg = config(sims.urls(), PolicyKind::ConsistentHash);
-    cfg.hash_load_factor = 1.0;
-    let gw = gateway(cfg).await;
-    let url = gw.url();
     let stream_req = || {
-        client()
-            .post(format!("{url}/v1/completions"))
+        bed.http
+            .0
+            .post(format!("{}/v1/completions", bed.url))
             .header("X-Session-ID", "sticky")
-            .json(&json!({"model": MODEL, "prompt": "x", "max_tokens": 2000, "stream": true}))
+            .json(&json!({"model": MODEL, "prompt": "x", "max_tokens": 20, "stream": true}))
             .send()
     };
-    // Two long streams of the same session: the second exceeds the owner's bound
+    // Two open streams of the same session: the second exceeds the owner's bound
     // (ceil(1.0 × (1 + 1) / 2) = 1 in flight) and walks to the other worker.
     let mut a = stream_req().await.unwrap();
     a.chunk().await.unwrap();
     let mut b = stream_req().await.unwrap();
     b.chunk().await.unwrap();
-    assert_eq!(per_server(&sims), [1, 1]);
+    assert_eq!(bed.per_server(), [1, 1]);
     assert_eq!(
-        metric(
-            &metrics_url(&gw),
-            "switchyard_policy_decisions_total",
-            &[("reason", "walked")]
-        )
-        .await,
+        bed.metric("switchyard_policy_decisions_total", &[("reason", "walked")])
+            .await,
         1.0
     );
 }
@@ -258,12 +264,14 @@ async fn power_of_two_avoids_the_engine_with_a_long_queue() {
         ..SimConfig::default()
     })
     .await;
-    let gw = gateway(config(sims.urls(), PolicyKind::PowerOfTwo)).await;
+    let bed = TestBed::with(sims, |c| c.policy = PolicyKind::PowerOfTwo).await;
     // Load engine 0 directly (behind the gateway's back): only its /metrics shows it.
-    let busy = sims.urls()[0].clone();
+    let busy = bed.sims.urls()[0].clone();
     let mut held = Vec::new();
     for _ in 0..12 {
-        let r = client()
+        let r = bed
+            .http
+            .0
             .post(format!("{busy}/v1/completions"))
             .json(&json!({"prompt": "x", "max_tokens": 5000, "stream": true}))
             .send()
@@ -271,36 +279,17 @@ async fn power_of_two_avoids_the_engine_with_a_long_queue() {
             .unwrap();
         held.push(r);
     }
-    let gw_url = gw.url();
-    eventually("the engine queue to be scraped", || {
-        let g = gw_url.clone();
-        async move {
-            let v: serde_json::Value = client()
-                .get(format!("{g}/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["workers"][0]["engine_waiting"].as_u64().unwrap_or(0) >= 8
-        }
+    eventually("the engine queue to be scraped", || async {
+        let (_, v) = bed.http.get(&format!("{}/health", bed.url)).await;
+        v["workers"][0]["engine_waiting"].as_u64().unwrap_or(0) >= 8
     })
     .await;
-    let before = per_server(&sims);
+    let before = bed.per_server();
     for i in 0..10 {
-        assert_eq!(
-            post(
-                &gw.url(),
-                "/v1/completions",
-                &json!({"model": MODEL, "prompt": format!("p{i}"), "max_tokens": 1})
-            )
-            .await
-            .0,
-            200
-        );
+        let body = json!({"model": MODEL, "prompt": format!("p{i}"), "max_tokens": 1});
+        assert_eq!(bed.post("/v1/completions", &body).await.0, 200);
     }
-    let after = per_server(&sims);
+    let after = bed.per_server();
     assert_eq!(after[0], before[0], "nothing routed to the loaded engine");
     assert_eq!(after[1] - before[1], 10);
     drop(held);

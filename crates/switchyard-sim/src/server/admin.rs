@@ -51,7 +51,21 @@ pub async fn faults_and_load(
     if f.hang_rate > 0.0 && fastrand::f64() < f.hang_rate {
         std::future::pending::<()>().await;
     }
-    if f.error_rate > 0.0 && fastrand::f64() < f.error_rate {
+    let mut req = req;
+    let mut poisoned = false;
+    if let Some(needle) = &f.error_match {
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(b) => b,
+            Err(e) => {
+                return ApiError::bad_request(format!("reading the body: {e}"), None)
+                    .into_response();
+            }
+        };
+        poisoned = contains_bytes(&bytes, needle.as_bytes());
+        req = Request::from_parts(parts, Body::from(bytes));
+    }
+    if poisoned || (f.error_rate > 0.0 && fastrand::f64() < f.error_rate) {
         let status =
             StatusCode::from_u16(f.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut err = ApiError::new(status, format!("injected fault: {}", status.as_u16()));
@@ -62,14 +76,19 @@ pub async fn faults_and_load(
     }
     let resp = next.run(req).await;
     let (parts, body) = resp.into_parts();
-    if f.crash_after_chunks.is_none() && body.size_hint().exact().is_some() {
+    if f.crash_after_chunks.is_none()
+        && f.stall_after_chunks.is_none()
+        && body.size_hint().exact().is_some()
+    {
         // A complete body: nothing to watch, the load ends with the handler.
         return Response::from_parts(parts, body);
     }
     let crash = f.crash_after_chunks;
+    let stall = f.stall_after_chunks;
+    let faults = st.faults.subscribe();
     let stream = futures_util::stream::unfold(
-        (body.into_data_stream(), 0u64, guard, false),
-        move |(mut s, n, g, dead)| async move {
+        (body.into_data_stream(), 0u64, guard, false, faults),
+        move |(mut s, n, g, dead, mut faults)| async move {
             if dead {
                 return None;
             }
@@ -77,16 +96,26 @@ pub async fn faults_and_load(
                 // Let the connection flush the chunks already written, then cut it.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let err = std::io::Error::other("injected crash");
-                return Some((Err(err), (s, n, g, true)));
+                return Some((Err(err), (s, n, g, true, faults)));
             }
             match s.next().await {
-                Some(Ok(b)) => Some((Ok(b), (s, n + 1, g, false))),
-                Some(Err(e)) => Some((Err(std::io::Error::other(e)), (s, n, g, true))),
+                Some(Ok(b)) => {
+                    if stall.is_some_and(|k| n == k) {
+                        // Held until the faults are replaced (or the server stops).
+                        let _ = faults.wait_for(|f| f.stall_after_chunks != stall).await;
+                    }
+                    Some((Ok(b), (s, n + 1, g, false, faults)))
+                }
+                Some(Err(e)) => Some((Err(std::io::Error::other(e)), (s, n, g, true, faults))),
                 None => None,
             }
         },
     );
     Response::from_parts(parts, Body::from_stream(stream))
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `GET /health`: 200 with an empty body, unless a health fault is set.

@@ -1,11 +1,48 @@
-//! The one configuration schema. CLI flags and the YAML file (`--config`) both fill this
-//! struct; a flag given on the command line overrides the file. Every option has one
-//! name: `--flag-name` on the CLI, `flag_name` in YAML and in the docs.
+//! The one configuration schema. CLI flags ([`cli`]) and the YAML file (`--config`)
+//! both fill [`Config`]; a flag given on the command line overrides the file. Every
+//! option has one name: `--flag-name` on the CLI, `flag_name` in YAML and in the docs.
+//! [`validate`] checks values and their relations; [`policy`] holds a model's own
+//! policy settings.
 
-use std::path::{Path, PathBuf};
+pub mod cli;
+pub mod policy;
+pub mod validate;
 
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
+
+pub use cli::{Cli, Command};
+pub use policy::ModelSettings;
+
+/// A configuration error; the message names the option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{option}: {reason}")]
+    Invalid { option: String, reason: String },
+    #[error("--config {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("models.{model}: {source}")]
+    Model {
+        model: String,
+        #[source]
+        source: Box<ConfigError>,
+    },
+    #[error("label `{label}`: {reason}")]
+    Label { label: String, reason: String },
+    #[error("{0}")]
+    Args(String),
+}
+
+/// An invalid value of `--option`.
+pub(crate) fn invalid(option: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option: option.to_string(),
+        reason: reason.into(),
+    }
+}
 
 /// Routing policy for choosing a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -25,98 +62,6 @@ pub enum PolicyKind {
 pub enum PdMode {
     Vllm,
     Sglang,
-}
-
-/// A model's own routing policy and settings; `None` inherits the gateway-wide value.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelSettings {
-    pub policy: Option<PolicyKind>,
-    pub cache_threshold: Option<f64>,
-    pub balance_abs_threshold: Option<usize>,
-    pub balance_rel_threshold: Option<f64>,
-    pub max_tree_size: Option<usize>,
-    pub cache_queue_weight: Option<f64>,
-    pub hash_load_factor: Option<f64>,
-}
-
-impl ModelSettings {
-    /// Label naming a model's policy on its workers; `policy.<setting>` labels carry
-    /// the settings (e.g. `policy.cache_threshold=0.5`).
-    pub const LABEL: &'static str = "policy";
-
-    /// Settings from worker labels (`policy`, `policy.<setting>`); `None` when the
-    /// labels carry none.
-    pub fn from_labels(
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Option<ModelSettings>, String> {
-        let mut map = serde_json::Map::new();
-        for (k, v) in labels {
-            let key = if k == Self::LABEL {
-                "policy"
-            } else if let Some(setting) = k.strip_prefix("policy.") {
-                setting
-            } else {
-                continue;
-            };
-            let value = serde_json::from_str::<serde_json::Value>(v)
-                .ok()
-                .filter(|v| v.is_number())
-                .unwrap_or_else(|| serde_json::Value::String(v.clone()));
-            map.insert(key.to_string(), value);
-        }
-        if map.is_empty() {
-            return Ok(None);
-        }
-        serde_path_to_error::deserialize(serde_json::Value::Object(map))
-            .map(Some)
-            .map_err(|e| format!("label `policy.{}`: {}", e.path(), e.inner()))
-    }
-
-    /// `base` with these settings applied.
-    pub fn apply(&self, base: &Config) -> Config {
-        let mut c = base.clone();
-        c.models.clear();
-        c.model_policy.clear();
-        if let Some(v) = self.policy {
-            c.policy = v;
-        }
-        if let Some(v) = self.cache_threshold {
-            c.cache_threshold = v;
-        }
-        if let Some(v) = self.balance_abs_threshold {
-            c.balance_abs_threshold = v;
-        }
-        if let Some(v) = self.balance_rel_threshold {
-            c.balance_rel_threshold = v;
-        }
-        if let Some(v) = self.max_tree_size {
-            c.max_tree_size = v;
-        }
-        if let Some(v) = self.cache_queue_weight {
-            c.cache_queue_weight = v;
-        }
-        if let Some(v) = self.hash_load_factor {
-            c.hash_load_factor = v;
-        }
-        c
-    }
-}
-
-/// `switchyard`: an OpenAI-compatible gateway in front of vLLM / SGLang engines.
-#[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the gateway in front of the given workers.
-    Serve(Box<Config>),
-    /// Run the gateway with 3 embedded simulated engines (no GPU needed).
-    Demo(Box<Config>),
 }
 
 /// Every gateway option.
@@ -165,7 +110,7 @@ pub struct Config {
     /// `max_tree_size`, `cache_queue_weight`, `hash_load_factor`. Unset ones inherit the
     /// top-level value.
     #[arg(skip)]
-    pub models: std::collections::BTreeMap<String, ModelSettings>,
+    pub models: BTreeMap<String, ModelSettings>,
     /// A model alias, as ALIAS=MODEL (repeatable): requests naming ALIAS go to MODEL's
     /// workers, and the body forwarded names MODEL.
     #[arg(long, value_delimiter = ',')]
@@ -333,7 +278,8 @@ pub struct Config {
     pub rate_limit_tokens_per_second: f64,
 
     // --- worker API ---
-    /// Address of the admin listener (worker API); the data plane never serves it.
+    /// Address of the admin listener (worker API); the data plane never serves it. An
+    /// address other than loopback needs --admin-api-key.
     #[arg(long, default_value = "127.0.0.1")]
     pub admin_host: String,
     /// Port of the admin listener (0: a free port).
@@ -343,9 +289,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
     /// Hosts or CIDRs (e.g. 10.0.0.0/8) workers may be registered at through the API;
-    /// none: any. Guards against the API being used to reach arbitrary hosts.
+    /// none: any. Guards against the API being used to reach arbitrary hosts. Host
+    /// names are resolved once, at startup; a registered worker is connected to the
+    /// allowed address its host resolved to at registration.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub worker_allowlist: Vec<String>,
+    /// Ports workers may be registered at through the API; none: any.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub worker_allowed_ports: Vec<u16>,
     /// Longest a deleted worker may keep serving its in-flight requests before removal.
     #[arg(long, default_value_t = 60)]
     pub drain_timeout_secs: u64,
@@ -376,6 +327,10 @@ pub struct Config {
     /// Sent to engines as `Authorization: Bearer <key>`.
     #[arg(long, env = "SWITCHYARD_WORKER_API_KEY", hide_env_values = true)]
     pub worker_api_key: Option<String>,
+    /// Forward the client's own `Authorization` header to engines (when no
+    /// --worker-api-key is set). Off by default: a client's key stays at the gateway.
+    #[arg(long)]
+    pub forward_client_auth: bool,
     /// Origins allowed by CORS (`*` for any); none: CORS headers are not sent.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
@@ -400,296 +355,5 @@ impl Default for Config {
             c: Config,
         }
         Only::parse_from(["switchyard"]).c
-    }
-}
-
-impl Config {
-    /// Parses the process arguments: returns the subcommand's config with the YAML file
-    /// (if any) applied under the flags given on the command line.
-    pub fn from_args() -> anyhow::Result<(bool, Config)> {
-        Self::from_arg_list(std::env::args_os())
-    }
-
-    /// As [`from_args`](Self::from_args), for a given argument list. Returns whether the
-    /// subcommand is `demo`.
-    pub fn from_arg_list<I, T>(args: I) -> anyhow::Result<(bool, Config)>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let matches = Cli::command().try_get_matches_from(args).map_err(|e| {
-            let _ = e.print();
-            std::process::exit(e.exit_code());
-        })?;
-        let cli = Cli::from_arg_matches(&matches)?;
-        let (demo, sub) = match matches.subcommand() {
-            Some((name, sub)) => (name == "demo", sub),
-            None => anyhow::bail!("a subcommand is required"),
-        };
-        let cfg = match cli.command {
-            Command::Serve(c) | Command::Demo(c) => *c,
-        };
-        let merged = match &cfg.config {
-            Some(path) => Self::merge_file(path, &cfg, sub)?,
-            None => cfg,
-        };
-        Ok((demo, merged))
-    }
-
-    /// Loads `path` and applies the command-line flags on top of it.
-    fn merge_file(path: &Path, cli: &Config, matches: &ArgMatches) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
-        let mut file: serde_json::Value = serde_yaml::from_str::<serde_json::Value>(&text)
-            .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
-        if file.is_null() {
-            file = serde_json::json!({});
-        }
-        let Some(map) = file.as_object_mut() else {
-            anyhow::bail!(
-                "--config {}: expected a mapping of option names to values",
-                path.display()
-            );
-        };
-        let cli_values = serde_json::to_value(cli)?;
-        for id in matches.ids() {
-            let id = id.as_str();
-            if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
-                if let Some(v) = cli_values.get(id) {
-                    map.insert(id.to_string(), v.clone());
-                }
-            }
-        }
-        let mut cfg: Config = serde_path_to_error::deserialize(file).map_err(|e| {
-            anyhow::anyhow!(
-                "--config {}: option `{}`: {}",
-                path.display(),
-                e.path(),
-                e.inner()
-            )
-        })?;
-        cfg.config = Some(path.to_path_buf());
-        Ok(cfg)
-    }
-
-    /// `--prefill` as (URL, bootstrap port) pairs, validated; `--decode` URLs validated.
-    pub fn pd_workers(&self) -> Result<Vec<(String, Option<u16>)>, String> {
-        let mut out: Vec<(String, Option<u16>)> = Vec::new();
-        for v in &self.prefill {
-            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-                let port = v
-                    .parse::<u16>()
-                    .map_err(|_| format!("--prefill bootstrap port {v:?} is not a port number"))?;
-                match out.last_mut() {
-                    Some((_, p @ None)) => *p = Some(port),
-                    _ => return Err(format!("--prefill bootstrap port {v} must follow a URL")),
-                }
-            } else {
-                crate::fleet::parse_worker_url(v).map_err(|e| format!("--prefill {v:?}: {e}"))?;
-                out.push((v.clone(), None));
-            }
-        }
-        for url in &self.decode {
-            crate::fleet::parse_worker_url(url).map_err(|e| format!("--decode {url:?}: {e}"))?;
-        }
-        Ok(out)
-    }
-
-    /// `--model-alias` as a map from alias to model.
-    pub fn aliases(
-        &self,
-    ) -> Result<std::collections::HashMap<String, std::sync::Arc<str>>, String> {
-        self.model_alias
-            .iter()
-            .map(|pair| match pair.split_once('=') {
-                Some((a, m)) if !a.is_empty() && !m.is_empty() && a != m => {
-                    Ok((a.to_string(), std::sync::Arc::from(m)))
-                }
-                _ => Err(format!("--model-alias {pair:?}: expected ALIAS=MODEL")),
-            })
-            .collect()
-    }
-
-    /// Checks the settings a policy reads (also run on each model's own settings).
-    pub fn validate_policy_settings(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.cache_threshold) {
-            return Err(format!(
-                "--cache-threshold must be between 0 and 1, got {}",
-                self.cache_threshold
-            ));
-        }
-        if self.balance_rel_threshold.is_nan() || self.balance_rel_threshold < 1.0 {
-            return Err("--balance-rel-threshold must be at least 1.0".into());
-        }
-        if self.hash_load_factor.is_nan() || self.hash_load_factor < 1.0 {
-            return Err("--hash-load-factor must be at least 1.0".into());
-        }
-        if self.cache_queue_weight.is_nan() || self.cache_queue_weight < 0.0 {
-            return Err("--cache-queue-weight must be non-negative".into());
-        }
-        if self.max_tree_size == 0 {
-            return Err("--max-tree-size must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    /// Checks values and their relations; the message names the option.
-    pub fn validate(&self) -> Result<(), String> {
-        for url in &self.worker_urls {
-            crate::fleet::parse_worker_url(url)
-                .map_err(|e| format!("--worker-urls {url:?}: {e}"))?;
-        }
-        let unit = |name: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!("--{name} must be between 0 and 1, got {v}"))
-            }
-        };
-        self.validate_policy_settings()?;
-        unit("retry-jitter-factor", self.retry_jitter_factor)?;
-        if self.retry_backoff_multiplier.is_nan() || self.retry_backoff_multiplier < 1.0 {
-            return Err("--retry-backoff-multiplier must be at least 1.0".into());
-        }
-        if !(self.rate_limit_tokens_per_second >= 0.0
-            && self.rate_limit_tokens_per_second.is_finite())
-        {
-            return Err("--rate-limit-tokens-per-second must be a non-negative number".into());
-        }
-        let positive = [
-            ("request-timeout-secs", self.request_timeout_secs as usize),
-            ("max-payload-size", self.max_payload_size),
-            ("cache-block-size", self.cache_block_size),
-            ("dp-size", self.dp_size),
-            ("eviction-interval", self.eviction_interval as usize),
-            ("load-interval-secs", self.load_interval_secs as usize),
-            ("cb-failure-threshold", self.cb_failure_threshold as usize),
-            ("cb-success-threshold", self.cb_success_threshold as usize),
-            (
-                "cb-timeout-duration-secs",
-                self.cb_timeout_duration_secs as usize,
-            ),
-            (
-                "cb-window-duration-secs",
-                self.cb_window_duration_secs as usize,
-            ),
-            (
-                "health-check-interval-secs",
-                self.health_check_interval_secs as usize,
-            ),
-            (
-                "health-check-timeout-secs",
-                self.health_check_timeout_secs as usize,
-            ),
-            (
-                "health-failure-threshold",
-                self.health_failure_threshold as usize,
-            ),
-            (
-                "health-success-threshold",
-                self.health_success_threshold as usize,
-            ),
-            ("queue-timeout-secs", self.queue_timeout_secs as usize),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("--{name} must be at least 1"));
-            }
-        }
-        if self.retry_initial_backoff_ms > self.retry_max_backoff_ms {
-            return Err("--retry-initial-backoff-ms must not exceed --retry-max-backoff-ms".into());
-        }
-        if !self.health_check_endpoint.starts_with('/') {
-            return Err("--health-check-endpoint must start with /".into());
-        }
-        if self
-            .request_id_headers
-            .iter()
-            .any(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
-        {
-            return Err("--request-id-headers must be valid header names".into());
-        }
-        if let Some(h) = &self.hash_header {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(format!("--hash-header {h:?} is not a valid header name"));
-            }
-        }
-        crate::routing::Policies::new(self)?;
-        self.pd_workers()?;
-        if !self.pd_disaggregation && (!self.prefill.is_empty() || !self.decode.is_empty()) {
-            return Err("--prefill / --decode need --pd-disaggregation".into());
-        }
-        if self.pd_disaggregation
-            && !self.service_discovery
-            && (self.prefill.is_empty() || self.decode.is_empty())
-        {
-            return Err(
-                "--pd-disaggregation needs at least one --prefill and one --decode worker (or --service-discovery with --prefill-selector and --decode-selector)".into(),
-            );
-        }
-        crate::fleet::kubernetes::check_selector("selector", &self.selector)?;
-        crate::fleet::kubernetes::check_selector("prefill-selector", &self.prefill_selector)?;
-        crate::fleet::kubernetes::check_selector("decode-selector", &self.decode_selector)?;
-        if self.service_discovery {
-            if self.pd_disaggregation {
-                if self.prefill_selector.is_empty() || self.decode_selector.is_empty() {
-                    return Err("--service-discovery with --pd-disaggregation needs --prefill-selector and --decode-selector".into());
-                }
-                if !self.selector.is_empty() {
-                    return Err("--selector applies without --pd-disaggregation; use --prefill-selector and --decode-selector".into());
-                }
-            } else {
-                if self.selector.is_empty() {
-                    return Err("--service-discovery needs --selector KEY=VALUE".into());
-                }
-                if !self.prefill_selector.is_empty() || !self.decode_selector.is_empty() {
-                    return Err(
-                        "--prefill-selector / --decode-selector need --pd-disaggregation".into(),
-                    );
-                }
-            }
-            if self.service_discovery_port == 0 {
-                return Err("--service-discovery-port must be a port number".into());
-            }
-            if self.service_discovery_relist_secs == 0 {
-                return Err("--service-discovery-relist-secs must be at least 1".into());
-            }
-            if let Some(url) = &self.kube_api_url {
-                url.parse::<http::Uri>()
-                    .ok()
-                    .filter(|u| u.scheme().is_some() && u.authority().is_some())
-                    .ok_or_else(|| format!("--kube-api-url {url:?} is not a URL"))?;
-            }
-        } else if !self.selector.is_empty()
-            || !self.prefill_selector.is_empty()
-            || !self.decode_selector.is_empty()
-        {
-            return Err(
-                "--selector / --prefill-selector / --decode-selector need --service-discovery"
-                    .into(),
-            );
-        }
-        self.aliases()?;
-        for entry in &self.worker_allowlist {
-            if let Some((net, len)) = entry.split_once('/') {
-                let ok = match net.parse::<std::net::IpAddr>() {
-                    Ok(std::net::IpAddr::V4(_)) => len.parse::<u32>().is_ok_and(|l| l <= 32),
-                    Ok(std::net::IpAddr::V6(_)) => len.parse::<u32>().is_ok_and(|l| l <= 128),
-                    Err(_) => false,
-                };
-                if !ok {
-                    return Err(format!("--worker-allowlist {entry:?} is not a valid CIDR"));
-                }
-            } else if entry.is_empty() {
-                return Err("--worker-allowlist entries must not be empty".into());
-            }
-        }
-        if self.admin_api_key.as_deref() == Some("") {
-            return Err("--admin-api-key must not be empty".into());
-        }
-        if self.api_key.as_deref() == Some("") {
-            return Err("--api-key must not be empty".into());
-        }
-        Ok(())
     }
 }

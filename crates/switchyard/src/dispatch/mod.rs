@@ -1,28 +1,30 @@
-//! Dispatch: send a routed request upstream, retrying with exponential backoff and
-//! re-selection on connect errors and on 408/429/500/502/503/504 answered before any
-//! byte reached the client, then stream the answer back.
+//! The `send` phase: one attempt of a request to the worker(s) selected for it, by one
+//! of two strategies — colocated (one worker serves the whole request) or
+//! prefill/decode ([`pd`]: a prefill worker, then a decode worker). An attempt either
+//! gets response headers to stream back ([`Outcome::Answered`]) or fails before any
+//! byte reached the client ([`Outcome::Failed`]), saying whether a retry may help and
+//! which worker to avoid. The pipeline sequences attempts; this module decides what an
+//! engine's answer means and how long to back off.
 
-pub mod client;
 pub mod pd;
-pub mod stream;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
+use hyper::body::Incoming;
 
+use crate::config::PdMode;
 use crate::error::ApiError;
-use crate::fleet::{Registry, Worker, WorkerId};
-use crate::metrics::{DecisionLabels, Metrics, ReasonLabel};
+use crate::fleet::{Verdict, WorkerId, WorkerRole};
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::request::RequestView;
-use crate::request::set_fields;
-use crate::routing::Policies;
-use stream::{ObservedBody, Settle};
+use crate::request::body::{Field, rewrite};
+use crate::routing::Assignment;
+use crate::shutdown::Shutdown;
+use crate::upstream;
 
 /// Retry settings.
 #[derive(Clone, Debug)]
@@ -44,33 +46,18 @@ impl RetryConfig {
     }
 }
 
-/// Dispatch settings.
-#[derive(Clone, Debug)]
-pub struct DispatchConfig {
-    pub retry: RetryConfig,
-    /// Time allowed until upstream response headers.
-    pub timeout: Duration,
-    /// `Authorization` sent to engines (`--worker-api-key`).
-    pub worker_auth: Option<HeaderValue>,
-    /// Forward the client's own `Authorization` (only when the gateway has no keys).
-    pub forward_client_auth: bool,
-    pub passive_failure_threshold: u32,
-    /// Add `data_parallel_rank` to the body of requests to a data-parallel rank.
-    pub dp_rank_in_body: bool,
-}
-
-/// Sends requests upstream.
-pub struct Dispatcher {
-    pub cfg: DispatchConfig,
-    pub metrics: Arc<Metrics>,
-    pub registry: Arc<Registry>,
-    pub policies: Arc<Policies>,
-    /// Prefill/decode disaggregation, when on.
-    pub pd: Option<pd::Pd>,
-}
-
-fn retryable(status: StatusCode) -> bool {
+/// Whether an engine's status may be retried on another worker.
+pub fn retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// How an answer with `status` counts against the worker that gave it.
+pub fn verdict(status: StatusCode) -> Verdict {
+    match status.as_u16() {
+        408 | 429 => Verdict::Throttled,
+        s if s >= 500 => Verdict::Failure,
+        _ => Verdict::Success,
+    }
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -94,184 +81,258 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Removes connection-specific headers from a response passed back to the client.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let drop: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| hop_by_hop(n) && *n != header::CONTENT_LENGTH)
+        .cloned()
+        .collect();
+    for n in drop {
+        h.remove(n);
+    }
+}
+
+/// How requests are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// One worker serves the whole request.
+    Colocated,
+    /// A prefill worker, then a decode worker, talking `PdMode`.
+    Disaggregated(PdMode),
+}
+
+impl Strategy {
+    /// The roles of the workers one attempt needs, in the order they are selected.
+    pub fn roles(self) -> &'static [WorkerRole] {
+        match self {
+            Strategy::Colocated => &[WorkerRole::Regular],
+            Strategy::Disaggregated(_) => &[WorkerRole::Prefill, WorkerRole::Decode],
+        }
+    }
+
+    /// The `reason` label of a retry.
+    pub fn retry_reason(self) -> &'static str {
+        match self {
+            Strategy::Colocated => "upstream_failure",
+            Strategy::Disaggregated(_) => "pd_pair",
+        }
+    }
+}
+
+/// Dispatch settings.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    pub retry: RetryConfig,
+    /// Time allowed until upstream response headers.
+    pub timeout: Duration,
+    /// `Authorization` sent to engines (`--worker-api-key`).
+    pub worker_auth: Option<HeaderValue>,
+    /// Forward the client's own `Authorization` (`--forward-client-auth`).
+    pub forward_client_auth: bool,
+    /// Add `data_parallel_rank` to the body of requests to a data-parallel rank.
+    pub dp_rank_in_body: bool,
+}
+
+/// Sends attempts upstream.
+pub struct Dispatcher {
+    pub cfg: DispatchConfig,
+    pub strategy: Strategy,
+    pub metrics: std::sync::Arc<Metrics>,
+    /// Tracks work that outlives an attempt (a prefill answer read in the background).
+    pub shutdown: Shutdown,
+}
+
+/// What every attempt of one request shares.
+pub struct Outgoing<'a> {
+    pub view: &'a std::sync::Arc<RequestView>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+    pub request_id: &'a str,
+}
+
+/// The workers selected for one attempt, in [`Strategy::roles`] order.
+pub type Target = Vec<Assignment>;
+
+/// An attempt's assignment whose verdict waits for the end of the request, so that an
+/// answer the request got from several workers can be blamed on the request.
+pub struct Charge {
+    pub assignment: Assignment,
+    pub verdict: Verdict,
+    /// The engine's status, when it answered.
+    pub answer: Option<StatusCode>,
+}
+
+/// An attempt that failed before any byte reached the client.
+pub struct Failure {
+    /// What the client gets if no retry follows.
+    pub error: ApiError,
+    /// Whether another attempt may succeed.
+    pub retry: bool,
+    /// Workers the next attempt should avoid.
+    pub avoid: Vec<WorkerId>,
+    /// Assignments of this attempt not yet settled.
+    pub charges: Vec<Charge>,
+}
+
+/// How an attempt ended.
+pub enum Outcome {
+    /// Headers arrived: stream this body back, and settle `assignment` when it ends.
+    Answered {
+        response: http::Response<Incoming>,
+        assignment: Assignment,
+    },
+    Failed(Failure),
+}
+
+/// Why a call got no response headers.
+enum CallError {
+    Timeout,
+    Unreachable(String),
+}
+
 impl Dispatcher {
-    /// Routes and sends one request; the returned response streams the engine's body.
-    pub async fn dispatch(
-        &self,
-        view: RequestView,
-        headers: &HeaderMap,
-        body: Bytes,
-        request_id: &str,
-        start: Instant,
-        admission: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Response {
-        if let Some(pd) = &self.pd {
-            let resp = self
-                .dispatch_pd(pd, view, headers, body, request_id, start)
-                .await;
-            return match admission {
-                Some(permit) => crate::server::middleware::hold(resp, permit),
-                None => resp,
-            };
-        }
-        let view = Arc::new(view);
-        let policy = self.policies.for_model(&view.model);
-        let max_attempts = self.cfg.retry.max_retries + 1;
-        let mut tried: Vec<WorkerId> = Vec::new();
-        let mut last_error: Option<ApiError> = None;
-        for attempt in 0..max_attempts {
-            let Some(candidates) = self.candidates(&view.model, &tried, attempt).await else {
-                break;
-            };
-            let Some(pick) = policy.pick(&candidates, &view) else {
-                break;
-            };
-            self.metrics
-                .decisions
-                .get_or_create(&DecisionLabels {
-                    policy: policy.name(),
-                    reason: pick.reason,
-                })
-                .inc();
-            let worker = candidates[pick.index].clone();
-            tried.push(worker.id.clone());
-            let Some(permit) = worker.breaker.acquire() else {
-                continue; // its breaker closed the door since filtering
-            };
-            if attempt > 0 {
-                self.metrics
-                    .retries
-                    .get_or_create(&ReasonLabel {
-                        reason: "upstream_failure",
-                    })
-                    .inc();
+    /// Sends one attempt. `last` says no retry follows, so a retryable answer is passed
+    /// through rather than reported as a failure.
+    pub async fn send(&self, target: Target, out: &Outgoing<'_>, last: bool) -> Outcome {
+        match self.strategy {
+            Strategy::Colocated => {
+                let a = target.into_iter().next().expect("one worker per attempt");
+                self.colocated(a, out, last).await
             }
-            let in_flight = worker.begin();
-            policy.on_routed(&worker, &view);
-            let req = self.upstream_request(&worker, &view, headers, body.clone(), request_id);
-            let result = tokio::time::timeout(self.cfg.timeout, client::local().request(req)).await;
-            let retries_left = attempt + 1 < max_attempts;
-            match result {
-                Err(_) => {
-                    permit.record(false);
-                    worker.record_upstream(false, self.cfg.passive_failure_threshold);
-                    policy.on_finished(&worker, &view, false);
-                    self.upstream_error("timeout");
-                    return ApiError::gateway_timeout(format!(
-                        "Upstream {} did not answer within {} s",
-                        worker.label,
-                        self.cfg.timeout.as_secs()
-                    ))
-                    .into_response();
+            Strategy::Disaggregated(mode) => {
+                let mut it = target.into_iter();
+                let (p, d) = (it.next(), it.next());
+                let (Some(p), Some(d)) = (p, d) else {
+                    unreachable!("prefill/decode attempts get a prefill and a decode worker");
+                };
+                match mode {
+                    PdMode::Vllm => self.vllm_pair(p, d, out).await,
+                    PdMode::Sglang => self.sglang_pair(p, d, out).await,
                 }
-                Ok(Err(e)) => {
-                    permit.record(false);
-                    if worker.record_upstream(false, self.cfg.passive_failure_threshold) {
-                        tracing::warn!(worker = %worker.label, "worker ejected after consecutive upstream failures");
-                    }
-                    policy.on_finished(&worker, &view, false);
-                    self.upstream_error("connect");
-                    tracing::debug!(worker = %worker.label, error = %e, attempt, "upstream request failed");
-                    last_error = Some(ApiError::bad_gateway(format!(
-                        "Upstream {} failed: {e}",
-                        worker.label
-                    )));
-                }
-                Ok(Ok(resp)) if retryable(resp.status()) && retries_left => {
-                    let status = resp.status();
-                    let wait = retry_after(resp.headers());
-                    if let Some(d) = wait {
-                        worker.cool_down(d);
-                    }
-                    let server_error = status.is_server_error();
-                    if server_error {
-                        permit.record(false);
-                    } else {
-                        drop(permit);
-                    }
-                    worker.record_upstream(!server_error, self.cfg.passive_failure_threshold);
-                    policy.on_finished(&worker, &view, false);
-                    self.upstream_error("status");
-                    last_error = Some(ApiError::upstream_status(
-                        status,
-                        wait,
-                        format!("Upstream {} answered {status}", worker.label),
-                    ));
-                }
-                Ok(Ok(resp)) => {
-                    let (mut parts, incoming) = resp.into_parts();
-                    parts.headers.retain_hop_by_hop();
-                    let settle = Settle {
-                        start,
-                        view: view.clone(),
-                        in_flight,
-                        permit: Some(permit),
-                        admission,
-                        status: parts.status,
-                        request_id: request_id.to_string(),
-                        metrics: self.metrics.clone(),
-                        policy: policy.clone(),
-                        passive_failure_threshold: self.cfg.passive_failure_threshold,
-                        attempts: attempt + 1,
-                    };
-                    return Response::from_parts(
-                        parts,
-                        Body::new(ObservedBody::new(incoming, settle)),
-                    );
-                }
-            }
-            if retries_left {
-                tokio::time::sleep(self.cfg.retry.backoff(attempt)).await;
-            }
-        }
-        match last_error {
-            Some(e) => e.into_response(),
-            None => {
-                self.metrics.reject("no_worker");
-                ApiError::unavailable(
-                    "no_healthy_worker",
-                    format!("No healthy worker is available for model `{}`", view.model),
-                    1,
-                )
-                .into_response()
             }
         }
     }
 
-    /// Workers to choose from on this attempt: eligible ones not yet tried (all eligible
-    /// ones if every one was tried). On a retry with none eligible, waits for a worker
-    /// cooling down after a Retry-After if that fits within the backoff bound.
-    async fn candidates(
-        &self,
-        model: &str,
-        tried: &[WorkerId],
-        attempt: u32,
-    ) -> Option<Vec<Arc<Worker>>> {
-        let mut all = self.registry.candidates(model);
-        if all.is_empty() && attempt > 0 {
-            let cooling: Vec<Arc<Worker>> = self
-                .registry
-                .all()
-                .iter()
-                .filter(|w| w.is_healthy() && w.serves(model) && w.cooling_down())
-                .cloned()
-                .collect();
-            let wait = cooling.iter().map(|w| w.cooldown_remaining()).min()?;
-            if wait > self.cfg.retry.max_backoff {
-                return None;
+    async fn colocated(&self, a: Assignment, out: &Outgoing<'_>, last: bool) -> Outcome {
+        let w = a.worker().clone();
+        let body = match w.id.dp_rank {
+            Some(rank) if self.cfg.dp_rank_in_body => {
+                match self.rewritten(out, &[("data_parallel_rank", Some(rank.into()))]) {
+                    Ok(b) => b,
+                    Err(e) => return self.unsent(e, vec![a]),
+                }
             }
-            tokio::time::sleep(wait).await;
-            all = self.registry.candidates(model);
+            _ => out.body.clone(),
+        };
+        match self.call(&a, out, body).await {
+            Err(CallError::Timeout) => {
+                self.upstream_error("timeout");
+                Outcome::Failed(Failure {
+                    error: self.timeout_error(&w.api_id),
+                    retry: false,
+                    avoid: vec![w.id.clone()],
+                    charges: vec![Charge {
+                        assignment: a,
+                        verdict: Verdict::Failure,
+                        answer: None,
+                    }],
+                })
+            }
+            Err(CallError::Unreachable(e)) => {
+                self.upstream_error("connect");
+                tracing::debug!(worker = %w.label, error = %e, "upstream request failed");
+                Outcome::Failed(Failure {
+                    error: ApiError::bad_gateway(format!("Upstream {} failed: {e}", w.api_id)),
+                    retry: true,
+                    avoid: vec![w.id.clone()],
+                    charges: vec![Charge {
+                        assignment: a,
+                        verdict: Verdict::Failure,
+                        answer: None,
+                    }],
+                })
+            }
+            Ok(resp) if retryable(resp.status()) && !last => {
+                self.upstream_error("status");
+                let status = resp.status();
+                let wait = retry_after(resp.headers());
+                if let Some(d) = wait {
+                    w.cool_down(d);
+                }
+                Outcome::Failed(Failure {
+                    error: ApiError::upstream_status(
+                        status,
+                        wait,
+                        format!("Upstream {} answered {status}", w.api_id),
+                    ),
+                    retry: true,
+                    avoid: vec![w.id.clone()],
+                    charges: vec![Charge {
+                        assignment: a,
+                        verdict: verdict(status),
+                        answer: Some(status),
+                    }],
+                })
+            }
+            Ok(response) => Outcome::Answered {
+                response,
+                assignment: a,
+            },
         }
-        if all.is_empty() {
-            return None;
+    }
+
+    /// The request's body with `fields` set or removed.
+    fn rewritten(&self, out: &Outgoing<'_>, fields: &[Field<'_>]) -> Result<Bytes, ApiError> {
+        rewrite(out.body, fields)
+            .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}"), None))
+    }
+
+    /// A failure before anything was sent (the request itself is at fault).
+    fn unsent(&self, error: ApiError, assignments: Vec<Assignment>) -> Outcome {
+        Outcome::Failed(Failure {
+            error,
+            retry: false,
+            avoid: Vec::new(),
+            charges: assignments
+                .into_iter()
+                .map(|assignment| Charge {
+                    assignment,
+                    verdict: Verdict::Excused,
+                    answer: None,
+                })
+                .collect(),
+        })
+    }
+
+    fn timeout_error(&self, worker: &str) -> ApiError {
+        ApiError::gateway_timeout(format!(
+            "Upstream {worker} did not answer within {} s",
+            self.cfg.timeout.as_secs()
+        ))
+    }
+
+    /// Sends `body` to the assignment's worker; the response once its headers arrive.
+    async fn call(
+        &self,
+        a: &Assignment,
+        out: &Outgoing<'_>,
+        body: Bytes,
+    ) -> Result<http::Response<Incoming>, CallError> {
+        let req = self.upstream_request(a, out, body);
+        match tokio::time::timeout(self.cfg.timeout, upstream::local().request(req)).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Err(e)) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why = format!("{why}: {s}");
+                    source = s.source();
+                }
+                Err(CallError::Unreachable(why))
+            }
+            Ok(Ok(resp)) => Ok(resp),
         }
-        let untried: Vec<Arc<Worker>> = all
-            .iter()
-            .filter(|w| !tried.contains(&w.id))
-            .cloned()
-            .collect();
-        Some(if untried.is_empty() { all } else { untried })
     }
 
     fn upstream_error(&self, reason: &'static str) {
@@ -283,36 +344,32 @@ impl Dispatcher {
 
     fn upstream_request(
         &self,
-        worker: &Worker,
-        view: &RequestView,
-        headers: &HeaderMap,
+        a: &Assignment,
+        out: &Outgoing<'_>,
         body: Bytes,
-        request_id: &str,
     ) -> Request<Full<Bytes>> {
-        let body = match worker.id.dp_rank {
-            Some(rank) if self.cfg.dp_rank_in_body => {
-                set_fields(&body, &[("data_parallel_rank", rank.into())]).unwrap_or(body)
-            }
-            _ => body,
-        };
+        let worker = a.worker();
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = worker.uri(view.route.path());
+        *req.uri_mut() = worker.uri(out.view.route.path());
         let h = req.headers_mut();
-        for (name, value) in headers {
+        for (name, value) in out.headers {
             if hop_by_hop(name) || name == header::AUTHORIZATION {
                 continue;
             }
             h.append(name.clone(), value.clone());
         }
+        if let Some(host) = worker.host_header() {
+            h.insert(header::HOST, host.clone());
+        }
         if let Some(auth) = &self.cfg.worker_auth {
             h.insert(header::AUTHORIZATION, auth.clone());
         } else if self.cfg.forward_client_auth {
-            if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            if let Some(auth) = out.headers.get(header::AUTHORIZATION) {
                 h.insert(header::AUTHORIZATION, auth.clone());
             }
         }
-        if let Ok(v) = HeaderValue::from_str(request_id) {
+        if let Ok(v) = HeaderValue::from_str(out.request_id) {
             h.insert(HeaderName::from_static("x-request-id"), v);
         }
         if let Some(rank) = worker.id.dp_rank {
@@ -322,29 +379,6 @@ impl Dispatcher {
             );
         }
         req
-    }
-}
-
-/// Removes connection-specific headers from a forwarded response.
-pub(crate) fn hop_by_hop_headers(h: &mut HeaderMap) {
-    h.retain_hop_by_hop();
-}
-
-/// Removes connection-specific headers from a forwarded response.
-trait RetainHopByHop {
-    fn retain_hop_by_hop(&mut self);
-}
-
-impl RetainHopByHop for HeaderMap {
-    fn retain_hop_by_hop(&mut self) {
-        let drop: Vec<HeaderName> = self
-            .keys()
-            .filter(|n| hop_by_hop(n) && *n != header::CONTENT_LENGTH)
-            .cloned()
-            .collect();
-        for n in drop {
-            self.remove(n);
-        }
     }
 }
 
@@ -375,12 +409,20 @@ mod tests {
     }
 
     #[test]
-    fn retryable_statuses() {
+    fn statuses_are_classified() {
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(retryable(StatusCode::from_u16(s).unwrap()));
         }
         for s in [200, 400, 401, 404, 413, 501] {
             assert!(!retryable(StatusCode::from_u16(s).unwrap()));
         }
+        assert_eq!(verdict(StatusCode::OK), Verdict::Success);
+        assert_eq!(
+            verdict(StatusCode::BAD_REQUEST),
+            Verdict::Success,
+            "the request's fault"
+        );
+        assert_eq!(verdict(StatusCode::TOO_MANY_REQUESTS), Verdict::Throttled);
+        assert_eq!(verdict(StatusCode::INTERNAL_SERVER_ERROR), Verdict::Failure);
     }
 }

@@ -1,8 +1,8 @@
-//! Prefill/decode disaggregation. Each attempt picks a pair — a prefill worker with the
-//! prefill policy, a decode worker with the decode policy — and runs both phases; a
-//! failed attempt is retried with a new pair that avoids the worker of the phase that
-//! failed. Both phases hold in-flight slots and breaker permits, and a failure names
-//! its phase.
+//! Prefill/decode disaggregation as a send strategy. An attempt gets a pair of workers
+//! — a prefill worker and a decode worker, each chosen by its role's policy — and runs
+//! both phases. A phase that fails names itself, and the next attempt avoids only the
+//! worker of that phase. An engine's 4xx is the request's fault: it is passed back to
+//! the client as it is and never counts against the worker.
 //!
 //! - vLLM (NixlConnector): the prefill gets a copy of the request with `max_tokens` 1,
 //!   no streaming and `kv_transfer_params.do_remote_decode`; the `kv_transfer_params` it
@@ -11,267 +11,191 @@
 //!   `bootstrap_room` and are sent at once; the decode's response streams to the client
 //!   once the prefill has answered successfully.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::HeaderMap;
+use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::stream::{ObservedBody, Settle};
-use super::{Dispatcher, client, hop_by_hop_headers};
-use crate::config::PdMode;
+use super::{CallError, Charge, Dispatcher, Failure, Outcome, Outgoing, retry_after, verdict};
 use crate::error::ApiError;
-use crate::fleet::{InFlight, Permit, Worker, WorkerId, WorkerRole};
-use crate::metrics::{DecisionLabels, PhaseLabel, ReasonLabel};
-use crate::request::{RequestView, set_fields};
-use crate::routing::{Policies, Policy};
-
-/// The prefill and decode pools' policies and protocol.
-pub struct Pd {
-    pub mode: PdMode,
-    pub prefill: Arc<Policies>,
-    pub decode: Arc<Policies>,
-}
+use crate::fleet::Verdict;
+use crate::metrics::PhaseLabel;
+use crate::routing::Assignment;
 
 /// Largest prefill response read (it carries one token and the transfer parameters).
 const PREFILL_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
-/// One phase of an attempt: its name, worker and policy.
-struct Phase<'a> {
-    name: &'static str,
-    role: WorkerRole,
-    worker: Arc<Worker>,
-    policy: &'a Arc<dyn Policy>,
+#[derive(Clone, Copy)]
+enum Phase {
+    Prefill,
+    Decode,
 }
 
-/// The request being served.
-struct Ctx<'a> {
-    view: &'a Arc<RequestView>,
-    headers: &'a HeaderMap,
-    body: &'a Bytes,
-    request_id: &'a str,
-    start: Instant,
-    attempt: u32,
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+        }
+    }
 }
 
-/// A phase whose response headers arrived with a success status.
-struct Sent {
-    resp: http::Response<Incoming>,
-    permit: Permit,
-    in_flight: InFlight,
+/// A client error the engine answered: the request's fault, passed through.
+fn passes_through(status: StatusCode) -> bool {
+    status.is_client_error() && !super::retryable(status)
 }
 
-/// Which phase failed, and how to tell the client.
-type PairError = (WorkerRole, ApiError);
+/// What a phase's call gave, sorted.
+enum PhaseResult {
+    Ok(http::Response<Incoming>),
+    /// A 4xx to hand back to the client.
+    Rejected(http::Response<Incoming>),
+    Failed {
+        why: String,
+        verdict: Verdict,
+        answer: Option<StatusCode>,
+        timeout: bool,
+    },
+}
 
 impl Dispatcher {
-    pub(super) async fn dispatch_pd(
+    /// Sends one phase and sorts its answer.
+    async fn phase(
         &self,
-        pd: &Pd,
-        view: RequestView,
-        headers: &HeaderMap,
+        phase: Phase,
+        a: &Assignment,
+        out: &Outgoing<'_>,
         body: Bytes,
-        request_id: &str,
-        start: Instant,
-    ) -> Response {
-        let view = Arc::new(view);
-        let pp = pd.prefill.for_model(&view.model);
-        let dp = pd.decode.for_model(&view.model);
-        let (mut tried_p, mut tried_d) = (Vec::new(), Vec::new());
-        let mut last_error: Option<ApiError> = None;
-        for attempt in 0..=self.cfg.retry.max_retries {
-            if attempt > 0 {
-                tokio::time::sleep(self.cfg.retry.backoff(attempt - 1)).await;
-            }
-            let Some(pw) = self.pick_role(&view, WorkerRole::Prefill, &tried_p, &pp) else {
-                last_error.get_or_insert_with(|| no_worker("prefill", &view.model));
-                break;
-            };
-            let Some(dw) = self.pick_role(&view, WorkerRole::Decode, &tried_d, &dp) else {
-                last_error.get_or_insert_with(|| no_worker("decode", &view.model));
-                break;
-            };
-            if attempt > 0 {
-                self.metrics
-                    .retries
-                    .get_or_create(&ReasonLabel { reason: "pd_pair" })
-                    .inc();
-            }
-            let (pid, did) = (pw.id.clone(), dw.id.clone());
-            let prefill = Phase {
-                name: "prefill",
-                role: WorkerRole::Prefill,
-                worker: pw,
-                policy: &pp,
-            };
-            let decode = Phase {
-                name: "decode",
-                role: WorkerRole::Decode,
-                worker: dw,
-                policy: &dp,
-            };
-            let ctx = Ctx {
-                view: &view,
-                headers,
-                body: &body,
-                request_id,
-                start,
-                attempt,
-            };
-            let result = match pd.mode {
-                PdMode::Vllm => self.vllm_pair(prefill, decode, &ctx).await,
-                PdMode::Sglang => self.sglang_pair(prefill, decode, &ctx).await,
-            };
-            match result {
-                Ok(resp) => return resp,
-                // Only the worker of the phase that failed is avoided next time.
-                Err((failed, e)) => {
-                    tracing::debug!(error = %e, attempt, "prefill/decode attempt failed");
-                    match failed {
-                        WorkerRole::Decode => tried_d.push(did),
-                        _ => tried_p.push(pid),
-                    }
-                    last_error = Some(e);
-                }
-            }
-        }
-        last_error
-            .unwrap_or_else(|| no_worker("prefill", &view.model))
-            .into_response()
-    }
-
-    fn pick_role(
-        &self,
-        view: &RequestView,
-        role: WorkerRole,
-        tried: &[WorkerId],
-        policy: &Arc<dyn Policy>,
-    ) -> Option<Arc<Worker>> {
-        let all = self.registry.candidates_for(&view.model, role);
-        let untried: Vec<Arc<Worker>> = all
-            .iter()
-            .filter(|w| !tried.contains(&w.id))
-            .cloned()
-            .collect();
-        let candidates = if untried.is_empty() { all } else { untried };
-        let pick = policy.pick(&candidates, view)?;
-        self.metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                policy: policy.name(),
-                reason: pick.reason,
-            })
-            .inc();
-        Some(candidates[pick.index].clone())
-    }
-
-    /// Sends one phase's request; on failure settles the phase and says why.
-    async fn send_phase(
-        &self,
-        phase: &Phase<'_>,
-        ctx: &Ctx<'_>,
-        body: Bytes,
-    ) -> Result<Sent, PairError> {
-        let w = &phase.worker;
-        let permit = w
-            .breaker
-            .acquire()
-            .ok_or_else(|| self.phase_error(phase, "its circuit breaker is open".into()))?;
-        let in_flight = w.begin();
-        phase.policy.on_routed(w, ctx.view);
-        let req = self.upstream_request(w, ctx.view, ctx.headers, body, ctx.request_id);
+    ) -> PhaseResult {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.cfg.timeout, client::local().request(req)).await;
+        let result = self.call(a, out, body).await;
         self.metrics
             .pd_phase
-            .get_or_create(&PhaseLabel { phase: phase.name })
+            .get_or_create(&PhaseLabel {
+                phase: phase.name(),
+            })
             .observe(started.elapsed().as_secs_f64());
-        let why = match result {
-            Ok(Ok(resp)) if resp.status().is_success() => {
-                return Ok(Sent {
-                    resp,
-                    permit,
-                    in_flight,
-                });
+        let id = &a.worker().api_id;
+        match result {
+            Ok(r) if r.status().is_success() => PhaseResult::Ok(r),
+            Ok(r) if passes_through(r.status()) => PhaseResult::Rejected(r),
+            Ok(r) => {
+                let status = r.status();
+                if let Some(d) = retry_after(r.headers()) {
+                    a.worker().cool_down(d);
+                }
+                PhaseResult::Failed {
+                    why: format!("{id} answered {status}"),
+                    verdict: verdict(status),
+                    answer: Some(status),
+                    timeout: false,
+                }
             }
-            Ok(Ok(resp)) => format!("{} answered {}", w.label, resp.status()),
-            Ok(Err(e)) => format!("{} unreachable: {e}", w.label),
-            Err(_) => format!(
-                "{} did not answer within {} s",
-                w.label,
-                self.cfg.timeout.as_secs()
-            ),
-        };
-        self.settle_phase(phase, ctx, permit, false);
-        Err(self.phase_error(phase, why))
+            Err(CallError::Unreachable(e)) => PhaseResult::Failed {
+                why: format!("{id} unreachable: {e}"),
+                verdict: Verdict::Failure,
+                answer: None,
+                timeout: false,
+            },
+            Err(CallError::Timeout) => PhaseResult::Failed {
+                why: format!(
+                    "{id} did not answer within {} s",
+                    self.cfg.timeout.as_secs()
+                ),
+                verdict: Verdict::Failure,
+                answer: None,
+                timeout: true,
+            },
+        }
     }
 
-    fn settle_phase(&self, phase: &Phase<'_>, ctx: &Ctx<'_>, permit: Permit, ok: bool) {
-        permit.record(ok);
-        phase
-            .worker
-            .record_upstream(ok, self.cfg.passive_failure_threshold);
-        phase.policy.on_finished(&phase.worker, ctx.view, ok);
-    }
-
-    fn phase_error(&self, phase: &Phase<'_>, why: String) -> PairError {
+    /// The attempt failed in `phase` on `failed`; the other assignments did nothing wrong.
+    fn phase_failure(
+        &self,
+        phase: Phase,
+        failed: Assignment,
+        (why, verdict, answer, timeout): (String, Verdict, Option<StatusCode>, bool),
+        others: Vec<Assignment>,
+    ) -> Outcome {
         self.metrics
             .pd_failures
-            .get_or_create(&PhaseLabel { phase: phase.name })
+            .get_or_create(&PhaseLabel {
+                phase: phase.name(),
+            })
             .inc();
-        (
-            phase.role,
-            ApiError::bad_gateway(format!("{} phase failed: {why}", phase.name)),
-        )
-    }
-
-    /// Streams the decode response to the client with its accounting.
-    fn stream_decode(&self, decode: &Phase<'_>, ctx: &Ctx<'_>, sent: Sent) -> Response {
-        let (mut parts, incoming) = sent.resp.into_parts();
-        hop_by_hop_headers(&mut parts.headers);
-        let settle = Settle {
-            start: ctx.start,
-            view: ctx.view.clone(),
-            in_flight: sent.in_flight,
-            permit: Some(sent.permit),
-            admission: None,
-            status: parts.status,
-            request_id: ctx.request_id.to_string(),
-            metrics: self.metrics.clone(),
-            policy: decode.policy.clone(),
-            passive_failure_threshold: self.cfg.passive_failure_threshold,
-            attempts: ctx.attempt + 1,
+        let message = format!("{} phase failed: {why}", phase.name());
+        let error = if timeout {
+            ApiError::gateway_timeout(message)
+        } else {
+            ApiError::bad_gateway(message)
         };
-        Response::from_parts(parts, Body::new(ObservedBody::new(incoming, settle)))
+        let avoid = vec![failed.worker().id.clone()];
+        let mut charges = vec![Charge {
+            assignment: failed,
+            verdict,
+            answer,
+        }];
+        charges.extend(others.into_iter().map(|assignment| Charge {
+            assignment,
+            verdict: Verdict::Excused,
+            answer: None,
+        }));
+        Outcome::Failed(Failure {
+            error,
+            retry: !timeout,
+            avoid,
+            charges,
+        })
     }
 
-    async fn vllm_pair(
+    pub(super) async fn vllm_pair(
         &self,
-        prefill: Phase<'_>,
-        decode: Phase<'_>,
-        ctx: &Ctx<'_>,
-    ) -> Result<Response, PairError> {
-        let pbody = set_fields(
-            ctx.body,
+        prefill: Assignment,
+        decode: Assignment,
+        out: &Outgoing<'_>,
+    ) -> Outcome {
+        let pbody = match self.rewritten(
+            out,
             &[
-                ("max_tokens", json!(1)),
-                ("max_completion_tokens", json!(1)),
-                ("stream", json!(false)),
-                ("stream_options", Value::Null),
-                ("kv_transfer_params", json!({"do_remote_decode": true, "do_remote_prefill": false,
-                    "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, "remote_port": null})),
+                ("max_tokens", Some(json!(1))),
+                ("max_completion_tokens", Some(json!(1))),
+                ("stream", Some(json!(false))),
+                ("stream_options", None),
+                ("kv_transfer_params", Some(json!({"do_remote_decode": true, "do_remote_prefill": false,
+                    "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, "remote_port": null}))),
             ],
-        )
-        .expect("the body was validated as a JSON object");
-        let sent = self.send_phase(&prefill, ctx, pbody).await?;
+        ) {
+            Ok(b) => b,
+            Err(e) => return self.unsent(e, vec![prefill, decode]),
+        };
+        let resp = match self.phase(Phase::Prefill, &prefill, out, pbody).await {
+            PhaseResult::Ok(r) => r,
+            PhaseResult::Rejected(response) => {
+                return Outcome::Answered {
+                    response,
+                    assignment: prefill,
+                };
+            }
+            PhaseResult::Failed {
+                why,
+                verdict,
+                answer,
+                timeout,
+            } => {
+                return self.phase_failure(
+                    Phase::Prefill,
+                    prefill,
+                    (why, verdict, answer, timeout),
+                    vec![decode],
+                );
+            }
+        };
         let read = tokio::time::timeout(
             self.cfg.timeout,
-            Limited::new(sent.resp.into_body(), PREFILL_BODY_LIMIT).collect(),
+            Limited::new(resp.into_body(), PREFILL_BODY_LIMIT).collect(),
         )
         .await;
         let kv = match read {
@@ -285,85 +209,136 @@ impl Dispatcher {
             _ => None,
         };
         let Some(kv) = kv else {
-            self.settle_phase(&prefill, ctx, sent.permit, false);
-            return Err(self.phase_error(
-                &prefill,
-                format!("{} returned no kv_transfer_params", prefill.worker.label),
-            ));
+            let why = format!("{} returned no kv_transfer_params", prefill.worker().api_id);
+            return self.phase_failure(
+                Phase::Prefill,
+                prefill,
+                (why, Verdict::Failure, None, false),
+                vec![decode],
+            );
         };
-        self.settle_phase(&prefill, ctx, sent.permit, true);
-        drop(sent.in_flight);
-        let dbody = set_fields(ctx.body, &[("kv_transfer_params", kv)])
-            .expect("the body was validated as a JSON object");
-        let sent = self.send_phase(&decode, ctx, dbody).await?;
-        Ok(self.stream_decode(&decode, ctx, sent))
+        prefill.settle(out.view, Verdict::Success);
+        let dbody = match self.rewritten(out, &[("kv_transfer_params", Some(kv))]) {
+            Ok(b) => b,
+            Err(e) => return self.unsent(e, vec![decode]),
+        };
+        match self.phase(Phase::Decode, &decode, out, dbody).await {
+            PhaseResult::Ok(response) | PhaseResult::Rejected(response) => Outcome::Answered {
+                response,
+                assignment: decode,
+            },
+            PhaseResult::Failed {
+                why,
+                verdict,
+                answer,
+                timeout,
+            } => self.phase_failure(
+                Phase::Decode,
+                decode,
+                (why, verdict, answer, timeout),
+                Vec::new(),
+            ),
+        }
     }
 
-    async fn sglang_pair(
+    pub(super) async fn sglang_pair(
         &self,
-        prefill: Phase<'_>,
-        decode: Phase<'_>,
-        ctx: &Ctx<'_>,
-    ) -> Result<Response, PairError> {
-        let pw = prefill.worker.clone();
+        prefill: Assignment,
+        decode: Assignment,
+        out: &Outgoing<'_>,
+    ) -> Outcome {
+        let pw = prefill.worker().clone();
         let room = fastrand::u64(..1 << 62);
         let port = pw.bootstrap_port.unwrap_or_else(|| pw.port());
-        let both = set_fields(
-            ctx.body,
+        let both = match self.rewritten(
+            out,
             &[
-                ("bootstrap_host", json!(pw.host())),
-                ("bootstrap_port", json!(port)),
-                ("bootstrap_room", json!(room)),
+                ("bootstrap_host", Some(json!(pw.host()))),
+                ("bootstrap_port", Some(json!(port))),
+                ("bootstrap_room", Some(json!(room))),
             ],
-        )
-        .expect("the body was validated as a JSON object");
-        let pf = self.send_phase(&prefill, ctx, both.clone());
-        let df = self.send_phase(&decode, ctx, both);
-        tokio::pin!(pf, df);
-        // A prefill that fails cancels the decode at once (it would wait for KV that
-        // never comes); a decode that fails first still lets the prefill finish.
-        let (p, d) = tokio::select! {
-            p = &mut pf => (p?, (&mut df).await),
-            d = &mut df => ((&mut pf).await?, d),
+        ) {
+            Ok(b) => b,
+            Err(e) => return self.unsent(e, vec![prefill, decode]),
         };
-        let d = match d {
-            Ok(d) => d,
-            Err(e) => {
-                self.settle_phase(&prefill, ctx, p.permit, true);
-                return Err(e);
+        // A prefill that does not succeed cancels the decode at once (it would wait for
+        // KV that never comes); a decode that answers first still waits for the prefill.
+        let (p, d) = {
+            let pf = self.phase(Phase::Prefill, &prefill, out, both.clone());
+            let df = self.phase(Phase::Decode, &decode, out, both);
+            tokio::pin!(pf, df);
+            tokio::select! {
+                p = &mut pf => match p {
+                    ok @ PhaseResult::Ok(_) => (ok, Some((&mut df).await)),
+                    other => (other, None),
+                },
+                d = &mut df => ((&mut pf).await, Some(d)),
+            }
+        };
+        let (p, d) = match (p, d) {
+            (PhaseResult::Ok(p), Some(d)) => (p, d),
+            (other, _) => return self.prefill_not_ok(other, prefill, decode),
+        };
+        let response = match d {
+            PhaseResult::Ok(r) | PhaseResult::Rejected(r) => r,
+            PhaseResult::Failed {
+                why,
+                verdict,
+                answer,
+                timeout,
+            } => {
+                prefill.settle(out.view, Verdict::Success);
+                return self.phase_failure(
+                    Phase::Decode,
+                    decode,
+                    (why, verdict, answer, timeout),
+                    Vec::new(),
+                );
             }
         };
         // The prefill's answer is not the client's: read it to its end in the background,
         // holding its slot and permit until then.
-        let (policy, view, threshold, timeout) = (
-            prefill.policy.clone(),
-            ctx.view.clone(),
-            self.cfg.passive_failure_threshold,
-            self.cfg.timeout,
-        );
-        let Sent {
-            resp,
-            permit,
-            in_flight,
-        } = p;
-        tokio::spawn(async move {
+        let (view, timeout) = (out.view.clone(), self.cfg.timeout);
+        self.shutdown.spawn(async move {
             let ok = matches!(
-                tokio::time::timeout(timeout, resp.into_body().collect()).await,
+                tokio::time::timeout(timeout, p.into_body().collect()).await,
                 Ok(Ok(_))
             );
-            permit.record(ok);
-            pw.record_upstream(ok, threshold);
-            policy.on_finished(&pw, &view, ok);
-            drop(in_flight);
+            prefill.settle(
+                &view,
+                if ok {
+                    Verdict::Success
+                } else {
+                    Verdict::Failure
+                },
+            );
         });
-        Ok(self.stream_decode(&decode, ctx, d))
+        Outcome::Answered {
+            response,
+            assignment: decode,
+        }
     }
-}
 
-fn no_worker(role: &str, model: &str) -> ApiError {
-    ApiError::unavailable(
-        "no_healthy_worker",
-        format!("No healthy {role} worker is available for model `{model}`"),
-        1,
-    )
+    /// The SGLang prefill did not succeed: a 4xx goes back to the client, anything else
+    /// fails the attempt. The decode was cancelled.
+    fn prefill_not_ok(&self, p: PhaseResult, prefill: Assignment, decode: Assignment) -> Outcome {
+        match p {
+            PhaseResult::Rejected(response) => Outcome::Answered {
+                response,
+                assignment: prefill,
+            },
+            PhaseResult::Failed {
+                why,
+                verdict,
+                answer,
+                timeout,
+            } => self.phase_failure(
+                Phase::Prefill,
+                prefill,
+                (why, verdict, answer, timeout),
+                vec![decode],
+            ),
+            PhaseResult::Ok(_) => unreachable!("only called when the prefill did not succeed"),
+        }
+    }
 }

@@ -2,11 +2,18 @@
 //! a sliding window; open → half-open after `timeout`; half-open lets at most
 //! `success_threshold` probe requests through at once and closes after that many
 //! successes, or re-opens on any failure.
+//!
+//! Routing asks every candidate whether it could take a request
+//! ([`can_attempt`](CircuitBreaker::can_attempt)), so that answer comes from atomics;
+//! the lock is taken only to change state or to count a failure. Time is tokio's, so
+//! tests drive it with a paused clock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Breaker settings.
 #[derive(Clone, Debug)]
@@ -48,7 +55,11 @@ enum Inner {
 pub struct CircuitBreaker {
     cfg: BreakerConfig,
     inner: Mutex<Inner>,
+    /// Mirrors of the locked state, for lock-free reads.
     state: AtomicU8,
+    open_until_us: AtomicU64,
+    half_open_probes: AtomicU32,
+    epoch: Instant,
 }
 
 /// Permission to send one request; report its outcome with [`record`](Permit::record).
@@ -69,7 +80,14 @@ impl CircuitBreaker {
                 failures: VecDeque::new(),
             }),
             state: AtomicU8::new(BreakerState::Closed as u8),
+            open_until_us: AtomicU64::new(0),
+            half_open_probes: AtomicU32::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    fn us(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
     /// The current state (lock-free read).
@@ -81,16 +99,19 @@ impl CircuitBreaker {
         }
     }
 
-    /// Whether a request could be sent now (used to filter routing candidates).
+    /// Whether a request could be sent now (used to filter routing candidates). Lock-free.
     pub fn can_attempt(&self) -> bool {
         if !self.cfg.enabled {
             return true;
         }
-        let inner = self.inner.lock().expect("breaker lock");
-        match &*inner {
-            Inner::Closed { .. } => true,
-            Inner::Open { until } => Instant::now() >= *until,
-            Inner::HalfOpen { probes, .. } => *probes < self.cfg.success_threshold,
+        match self.state() {
+            BreakerState::Closed => true,
+            BreakerState::Open => {
+                self.us(Instant::now()) >= self.open_until_us.load(Ordering::Relaxed)
+            }
+            BreakerState::HalfOpen => {
+                self.half_open_probes.load(Ordering::Relaxed) < self.cfg.success_threshold
+            }
         }
     }
 
@@ -101,7 +122,8 @@ impl CircuitBreaker {
             probe,
             done: false,
         };
-        if !self.cfg.enabled {
+        if !self.cfg.enabled || self.state() == BreakerState::Closed {
+            // Closed: nothing to count until an outcome is a failure.
             return Some(permit(false));
         }
         let mut inner = self.inner.lock().expect("breaker lock");
@@ -109,17 +131,19 @@ impl CircuitBreaker {
             if Instant::now() < *until {
                 return None;
             }
-            *inner = Inner::HalfOpen {
-                probes: 0,
-                successes: 0,
-            };
-            self.state
-                .store(BreakerState::HalfOpen as u8, Ordering::Relaxed);
+            self.set(
+                &mut inner,
+                Inner::HalfOpen {
+                    probes: 0,
+                    successes: 0,
+                },
+            );
         }
         match &mut *inner {
             Inner::Closed { .. } => Some(permit(false)),
             Inner::HalfOpen { probes, .. } if *probes < self.cfg.success_threshold => {
                 *probes += 1;
+                self.half_open_probes.store(*probes, Ordering::Relaxed);
                 Some(permit(true))
             }
             _ => None,
@@ -127,16 +151,25 @@ impl CircuitBreaker {
     }
 
     fn set(&self, inner: &mut Inner, next: Inner) {
-        let code = match next {
+        let code = match &next {
             Inner::Closed { .. } => BreakerState::Closed,
-            Inner::Open { .. } => BreakerState::Open,
-            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+            Inner::Open { until } => {
+                self.open_until_us.store(self.us(*until), Ordering::Relaxed);
+                BreakerState::Open
+            }
+            Inner::HalfOpen { probes, .. } => {
+                self.half_open_probes.store(*probes, Ordering::Relaxed);
+                BreakerState::HalfOpen
+            }
         };
         *inner = next;
         self.state.store(code as u8, Ordering::Relaxed);
     }
 
     fn outcome(&self, probe: bool, success: Option<bool>) {
+        if !probe && success != Some(false) && self.state() == BreakerState::Closed {
+            return; // a success while closed changes nothing
+        }
         let mut inner = self.inner.lock().expect("breaker lock");
         let now = Instant::now();
         match &mut *inner {
@@ -159,6 +192,7 @@ impl CircuitBreaker {
             }
             Inner::HalfOpen { probes, successes } if probe => {
                 *probes = probes.saturating_sub(1);
+                self.half_open_probes.store(*probes, Ordering::Relaxed);
                 match success {
                     Some(true) => {
                         *successes += 1;
@@ -218,8 +252,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn opens_after_threshold_failures_and_recovers_through_half_open() {
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_failures_and_recovers_through_half_open() {
         let b = Arc::new(CircuitBreaker::new(cfg()));
         for _ in 0..2 {
             b.acquire().unwrap().record(false);
@@ -234,7 +268,10 @@ mod tests {
         );
         assert!(b.acquire().is_none());
         assert!(!b.can_attempt());
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(!b.can_attempt(), "still open before the timeout");
+        assert!(b.acquire().is_none());
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(b.can_attempt());
         let p1 = b.acquire().unwrap();
         let p2 = b.acquire().unwrap();
@@ -249,34 +286,39 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
-    #[test]
-    fn half_open_failure_reopens_and_dropped_probe_frees_its_slot() {
+    #[tokio::test(start_paused = true)]
+    async fn half_open_failure_reopens_and_dropped_probe_frees_its_slot() {
         let b = Arc::new(CircuitBreaker::new(BreakerConfig {
             failure_threshold: 1,
             ..cfg()
         }));
         b.acquire().unwrap().record(false);
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(30)).await;
         let p = b.acquire().unwrap();
         let q = b.acquire().unwrap();
+        assert!(!b.can_attempt(), "both probe slots taken");
         drop(q);
+        assert!(b.can_attempt());
         let r = b.acquire().expect("the dropped probe's slot is free again");
         drop(r);
         p.record(false);
         assert_eq!(b.state(), BreakerState::Open);
     }
 
-    #[test]
-    fn failures_outside_the_window_do_not_count() {
+    #[tokio::test(start_paused = true)]
+    async fn failures_outside_the_window_do_not_count() {
         let b = Arc::new(CircuitBreaker::new(BreakerConfig {
             window: Duration::from_millis(20),
             ..cfg()
         }));
         b.acquire().unwrap().record(false);
         b.acquire().unwrap().record(false);
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(21)).await;
         b.acquire().unwrap().record(false);
         assert_eq!(b.state(), BreakerState::Closed);
+        b.acquire().unwrap().record(false);
+        b.acquire().unwrap().record(false);
+        assert_eq!(b.state(), BreakerState::Open, "three within the window");
     }
 
     #[test]

@@ -15,10 +15,10 @@ use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::WorkerRole;
+use super::{Enroller, Registration, WorkerRole};
 use crate::config::Config;
-use crate::server::AppState;
-use crate::server::admin::{Registration, drain, register};
+use crate::shutdown::Shutdown;
+use crate::upstream::EngineUrl;
 
 /// Annotation giving a pod's worker weight.
 pub const WEIGHT_ANNOTATION: &str = "switchyard.ai/weight";
@@ -64,20 +64,6 @@ impl Discovery {
 /// `k=v` pairs as a Kubernetes equality-based label selector.
 fn selector(pairs: &[String]) -> String {
     pairs.join(",")
-}
-
-/// Checks `--selector`-style `k=v` pairs.
-pub fn check_selector(flag: &str, pairs: &[String]) -> Result<(), String> {
-    for p in pairs {
-        match p.split_once('=') {
-            Some((k, v))
-                if !k.is_empty()
-                    && !k.contains(['=', ',', '!', ' '])
-                    && !v.contains(['=', ',', ' ']) => {}
-            _ => return Err(format!("--{flag} {p:?}: expected KEY=VALUE")),
-        }
-    }
-    Ok(())
 }
 
 /// A client for the API server: `--kube-api-url` if given, else the in-cluster
@@ -197,7 +183,11 @@ impl Watcher {
             (None, Some(want)) => {
                 let (tx, rx) = watch::channel(Some(want));
                 let previous = self.finishing.remove(&key);
-                let task = tokio::spawn(self.pods.clone().reconcile(key.clone(), rx, previous));
+                let task = self.pods.shutdown.spawn(self.pods.clone().reconcile(
+                    key.clone(),
+                    rx,
+                    previous,
+                ));
                 self.slots.insert(key, PodSlot { want: tx, task });
             }
         }
@@ -232,7 +222,7 @@ impl Watcher {
 
     /// List, then watch from the list's version until the relist interval ends or the
     /// watch breaks; repeat until shutdown.
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, shutdown: Shutdown) {
         let mut backoff = Duration::from_millis(500);
         loop {
             let version = match self.relist().await {
@@ -244,7 +234,7 @@ impl Watcher {
                     tracing::warn!(selector = %self.selector, error = %e, "listing pods failed");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
@@ -266,7 +256,7 @@ impl Watcher {
                 let event = tokio::select! {
                     e = stream.next() => e,
                     _ = tokio::time::sleep_until(until) => break,
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.cancelled() => return,
                 };
                 match event {
                     Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => {
@@ -290,11 +280,13 @@ impl Watcher {
     }
 }
 
-/// What a pod's reconciler needs: the gateway and the role its watch registers.
+/// What a pod's reconciler needs: enrolment and the role its watch registers.
 #[derive(Clone)]
 struct PodCtx {
-    st: Arc<AppState>,
+    enroller: Arc<Enroller>,
     role: WorkerRole,
+    drain_timeout: Duration,
+    shutdown: Shutdown,
 }
 
 impl PodCtx {
@@ -313,9 +305,13 @@ impl PodCtx {
         let mut current = None;
         loop {
             let next = want.borrow_and_update().clone();
-            current = self.apply(&key, current, next).await;
-            if want.changed().await.is_err() {
-                return;
+            current = tokio::select! {
+                c = self.apply(&key, current, next) => c,
+                _ = self.shutdown.cancelled() => return,
+            };
+            tokio::select! {
+                changed = want.changed() => if changed.is_err() { return },
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }
@@ -337,7 +333,7 @@ impl PodCtx {
             {
                 if cur != want {
                     for w in self.workers(&want.url) {
-                        w.set_labels(want.labels.clone());
+                        self.enroller.registry.relabel(&w, want.labels.clone());
                         w.set_weight(want.weight);
                         w.set_priority(want.priority);
                     }
@@ -355,8 +351,8 @@ impl PodCtx {
                 if self.workers(&want.url).iter().any(|w| w.is_draining()) {
                     // Back to Ready while its old worker still drains: register afresh
                     // once that one is gone (`drain_timeout_secs` at most).
-                    let bound = Duration::from_secs(self.st.cfg.drain_timeout_secs + 1);
-                    let gone = self.st.registry.wait_gone(&want.url, self.role);
+                    let bound = self.drain_timeout + Duration::from_secs(1);
+                    let gone = self.enroller.registry.wait_gone(&want.url, self.role);
                     let _ = tokio::time::timeout(bound, gone).await;
                 }
                 let spec = Registration {
@@ -368,8 +364,16 @@ impl PodCtx {
                     weight: want.weight,
                     priority: want.priority,
                 };
-                match register(&self.st, &want.url, spec).await {
-                    Ok(ids) => {
+                let url = match EngineUrl::parse(&want.url) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!(pod = %key, url = %want.url, error = %e, "pod has no usable address");
+                        return None;
+                    }
+                };
+                match self.enroller.register(&url, None, spec).await {
+                    Ok(workers) => {
+                        let ids: Vec<&str> = workers.iter().map(|w| &*w.api_id).collect();
                         tracing::info!(pod = %key, url = %want.url, workers = ?ids, "pod registered");
                         Some(want)
                     }
@@ -384,29 +388,29 @@ impl PodCtx {
     }
 
     fn workers(&self, url: &str) -> Vec<Arc<super::Worker>> {
-        self.st
+        self.enroller
             .registry
             .all()
-            .iter()
+            .into_iter()
             .filter(|w| w.id.url == url && w.id.role == self.role)
-            .cloned()
             .collect()
     }
 
     fn remove(&self, key: &str, url: &str) {
         tracing::info!(pod = %key, %url, "pod gone or not ready: draining its worker");
         for w in self.workers(url) {
-            drain(&self.st, w);
+            self.enroller.drain(w);
         }
     }
 }
 
-/// Starts one watcher per selector; they stop when `shutdown` flips.
+/// Starts one watcher per selector; they stop at shutdown.
 pub fn spawn(
-    st: Arc<AppState>,
+    enroller: Arc<Enroller>,
     client: kube::Client,
     d: Discovery,
-    shutdown: watch::Receiver<bool>,
+    cfg: &Config,
+    shutdown: &Shutdown,
 ) {
     for (selector, role) in d.watches.clone() {
         let api: Api<Pod> = match &d.namespace {
@@ -415,8 +419,10 @@ pub fn spawn(
         };
         let w = Watcher {
             pods: PodCtx {
-                st: st.clone(),
+                enroller: enroller.clone(),
                 role,
+                drain_timeout: Duration::from_secs(cfg.drain_timeout_secs),
+                shutdown: shutdown.clone(),
             },
             d: d.clone(),
             selector,
@@ -424,6 +430,6 @@ pub fn spawn(
             slots: HashMap::new(),
             finishing: HashMap::new(),
         };
-        tokio::spawn(w.run(shutdown.clone()));
+        shutdown.spawn(w.run(shutdown.clone()));
     }
 }

@@ -9,17 +9,17 @@
 //!        + queue_weight × (in_flight_w + engine_waiting_w) / weight_w   queued work
 //! ```
 //!
-//! The cheapest wins (ties: fewer in flight, then random). When the candidates are
-//! imbalanced — the load gap exceeds `--balance-abs-threshold` and the ratio exceeds
-//! `--balance-rel-threshold` — the least-loaded candidate is chosen outright. Only the
-//! candidates (healthy, routable workers) enter that test.
+//! The cheapest wins (ties: fewer in flight, then the worker given the least new work,
+//! then random). When the candidates are imbalanced — the load gap exceeds
+//! `--balance-abs-threshold` and the ratio exceeds `--balance-rel-threshold` — the
+//! least-loaded candidate is chosen outright. Only the candidates (healthy, routable
+//! workers) enter that test. The prefix index is the model's shared one, from the
+//! [`PolicyContext`].
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
-use super::prefix::PrefixIndex;
-use super::{IndexStats, Pick, Policy, least_loaded};
+use super::{Pick, Policy, PolicyContext, least_loaded};
 use crate::config::Config;
 use crate::fleet::{Worker, WorkerId};
 use crate::request::RequestView;
@@ -27,23 +27,19 @@ use crate::request::RequestView;
 /// Settings of the cache-aware policy.
 #[derive(Clone, Debug)]
 pub struct CacheAwareConfig {
-    pub block_size: usize,
     pub cache_threshold: f64,
     pub balance_abs_threshold: usize,
     pub balance_rel_threshold: f64,
     pub queue_weight: f64,
-    pub max_entries: usize,
 }
 
 impl From<&Config> for CacheAwareConfig {
     fn from(c: &Config) -> Self {
         CacheAwareConfig {
-            block_size: c.cache_block_size,
             cache_threshold: c.cache_threshold,
             balance_abs_threshold: c.balance_abs_threshold,
             balance_rel_threshold: c.balance_rel_threshold,
             queue_weight: c.cache_queue_weight,
-            max_entries: (c.max_tree_size / c.cache_block_size).max(1),
         }
     }
 }
@@ -53,12 +49,9 @@ type CostKey = (f64, usize, u64, u32);
 
 pub struct CacheAware {
     cfg: CacheAwareConfig,
-    index: PrefixIndex,
-    slots: RwLock<HashMap<WorkerId, u16>>,
-    /// Uncached prompt blocks sent to each slot so far: breaks ties towards the worker
-    /// that was given the least new work, so new prefixes spread evenly.
+    /// Uncached prompt blocks sent to each index slot so far: breaks ties towards the
+    /// worker that was given the least new work, so new prefixes spread evenly.
     assigned: Mutex<Vec<u64>>,
-    free_slots: RwLock<Vec<u16>>,
     blocks_total: AtomicU64,
     blocks_matched: AtomicU64,
 }
@@ -66,24 +59,11 @@ pub struct CacheAware {
 impl CacheAware {
     pub fn new(cfg: CacheAwareConfig) -> Self {
         CacheAware {
-            index: PrefixIndex::new(cfg.max_entries),
             cfg,
-            slots: RwLock::new(HashMap::new()),
             assigned: Mutex::new(Vec::new()),
-            free_slots: RwLock::new(Vec::new()),
             blocks_total: AtomicU64::new(0),
             blocks_matched: AtomicU64::new(0),
         }
-    }
-
-    fn slot(&self, id: &WorkerId) -> u16 {
-        if let Some(s) = self.slots.read().expect("slots lock").get(id) {
-            return *s;
-        }
-        let mut slots = self.slots.write().expect("slots lock");
-        let next = slots.len() as u16;
-        let reuse = self.free_slots.write().expect("free slots lock").pop();
-        *slots.entry(id.clone()).or_insert(reuse.unwrap_or(next))
     }
 
     fn imbalanced(&self, candidates: &[Arc<Worker>]) -> bool {
@@ -101,7 +81,12 @@ impl Policy for CacheAware {
         "cache_aware"
     }
 
-    fn pick(&self, candidates: &[Arc<Worker>], req: &RequestView) -> Option<Pick> {
+    fn pick(
+        &self,
+        candidates: &[Arc<Worker>],
+        req: &RequestView,
+        ctx: &PolicyContext,
+    ) -> Option<Pick> {
         if candidates.is_empty() {
             return None;
         }
@@ -117,8 +102,8 @@ impl Policy for CacheAware {
                 reason,
             });
         }
-        let slots: Vec<u16> = candidates.iter().map(|w| self.slot(&w.id)).collect();
-        let matched = self.index.match_lengths(blocks, &slots);
+        let slots: Vec<u16> = candidates.iter().map(|w| ctx.prefix.slot(&w.id)).collect();
+        let matched = ctx.prefix.match_lengths(blocks, &slots);
         let n = blocks.len() as f64;
         let mut assigned = self.assigned.lock().expect("assigned lock");
         if let Some(max) = slots.iter().max() {
@@ -154,16 +139,8 @@ impl Policy for CacheAware {
         })
     }
 
-    fn on_routed(&self, worker: &Arc<Worker>, req: &RequestView) {
-        if !req.prefix_blocks.is_empty() {
-            self.index.insert(&req.prefix_blocks, self.slot(&worker.id));
-        }
-    }
-
-    fn on_worker_removed(&self, worker: &WorkerId) {
-        let slot = self.slots.write().expect("slots lock").remove(worker);
-        if let Some(slot) = slot {
-            self.index.remove_slot(slot);
+    fn on_worker_removed(&self, worker: &WorkerId, ctx: &PolicyContext) {
+        if let Some(slot) = ctx.prefix.existing_slot(worker) {
             if let Some(a) = self
                 .assigned
                 .lock()
@@ -172,30 +149,21 @@ impl Policy for CacheAware {
             {
                 *a = 0;
             }
-            self.free_slots.write().expect("free slots lock").push(slot);
         }
     }
 
-    fn prefix_block_size(&self) -> usize {
-        self.cfg.block_size
+    fn reads_prefixes(&self) -> bool {
+        true
     }
 
     fn wants_engine_load(&self) -> bool {
         true
     }
 
-    fn maintain(&self) {
-        let dropped = self.index.evict();
-        if dropped > 0 {
-            tracing::debug!(dropped, left = self.index.len(), "prefix index trimmed");
-        }
-    }
-
-    fn index_stats(&self) -> IndexStats {
-        IndexStats {
-            entries: self.index.len(),
-            blocks_total: self.blocks_total.load(Ordering::Relaxed),
-            blocks_matched: self.blocks_matched.load(Ordering::Relaxed),
-        }
+    fn hit_stats(&self) -> (u64, u64) {
+        (
+            self.blocks_total.load(Ordering::Relaxed),
+            self.blocks_matched.load(Ordering::Relaxed),
+        )
     }
 }

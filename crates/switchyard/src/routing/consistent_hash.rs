@@ -8,9 +8,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::{Pick, Policy, least_loaded};
+use super::prefix::hash_block;
+use super::{Pick, Policy, PolicyContext, least_loaded};
 use crate::fleet::{Worker, WorkerId};
-use crate::request::{RequestView, hash_block};
+use crate::request::RequestView;
 
 const VNODES: usize = 160;
 
@@ -64,7 +65,12 @@ impl Policy for ConsistentHash {
         "consistent_hash"
     }
 
-    fn pick(&self, candidates: &[Arc<Worker>], req: &RequestView) -> Option<Pick> {
+    fn pick(
+        &self,
+        candidates: &[Arc<Worker>],
+        req: &RequestView,
+        _ctx: &PolicyContext,
+    ) -> Option<Pick> {
         if candidates.is_empty() {
             return None;
         }
@@ -101,7 +107,7 @@ impl Policy for ConsistentHash {
         })
     }
 
-    fn on_worker_removed(&self, worker: &WorkerId) {
+    fn on_worker_removed(&self, worker: &WorkerId, _ctx: &PolicyContext) {
         self.ring
             .write()
             .expect("ring lock")

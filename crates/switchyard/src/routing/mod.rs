@@ -1,6 +1,13 @@
-//! Routing policies. Each policy gets candidates that are already filtered (healthy,
-//! breaker allows, not cooling down, serving the model) and picks one; it owns its
-//! own state and learns outcomes through the hooks.
+//! Worker selection: the `select_worker` phase. A [`Policy`] picks one of a model's
+//! candidate workers; the [`WorkerSelector`] finds the candidates (already filtered:
+//! healthy, breaker allows, not draining, not cooling down, highest priority), asks the
+//! model's policy, and leases the chosen worker for the attempt.
+//!
+//! - [`table`]: one policy instance per model and role ([`PolicyTable`]), each with its
+//!   [`PolicyContext`].
+//! - [`selector`]: the phase itself, and an [`Assignment`] — a chosen worker whose
+//!   settling is the one place an attempt's per-worker accounting happens.
+//! - one file per policy; [`prefix`] for prompt block hashes and the prefix index.
 
 pub mod cache_aware;
 pub mod consistent_hash;
@@ -8,16 +15,18 @@ pub mod power_of_two;
 pub mod prefix;
 pub mod random;
 pub mod round_robin;
+pub mod selector;
+pub mod table;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use clap::ValueEnum;
-
-use crate::config::{Config, ModelSettings, PolicyKind};
-use crate::fleet::{Worker, WorkerId};
+use crate::config::{Config, PolicyKind};
+use crate::fleet::{Worker, WorkerId, WorkerRole};
 use crate::request::RequestView;
+
+pub use prefix::PrefixIndex;
+pub use selector::{Assignment, Selected, WorkerSelector};
+pub use table::PolicyTable;
 
 /// A policy's choice: the index into the candidates, and why (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,35 +35,43 @@ pub struct Pick {
     pub reason: &'static str,
 }
 
-/// What a prefix-indexing policy reports about its index.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IndexStats {
-    pub entries: usize,
-    /// Prompt blocks routed so far, and how many the chosen worker already held.
-    pub blocks_total: u64,
-    pub blocks_matched: u64,
+/// What several policies, or several gateway replicas, share about one model's
+/// routing, handed to its policy on every call. Engine load is not here: it lives on
+/// each [`Worker`], filled by the fleet's probes.
+pub struct PolicyContext {
+    pub model: Arc<str>,
+    pub role: WorkerRole,
+    /// Which worker was recently sent which prompt blocks. The selector records every
+    /// routed prompt here, whatever the policy.
+    pub prefix: PrefixIndex,
 }
 
 /// A routing policy. Object-safe; no caller ever asks which policy it is talking to.
+/// A policy owns its private state and reads shared state from the [`PolicyContext`].
 pub trait Policy: Send + Sync {
     /// Label for metrics and logs.
     fn name(&self) -> &'static str;
 
     /// Chooses among `candidates` (never empty).
-    fn pick(&self, candidates: &[Arc<Worker>], req: &RequestView) -> Option<Pick>;
+    fn pick(
+        &self,
+        candidates: &[Arc<Worker>],
+        req: &RequestView,
+        ctx: &PolicyContext,
+    ) -> Option<Pick>;
 
     /// The request was sent to `worker`.
-    fn on_routed(&self, _worker: &Arc<Worker>, _req: &RequestView) {}
+    fn on_routed(&self, _worker: &Arc<Worker>, _req: &RequestView, _ctx: &PolicyContext) {}
 
     /// The request sent to `worker` is over.
     fn on_finished(&self, _worker: &Arc<Worker>, _req: &RequestView, _success: bool) {}
 
-    /// `worker` left the fleet; forget it.
-    fn on_worker_removed(&self, _worker: &WorkerId) {}
+    /// `worker` left the fleet; forget it (the context's prefix index forgets it after).
+    fn on_worker_removed(&self, _worker: &WorkerId, _ctx: &PolicyContext) {}
 
-    /// Block size (bytes of prompt) of the prefix hashes this policy reads, if any.
-    fn prefix_block_size(&self) -> usize {
-        0
+    /// Whether this policy reads the prompt's prefix blocks.
+    fn reads_prefixes(&self) -> bool {
+        false
     }
 
     /// Whether this policy reads the engines' own queue lengths.
@@ -62,12 +79,12 @@ pub trait Policy: Send + Sync {
         false
     }
 
-    /// Periodic upkeep (index eviction); called by the gateway's maintenance task.
+    /// Periodic upkeep; called by the selector's maintenance task.
     fn maintain(&self) {}
 
-    /// Size and estimated hit ratio of the policy's prefix index, for metrics.
-    fn index_stats(&self) -> IndexStats {
-        IndexStats::default()
+    /// Prompt blocks routed so far, and how many the chosen worker already held.
+    fn hit_stats(&self) -> (u64, u64) {
+        (0, 0)
     }
 }
 
@@ -83,176 +100,6 @@ pub fn build(kind: PolicyKind, cfg: &Config) -> Arc<dyn Policy> {
         PolicyKind::CacheAware => Arc::new(cache_aware::CacheAware::new(
             cache_aware::CacheAwareConfig::from(cfg),
         )),
-    }
-}
-
-/// One policy instance per model (each with its own state, e.g. its own prefix index).
-/// A model's kind and settings come from the config (`models:`, `--model-policy`), else
-/// from its workers' `policy` labels, else the pool's defaults.
-pub struct Policies {
-    cfg: Config,
-    /// Per-model settings from the config; they win over labels.
-    configured: HashMap<String, ModelSettings>,
-    /// Per-model settings adopted from worker labels.
-    labelled: RwLock<HashMap<String, ModelSettings>>,
-    instances: RwLock<HashMap<Arc<str>, Arc<dyn Policy>>>,
-    prefix_block_size: AtomicUsize,
-    wants_engine_load: AtomicBool,
-}
-
-impl Policies {
-    pub fn new(cfg: &Config) -> Result<Self, String> {
-        Self::with_default(cfg, cfg.policy)
-    }
-
-    /// As [`new`](Self::new), with `default` instead of `--policy` for models without
-    /// their own (prefill and decode pools have their own defaults).
-    pub fn with_default(cfg: &Config, default: PolicyKind) -> Result<Self, String> {
-        let mut configured = cfg.models.clone();
-        for pair in &cfg.model_policy {
-            let (model, kind) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("--model-policy {pair:?}: expected MODEL=POLICY"))?;
-            let kind = PolicyKind::from_str(kind, false)
-                .map_err(|_| format!("--model-policy {pair:?}: unknown policy {kind:?}"))?;
-            configured.entry(model.to_string()).or_default().policy = Some(kind);
-        }
-        let base = Config {
-            policy: default,
-            ..cfg.clone()
-        };
-        let pools = Policies {
-            cfg: base,
-            configured: HashMap::new(),
-            labelled: RwLock::new(HashMap::new()),
-            instances: RwLock::new(HashMap::new()),
-            prefix_block_size: AtomicUsize::new(0),
-            wants_engine_load: AtomicBool::new(false),
-        };
-        pools.note(&build(default, &pools.cfg));
-        for (model, settings) in &configured {
-            let c = settings.apply(&pools.cfg);
-            c.validate_policy_settings()
-                .map_err(|e| format!("models.{model}: {e}"))?;
-            pools.note(&build(c.policy, &c));
-        }
-        Ok(Policies {
-            configured: configured.into_iter().collect(),
-            ..pools
-        })
-    }
-
-    /// Records what a policy instance needs from the gateway.
-    fn note(&self, p: &Arc<dyn Policy>) {
-        self.prefix_block_size
-            .fetch_max(p.prefix_block_size(), Ordering::Relaxed);
-        if p.wants_engine_load() {
-            self.wants_engine_load.store(true, Ordering::Relaxed);
-        }
-    }
-
-    fn settings(&self, model: &str) -> Option<ModelSettings> {
-        self.configured.get(model).cloned().or_else(|| {
-            self.labelled
-                .read()
-                .expect("labelled lock")
-                .get(model)
-                .cloned()
-        })
-    }
-
-    /// The policy routing `model`, created on first use.
-    pub fn for_model(&self, model: &Arc<str>) -> Arc<dyn Policy> {
-        if let Some(p) = self.instances.read().expect("policies lock").get(model) {
-            return p.clone();
-        }
-        let c = match self.settings(model) {
-            Some(s) => s.apply(&self.cfg),
-            None => self.cfg.clone(),
-        };
-        let p = self
-            .instances
-            .write()
-            .expect("policies lock")
-            .entry(model.clone())
-            .or_insert_with(|| build(c.policy, &c))
-            .clone();
-        self.note(&p);
-        p
-    }
-
-    /// Adopts the policy settings in a newly registered worker's labels for its models,
-    /// unless the config sets them. A model whose settings change gets a new instance.
-    pub fn adopt_labels(
-        &self,
-        models: &[String],
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), String> {
-        let Some(settings) = ModelSettings::from_labels(labels)? else {
-            return Ok(());
-        };
-        let c = settings.apply(&self.cfg);
-        c.validate_policy_settings()?;
-        for model in models {
-            if self.configured.contains_key(model) {
-                continue;
-            }
-            let mut labelled = self.labelled.write().expect("labelled lock");
-            if labelled.get(model) == Some(&settings) {
-                continue;
-            }
-            labelled.insert(model.clone(), settings.clone());
-            drop(labelled);
-            let p = build(c.policy, &c);
-            self.note(&p);
-            tracing::info!(%model, policy = p.name(), "policy set by worker labels");
-            self.instances
-                .write()
-                .expect("policies lock")
-                .insert(Arc::from(model.as_str()), p);
-        }
-        Ok(())
-    }
-
-    /// Block size of the prefix hashes any model's policy reads (0: none).
-    pub fn prefix_block_size(&self) -> usize {
-        self.prefix_block_size.load(Ordering::Relaxed)
-    }
-
-    /// Whether any model's policy reads the engines' queues.
-    pub fn wants_engine_load(&self) -> bool {
-        self.wants_engine_load.load(Ordering::Relaxed)
-    }
-
-    fn each(&self) -> Vec<Arc<dyn Policy>> {
-        self.instances
-            .read()
-            .expect("policies lock")
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Periodic upkeep of every instance.
-    pub fn maintain(&self) {
-        self.each().iter().for_each(|p| p.maintain());
-    }
-
-    /// Index statistics summed over the models.
-    pub fn index_stats(&self) -> IndexStats {
-        self.each()
-            .iter()
-            .map(|p| p.index_stats())
-            .fold(IndexStats::default(), |a, b| IndexStats {
-                entries: a.entries + b.entries,
-                blocks_total: a.blocks_total + b.blocks_total,
-                blocks_matched: a.blocks_matched + b.blocks_matched,
-            })
-    }
-
-    /// Tells every instance that a worker left.
-    pub fn on_worker_removed(&self, worker: &WorkerId) {
-        self.each().iter().for_each(|p| p.on_worker_removed(worker));
     }
 }
 
@@ -297,15 +144,36 @@ pub fn by_weight(candidates: &[Arc<Worker>], mut ticket: u64) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::fleet::test_worker;
+    use crate::request::Route;
+
+    pub(crate) fn view(blocks: Vec<u64>, session: Option<&str>) -> RequestView {
+        RequestView {
+            route: Route::Completions,
+            model: Arc::from("m"),
+            stream: false,
+            session_key: session.map(str::to_string),
+            prefix_blocks: blocks,
+            prompt_bytes: 1,
+        }
+    }
+
+    pub(crate) fn ctx() -> PolicyContext {
+        PolicyContext {
+            model: Arc::from("m"),
+            role: WorkerRole::Regular,
+            prefix: PrefixIndex::new(1000),
+        }
+    }
 
     fn worker(
         port: u16,
         weight: u32,
         in_flight: usize,
     ) -> (Arc<Worker>, Vec<crate::fleet::InFlight>) {
-        let w = crate::fleet::test_worker(port);
+        let w = test_worker(port);
         w.set_weight(weight);
         let guards = (0..in_flight).map(|_| w.begin()).collect();
         (w, guards)
@@ -332,17 +200,27 @@ mod tests {
         let (a, _ga) = worker(1, 1, 3);
         let (b, _gb) = worker(2, 8, 10);
         let both = vec![a, b];
-        let req = RequestView {
-            route: crate::request::Route::Completions,
-            model: Arc::from("m"),
-            stream: false,
-            session_key: None,
-            prefix_blocks: Vec::new(),
-            prompt_bytes: 1,
-        };
         let p = power_of_two::PowerOfTwo;
         for _ in 0..20 {
-            assert_eq!(p.pick(&both, &req).unwrap().index, 1);
+            assert_eq!(p.pick(&both, &view(vec![], None), &ctx()).unwrap().index, 1);
         }
+    }
+
+    #[test]
+    fn random_is_not_a_rotation_and_round_robin_is() {
+        let (a, _) = worker(1, 1, 0);
+        let (b, _) = worker(2, 1, 0);
+        let both = vec![a, b];
+        let seq = |p: &dyn Policy| -> Vec<usize> {
+            (0..64)
+                .map(|_| p.pick(&both, &view(vec![], None), &ctx()).unwrap().index)
+                .collect()
+        };
+        let alternates = |s: &[usize]| s.windows(2).all(|w| w[0] != w[1]);
+        assert!(alternates(&seq(&round_robin::RoundRobin::default())));
+        // A random sequence of 64 alternates with probability 2^-63.
+        let r = seq(&random::Random);
+        assert!(!alternates(&r), "{r:?}");
+        assert!(r.contains(&0) && r.contains(&1), "{r:?}");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{Pick, Policy};
+use super::{Pick, Policy, PolicyContext};
 use crate::fleet::Worker;
 use crate::request::RequestView;
 
@@ -21,7 +21,12 @@ impl Policy for PowerOfTwo {
         "power_of_two"
     }
 
-    fn pick(&self, candidates: &[Arc<Worker>], _req: &RequestView) -> Option<Pick> {
+    fn pick(
+        &self,
+        candidates: &[Arc<Worker>],
+        _req: &RequestView,
+        _ctx: &PolicyContext,
+    ) -> Option<Pick> {
         match candidates.len() {
             0 => None,
             1 => Some(Pick {

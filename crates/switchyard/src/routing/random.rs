@@ -1,8 +1,9 @@
-//! `random`: a uniformly random candidate.
+//! `random`: a random candidate, each as likely as its share of the candidates'
+//! total weight (uniform when the weights are equal).
 
 use std::sync::Arc;
 
-use super::{Pick, Policy};
+use super::{Pick, Policy, PolicyContext};
 use crate::fleet::Worker;
 use crate::request::RequestView;
 
@@ -13,7 +14,12 @@ impl Policy for Random {
         "random"
     }
 
-    fn pick(&self, candidates: &[Arc<Worker>], _req: &RequestView) -> Option<Pick> {
+    fn pick(
+        &self,
+        candidates: &[Arc<Worker>],
+        _req: &RequestView,
+        _ctx: &PolicyContext,
+    ) -> Option<Pick> {
         (!candidates.is_empty()).then(|| Pick {
             index: match super::total_weight(candidates) {
                 None => fastrand::usize(..candidates.len()),

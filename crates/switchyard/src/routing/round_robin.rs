@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Pick, Policy};
+use super::{Pick, Policy, PolicyContext};
 use crate::fleet::Worker;
 use crate::request::RequestView;
 
@@ -17,7 +17,12 @@ impl Policy for RoundRobin {
         "round_robin"
     }
 
-    fn pick(&self, candidates: &[Arc<Worker>], _req: &RequestView) -> Option<Pick> {
+    fn pick(
+        &self,
+        candidates: &[Arc<Worker>],
+        _req: &RequestView,
+        _ctx: &PolicyContext,
+    ) -> Option<Pick> {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         (!candidates.is_empty()).then(|| Pick {
             index: match super::total_weight(candidates) {

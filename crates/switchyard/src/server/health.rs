@@ -1,5 +1,6 @@
 //! Probes: `/liveness` (the process runs), `/readiness` (at least one healthy worker),
-//! `/health` (the gateway and each worker).
+//! `/health` (the gateway and each worker). These answer without a key, so a worker
+//! appears by its opaque id only: its URL is shown on the admin listener.
 
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Response {
         .map(|w| {
             let (running, waiting) = w.engine_load();
             json!({
-                "url": w.id.url,
+                "id": &*w.api_id,
                 "dp_rank": w.id.dp_rank,
                 "role": w.id.role,
                 "healthy": w.is_healthy(),

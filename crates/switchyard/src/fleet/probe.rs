@@ -1,15 +1,19 @@
 //! Background probes: active health checks (and model discovery when a worker turns
-//! healthy), and the engine-load scrape of vLLM's `/metrics` used by load-aware policies.
+//! healthy), and the engine-load scrape of vLLM's `/metrics` that load-aware policies
+//! read. Every probe reads at most [`PROBE_BODY_LIMIT`] bytes of an answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::join_all;
-use tokio::sync::watch;
+use http::StatusCode;
 
 use super::{Registry, Worker};
-use crate::dispatch::client::{UpstreamClient, get};
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::upstream::{self, PROBE_BODY_LIMIT, UpstreamClient, UpstreamError};
 
 /// Settings of the probes.
 #[derive(Clone, Debug)]
@@ -29,13 +33,38 @@ pub struct Prober {
     pub client: UpstreamClient,
     pub cfg: ProbeConfig,
     pub metrics: Arc<Metrics>,
+    /// Set by routing when a policy in use reads engine load; the scrape runs only then.
+    pub load_wanted: Arc<AtomicBool>,
 }
 
 impl Prober {
+    /// GET `path` on `w`, reading at most [`PROBE_BODY_LIMIT`] bytes.
+    pub async fn get(&self, w: &Worker, path: &str) -> Result<(StatusCode, Bytes), UpstreamError> {
+        let req = upstream::get_request(w.uri(path), w.host_header());
+        upstream::fetch(&self.client, req, self.cfg.timeout, PROBE_BODY_LIMIT).await
+    }
+
+    /// POST with an empty body to `path` on `w`.
+    pub async fn post_empty(&self, w: &Worker, path: &str) -> Result<StatusCode, UpstreamError> {
+        let req = upstream::post_empty_request(w.uri(path), w.host_header());
+        upstream::fetch(&self.client, req, self.cfg.timeout, PROBE_BODY_LIMIT)
+            .await
+            .map(|(s, _)| s)
+    }
+
+    /// Whether the health endpoint answers with a success now.
+    pub async fn passes_health_check(&self, w: &Worker) -> Result<(), String> {
+        match self.get(w, &self.cfg.endpoint).await {
+            Ok((s, _)) if s.is_success() => Ok(()),
+            Ok((s, _)) => Err(format!("health check {} answered {s}", self.cfg.endpoint)),
+            Err(e) => Err(format!("health check {}: {e}", self.cfg.endpoint)),
+        }
+    }
+
     /// One check of one worker, applying thresholds. A worker that turns healthy has its
     /// models re-read.
     pub async fn check(&self, w: &Arc<Worker>) {
-        let ok = matches!(get(&self.client, w.uri(&self.cfg.endpoint), self.cfg.timeout).await, Ok((s, _)) if s.is_success());
+        let ok = self.passes_health_check(w).await.is_ok();
         let flipped = w.record_check(ok, self.cfg.failure_threshold, self.cfg.success_threshold);
         if flipped {
             if w.is_healthy() {
@@ -48,9 +77,9 @@ impl Prober {
         self.metrics.set_worker_health(&w.label, w.is_healthy());
     }
 
-    /// First probe at startup or registration: a single pass makes the worker healthy.
+    /// First probe at startup: a single pass makes the worker healthy.
     pub async fn probe_now(&self, w: &Arc<Worker>) -> bool {
-        let ok = matches!(get(&self.client, w.uri(&self.cfg.endpoint), self.cfg.timeout).await, Ok((s, _)) if s.is_success());
+        let ok = self.passes_health_check(w).await.is_ok();
         if ok {
             w.set_healthy(true);
             self.discover_models(w).await;
@@ -59,11 +88,11 @@ impl Prober {
         ok
     }
 
-    /// Reads `/v1/models` into the worker.
-    pub async fn discover_models(&self, w: &Arc<Worker>) {
-        match get(&self.client, w.uri("/v1/models"), self.cfg.timeout).await {
+    /// Model ids on the engine's `/v1/models`.
+    pub async fn read_models(&self, w: &Worker) -> Result<Vec<String>, String> {
+        match self.get(w, "/v1/models").await {
             Ok((s, body)) if s.is_success() => {
-                let ids = serde_json::from_slice::<serde_json::Value>(&body)
+                Ok(serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| {
                         v["data"].as_array().map(|a| {
@@ -72,18 +101,25 @@ impl Prober {
                                 .collect::<Vec<_>>()
                         })
                     })
-                    .unwrap_or_default();
-                w.set_models(ids);
+                    .unwrap_or_default())
             }
-            Ok((s, _)) => tracing::warn!(worker = %w.label, status = %s, "could not list models"),
+            Ok((s, _)) => Err(format!("/v1/models answered {s}")),
+            Err(e) => Err(format!("/v1/models: {e}")),
+        }
+    }
+
+    /// Reads `/v1/models` into the registry's groups.
+    pub async fn discover_models(&self, w: &Arc<Worker>) {
+        match self.read_models(w).await {
+            Ok(ids) => self.registry.set_models(w, ids),
             Err(e) => tracing::warn!(worker = %w.label, error = %e, "could not list models"),
         }
     }
 
     /// Data-parallel ranks behind the engine: the distinct `engine` labels vLLM puts on
     /// `vllm:num_requests_running` (one per rank). 1 when that cannot be read.
-    pub async fn discover_dp_size(&self, w: &Arc<Worker>) -> usize {
-        match get(&self.client, w.uri("/metrics"), self.cfg.timeout).await {
+    pub async fn discover_dp_size(&self, w: &Worker) -> usize {
+        match self.get(w, "/metrics").await {
             Ok((s, body)) if s.is_success() => {
                 engine_count(&String::from_utf8_lossy(&body), "vllm:num_requests_running")
             }
@@ -93,7 +129,7 @@ impl Prober {
 
     /// Scrapes the engine's queue from its Prometheus metrics.
     pub async fn scrape_load(&self, w: &Arc<Worker>) {
-        if let Ok((s, body)) = get(&self.client, w.uri("/metrics"), self.cfg.timeout).await {
+        if let Ok((s, body)) = self.get(w, "/metrics").await {
             if s.is_success() {
                 let text = String::from_utf8_lossy(&body);
                 let rank = w.id.dp_rank;
@@ -104,46 +140,45 @@ impl Prober {
         }
     }
 
-    /// Runs health checks every interval until `shutdown` flips.
-    pub async fn run_health(self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs health checks every interval until shutdown.
+    pub async fn run_health(self, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.cancelled() => return,
             }
             let workers = self.registry.all();
-            join_all(workers.iter().map(|w| self.check(w))).await;
+            tokio::select! {
+                _ = join_all(workers.iter().map(|w| self.check(w))) => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
     }
 
-    /// Scrapes engine load every `load_interval`, while some policy in `pools` reads
-    /// it, until `shutdown` flips.
-    pub async fn run_load(
-        self,
-        pools: Vec<Arc<crate::routing::Policies>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    /// Scrapes engine load every `load_interval` while a policy reads it, until shutdown.
+    pub async fn run_load(self, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(self.cfg.load_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.cancelled() => return,
             }
-            if !pools.iter().any(|p| p.wants_engine_load()) {
+            if !self.load_wanted.load(Ordering::Relaxed) {
                 continue;
             }
             let workers = self.registry.all();
-            join_all(
-                workers
-                    .iter()
-                    .filter(|w| w.is_healthy())
-                    .map(|w| self.scrape_load(w)),
-            )
-            .await;
+            let scrapes = workers
+                .iter()
+                .filter(|w| w.is_healthy())
+                .map(|w| self.scrape_load(w));
+            tokio::select! {
+                _ = join_all(scrapes) => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
     }
 }

@@ -1,0 +1,217 @@
+//! The answer to a generation request: one JSON body, or server-sent events (a role
+//! chunk, one chunk per token, an optional usage chunk, then `[DONE]`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::super::{ApiError, ServerState};
+use super::disagg::RoomGuard;
+use crate::scheduler::{FinishReason, SeqEvent, SeqSummary};
+use crate::tokenizer;
+
+/// What the response needs to know about the request.
+pub(super) struct Output {
+    pub(super) chat: bool,
+    pub(super) id: String,
+    pub(super) created: u64,
+    pub(super) model: String,
+    pub(super) target: u32,
+    pub(super) finish: FinishReason,
+    /// Set when the response must carry `kv_transfer_params` for a remote decode.
+    pub(super) kv: Option<(Arc<ServerState>, usize)>,
+}
+
+impl Output {
+    pub(super) fn usage(&self, s: &SeqSummary) -> Value {
+        json!({
+            "prompt_tokens": s.prompt_tokens,
+            "completion_tokens": s.completion_tokens,
+            "total_tokens": s.prompt_tokens + s.completion_tokens as usize,
+            "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
+        })
+    }
+
+    pub(super) fn kv_params(&self, s: &SeqSummary) -> Value {
+        match &self.kv {
+            None => Value::Null,
+            Some((st, _rank)) => json!({
+                "do_remote_prefill": true,
+                "do_remote_decode": false,
+                "remote_block_ids": s.block_ids,
+                "remote_engine_id": st.engine_id,
+                "remote_host": st.addr.ip().to_string(),
+                "remote_port": st.addr.port(),
+                "tp_size": 1,
+            }),
+        }
+    }
+
+    pub(super) fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Bytes {
+        let choice = if self.chat {
+            let delta = if role {
+                json!({"role": "assistant", "content": ""})
+            } else {
+                json!({"content": text.unwrap_or("")})
+            };
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish, "stop_reason": null})
+        };
+        self.event(json!({
+            "id": self.id,
+            "object": if self.chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }))
+    }
+
+    pub(super) fn event(&self, v: Value) -> Bytes {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(b"data: ");
+        serde_json::to_writer(&mut buf, &v).expect("serializing JSON to memory");
+        buf.extend_from_slice(b"\n\n");
+        Bytes::from(buf)
+    }
+}
+
+pub(super) fn timing(s: &SeqSummary) -> Value {
+    json!({
+        "arrival": s.arrival,
+        "queue_secs": s.scheduled - s.arrival,
+        "ttft_secs": s.first_token - s.arrival,
+        "e2e_secs": s.finished - s.arrival,
+        "preemptions": s.preemptions,
+    })
+}
+
+pub(super) async fn complete_response(
+    out: Output,
+    mut rx: mpsc::UnboundedReceiver<SeqEvent>,
+    mut room: Option<RoomGuard>,
+) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let summary = loop {
+        match rx.recv().await {
+            Some(SeqEvent::Token { token, .. }) => {
+                if let Some(r) = room.as_mut() {
+                    r.ready();
+                }
+                text.push_str(tokenizer::token_text(token));
+            }
+            Some(SeqEvent::Done(s)) => break s,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "engine dropped the request",
+                ));
+            }
+        }
+    };
+    let finish = summary.finish_reason.as_str();
+    let choice = if out.chat {
+        json!({"index": 0, "message": {"role": "assistant", "content": text, "tool_calls": []},
+               "logprobs": null, "finish_reason": finish, "stop_reason": null})
+    } else {
+        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+               "stop_reason": null, "prompt_logprobs": null})
+    };
+    let body = json!({
+        "id": out.id,
+        "object": if out.chat { "chat.completion" } else { "text_completion" },
+        "created": out.created,
+        "model": out.model,
+        "choices": [choice],
+        "usage": out.usage(&summary),
+        "kv_transfer_params": out.kv_params(&summary),
+        "sim_timing": timing(&summary),
+    });
+    Ok(Json(body).into_response())
+}
+
+/// Server-sent events: a role chunk, one chunk per token (the last carries
+/// `finish_reason`), an optional usage chunk, then `data: [DONE]`.
+pub(super) fn stream_response(
+    out: Output,
+    rx: mpsc::UnboundedReceiver<SeqEvent>,
+    include_usage: bool,
+    room: Option<RoomGuard>,
+) -> Response {
+    struct St {
+        out: Output,
+        rx: mpsc::UnboundedReceiver<SeqEvent>,
+        include_usage: bool,
+        room: Option<RoomGuard>,
+        emitted: u32,
+        queue: VecDeque<Bytes>,
+        finished: bool,
+    }
+    let st = St {
+        out,
+        rx,
+        include_usage,
+        room,
+        emitted: 0,
+        queue: VecDeque::new(),
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(st, |mut s| async move {
+        loop {
+            if let Some(b) = s.queue.pop_front() {
+                return Some((Ok::<Bytes, std::io::Error>(b), s));
+            }
+            if s.finished {
+                return None;
+            }
+            match s.rx.recv().await {
+                Some(SeqEvent::Token { token, .. }) => {
+                    if let Some(r) = s.room.as_mut() {
+                        r.ready();
+                    }
+                    if s.out.chat && s.emitted == 0 {
+                        s.queue.push_back(s.out.chunk(None, true, None));
+                    }
+                    s.emitted += 1;
+                    let finish = (s.emitted == s.out.target).then_some(s.out.finish.as_str());
+                    s.queue.push_back(s.out.chunk(
+                        Some(tokenizer::token_text(token)),
+                        false,
+                        finish,
+                    ));
+                }
+                Some(SeqEvent::Done(summary)) => {
+                    if s.include_usage {
+                        let usage = s.out.event(json!({
+                            "id": s.out.id,
+                            "object": if s.out.chat { "chat.completion.chunk" } else { "text_completion" },
+                            "created": s.out.created,
+                            "model": s.out.model,
+                            "choices": [],
+                            "usage": s.out.usage(&summary),
+                            "kv_transfer_params": s.out.kv_params(&summary),
+                            "sim_timing": timing(&summary),
+                        }));
+                        s.queue.push_back(usage);
+                    }
+                    s.queue.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                    s.finished = true;
+                }
+                None => {
+                    return Some((Err(std::io::Error::other("engine dropped the request")), s));
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .expect("static headers are valid")
+}

@@ -1,0 +1,341 @@
+//! Checking a [`Config`]: each value, and the relations between options. Every error
+//! names the option at fault. Nothing here builds the gateway's parts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::{Config, ConfigError, invalid};
+use crate::upstream::EngineUrl;
+
+/// Checks `--selector`-style `KEY=VALUE` pairs.
+pub fn check_selector(option: &str, pairs: &[String]) -> Result<(), ConfigError> {
+    for p in pairs {
+        match p.split_once('=') {
+            Some((k, v))
+                if !k.is_empty()
+                    && !k.contains(['=', ',', '!', ' '])
+                    && !v.contains(['=', ',', ' ']) => {}
+            _ => return Err(invalid(option, format!("{p:?}: expected KEY=VALUE"))),
+        }
+    }
+    Ok(())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Config {
+    /// `--prefill` as (URL, bootstrap port) pairs, validated; `--decode` URLs validated.
+    pub fn pd_workers(&self) -> Result<Vec<(EngineUrl, Option<u16>)>, ConfigError> {
+        let mut out: Vec<(EngineUrl, Option<u16>)> = Vec::new();
+        for v in &self.prefill {
+            if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                let port = v.parse::<u16>().map_err(|_| {
+                    invalid(
+                        "prefill",
+                        format!("bootstrap port {v:?} is not a port number"),
+                    )
+                })?;
+                match out.last_mut() {
+                    Some((_, p @ None)) => *p = Some(port),
+                    _ => {
+                        return Err(invalid(
+                            "prefill",
+                            format!("bootstrap port {v} must follow a URL"),
+                        ));
+                    }
+                }
+            } else {
+                let url =
+                    EngineUrl::parse(v).map_err(|e| invalid("prefill", format!("{v:?}: {e}")))?;
+                out.push((url, None));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `--decode` URLs, validated.
+    pub fn decode_workers(&self) -> Result<Vec<EngineUrl>, ConfigError> {
+        urls("decode", &self.decode)
+    }
+
+    /// `--worker-urls`, validated.
+    pub fn regular_workers(&self) -> Result<Vec<EngineUrl>, ConfigError> {
+        urls("worker-urls", &self.worker_urls)
+    }
+
+    /// `--model-alias` as a map from alias to model.
+    pub fn aliases(&self) -> Result<HashMap<String, Arc<str>>, ConfigError> {
+        self.model_alias
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((a, m)) if !a.is_empty() && !m.is_empty() && a != m => {
+                    Ok((a.to_string(), Arc::from(m)))
+                }
+                _ => Err(invalid(
+                    "model-alias",
+                    format!("{pair:?}: expected ALIAS=MODEL"),
+                )),
+            })
+            .collect()
+    }
+
+    /// Checks values and their relations; the message names the option.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.regular_workers()?;
+        self.validate_policy_settings()?;
+        self.model_settings()?;
+        if !(0.0..=1.0).contains(&self.retry_jitter_factor) {
+            return Err(invalid(
+                "retry-jitter-factor",
+                format!("must be between 0 and 1, got {}", self.retry_jitter_factor),
+            ));
+        }
+        if self.retry_backoff_multiplier.is_nan() || self.retry_backoff_multiplier < 1.0 {
+            return Err(invalid("retry-backoff-multiplier", "must be at least 1.0"));
+        }
+        if !(self.rate_limit_tokens_per_second >= 0.0
+            && self.rate_limit_tokens_per_second.is_finite())
+        {
+            return Err(invalid(
+                "rate-limit-tokens-per-second",
+                "must be a non-negative number",
+            ));
+        }
+        let positive = [
+            ("request-timeout-secs", self.request_timeout_secs as usize),
+            ("max-payload-size", self.max_payload_size),
+            ("cache-block-size", self.cache_block_size),
+            ("dp-size", self.dp_size),
+            ("eviction-interval", self.eviction_interval as usize),
+            ("load-interval-secs", self.load_interval_secs as usize),
+            ("cb-failure-threshold", self.cb_failure_threshold as usize),
+            ("cb-success-threshold", self.cb_success_threshold as usize),
+            (
+                "cb-timeout-duration-secs",
+                self.cb_timeout_duration_secs as usize,
+            ),
+            (
+                "cb-window-duration-secs",
+                self.cb_window_duration_secs as usize,
+            ),
+            (
+                "health-check-interval-secs",
+                self.health_check_interval_secs as usize,
+            ),
+            (
+                "health-check-timeout-secs",
+                self.health_check_timeout_secs as usize,
+            ),
+            (
+                "health-failure-threshold",
+                self.health_failure_threshold as usize,
+            ),
+            (
+                "health-success-threshold",
+                self.health_success_threshold as usize,
+            ),
+            ("queue-timeout-secs", self.queue_timeout_secs as usize),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(name, "must be at least 1"));
+        }
+        if self.retry_initial_backoff_ms > self.retry_max_backoff_ms {
+            return Err(invalid(
+                "retry-initial-backoff-ms",
+                "must not exceed --retry-max-backoff-ms",
+            ));
+        }
+        if !self.health_check_endpoint.starts_with('/') {
+            return Err(invalid("health-check-endpoint", "must start with /"));
+        }
+        if self
+            .request_id_headers
+            .iter()
+            .any(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(invalid("request-id-headers", "must be valid header names"));
+        }
+        if let Some(h) = &self.hash_header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(invalid(
+                    "hash-header",
+                    format!("{h:?} is not a valid header name"),
+                ));
+            }
+        }
+        self.validate_pd()?;
+        self.validate_discovery()?;
+        self.aliases()?;
+        self.validate_security()
+    }
+
+    fn validate_pd(&self) -> Result<(), ConfigError> {
+        self.pd_workers()?;
+        self.decode_workers()?;
+        if !self.pd_disaggregation && (!self.prefill.is_empty() || !self.decode.is_empty()) {
+            return Err(invalid(
+                "prefill",
+                "--prefill / --decode need --pd-disaggregation",
+            ));
+        }
+        if self.pd_disaggregation
+            && !self.service_discovery
+            && (self.prefill.is_empty() || self.decode.is_empty())
+        {
+            return Err(invalid(
+                "pd-disaggregation",
+                "needs at least one --prefill and one --decode worker (or --service-discovery with --prefill-selector and --decode-selector)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_discovery(&self) -> Result<(), ConfigError> {
+        check_selector("selector", &self.selector)?;
+        check_selector("prefill-selector", &self.prefill_selector)?;
+        check_selector("decode-selector", &self.decode_selector)?;
+        if !self.service_discovery {
+            if !self.selector.is_empty()
+                || !self.prefill_selector.is_empty()
+                || !self.decode_selector.is_empty()
+            {
+                return Err(invalid(
+                    "selector",
+                    "--selector / --prefill-selector / --decode-selector need --service-discovery",
+                ));
+            }
+            return Ok(());
+        }
+        if self.pd_disaggregation {
+            if self.prefill_selector.is_empty() || self.decode_selector.is_empty() {
+                return Err(invalid(
+                    "service-discovery",
+                    "with --pd-disaggregation it needs --prefill-selector and --decode-selector",
+                ));
+            }
+            if !self.selector.is_empty() {
+                return Err(invalid(
+                    "selector",
+                    "applies without --pd-disaggregation; use --prefill-selector and --decode-selector",
+                ));
+            }
+        } else {
+            if self.selector.is_empty() {
+                return Err(invalid("service-discovery", "needs --selector KEY=VALUE"));
+            }
+            if !self.prefill_selector.is_empty() || !self.decode_selector.is_empty() {
+                return Err(invalid(
+                    "prefill-selector",
+                    "--prefill-selector / --decode-selector need --pd-disaggregation",
+                ));
+            }
+        }
+        if self.service_discovery_port == 0 {
+            return Err(invalid("service-discovery-port", "must be a port number"));
+        }
+        if self.service_discovery_relist_secs == 0 {
+            return Err(invalid(
+                "service-discovery-relist-secs",
+                "must be at least 1",
+            ));
+        }
+        if let Some(url) = &self.kube_api_url {
+            url.parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme().is_some() && u.authority().is_some())
+                .ok_or_else(|| invalid("kube-api-url", format!("{url:?} is not a URL")))?;
+        }
+        Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        for entry in &self.worker_allowlist {
+            if let Some((net, len)) = entry.split_once('/') {
+                let ok = match net.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(_)) => len.parse::<u32>().is_ok_and(|l| l <= 32),
+                    Ok(IpAddr::V6(_)) => len.parse::<u32>().is_ok_and(|l| l <= 128),
+                    Err(_) => false,
+                };
+                if !ok {
+                    return Err(invalid(
+                        "worker-allowlist",
+                        format!("{entry:?} is not a valid CIDR"),
+                    ));
+                }
+            } else if entry.is_empty() {
+                return Err(invalid("worker-allowlist", "entries must not be empty"));
+            }
+        }
+        if self.worker_allowed_ports.contains(&0) {
+            return Err(invalid("worker-allowed-ports", "0 is not a port"));
+        }
+        if self.admin_api_key.as_deref() == Some("") {
+            return Err(invalid("admin-api-key", "must not be empty"));
+        }
+        if self.api_key.as_deref() == Some("") {
+            return Err(invalid("api-key", "must not be empty"));
+        }
+        if !is_loopback(&self.admin_host) && self.admin_api_key.is_none() {
+            return Err(invalid(
+                "admin-host",
+                format!(
+                    "{:?} is not a loopback address: the worker API can register and remove workers, so it needs --admin-api-key there",
+                    self.admin_host
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn urls(option: &str, list: &[String]) -> Result<Vec<EngineUrl>, ConfigError> {
+    list.iter()
+        .map(|u| EngineUrl::parse(u).map_err(|e| invalid(option, format!("{u:?}: {e}"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_off_loopback_needs_a_key() {
+        for host in ["127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.5"] {
+            let c = Config {
+                admin_host: host.into(),
+                ..Config::default()
+            };
+            assert!(c.validate().is_ok(), "{host}");
+        }
+        let open = Config {
+            admin_host: "0.0.0.0".into(),
+            ..Config::default()
+        };
+        let e = open.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--admin-host") && e.contains("--admin-api-key"),
+            "{e}"
+        );
+        let keyed = Config {
+            admin_api_key: Some("k".into()),
+            ..open
+        };
+        assert!(keyed.validate().is_ok());
+    }
+
+    #[test]
+    fn selectors_are_key_value_pairs() {
+        assert!(check_selector("selector", &["app=vllm".into()]).is_ok());
+        for bad in ["app", "=x", "a=b=c", "a!=b"] {
+            let e = check_selector("selector", &[bad.into()]).unwrap_err();
+            assert!(e.to_string().starts_with("--selector"), "{e}");
+        }
+    }
+}

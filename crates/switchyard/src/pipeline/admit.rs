@@ -1,0 +1,269 @@
+//! The `admit` phase: a request's id, its API key, and admission — a token-bucket rate
+//! limit, then a concurrency limit with a bounded FIFO queue and a queue timeout. The
+//! concurrency permit ([`Admitted`]) lives until the response body has been sent.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// The id of a request with these headers: the first of `sources` present, else a
+/// generated one.
+pub fn request_id(sources: &[HeaderName], headers: &HeaderMap) -> String {
+    sources
+        .iter()
+        .find_map(|h| {
+            headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| !s.is_empty() && s.len() <= 256)
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("req-{:032x}", fastrand::u128(..)))
+}
+
+/// Echoes the request id in a response.
+pub fn set_request_id<B>(resp: &mut http::Response<B>, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <key>`.
+pub fn bearer_matches(headers: &HeaderMap, key: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A token bucket refilled continuously at `rate` tokens per second.
+struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64) -> Self {
+        let capacity = rate.max(1.0);
+        TokenBucket {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+            .min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// An admitted request's concurrency permit (none when there is no limit); held until
+/// the response body has been sent, released when dropped.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Admission control state.
+pub struct Admission {
+    api_key: Option<String>,
+    bucket: Option<Mutex<TokenBucket>>,
+    permits: Option<Arc<Semaphore>>,
+    waiting: AtomicUsize,
+    queue_size: usize,
+    queue_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// Admission settings.
+pub struct AdmissionConfig {
+    /// `--api-key`.
+    pub api_key: Option<String>,
+    pub rate: f64,
+    pub max_concurrent: usize,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+}
+
+impl Admission {
+    pub fn new(cfg: AdmissionConfig, metrics: Arc<Metrics>) -> Self {
+        Admission {
+            api_key: cfg.api_key,
+            bucket: (cfg.rate > 0.0).then(|| Mutex::new(TokenBucket::new(cfg.rate))),
+            permits: (cfg.max_concurrent > 0).then(|| Arc::new(Semaphore::new(cfg.max_concurrent))),
+            waiting: AtomicUsize::new(0),
+            queue_size: cfg.queue_size,
+            queue_timeout: cfg.queue_timeout,
+            metrics,
+        }
+    }
+
+    /// Checks `Authorization: Bearer <--api-key>` when a key is configured.
+    pub fn check_key(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match &self.api_key {
+            Some(key) if !bearer_matches(headers, key) => {
+                self.metrics.reject("unauthorized");
+                Err(ApiError::unauthorized())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits a request, or answers 429 / 503 with Retry-After.
+    pub async fn admit(&self) -> Result<Admitted, ApiError> {
+        if let Some(bucket) = &self.bucket {
+            if let Err(wait) = bucket.lock().expect("bucket lock").take() {
+                self.metrics.reject("rate_limited");
+                return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
+            }
+        }
+        let Some(sem) = &self.permits else {
+            return Ok(Admitted::default());
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Admitted { _permit: Some(p) });
+        }
+        // Reserve a queue place; give it back if the queue is full.
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_size {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.reject("queue_full");
+            return Err(ApiError::unavailable(
+                "queue_full",
+                "The gateway's request queue is full",
+                1,
+            ));
+        }
+        self.metrics.queue_depth.inc();
+        let start = Instant::now();
+        // tokio's semaphore is fair: waiters are admitted in arrival order.
+        let res = tokio::time::timeout(self.queue_timeout, sem.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.queue_depth.dec();
+        self.metrics
+            .queue_wait
+            .observe(start.elapsed().as_secs_f64());
+        match res {
+            Ok(Ok(p)) => Ok(Admitted { _permit: Some(p) }),
+            _ => {
+                self.metrics.reject("queue_timeout");
+                Err(ApiError::unavailable(
+                    "queue_timeout",
+                    format!(
+                        "No capacity within the queue timeout of {} s",
+                        self.queue_timeout.as_secs()
+                    ),
+                    1,
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_refills_at_its_rate() {
+        let mut b = TokenBucket::new(2.0);
+        assert!(b.take().is_ok());
+        assert!(b.take().is_ok());
+        assert_eq!(b.take().unwrap_err(), Duration::from_millis(500));
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert_eq!(b.take().unwrap_err(), Duration::from_millis(250));
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert!(b.take().is_ok());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            b.take().is_ok() && b.take().is_ok(),
+            "refills up to its capacity"
+        );
+        assert!(b.take().is_err(), "and no further");
+    }
+
+    #[test]
+    fn keys_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer k1 ".parse().unwrap());
+        assert!(bearer_matches(&h, "k1"));
+        assert!(!bearer_matches(&h, "k2"));
+        assert!(!bearer_matches(&HeaderMap::new(), "k1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_requests_are_admitted_in_arrival_order_then_time_out() {
+        let adm = Arc::new(Admission::new(
+            AdmissionConfig {
+                api_key: None,
+                rate: 0.0,
+                max_concurrent: 1,
+                queue_size: 3,
+                queue_timeout: Duration::from_secs(60),
+            },
+            Arc::new(Metrics::new()),
+        ));
+        let first = adm.admit().await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..3 {
+            let (queued, tx) = (adm.clone(), tx.clone());
+            tokio::spawn(async move {
+                let permit = queued.admit().await.unwrap();
+                tx.send(i).unwrap();
+                // Hold the permit a while so the next waiter comes strictly after.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(permit);
+            });
+            // Let it join the queue before the next one arrives.
+            while adm.waiting.load(Ordering::Acquire) != i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let e = adm.admit().await.unwrap_err();
+        assert_eq!(e.code, "queue_full");
+        drop(first);
+        let order: Vec<usize> = [rx.recv().await, rx.recv().await, rx.recv().await]
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(order, vec![0, 1, 2]);
+        // A waiter that gets no permit within the timeout is turned away.
+        let held = adm.admit().await.unwrap();
+        let waiter = tokio::spawn({
+            let adm = adm.clone();
+            async move { adm.admit().await.map(|_| ()) }
+        });
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(waiter.await.unwrap().unwrap_err().code, "queue_timeout");
+        drop(held);
+    }
+}

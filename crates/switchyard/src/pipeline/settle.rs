@@ -1,0 +1,409 @@
+//! The `settle` phase: the one place a request is accounted for — metrics, the access
+//! log line, the worker's in-flight slot, breaker outcome and passive health (through
+//! the [`Assignment`]), and the admission permit. A request the gateway answered itself
+//! settles at once; a proxied one settles when its response body ends, fails, or the
+//! client goes away ([`SettledBody`]).
+//!
+//! The body is the engine's bytes, untouched and unbuffered: hyper polls it only when
+//! the client can take more, so back-pressure reaches the engine, and dropping it
+//! closes the upstream connection, which cancels the request on the engine.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::admit::Admitted;
+use crate::error::ApiError;
+use crate::fleet::Verdict;
+use crate::metrics::{Metrics, ModelWorker, ReasonLabel, RequestLabels, RouteModel, TokenLabels};
+use crate::request::{RequestView, Route};
+use crate::routing::Assignment;
+
+/// How a proxied response ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Complete,
+    UpstreamError,
+    ClientGone,
+}
+
+impl Ending {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::Complete => "complete",
+            Ending::UpstreamError => "upstream_error",
+            Ending::ClientGone => "client_gone",
+        }
+    }
+}
+
+/// A request that ends without an engine's answer (rejected, or every attempt failed).
+pub fn rejected(metrics: &Metrics, route: Route, model: &str, request_id: &str, e: &ApiError) {
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.name(),
+            model: Arc::from(model),
+            worker: Arc::from(""),
+            status: e.status.as_u16(),
+        })
+        .inc();
+    tracing::info!(target: "switchyard::access", request_id = %request_id, route = route.name(), status = e.status.as_u16(), error = e.code, "request rejected");
+}
+
+/// Everything to settle when a proxied response ends.
+pub struct Settle {
+    pub start: Instant,
+    pub view: Arc<RequestView>,
+    /// The model that served it (after selection).
+    pub model: Arc<str>,
+    pub assignment: Assignment,
+    /// The request got this same failing answer from another worker: blame the request.
+    pub excused: bool,
+    pub admitted: Admitted,
+    pub status: StatusCode,
+    pub request_id: String,
+    pub metrics: Arc<Metrics>,
+    pub attempts: u32,
+}
+
+impl Settle {
+    fn finish(self, ending: Ending, ttft: Option<Instant>, tail: &[u8]) {
+        let worker = self.assignment.worker().clone();
+        let verdict = match ending {
+            Ending::ClientGone => Verdict::Excused,
+            Ending::UpstreamError => Verdict::Failure,
+            Ending::Complete if self.excused => Verdict::Excused,
+            Ending::Complete => crate::dispatch::verdict(self.status),
+        };
+        self.assignment.settle(&self.view, verdict);
+        let elapsed = self.start.elapsed();
+        let route = self.view.route.name();
+        let m = &self.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                route,
+                model: self.model.clone(),
+                worker: worker.label.clone(),
+                status: self.status.as_u16(),
+            })
+            .inc();
+        m.duration
+            .get_or_create(&RouteModel {
+                route,
+                model: self.model.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(usage) = find_usage(tail) {
+            for (kind, v) in usage {
+                m.tokens
+                    .get_or_create(&TokenLabels {
+                        model: self.model.clone(),
+                        kind,
+                    })
+                    .inc_by(v);
+            }
+        }
+        if ending == Ending::UpstreamError {
+            m.upstream_errors
+                .get_or_create(&ReasonLabel { reason: "stream" })
+                .inc();
+        }
+        let ttft_ms = ttft.map(|f| f.duration_since(self.start).as_secs_f64() * 1e3);
+        tracing::info!(
+            target: "switchyard::access",
+            request_id = %self.request_id,
+            route,
+            model = %self.model,
+            worker = %worker.label,
+            status = self.status.as_u16(),
+            outcome = ending.as_str(),
+            attempts = self.attempts,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            ttft_ms,
+            "request"
+        );
+        // The admission permit drops here, after the last byte.
+    }
+}
+
+/// Bytes kept from the end of a body to find its `usage`.
+const TAIL: usize = 8 * 1024;
+
+/// The engine's response body with its settlement attached.
+pub struct SettledBody {
+    inner: Incoming,
+    settle: Option<Settle>,
+    first: Option<Instant>,
+    tail: Vec<u8>,
+    events: Option<SseGaps>,
+}
+
+impl SettledBody {
+    pub fn new(inner: Incoming, settle: Settle) -> Self {
+        let events = settle.view.stream.then(SseGaps::default);
+        SettledBody {
+            inner,
+            settle: Some(settle),
+            first: None,
+            tail: Vec::new(),
+            events,
+        }
+    }
+
+    fn on_data(&mut self, data: &Bytes) {
+        let now = Instant::now();
+        if let Some(s) = &self.settle {
+            if self.first.is_none() {
+                self.first = Some(now);
+                if s.view.stream {
+                    s.metrics
+                        .ttft
+                        .get_or_create(&ModelWorker {
+                            model: s.model.clone(),
+                            worker: s.assignment.worker().label.clone(),
+                        })
+                        .observe(now.duration_since(s.start).as_secs_f64());
+                }
+            }
+            if let Some(events) = &mut self.events {
+                let itl = s.metrics.itl.get_or_create(&RouteModel {
+                    route: s.view.route.name(),
+                    model: s.model.clone(),
+                });
+                events.feed(data, now, |gap| itl.observe(gap));
+            }
+        }
+        if data.len() >= TAIL {
+            self.tail.clear();
+            self.tail.extend_from_slice(&data[data.len() - TAIL..]);
+        } else {
+            let overflow = (self.tail.len() + data.len()).saturating_sub(TAIL);
+            self.tail.drain(..overflow);
+            self.tail.extend_from_slice(data);
+        }
+    }
+
+    fn finish(&mut self, ending: Ending) {
+        if let Some(s) = self.settle.take() {
+            s.finish(ending, self.first, &self.tail);
+        }
+    }
+}
+
+impl Body for SettledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    this.on_data(d);
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(Ending::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.finish(Ending::UpstreamError);
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.finish(Ending::Complete);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for SettledBody {
+    fn drop(&mut self) {
+        self.finish(Ending::ClientGone);
+    }
+}
+
+/// Finds the server-sent events of a stream that carry generated content (text,
+/// reasoning, tool calls) and reports the time between consecutive ones: the
+/// inter-token latency as a client sees it. Events may span frames and a frame may hold
+/// several; role-only, usage-only and `[DONE]` events carry no content.
+#[derive(Default)]
+struct SseGaps {
+    /// The start of an event whose end has not arrived yet.
+    partial: Vec<u8>,
+    last: Option<Instant>,
+}
+
+/// Longest unfinished event kept while waiting for its end.
+const MAX_EVENT: usize = 64 * 1024;
+
+impl SseGaps {
+    fn feed(&mut self, data: &[u8], now: Instant, mut observe: impl FnMut(f64)) {
+        if self.partial.is_empty() {
+            let rest = self.scan(data, now, &mut observe);
+            if rest.len() <= MAX_EVENT {
+                self.partial.extend_from_slice(rest);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(data);
+            let done = buf.len() - self.scan(&buf, now, &mut observe).len();
+            buf.drain(..done);
+            if buf.len() <= MAX_EVENT {
+                self.partial = buf;
+            }
+        }
+    }
+
+    /// Handles every complete event in `buf`; returns the unfinished rest.
+    fn scan<'b>(&mut self, buf: &'b [u8], now: Instant, observe: &mut impl FnMut(f64)) -> &'b [u8] {
+        let mut rest = buf;
+        while let Some(end) = memchr::memmem::find(rest, b"\n\n") {
+            if carries_content(&rest[..end]) {
+                if let Some(prev) = self.last {
+                    observe(now.duration_since(prev).as_secs_f64());
+                }
+                self.last = Some(now);
+            }
+            rest = &rest[end + 2..];
+        }
+        rest
+    }
+}
+
+/// Whether one SSE event carries generated content: a non-empty `content`, `text` or
+/// `reasoning_content` string, or tool calls.
+fn carries_content(event: &[u8]) -> bool {
+    const MARKERS: [&[u8]; 4] = [
+        b"\"content\":\"",
+        b"\"text\":\"",
+        b"\"reasoning_content\":\"",
+        b"\"tool_calls\":[{",
+    ];
+    MARKERS.iter().any(|m| {
+        memchr::memmem::find_iter(event, m).any(|at| {
+            *m == b"\"tool_calls\":[{".as_slice() || event.get(at + m.len()) != Some(&b'"')
+        })
+    })
+}
+
+/// `(kind, count)` from the last `"usage": {...}` object in `tail`, if any.
+fn find_usage(tail: &[u8]) -> Option<Vec<(&'static str, u64)>> {
+    let pos = memchr::memmem::rfind(tail, b"\"usage\"")?;
+    let rest = &tail[pos + 7..];
+    let colon = rest.iter().position(|b| *b == b':')?;
+    #[derive(serde::Deserialize)]
+    struct Details {
+        cached_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        prompt_tokens_details: Option<Details>,
+    }
+    let mut stream = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<Usage>();
+    let usage = stream.next()?.ok()?;
+    let cached = usage.prompt_tokens_details.and_then(|d| d.cached_tokens);
+    let out: Vec<(&'static str, u64)> = [
+        ("prompt", usage.prompt_tokens),
+        ("completion", usage.completion_tokens),
+        ("cached", cached),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_found_in_json_and_sse_tails() {
+        let json = br#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":8}}}"#;
+        assert_eq!(
+            find_usage(json).unwrap(),
+            vec![("prompt", 12), ("completion", 3), ("cached", 8)]
+        );
+        let sse = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        assert_eq!(
+            find_usage(sse).unwrap(),
+            vec![("prompt", 5), ("completion", 2)]
+        );
+        assert!(find_usage(b"data: [DONE]").is_none());
+        assert!(find_usage(b"\"usage\": null").is_none());
+    }
+
+    #[test]
+    fn only_content_bearing_events_count() {
+        assert!(carries_content(
+            br#"data: {"choices":[{"delta":{"content":"hi"}}]}"#
+        ));
+        assert!(carries_content(br#"data: {"choices":[{"text":" x"}]}"#));
+        assert!(carries_content(
+            br#"data: {"choices":[{"delta":{"reasoning_content":"so"}}]}"#
+        ));
+        assert!(carries_content(
+            br#"data: {"choices":[{"delta":{"tool_calls":[{"id":"c"}]}}]}"#
+        ));
+        assert!(!carries_content(
+            br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        ));
+        assert!(!carries_content(
+            br#"data: {"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(!carries_content(b"data: [DONE]"));
+    }
+
+    #[test]
+    fn gaps_are_measured_between_events_however_frames_cut_them() {
+        let role =
+            &b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"[..];
+        let tok =
+            |t: &str| format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{t}\"}}}}]}}\n\n");
+        let stream: Vec<u8> = [
+            role.to_vec(),
+            tok("a").into_bytes(),
+            tok("b").into_bytes(),
+            tok("c").into_bytes(),
+            b"data: [DONE]\n\n".to_vec(),
+        ]
+        .concat();
+        // Whole events per frame, every event in one frame, and frames cut anywhere
+        // (including between the two newlines): three content events, two gaps.
+        for cut in [1usize, 2, 7, 33, stream.len()] {
+            let mut g = SseGaps::default();
+            let mut gaps = 0;
+            let t0 = Instant::now();
+            for (i, frame) in stream.chunks(cut).enumerate() {
+                g.feed(
+                    frame,
+                    t0 + std::time::Duration::from_millis(i as u64),
+                    |_| gaps += 1,
+                );
+            }
+            assert_eq!(gaps, 2, "cut {cut}");
+        }
+    }
+}

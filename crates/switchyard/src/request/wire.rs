@@ -1,0 +1,75 @@
+//! The wire shape of a generation request as far as the gateway reads it: borrowed
+//! from the client's bytes (no copy of the prompt), every other field skipped.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+#[derive(Deserialize)]
+pub(super) struct Wire<'a> {
+    #[serde(borrow)]
+    pub model: Option<Cow<'a, str>>,
+    pub stream: Option<bool>,
+    // Parsed only to check their types.
+    #[allow(dead_code)]
+    pub stream_options: Option<HashMap<Cow<'a, str>, IgnoredAny>>,
+    #[serde(borrow)]
+    pub messages: Option<Vec<Message<'a>>>,
+    #[serde(borrow)]
+    pub prompt: Option<Prompt<'a>>,
+    pub input: Option<IgnoredAny>,
+    #[serde(borrow)]
+    pub user: Option<Cow<'a, str>>,
+    #[allow(dead_code)]
+    pub max_tokens: Option<u64>,
+    #[allow(dead_code)]
+    pub max_completion_tokens: Option<u64>,
+    pub n: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    #[allow(dead_code)]
+    pub seed: Option<i64>,
+    #[allow(dead_code)]
+    pub stop: Option<Stop<'a>>,
+}
+
+/// Parsed only to check its type.
+#[derive(Deserialize)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(super) enum Stop<'a> {
+    One(#[serde(borrow)] Cow<'a, str>),
+    Many(#[serde(borrow)] Vec<Cow<'a, str>>),
+}
+
+#[derive(Deserialize)]
+pub(super) struct Message<'a> {
+    #[serde(borrow)]
+    pub role: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub content: Option<Content<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum Content<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Parts(#[serde(borrow)] Vec<Part<'a>>),
+}
+
+#[derive(Deserialize)]
+pub(super) struct Part<'a> {
+    #[serde(borrow, default)]
+    pub text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum Prompt<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Tokens(Vec<u32>),
+    Texts(#[serde(borrow)] Vec<Cow<'a, str>>),
+    TokenLists(Vec<Vec<u32>>),
+}

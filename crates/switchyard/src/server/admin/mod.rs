@@ -1,0 +1,39 @@
+//! The admin listener (`--admin-host`, `--admin-port`, loopback by default), never the
+//! data plane: the worker API ([`workers`]) and registration jobs ([`jobs`]). With
+//! `--admin-api-key` every call needs it; a non-loopback admin host requires one.
+
+pub mod jobs;
+pub mod workers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use super::{AppState, layers};
+use crate::error::ApiError;
+
+/// The admin router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/workers", post(workers::add).get(workers::list))
+        .route(
+            "/workers/{id}",
+            get(workers::get)
+                .delete(workers::delete)
+                .patch(workers::patch),
+        )
+        .route("/jobs/{id}", get(workers::job))
+        .route("/get_loads", get(workers::loads))
+        .route("/flush_cache", post(workers::flush_cache))
+        .fallback(|req: Request| async move {
+            ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::admin_key,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,82 @@
+//! The data plane's routes (OpenAI API and probes) and the metrics listener's.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use http::HeaderValue;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use super::{AppState, health, layers, openai};
+
+/// The data plane. Generation routes handle request ids, keys and admission inline
+/// (the pipeline's `admit` phase); the others get them from layers.
+pub fn data_plane(state: Arc<AppState>) -> Router {
+    let generation = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(openai::chat_completions).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/completions",
+            post(openai::completions).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/embeddings",
+            post(openai::embeddings).fallback(openai::method_not_allowed),
+        );
+    let v1 = Router::new()
+        .route(
+            "/v1/models",
+            get(openai::models).fallback(openai::method_not_allowed),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::api_key,
+        ));
+    let rest = Router::new()
+        .merge(v1)
+        .route("/health", get(health::health))
+        .route("/readiness", get(health::readiness))
+        .route("/liveness", get(health::liveness))
+        .fallback(openai::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::request_id,
+        ));
+    let mut app = generation.merge(rest);
+    let origins = &state.cfg.cors_allowed_origins;
+    if !origins.is_empty() {
+        let allow = if origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        };
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods(Any)
+                .allow_headers(Any),
+        );
+    }
+    app.with_state(state)
+}
+
+/// `GET /metrics` on the metrics listener.
+pub fn metrics(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .with_state(state)
+}
+
+async fn render_metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(&st.live_state()),
+    )
+}
