@@ -16,9 +16,9 @@ mkdir -p "$OUT" "$LOGS"
 DATE=$(date -u +%Y-%m-%d-%H%M)
 
 if [ ! -x "$VENV/bin/vllm-router" ] || [ ! -x "$VENV/bin/sglang-router" ]; then
-  echo "installing vllm-router 0.1.17 and sglang-router into $VENV"
+  echo "installing vllm-router 0.1.17 and sglang-router 0.3.2 into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "vllm-router==0.1.17" "sglang-router"
+  "$VENV/bin/pip" install -q "vllm-router==0.1.17" "sglang-router==0.3.2"
 fi
 cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
 BIN=target/release

@@ -6,7 +6,6 @@
 //! (least recently freed first); a cached block stays findable until it is reused.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::tokenizer::Token;
 
@@ -40,25 +39,8 @@ pub fn extend_block_hashes(hashes: &mut Vec<BlockHash>, tokens: &[Token], block_
     }
 }
 
-/// Identity hasher for keys that are already well-mixed hashes.
-#[derive(Default)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type HashIndex = HashMap<BlockHash, BlockId, BuildHasherDefault<IdentityHasher>>;
+/// Keys are already well-mixed hashes: they are used as they are.
+type HashIndex = HashMap<BlockHash, BlockId, nohash_hasher::BuildNoHashHasher<BlockHash>>;
 
 #[derive(Clone, Debug)]
 struct Block {

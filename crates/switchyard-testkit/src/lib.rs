@@ -143,6 +143,14 @@ pub async fn worker_healthy(http: &Http, gw: &Gateway, worker_url: &str) -> bool
         .any(|w| w["url"] == worker_url && w["healthy"] == true)
 }
 
+/// Sets the same faults on every simulated server (e.g. streams that stall until the
+/// test lets them go).
+pub fn set_faults_everywhere(sims: &SimHandle, faults: &switchyard_sim::Faults) {
+    for s in sims.servers() {
+        s.set_faults(faults.clone()).expect("valid faults");
+    }
+}
+
 /// Generation requests each simulated server has accepted.
 pub fn per_server(sims: &SimHandle) -> Vec<u64> {
     sims.servers().iter().map(|s| s.requests()).collect()
@@ -257,7 +265,7 @@ pub fn assert_error(body: &Value, code: impl Into<Value>) {
 }
 
 /// How often [`eventually`] looks again: a poll interval, not a time window.
-const POLL_EVERY: Duration = Duration::from_millis(20);
+const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// Awaits `cond`, polling it, for state that changes in a background task with nothing
 /// to await (health checks, scrapes, a stream being settled). Fails after 30 s: a

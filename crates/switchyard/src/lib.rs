@@ -1,6 +1,5 @@
 //! Switchyard: an LLM inference gateway. The design, layer by layer, is in
-//! [docs/architecture.md](https://github.com/switchyard/switchyard/blob/main/docs/architecture.md)
-//! (`docs/architecture.md` in the repository). Modules in the order a request meets them:
+//! `docs/architecture.md` in the repository. Modules in the order a request meets them:
 //!
 //! 1. [`server`] — listeners and routes; handlers hand generation requests to the pipeline.
 //! 2. [`pipeline`] — the phases `admit → select_model → select_worker → send → settle`,

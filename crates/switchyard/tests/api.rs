@@ -340,3 +340,44 @@ async fn metrics_reflect_the_traffic() {
     assert_eq!(bed.metric("switchyard_worker_in_flight", &[]).await, 0.0);
     assert_eq!(bed.metric("switchyard_worker_healthy", &[]).await, 2.0);
 }
+
+#[tokio::test]
+async fn the_pipeline_runs_in_process_without_an_http_hop() {
+    use switchyard::pipeline::RequestContext;
+    use switchyard::request::Route;
+    let bed = TestBed::start(1, PolicyKind::CacheAware).await;
+    let pipeline = &bed.gateway.state.pipeline;
+    let run = |body: Value| async move {
+        let headers = http::HeaderMap::new();
+        let admitted = pipeline.admit(&headers).await.expect("admitted");
+        let ctx = RequestContext {
+            route: Route::Chat,
+            request_id: "in-process".into(),
+            start: std::time::Instant::now(),
+            headers,
+            body: serde_json::to_vec(&body).unwrap().into(),
+            admitted,
+        };
+        let resp = pipeline.run(ctx).await;
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    let (status, body) = run(chat("hello", 3)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(bed.per_server(), [1], "routed to the engine");
+    // Settled like a request that came over HTTP.
+    assert_eq!(
+        bed.metric("switchyard_requests_total", &[("status", "200")])
+            .await,
+        1.0
+    );
+    // Bad input is answered the same way in-process.
+    let (status, body) = run(json!({"model": MODEL, "messages": []})).await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_request");
+    assert_eq!(bed.per_server(), [1]);
+}

@@ -309,13 +309,13 @@ async fn a_poison_request_ejects_no_worker_and_opens_no_breaker() {
         c.cb_failure_threshold = 2;
     })
     .await;
-    for s in bed.sims.servers() {
-        s.set_faults(Faults {
+    set_faults_everywhere(
+        &bed.sims,
+        &Faults {
             error_match: Some("POISON".into()),
             ..Faults::default()
-        })
-        .unwrap();
-    }
+        },
+    );
     // Sent again and again, it fails on every worker it is retried on …
     for _ in 0..5 {
         let (status, body) = bed

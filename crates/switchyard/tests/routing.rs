@@ -119,9 +119,7 @@ async fn cache_aware_spills_a_hot_prefix_when_its_worker_is_loaded() {
     let system = prompt_text(7, 600);
     let warm = chat_with_system(&system, "warm", 1);
     assert_eq!(bed.post("/v1/chat/completions", &warm).await.0, 200);
-    for s in bed.sims.servers() {
-        s.set_faults(stall.clone()).unwrap();
-    }
+    set_faults_everywhere(&bed.sims, &stall);
     let mut held = Vec::new();
     for i in 0..16 {
         let mut body = chat_with_system(&system, &format!("hot {i}"), 4);
@@ -151,9 +149,7 @@ async fn cache_aware_spills_a_hot_prefix_when_its_worker_is_loaded() {
         .await
             >= 1.0
     );
-    for s in bed.sims.servers() {
-        s.set_faults(Faults::default()).unwrap();
-    }
+    set_faults_everywhere(&bed.sims, &Faults::default());
     for mut r in held {
         while r.chunk().await.unwrap().is_some() {}
     }
@@ -221,13 +217,13 @@ async fn consistent_hash_keeps_sessions_and_walks_the_ring_on_failure() {
 #[tokio::test]
 async fn consistent_hash_moves_a_session_when_its_owner_is_over_the_bound() {
     let sims = sims(2).await;
-    for s in sims.servers() {
-        s.set_faults(Faults {
+    set_faults_everywhere(
+        &sims,
+        &Faults {
             stall_after_chunks: Some(1),
             ..Faults::default()
-        })
-        .unwrap();
-    }
+        },
+    );
     let bed = TestBed::with(sims, |c| {
         c.policy = PolicyKind::ConsistentHash;
         c.hash_load_factor = 1.0;

@@ -345,13 +345,13 @@ async fn delete_drains_a_worker_while_its_streams_finish() {
     let sims = sims(2).await;
     // Every stream stalls after its first event until the fault is lifted, so it is
     // certainly still open while the worker drains.
-    for s in sims.servers() {
-        s.set_faults(Faults {
+    set_faults_everywhere(
+        &sims,
+        &Faults {
             stall_after_chunks: Some(1),
             ..Faults::default()
-        })
-        .unwrap();
-    }
+        },
+    );
     let gw = gateway(config(sims.urls(), PolicyKind::RoundRobin)).await;
     let mut stream = http
         .0

@@ -53,12 +53,15 @@ enum PhaseResult {
     Ok(http::Response<Incoming>),
     /// A 4xx to hand back to the client.
     Rejected(http::Response<Incoming>),
-    Failed {
-        why: String,
-        verdict: Verdict,
-        answer: Option<StatusCode>,
-        timeout: bool,
-    },
+    Failed(PhaseFailure),
+}
+
+/// Why a phase failed, and how it counts against its worker.
+struct PhaseFailure {
+    why: String,
+    verdict: Verdict,
+    answer: Option<StatusCode>,
+    timeout: bool,
 }
 
 impl Dispatcher {
@@ -87,20 +90,20 @@ impl Dispatcher {
                 if let Some(d) = retry_after(r.headers()) {
                     a.worker().cool_down(d);
                 }
-                PhaseResult::Failed {
+                PhaseResult::Failed(PhaseFailure {
                     why: format!("{id} answered {status}"),
                     verdict: verdict(status),
                     answer: Some(status),
                     timeout: false,
-                }
+                })
             }
-            Err(CallError::Unreachable(e)) => PhaseResult::Failed {
+            Err(CallError::Unreachable(e)) => PhaseResult::Failed(PhaseFailure {
                 why: format!("{id} unreachable: {e}"),
                 verdict: Verdict::Failure,
                 answer: None,
                 timeout: false,
-            },
-            Err(CallError::Timeout) => PhaseResult::Failed {
+            }),
+            Err(CallError::Timeout) => PhaseResult::Failed(PhaseFailure {
                 why: format!(
                     "{id} did not answer within {} s",
                     self.cfg.timeout.as_secs()
@@ -108,7 +111,7 @@ impl Dispatcher {
                 verdict: Verdict::Failure,
                 answer: None,
                 timeout: true,
-            },
+            }),
         }
     }
 
@@ -117,9 +120,15 @@ impl Dispatcher {
         &self,
         phase: Phase,
         failed: Assignment,
-        (why, verdict, answer, timeout): (String, Verdict, Option<StatusCode>, bool),
+        f: PhaseFailure,
         others: Vec<Assignment>,
     ) -> Outcome {
+        let PhaseFailure {
+            why,
+            verdict,
+            answer,
+            timeout,
+        } = f;
         self.metrics
             .pd_failures
             .get_or_create(&PhaseLabel {
@@ -173,25 +182,7 @@ impl Dispatcher {
         };
         let resp = match self.phase(Phase::Prefill, &prefill, out, pbody).await {
             PhaseResult::Ok(r) => r,
-            PhaseResult::Rejected(response) => {
-                return Outcome::Answered {
-                    response,
-                    assignment: prefill,
-                };
-            }
-            PhaseResult::Failed {
-                why,
-                verdict,
-                answer,
-                timeout,
-            } => {
-                return self.phase_failure(
-                    Phase::Prefill,
-                    prefill,
-                    (why, verdict, answer, timeout),
-                    vec![decode],
-                );
-            }
+            other => return self.prefill_not_ok(other, prefill, decode),
         };
         let read = tokio::time::timeout(
             self.cfg.timeout,
@@ -209,13 +200,13 @@ impl Dispatcher {
             _ => None,
         };
         let Some(kv) = kv else {
-            let why = format!("{} returned no kv_transfer_params", prefill.worker().api_id);
-            return self.phase_failure(
-                Phase::Prefill,
-                prefill,
-                (why, Verdict::Failure, None, false),
-                vec![decode],
-            );
+            let f = PhaseFailure {
+                why: format!("{} returned no kv_transfer_params", prefill.worker().api_id),
+                verdict: Verdict::Failure,
+                answer: None,
+                timeout: false,
+            };
+            return self.phase_failure(Phase::Prefill, prefill, f, vec![decode]);
         };
         prefill.settle(out.view, Verdict::Success);
         let dbody = match self.rewritten(out, &[("kv_transfer_params", Some(kv))]) {
@@ -227,17 +218,7 @@ impl Dispatcher {
                 response,
                 assignment: decode,
             },
-            PhaseResult::Failed {
-                why,
-                verdict,
-                answer,
-                timeout,
-            } => self.phase_failure(
-                Phase::Decode,
-                decode,
-                (why, verdict, answer, timeout),
-                Vec::new(),
-            ),
+            PhaseResult::Failed(f) => self.phase_failure(Phase::Decode, decode, f, Vec::new()),
         }
     }
 
@@ -281,19 +262,9 @@ impl Dispatcher {
         };
         let response = match d {
             PhaseResult::Ok(r) | PhaseResult::Rejected(r) => r,
-            PhaseResult::Failed {
-                why,
-                verdict,
-                answer,
-                timeout,
-            } => {
+            PhaseResult::Failed(f) => {
                 prefill.settle(out.view, Verdict::Success);
-                return self.phase_failure(
-                    Phase::Decode,
-                    decode,
-                    (why, verdict, answer, timeout),
-                    Vec::new(),
-                );
+                return self.phase_failure(Phase::Decode, decode, f, Vec::new());
             }
         };
         // The prefill's answer is not the client's: read it to its end in the background,
@@ -319,25 +290,15 @@ impl Dispatcher {
         }
     }
 
-    /// The SGLang prefill did not succeed: a 4xx goes back to the client, anything else
-    /// fails the attempt. The decode was cancelled.
+    /// The prefill did not succeed: a 4xx goes back to the client, anything else fails
+    /// the attempt. The decode is not sent (vLLM) or cancelled (SGLang).
     fn prefill_not_ok(&self, p: PhaseResult, prefill: Assignment, decode: Assignment) -> Outcome {
         match p {
             PhaseResult::Rejected(response) => Outcome::Answered {
                 response,
                 assignment: prefill,
             },
-            PhaseResult::Failed {
-                why,
-                verdict,
-                answer,
-                timeout,
-            } => self.phase_failure(
-                Phase::Prefill,
-                prefill,
-                (why, verdict, answer, timeout),
-                vec![decode],
-            ),
+            PhaseResult::Failed(f) => self.phase_failure(Phase::Prefill, prefill, f, vec![decode]),
             PhaseResult::Ok(_) => unreachable!("only called when the prefill did not succeed"),
         }
     }

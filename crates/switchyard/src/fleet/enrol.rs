@@ -23,6 +23,8 @@ pub enum EnrolError {
     Forbidden(String),
     #[error("unreachable: {0}")]
     Unreachable(String),
+    #[error("unreachable: {0}")]
+    Probe(#[from] super::probe::ProbeError),
     #[error("the worker serves {served:?}, not `{wanted}`")]
     WrongModel { served: Vec<String>, wanted: String },
     #[error("worker {0} is already registered")]
@@ -204,10 +206,7 @@ impl Enroller {
             }
         };
         let probe = build(None);
-        self.prober
-            .passes_health_check(&probe)
-            .await
-            .map_err(EnrolError::Unreachable)?;
+        self.prober.passes_health_check(&probe).await?;
         let models = match self.prober.read_models(&probe).await {
             Ok(m) => m,
             Err(e) => {

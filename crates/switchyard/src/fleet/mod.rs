@@ -12,7 +12,7 @@ pub mod worker;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit};
 pub use enrol::{EnrolError, Enroller, HostGuard, Registration};
-pub use probe::{ProbeConfig, Prober};
+pub use probe::{ProbeConfig, ProbeError, Prober};
 pub use registry::{Registry, RegistryObserver, Snapshot};
 pub use worker::{InFlight, Lease, Verdict, Worker, WorkerId, WorkerRole, WorkerSettings};
 

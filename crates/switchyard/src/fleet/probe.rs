@@ -15,6 +15,19 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, PROBE_BODY_LIMIT, UpstreamClient, UpstreamError};
 
+/// Why a probe did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{path} answered {status}")]
+    Status { path: String, status: StatusCode },
+    #[error("{path}: {source}")]
+    Upstream {
+        path: String,
+        #[source]
+        source: UpstreamError,
+    },
+}
+
 /// Settings of the probes.
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
@@ -52,13 +65,24 @@ impl Prober {
             .map(|(s, _)| s)
     }
 
-    /// Whether the health endpoint answers with a success now.
-    pub async fn passes_health_check(&self, w: &Worker) -> Result<(), String> {
-        match self.get(w, &self.cfg.endpoint).await {
-            Ok((s, _)) if s.is_success() => Ok(()),
-            Ok((s, _)) => Err(format!("health check {} answered {s}", self.cfg.endpoint)),
-            Err(e) => Err(format!("health check {}: {e}", self.cfg.endpoint)),
+    /// GET `path`, requiring a success status; the body.
+    async fn get_ok(&self, w: &Worker, path: &str) -> Result<Bytes, ProbeError> {
+        match self.get(w, path).await {
+            Ok((s, body)) if s.is_success() => Ok(body),
+            Ok((status, _)) => Err(ProbeError::Status {
+                path: path.to_string(),
+                status,
+            }),
+            Err(source) => Err(ProbeError::Upstream {
+                path: path.to_string(),
+                source,
+            }),
         }
+    }
+
+    /// Whether the health endpoint answers with a success now.
+    pub async fn passes_health_check(&self, w: &Worker) -> Result<(), ProbeError> {
+        self.get_ok(w, &self.cfg.endpoint).await.map(|_| ())
     }
 
     /// One check of one worker, applying thresholds. A worker that turns healthy has its
@@ -89,23 +113,18 @@ impl Prober {
     }
 
     /// Model ids on the engine's `/v1/models`.
-    pub async fn read_models(&self, w: &Worker) -> Result<Vec<String>, String> {
-        match self.get(w, "/v1/models").await {
-            Ok((s, body)) if s.is_success() => {
-                Ok(serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| {
-                        v["data"].as_array().map(|a| {
-                            a.iter()
-                                .filter_map(|m| m["id"].as_str().map(str::to_string))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .unwrap_or_default())
-            }
-            Ok((s, _)) => Err(format!("/v1/models answered {s}")),
-            Err(e) => Err(format!("/v1/models: {e}")),
-        }
+    pub async fn read_models(&self, w: &Worker) -> Result<Vec<String>, ProbeError> {
+        let body = self.get_ok(w, "/v1/models").await?;
+        Ok(serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v["data"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|m| m["id"].as_str().map(str::to_string))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .unwrap_or_default())
     }
 
     /// Reads `/v1/models` into the registry's groups.
@@ -119,24 +138,20 @@ impl Prober {
     /// Data-parallel ranks behind the engine: the distinct `engine` labels vLLM puts on
     /// `vllm:num_requests_running` (one per rank). 1 when that cannot be read.
     pub async fn discover_dp_size(&self, w: &Worker) -> usize {
-        match self.get(w, "/metrics").await {
-            Ok((s, body)) if s.is_success() => {
-                engine_count(&String::from_utf8_lossy(&body), "vllm:num_requests_running")
-            }
-            _ => 1,
+        match self.get_ok(w, "/metrics").await {
+            Ok(body) => engine_count(&String::from_utf8_lossy(&body), "vllm:num_requests_running"),
+            Err(_) => 1,
         }
     }
 
     /// Scrapes the engine's queue from its Prometheus metrics.
     pub async fn scrape_load(&self, w: &Arc<Worker>) {
-        if let Ok((s, body)) = self.get(w, "/metrics").await {
-            if s.is_success() {
-                let text = String::from_utf8_lossy(&body);
-                let rank = w.id.dp_rank;
-                let running = engine_gauge(&text, "vllm:num_requests_running", rank);
-                let waiting = engine_gauge(&text, "vllm:num_requests_waiting", rank);
-                w.set_engine_load(running as u32, waiting as u32);
-            }
+        if let Ok(body) = self.get_ok(w, "/metrics").await {
+            let text = String::from_utf8_lossy(&body);
+            let rank = w.id.dp_rank;
+            let running = engine_gauge(&text, "vllm:num_requests_running", rank);
+            let waiting = engine_gauge(&text, "vllm:num_requests_waiting", rank);
+            w.set_engine_load(running as u32, waiting as u32);
         }
     }
 

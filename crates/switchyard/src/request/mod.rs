@@ -101,141 +101,157 @@ impl RequestView {
         session: &SessionHeaders,
         sink: &mut S,
     ) -> Result<RequestView, ApiError> {
-        match body.iter().find(|b| !b.is_ascii_whitespace()) {
-            None => {
-                return Err(invalid(
-                    "The request body is empty; send a JSON object",
-                    None,
-                ));
-            }
-            Some(b'{') => {}
-            Some(_) => return Err(invalid("The request body must be a JSON object", None)),
-        }
-        let mut de = serde_json::Deserializer::from_slice(body);
-        // Plain serde on the hot path; only a failure is parsed again to name the field.
-        let wire: Wire = match serde::Deserialize::deserialize(&mut de) {
-            Ok(w) => w,
-            Err(_) => {
-                let mut de = serde_json::Deserializer::from_slice(body);
-                return Err(match serde_path_to_error::deserialize::<_, Wire>(&mut de) {
-                    Err(e) => wire_error(e),
-                    Ok(_) => invalid("Invalid request body", None),
-                });
-            }
-        };
-        de.end()
-            .map_err(|e| invalid(format!("Invalid JSON: {e}"), None))?;
-
-        let model = match wire.model {
-            Some(m) if !m.is_empty() => Arc::from(m.as_ref()),
-            Some(_) => return Err(invalid("`model` must not be empty", Some("model"))),
-            None => {
-                return Err(invalid(
-                    "Missing required parameter: `model`",
-                    Some("model"),
-                ));
-            }
-        };
-        if wire.n == Some(0) {
-            return Err(invalid("`n` must be at least 1", Some("n")));
-        }
-        if wire.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-            return Err(invalid(
-                "`temperature` must be between 0 and 2",
-                Some("temperature"),
-            ));
-        }
-        if wire.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
-            return Err(invalid("`top_p` must be between 0 and 1", Some("top_p")));
-        }
-
+        let wire = parse_wire(body)?;
+        let model = check_fields(&wire)?;
         let mut sink = Counting {
             inner: sink,
             total: 0,
         };
-        match route {
-            Route::Chat => {
-                let Some(messages) = wire.messages else {
-                    return Err(invalid(
-                        "Missing required parameter: `messages`",
-                        Some("messages"),
-                    ));
-                };
-                if messages.is_empty() {
-                    return Err(invalid(
-                        "`messages` must contain at least one message",
-                        Some("messages"),
-                    ));
-                }
-                for m in &messages {
-                    sink.feed(m.role.as_bytes());
-                    sink.feed(b"\n");
-                    match &m.content {
-                        Some(Content::Text(t)) => sink.feed(t.as_bytes()),
-                        Some(Content::Parts(parts)) => parts
-                            .iter()
-                            .filter_map(|p| p.text.as_ref())
-                            .for_each(|t| sink.feed(t.as_bytes())),
-                        None => {}
-                    }
-                    sink.feed(b"\x1e");
-                }
-            }
-            Route::Completions => {
-                let empty = || invalid("`prompt` must not be empty", Some("prompt"));
-                match wire.prompt {
-                    None => {
-                        return Err(invalid(
-                            "Missing required parameter: `prompt`",
-                            Some("prompt"),
-                        ));
-                    }
-                    Some(Prompt::Text(t)) => sink.feed(t.as_bytes()),
-                    Some(Prompt::Texts(ts)) if ts.is_empty() => return Err(empty()),
-                    Some(Prompt::Texts(ts)) => ts.iter().for_each(|t| sink.feed(t.as_bytes())),
-                    Some(Prompt::Tokens(ids)) if ids.is_empty() => return Err(empty()),
-                    Some(Prompt::Tokens(ids)) => {
-                        ids.iter().for_each(|t| sink.feed(&t.to_le_bytes()))
-                    }
-                    Some(Prompt::TokenLists(lists)) if lists.is_empty() => return Err(empty()),
-                    Some(Prompt::TokenLists(lists)) => lists
-                        .iter()
-                        .flatten()
-                        .for_each(|t| sink.feed(&t.to_le_bytes())),
-                }
-            }
-            Route::Embeddings => {
-                if wire.input.is_none() {
-                    return Err(invalid(
-                        "Missing required parameter: `input`",
-                        Some("input"),
-                    ));
-                }
-            }
-        }
+        feed_prompt(route, &wire, &mut sink)?;
         let prompt_bytes = sink.total;
-
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
-        let session_key = header("x-session-id")
-            .or_else(|| header("x-user-id"))
-            .or_else(|| session.extra.as_ref().and_then(|h| header(h.as_str())))
-            .or_else(|| wire.user.map(Cow::into_owned));
-
         Ok(RequestView {
             route,
             model,
             stream: wire.stream.unwrap_or(false),
-            session_key,
+            session_key: session_key(headers, session, wire.user),
             prefix_blocks: Vec::new(),
             prompt_bytes,
         })
     }
+}
+
+/// The body as the gateway reads it: a JSON object, nothing after it.
+fn parse_wire(body: &[u8]) -> Result<Wire<'_>, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(invalid(
+                "The request body is empty; send a JSON object",
+                None,
+            ));
+        }
+        Some(b'{') => {}
+        Some(_) => return Err(invalid("The request body must be a JSON object", None)),
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    // Plain serde on the hot path; only a failure is parsed again to name the field.
+    let wire: Wire = match serde::Deserialize::deserialize(&mut de) {
+        Ok(w) => w,
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            return Err(match serde_path_to_error::deserialize::<_, Wire>(&mut de) {
+                Err(e) => wire_error(e),
+                Ok(_) => invalid("Invalid request body", None),
+            });
+        }
+    };
+    de.end()
+        .map_err(|e| invalid(format!("Invalid JSON: {e}"), None))?;
+    Ok(wire)
+}
+
+/// Checks the values of the fields the gateway understands; returns the model.
+fn check_fields(wire: &Wire<'_>) -> Result<Arc<str>, ApiError> {
+    let model = match &wire.model {
+        Some(m) if !m.is_empty() => Arc::from(m.as_ref()),
+        Some(_) => return Err(invalid("`model` must not be empty", Some("model"))),
+        None => {
+            return Err(invalid(
+                "Missing required parameter: `model`",
+                Some("model"),
+            ));
+        }
+    };
+    if wire.n == Some(0) {
+        return Err(invalid("`n` must be at least 1", Some("n")));
+    }
+    if wire.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return Err(invalid(
+            "`temperature` must be between 0 and 2",
+            Some("temperature"),
+        ));
+    }
+    if wire.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+        return Err(invalid("`top_p` must be between 0 and 1", Some("top_p")));
+    }
+    Ok(model)
+}
+
+/// Feeds the route's prompt to `sink`, checking that it is there and not empty.
+fn feed_prompt<S: PromptSink>(route: Route, wire: &Wire<'_>, sink: &mut S) -> Result<(), ApiError> {
+    let missing = |field: &str| {
+        invalid(
+            format!("Missing required parameter: `{field}`"),
+            Some(field),
+        )
+    };
+    match route {
+        Route::Chat => {
+            let Some(messages) = &wire.messages else {
+                return Err(missing("messages"));
+            };
+            if messages.is_empty() {
+                return Err(invalid(
+                    "`messages` must contain at least one message",
+                    Some("messages"),
+                ));
+            }
+            for m in messages {
+                sink.feed(m.role.as_bytes());
+                sink.feed(b"\n");
+                match &m.content {
+                    Some(Content::Text(t)) => sink.feed(t.as_bytes()),
+                    Some(Content::Parts(parts)) => parts
+                        .iter()
+                        .filter_map(|p| p.text.as_ref())
+                        .for_each(|t| sink.feed(t.as_bytes())),
+                    None => {}
+                }
+                sink.feed(b"\x1e");
+            }
+        }
+        Route::Completions => {
+            let empty = || invalid("`prompt` must not be empty", Some("prompt"));
+            match &wire.prompt {
+                None => return Err(missing("prompt")),
+                Some(Prompt::Text(t)) => sink.feed(t.as_bytes()),
+                Some(Prompt::Texts(ts)) if ts.is_empty() => return Err(empty()),
+                Some(Prompt::Texts(ts)) => ts.iter().for_each(|t| sink.feed(t.as_bytes())),
+                Some(Prompt::Tokens(ids)) if ids.is_empty() => return Err(empty()),
+                Some(Prompt::Tokens(ids)) => ids.iter().for_each(|t| sink.feed(&t.to_le_bytes())),
+                Some(Prompt::TokenLists(lists)) if lists.is_empty() => return Err(empty()),
+                Some(Prompt::TokenLists(lists)) => lists
+                    .iter()
+                    .flatten()
+                    .for_each(|t| sink.feed(&t.to_le_bytes())),
+            }
+        }
+        Route::Embeddings => {
+            if wire.input.is_none() {
+                return Err(missing("input"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The session affinity key: `X-Session-ID`, `X-User-ID`, the configured header, else
+/// the body's `user`. `Authorization` is never one.
+fn session_key(
+    headers: &HeaderMap,
+    session: &SessionHeaders,
+    user: Option<Cow<'_, str>>,
+) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    header("x-session-id")
+        .or_else(|| header("x-user-id"))
+        .or_else(|| session.extra.as_ref().and_then(|h| header(h.as_str())))
+        .or_else(|| user.map(Cow::into_owned))
 }
 
 fn wire_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {

@@ -2,8 +2,6 @@
 //! covers the whole prefix up to it (chained), so equal prompt prefixes give equal
 //! leading hashes. The request parser streams the prompt into a [`BlockHasher`].
 
-use std::hash::Hasher;
-
 use crate::request::PromptSink;
 
 /// Cuts the bytes fed to it into blocks of `size` and hashes them, chained.
@@ -63,27 +61,6 @@ pub fn hash_block(parent: u64, block: &[u8]) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     h ^ (h >> 33)
-}
-
-/// A `Hasher` for keys that already are well-mixed 64-bit hashes: it passes them
-/// through instead of hashing them again.
-#[derive(Default, Clone, Copy)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 #[cfg(test)]

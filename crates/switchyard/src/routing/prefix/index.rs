@@ -6,11 +6,9 @@
 //! over twice that. Workers are numbered by slots, reused after a worker leaves.
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use super::hash::IdentityHasher;
 use crate::fleet::WorkerId;
 
 const SHARDS: usize = 32;
@@ -91,7 +89,8 @@ struct Entry {
     last: u32,
 }
 
-type Shard = HashMap<u64, Entry, BuildHasherDefault<IdentityHasher>>;
+/// Keys are already well-mixed hashes: they are used as they are.
+type Shard = HashMap<u64, Entry, nohash_hasher::BuildNoHashHasher<u64>>;
 
 /// The index.
 pub struct PrefixIndex {

@@ -6,5 +6,5 @@
 pub mod hash;
 pub mod index;
 
-pub use hash::{BlockHasher, IdentityHasher, hash_block};
+pub use hash::{BlockHasher, hash_block};
 pub use index::PrefixIndex;
