@@ -247,7 +247,7 @@ mod tests {
             enabled: true,
             failure_threshold: 3,
             success_threshold: 2,
-            timeout: Duration::from_millis(30),
+            timeout: Duration::from_secs(30),
             window: Duration::from_secs(60),
         }
     }
@@ -268,10 +268,10 @@ mod tests {
         );
         assert!(b.acquire().is_none());
         assert!(!b.can_attempt());
-        tokio::time::advance(Duration::from_millis(29)).await;
+        tokio::time::advance(Duration::from_secs(29)).await;
         assert!(!b.can_attempt(), "still open before the timeout");
         assert!(b.acquire().is_none());
-        tokio::time::advance(Duration::from_millis(1)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
         assert!(b.can_attempt());
         let p1 = b.acquire().unwrap();
         let p2 = b.acquire().unwrap();
@@ -293,7 +293,7 @@ mod tests {
             ..cfg()
         }));
         b.acquire().unwrap().record(false);
-        tokio::time::advance(Duration::from_millis(30)).await;
+        tokio::time::advance(Duration::from_secs(30)).await;
         let p = b.acquire().unwrap();
         let q = b.acquire().unwrap();
         assert!(!b.can_attempt(), "both probe slots taken");
@@ -308,12 +308,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_outside_the_window_do_not_count() {
         let b = Arc::new(CircuitBreaker::new(BreakerConfig {
-            window: Duration::from_millis(20),
+            window: Duration::from_secs(20),
             ..cfg()
         }));
         b.acquire().unwrap().record(false);
         b.acquire().unwrap().record(false);
-        tokio::time::advance(Duration::from_millis(21)).await;
+        tokio::time::advance(Duration::from_secs(21)).await;
         b.acquire().unwrap().record(false);
         assert_eq!(b.state(), BreakerState::Closed);
         b.acquire().unwrap().record(false);

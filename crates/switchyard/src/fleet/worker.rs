@@ -350,7 +350,9 @@ impl Worker {
     }
 
     pub fn cooling_down(&self) -> bool {
-        self.cooldown_until_ms.load(Ordering::Relaxed) > self.now_ms()
+        // Never cooled down (the common case): no clock read.
+        let until = self.cooldown_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > self.now_ms()
     }
 
     /// The engine's own queue, from its /metrics: (running, waiting).

@@ -79,6 +79,15 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
 }
 
+/// An attempt that got response headers.
+struct Answered {
+    response: http::Response<hyper::body::Incoming>,
+    assignment: crate::routing::Assignment,
+    /// Its answer is a failure the request also got elsewhere: blame the request.
+    excused: bool,
+    attempts: u32,
+}
+
 /// Why no worker could be selected for an attempt.
 enum Unselected {
     /// The chosen worker's breaker refused at the last moment.
@@ -104,6 +113,7 @@ impl Pipeline {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
         let request_id = self.request_id(&parts.headers);
+        let echo = http::HeaderValue::from_str(&request_id).ok();
         let mut resp = match self.admit(&parts.headers).await {
             Err(e) => e.into_response(),
             Ok(admitted) => match self.read_body(&parts.headers, body).await {
@@ -118,7 +128,7 @@ impl Pipeline {
                 Ok(body) => {
                     let ctx = RequestContext {
                         route,
-                        request_id: request_id.clone(),
+                        request_id,
                         start,
                         headers: parts.headers,
                         body,
@@ -128,7 +138,10 @@ impl Pipeline {
                 }
             },
         };
-        admit::set_request_id(&mut resp, &request_id);
+        if let Some(id) = echo {
+            resp.headers_mut()
+                .insert(HeaderName::from_static("x-request-id"), id);
+        }
         resp
     }
 
@@ -207,17 +220,47 @@ impl Pipeline {
             body: &body,
             request_id: &request_id,
         };
-        self.attempt_until_answered(&out, start, admitted).await
+        // select_worker and send, until answered or out of retries.
+        let answered = self.attempt_until_answered(&out).await;
+
+        // settle
+        match answered {
+            Ok(Answered {
+                response,
+                assignment,
+                excused,
+                attempts,
+            }) => {
+                let (mut parts, incoming) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let settle = Settle {
+                    start,
+                    model: choice.model,
+                    view,
+                    assignment,
+                    excused,
+                    admitted,
+                    status: parts.status,
+                    request_id,
+                    metrics: self.metrics.clone(),
+                    attempts,
+                };
+                Response::from_parts(parts, Body::new(SettledBody::new(incoming, settle)))
+            }
+            Err(e) => {
+                if e.code == "no_healthy_worker" {
+                    self.metrics.reject("no_worker");
+                }
+                drop(admitted);
+                self.reject(route, &choice.model, &request_id, e)
+            }
+        }
     }
 
     /// `select_worker` then `send`, retried with backoff and re-selection while an
     /// attempt fails before any byte reached the client and the retry budget lasts.
-    async fn attempt_until_answered(
-        &self,
-        out: &Outgoing<'_>,
-        start: Instant,
-        admitted: Admitted,
-    ) -> Response {
+    /// The error is what the client gets when no attempt was answered.
+    async fn attempt_until_answered(&self, out: &Outgoing<'_>) -> Result<Answered, ApiError> {
         let model = &out.view.model;
         let strategy = self.dispatcher.strategy;
         let retry = &self.dispatcher.cfg.retry;
@@ -261,24 +304,12 @@ impl Pipeline {
                 } => {
                     let last = (assignment.worker().id.clone(), response.status());
                     let excused = blame(out.view, charges, Some(&last));
-                    let (mut parts, incoming) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    let settle = Settle {
-                        start,
-                        view: out.view.clone(),
-                        model: model.clone(),
+                    return Ok(Answered {
+                        response,
                         assignment,
                         excused,
-                        admitted,
-                        status: parts.status,
-                        request_id: out.request_id.to_string(),
-                        metrics: self.metrics.clone(),
                         attempts: attempt + 1,
-                    };
-                    return Response::from_parts(
-                        parts,
-                        Body::new(SettledBody::new(incoming, settle)),
-                    );
+                    });
                 }
                 Outcome::Failed(f) => {
                     tracing::debug!(error = %f.error, attempt, "attempt failed");
@@ -293,12 +324,7 @@ impl Pipeline {
             }
         }
         blame(out.view, charges, None);
-        let e = last_error.unwrap_or_else(|| self.no_worker(strategy.roles()[0], model));
-        if e.code == "no_healthy_worker" {
-            self.metrics.reject("no_worker");
-        }
-        drop(admitted);
-        self.reject(out.view.route, model, out.request_id, e)
+        Err(last_error.unwrap_or_else(|| self.no_worker(strategy.roles()[0], model)))
     }
 
     /// `select_worker`: one worker per role the strategy needs. On a retry with none
