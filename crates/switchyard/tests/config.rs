@@ -101,6 +101,27 @@ fn validation_names_the_option() {
         },
         "--request-id-headers",
     );
+    bad(
+        Config {
+            admin_host: "0.0.0.0".into(),
+            ..Config::default()
+        },
+        "--admin-host",
+    );
+    bad(
+        Config {
+            worker_allowed_ports: vec![8000, 0],
+            ..Config::default()
+        },
+        "--worker-allowed-ports",
+    );
+    bad(
+        Config {
+            worker_allowlist: vec!["10.0.0.0/33".into()],
+            ..Config::default()
+        },
+        "--worker-allowlist",
+    );
     let discovery = |f: fn(&mut Config)| {
         let mut c = Config {
             service_discovery: true,
