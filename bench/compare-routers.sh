@@ -5,6 +5,10 @@
 #   bench/compare-routers.sh            # routing quality: shared-prefix and multi-turn
 #   bench/compare-routers.sh overhead   # instant engines: max throughput, added latency (needs wrk)
 #
+# BASELINE_BIN=/path/to/an/older/switchyard adds that build's cache_aware and
+# round_robin as targets `baseline-<policy>`, measured in the same run: how a change is
+# checked for a regression on a machine whose absolute speed drifts.
+#
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +64,12 @@ routers() { # routers N_ENGINES: start every router in front of the engines
     start "switchyard-$pol" $BIN/switchyard serve --worker-urls $urls --policy $pol --port $p --prometheus-port $((p + 50)) --admin-port $((p + 80)) --log-level warn
     TARGETS+=("switchyard-$pol=http://127.0.0.1:$p"); PIDOF[switchyard-$pol]=$(eval echo \$PID_switchyard_$pol); p=$((p + 1))
   done
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    for pol in cache_aware round_robin; do
+      start "baseline-$pol" "$BASELINE_BIN" serve --worker-urls $urls --policy $pol --port $p --prometheus-port $((p + 50)) --admin-port $((p + 80)) --log-level warn
+      TARGETS+=("baseline-$pol=http://127.0.0.1:$p"); PIDOF[baseline-$pol]=$(eval echo \$PID_baseline_$pol); p=$((p + 1))
+    done
+  fi
   for pol in round_robin cache_aware; do
     start "vllm-router-$pol" "$VENV/bin/vllm-router" --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
     TARGETS+=("vllm-router-$pol=http://127.0.0.1:$p"); PIDOF[vllm-router-$pol]=$(eval echo \$PID_vllm_router_$pol); p=$((p + 1))
