@@ -98,6 +98,7 @@ if [ "$MODE" = overhead ]; then
     echo "Each target measured 3 times in rotated order; the median is shown. Nothing pinned."
     echo "CPU columns: CPU time (user + system) each process spent during the throughput run,"
     echo "per completed request (router, the engine process, wrk); they share the 2 cores."
+    [ -n "${BASELINE_BIN:-}" ] && echo "baseline-*: $BASELINE_BIN ($("$BASELINE_BIN" --version))."
     echo
   } > "$REPORT"
   declare -A RPS LAT RCPU ECPU WCPU
@@ -117,7 +118,7 @@ if [ "$MODE" = overhead ]; then
       WCPU[$name]="${WCPU[$name]:-} $(awk -v n="$nreq" '{print ($1 + $2) * 1e6 / n}' "$LOGS/wrk-time")"
       lat=$(wrk -t1 -c1 -d5s --latency -s bench/chat-load.lua "$url/v1/chat/completions" | awk '$1=="50%" {print $2}')
       RPS[$name]="${RPS[$name]:-} $rps"; LAT[$name]="${LAT[$name]:-} $lat"
-      echo "rep $rep $name: $rps req/s, p50 $lat, router CPU $(echo "${RCPU[$name]:-}" | awk '{printf "%.1f", $NF}') µs/req"
+      echo "rep $rep $name: $rps req/s, p50 $lat, router CPU $(echo "${RCPU[$name]:-}" | awk '{printf "%.1f", $NF}') µs/req" | tee -a "$LOGS/$DATE-reps.txt"
     done
   done
   median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -136,6 +137,12 @@ if [ "$MODE" = overhead ]; then
       if [ -n "$rc" ]; then rcs=$(printf "%.1f" "$rc"); rel=$(printf "%.2f×" "$(echo "$base_cpu / $rc" | bc -l)"); else rcs="—"; rel="—"; fi
       printf "| %s | %.0f | %.2f× | %.0f | %.0f | %s | %.1f | %.1f | %s |\n" "$name" "$r" "$(echo "$r / $base" | bc -l)" "$l" "$(echo "$l - $direct_lat" | bc -l)" "$rcs" "$ec" "$wc" "$rel"
     done
+    echo
+    echo "Every rep:"
+    echo
+    echo '```'
+    cat "$LOGS/$DATE-reps.txt"
+    echo '```'
   } >> "$REPORT"
   cat "$REPORT"
   exit 0
