@@ -160,15 +160,10 @@ impl Admission {
                 1,
             ));
         }
-        self.metrics.queue_depth.inc();
-        let start = Instant::now();
+        // Gives the place back however the wait ends, the caller going away included.
+        let _place = QueuePlace::take(self);
         // tokio's semaphore is fair: waiters are admitted in arrival order.
         let res = tokio::time::timeout(self.queue_timeout, sem.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.queue_depth.dec();
-        self.metrics
-            .queue_wait
-            .observe(start.elapsed().as_secs_f64());
         match res {
             Ok(Ok(p)) => Ok(Admitted { _permit: Some(p) }),
             _ => {
@@ -183,6 +178,34 @@ impl Admission {
                 ))
             }
         }
+    }
+}
+
+/// A place in the admission queue, held while a request waits for a permit.
+struct QueuePlace<'a> {
+    admission: &'a Admission,
+    since: Instant,
+}
+
+impl<'a> QueuePlace<'a> {
+    /// Counts a place already reserved in `waiting`.
+    fn take(admission: &'a Admission) -> Self {
+        admission.metrics.queue_depth.inc();
+        QueuePlace {
+            admission,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        let a = self.admission;
+        a.waiting.fetch_sub(1, Ordering::AcqRel);
+        a.metrics.queue_depth.dec();
+        a.metrics
+            .queue_wait
+            .observe(self.since.elapsed().as_secs_f64());
     }
 }
 
@@ -264,6 +287,18 @@ mod tests {
         });
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(waiter.await.unwrap().unwrap_err().code, "queue_timeout");
+        // A waiter that goes away (its client disconnected) gives its place back.
+        let gone = tokio::spawn({
+            let adm = adm.clone();
+            async move { adm.admit().await.map(|_| ()) }
+        });
+        while adm.waiting.load(Ordering::Acquire) != 1 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(adm.waiting.load(Ordering::Acquire), 0);
+        assert_eq!(adm.metrics.queue_depth.get(), 0);
         drop(held);
     }
 }
