@@ -45,9 +45,19 @@ impl BreakerState {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: VecDeque<Instant> },
-    Open { until: Instant },
-    HalfOpen { probes: u32, successes: u32 },
+    Closed {
+        failures: VecDeque<Instant>,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `period` numbers each half-open period: a probe from an earlier one no longer
+    /// counts.
+    HalfOpen {
+        probes: u32,
+        successes: u32,
+        period: u64,
+    },
 }
 
 /// One worker's breaker.
@@ -59,6 +69,8 @@ pub struct CircuitBreaker {
     state: AtomicU8,
     open_until_us: AtomicU64,
     half_open_probes: AtomicU32,
+    /// Half-open periods so far.
+    periods: AtomicU64,
     epoch: Instant,
 }
 
@@ -68,7 +80,8 @@ pub struct CircuitBreaker {
 #[derive(Debug)]
 pub struct Permit {
     breaker: Arc<CircuitBreaker>,
-    probe: bool,
+    /// The half-open period this permit probes in, if it is a probe.
+    probe: Option<u64>,
     done: bool,
 }
 
@@ -82,6 +95,7 @@ impl CircuitBreaker {
             state: AtomicU8::new(BreakerState::Closed as u8),
             open_until_us: AtomicU64::new(0),
             half_open_probes: AtomicU32::new(0),
+            periods: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -124,27 +138,29 @@ impl CircuitBreaker {
         };
         if !self.cfg.enabled || self.state() == BreakerState::Closed {
             // Closed: nothing to count until an outcome is a failure.
-            return Some(permit(false));
+            return Some(permit(None));
         }
         let mut inner = self.inner.lock().expect("breaker lock");
         if let Inner::Open { until } = &*inner {
             if Instant::now() < *until {
                 return None;
             }
+            let period = self.periods.fetch_add(1, Ordering::Relaxed) + 1;
             self.set(
                 &mut inner,
                 Inner::HalfOpen {
                     probes: 0,
                     successes: 0,
+                    period,
                 },
             );
         }
         match &mut *inner {
-            Inner::Closed { .. } => Some(permit(false)),
-            Inner::HalfOpen { probes, .. } if *probes < self.cfg.success_threshold => {
+            Inner::Closed { .. } => Some(permit(None)),
+            Inner::HalfOpen { probes, period, .. } if *probes < self.cfg.success_threshold => {
                 *probes += 1;
                 self.half_open_probes.store(*probes, Ordering::Relaxed);
-                Some(permit(true))
+                Some(permit(Some(*period)))
             }
             _ => None,
         }
@@ -166,8 +182,8 @@ impl CircuitBreaker {
         self.state.store(code as u8, Ordering::Relaxed);
     }
 
-    fn outcome(&self, probe: bool, success: Option<bool>) {
-        if !probe && success != Some(false) && self.state() == BreakerState::Closed {
+    fn outcome(&self, probe: Option<u64>, success: Option<bool>) {
+        if probe.is_none() && success != Some(false) && self.state() == BreakerState::Closed {
             return; // a success while closed changes nothing
         }
         let mut inner = self.inner.lock().expect("breaker lock");
@@ -190,7 +206,11 @@ impl CircuitBreaker {
                     );
                 }
             }
-            Inner::HalfOpen { probes, successes } if probe => {
+            Inner::HalfOpen {
+                probes,
+                successes,
+                period,
+            } if probe == Some(*period) => {
                 *probes = probes.saturating_sub(1);
                 self.half_open_probes.store(*probes, Ordering::Relaxed);
                 match success {
@@ -214,7 +234,8 @@ impl CircuitBreaker {
                     None => {}
                 }
             }
-            // Outcomes of requests let through before the state changed do not count.
+            // Outcomes of requests let through before the state changed (in an earlier
+            // period) do not count.
             _ => {}
         }
     }
@@ -232,8 +253,8 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.done && self.probe && self.breaker.cfg.enabled {
-            self.breaker.outcome(true, None);
+        if !self.done && self.probe.is_some() && self.breaker.cfg.enabled {
+            self.breaker.outcome(self.probe, None);
         }
     }
 }
@@ -303,6 +324,34 @@ mod tests {
         drop(r);
         p.record(false);
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_from_an_earlier_half_open_period_does_not_count() {
+        let b = Arc::new(CircuitBreaker::new(BreakerConfig {
+            failure_threshold: 1,
+            ..cfg()
+        }));
+        b.acquire().unwrap().record(false);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let (early, late) = (b.acquire().unwrap(), b.acquire().unwrap());
+        early.record(false);
+        assert_eq!(b.state(), BreakerState::Open, "a failed probe re-opens");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let p = b.acquire().unwrap();
+        // The probe of the first period ends now: it neither frees a slot of this
+        // period nor counts towards closing.
+        late.record(true);
+        let q = b.acquire().unwrap();
+        assert!(b.acquire().is_none(), "still two probes at most");
+        p.record(true);
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "one success of this period"
+        );
+        q.record(true);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
