@@ -104,7 +104,10 @@ pub struct PrefixIndex {
 #[derive(Default)]
 struct Slots {
     of: HashMap<WorkerId, u16>,
+    /// Slots given back, reused first.
     free: Vec<u16>,
+    /// The next slot never used.
+    next: u16,
 }
 
 impl PrefixIndex {
@@ -127,8 +130,13 @@ impl PrefixIndex {
         if let Some(s) = slots.of.get(worker) {
             return *s;
         }
-        // Slots in use are 0..len whenever none is free.
-        let slot = slots.free.pop().unwrap_or(slots.of.len() as u16);
+        let slot = match slots.free.pop() {
+            Some(s) => s,
+            None => {
+                slots.next += 1;
+                slots.next - 1
+            }
+        };
         slots.of.insert(worker.clone(), slot);
         slot
     }
@@ -143,7 +151,8 @@ impl PrefixIndex {
             .copied()
     }
 
-    /// Forgets `worker` everywhere and frees its slot.
+    /// Forgets `worker` everywhere and frees its slot. The slot is reused only once its
+    /// entries are cleared, so no other worker inherits them.
     pub fn forget(&self, worker: &WorkerId) {
         let slot = self.slots.write().expect("slots lock").of.remove(worker);
         if let Some(slot) = slot {
@@ -332,6 +341,29 @@ mod tests {
             idx.insert(&[i + 1], 0);
         }
         assert_eq!(idx.len(), 20);
+    }
+
+    #[test]
+    fn slots_are_never_shared_while_a_worker_is_forgotten() {
+        let idx = PrefixIndex::new(100);
+        let id = |port: u16| WorkerId {
+            url: format!("http://h:{port}"),
+            dp_rank: None,
+            role: crate::fleet::WorkerRole::Regular,
+        };
+        let (a, b) = (idx.slot(&id(1)), idx.slot(&id(2)));
+        assert_ne!(a, b);
+        idx.record(&[1, 2], &id(1));
+        idx.forget(&id(1));
+        // A new worker never gets a slot another worker still holds.
+        let c = idx.slot(&id(3));
+        assert_ne!(c, b);
+        assert_eq!(
+            idx.match_lengths(&[1, 2], &[c]),
+            vec![0],
+            "no inherited entries"
+        );
+        assert_eq!(idx.existing_slot(&id(1)), None);
     }
 
     #[test]
