@@ -234,7 +234,7 @@ impl Enroller {
         } else {
             (0..dp_size as u32).map(Some).collect()
         };
-        let mut added = Vec::new();
+        let mut added: Vec<Arc<Worker>> = Vec::new();
         for rank in ranks {
             let w = Arc::new(build(rank));
             w.set_models(models.clone());
@@ -243,6 +243,10 @@ impl Enroller {
             w.set_priority(spec.priority);
             w.set_healthy(true);
             if !self.registry.add(w.clone()) {
+                // All ranks or none: take back the ones already added.
+                for added in &added {
+                    self.registry.remove(&added.id);
+                }
                 return Err(EnrolError::AlreadyRegistered(w.label.to_string()));
             }
             self.metrics.set_worker_health(&w.label, true);

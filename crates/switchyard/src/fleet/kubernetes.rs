@@ -248,6 +248,13 @@ impl Watcher {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(selector = %self.selector, error = %e, "watching pods failed");
+                    // Relist after a pause, not at once: the API server may refuse
+                    // watches for a while.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
             };

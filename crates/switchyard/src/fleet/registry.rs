@@ -230,6 +230,7 @@ impl Registry {
         let _w = self.write.lock().expect("registry writer lock");
         worker.set_labels(labels);
         self.notify(|o| o.relabelled(worker));
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Waits until no worker of `role` at `url` is left (a draining one is removed when
@@ -266,6 +267,16 @@ impl Registry {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Whether some worker lists `model` on its `/v1/models` (rather than serving it
+    /// only because it accepts any model).
+    pub fn lists(&self, model: &str) -> bool {
+        self.current
+            .load()
+            .by_model
+            .iter()
+            .any(|m| m.contains_key(model))
     }
 
     /// Whether a healthy worker serves `model`, or no worker is healthy at all (then

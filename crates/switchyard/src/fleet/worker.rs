@@ -61,6 +61,10 @@ impl fmt::Display for WorkerId {
     }
 }
 
+/// Longest a worker is kept away after asking to wait (`Retry-After`): an engine that
+/// asks for a year is still tried again after this.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(600);
+
 /// Settings every worker of the gateway shares.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
@@ -131,7 +135,8 @@ impl Worker {
             role,
         };
         let label = id.to_string();
-        // Prefill and decode workers at one URL are distinct workers.
+        // The id of a prefill or decode worker includes its role, so that ids stay
+        // unique if a config lists one URL in both roles.
         let api_key = match role {
             WorkerRole::Regular => label.clone(),
             r => format!("{label}#{}", r.as_str()),
@@ -334,9 +339,12 @@ impl Worker {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Keeps routing away from this worker for `d` (an upstream's Retry-After).
+    /// Keeps routing away from this worker for `d` (an upstream's Retry-After), at most
+    /// [`MAX_COOLDOWN`].
     pub fn cool_down(&self, d: Duration) {
-        let until = self.now_ms() + d.as_millis() as u64;
+        let until = self
+            .now_ms()
+            .saturating_add(d.min(MAX_COOLDOWN).as_millis() as u64);
         self.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
@@ -558,6 +566,12 @@ mod tests {
         w.cool_down(Duration::from_secs(60));
         assert!(!w.is_eligible());
         tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(w.is_eligible());
+        // A huge Retry-After neither overflows nor sidelines the worker for long.
+        w.cool_down(Duration::from_secs(u64::MAX));
+        assert!(!w.is_eligible());
+        assert_eq!(w.cooldown_remaining(), MAX_COOLDOWN);
+        tokio::time::advance(MAX_COOLDOWN).await;
         assert!(w.is_eligible());
     }
 
