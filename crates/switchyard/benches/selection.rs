@@ -80,7 +80,7 @@ fn request(prompt_bytes: usize, variant: usize, model: usize) -> RequestView {
 
 /// One `select_worker`: pick and lease (the lease is released at once).
 fn select(selector: &WorkerSelector, view: &RequestView) {
-    match selector.select(&view.model, WorkerRole::Regular, view, &[]) {
+    match selector.select(WorkerRole::Regular, view, &[]) {
         Selected::Assigned(a) => drop(black_box(a)),
         _ => panic!("every model has healthy workers"),
     }

@@ -350,3 +350,47 @@ async fn data_parallel_rank_goes_in_header_and_optionally_body() {
     ranks.sort();
     assert_eq!(ranks, [0, 1]);
 }
+
+#[tokio::test]
+async fn names_only_an_any_model_worker_serves_share_one_label() {
+    // An engine without a model list (its /v1/models fails) serves any model name.
+    let app = Router::new().route("/health", get(|| async { "" })).route(
+        "/v1/completions",
+        post(|| async { axum::Json(json!({"choices": [{"text": "ok"}]})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = Http::new();
+    let mut cfg = config(vec![format!("http://{addr}")], PolicyKind::CacheAware);
+    cfg.models.insert("configured".into(), Default::default());
+    let gw = gateway(cfg).await;
+    for i in 0..5 {
+        let body = json!({"model": format!("made-up-{i}"), "prompt": "x"});
+        assert_eq!(http.post(&gw.url(), "/v1/completions", &body).await.0, 200);
+    }
+    let body = json!({"model": "configured", "prompt": "x"});
+    assert_eq!(http.post(&gw.url(), "/v1/completions", &body).await.0, 200);
+    let m = metrics_url(&gw);
+    eventually("the requests to be settled", || async {
+        http.metric(&m, "switchyard_requests_total", &[]).await == 6.0
+    })
+    .await;
+    assert_eq!(
+        http.metric(&m, "switchyard_requests_total", &[("model", "*")])
+            .await,
+        5.0,
+        "client-chosen names share one label"
+    );
+    assert_eq!(
+        http.metric(&m, "switchyard_requests_total", &[("model", "made-up-0")])
+            .await,
+        0.0
+    );
+    assert_eq!(
+        http.metric(&m, "switchyard_requests_total", &[("model", "configured")])
+            .await,
+        1.0,
+        "a model the config names keeps its own"
+    );
+}

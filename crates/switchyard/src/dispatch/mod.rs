@@ -103,11 +103,11 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// The roles of the workers one attempt needs, in the order they are selected.
-    pub fn roles(self) -> &'static [WorkerRole] {
+    /// The role of the worker an attempt selects first.
+    pub fn first_role(self) -> WorkerRole {
         match self {
-            Strategy::Colocated => &[WorkerRole::Regular],
-            Strategy::Disaggregated(_) => &[WorkerRole::Prefill, WorkerRole::Decode],
+            Strategy::Colocated => WorkerRole::Regular,
+            Strategy::Disaggregated(_) => WorkerRole::Prefill,
         }
     }
 
@@ -151,8 +151,17 @@ pub struct Outgoing<'a> {
     pub request_id: &'a str,
 }
 
-/// The workers selected for one attempt, in [`Strategy::roles`] order.
-pub type Target = Vec<Assignment>;
+/// The workers selected for one attempt, and how they are used.
+pub enum Target {
+    /// Colocated: one worker serves the whole request.
+    One(Assignment),
+    /// Prefill/decode: a worker for each phase, talking `mode`.
+    Pair {
+        prefill: Assignment,
+        decode: Assignment,
+        mode: PdMode,
+    },
+}
 
 /// An attempt's assignment whose verdict waits for the end of the request, so that an
 /// answer the request got from several workers can be blamed on the request.
@@ -185,107 +194,123 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-/// Why a call got no response headers.
-enum CallError {
-    Timeout,
-    Unreachable(String),
+/// What one call to one worker gave, classified the same way for both strategies.
+enum Call {
+    /// Response headers, whatever the status. A retryable status is already counted in
+    /// `upstream_errors` and its `Retry-After` has cooled the worker down.
+    Answered(http::Response<Incoming>),
+    /// No headers.
+    Failed(CallFailure),
+}
+
+/// Why a call to a worker failed, and how that counts against it.
+struct CallFailure {
+    /// What happened, naming the worker by its opaque id.
+    why: String,
+    verdict: Verdict,
+    /// The engine's status, when it answered.
+    answer: Option<StatusCode>,
+    /// No headers within the request timeout: not worth retrying.
+    timeout: bool,
+    /// How long the engine asked to be left alone.
+    wait: Option<Duration>,
+}
+
+impl CallFailure {
+    /// The failure an answer with a failing status is.
+    fn answered(a: &Assignment, resp: &http::Response<Incoming>) -> Self {
+        let status = resp.status();
+        CallFailure {
+            why: format!("{} answered {status}", a.worker().api_id),
+            verdict: verdict(status),
+            answer: Some(status),
+            timeout: false,
+            wait: retry_after(resp.headers()),
+        }
+    }
+
+    /// The attempt's failure, with `error` for the client.
+    fn into_failure(self, error: ApiError, failed: Assignment, others: Vec<Assignment>) -> Failure {
+        let avoid = vec![failed.worker().id.clone()];
+        let mut charges = vec![Charge {
+            assignment: failed,
+            verdict: self.verdict,
+            answer: self.answer,
+        }];
+        charges.extend(others.into_iter().map(|assignment| Charge {
+            assignment,
+            verdict: Verdict::Excused,
+            answer: None,
+        }));
+        Failure {
+            error,
+            retry: !self.timeout,
+            avoid,
+            charges,
+        }
+    }
 }
 
 impl Dispatcher {
-    /// Sends one attempt. `last` says no retry follows, so a retryable answer is passed
-    /// through rather than reported as a failure.
+    /// Sends one attempt. `last` says no retry follows, so a colocated engine's
+    /// retryable answer is passed through rather than reported as a failure.
     pub async fn send(&self, target: Target, out: &Outgoing<'_>, last: bool) -> Outcome {
-        match self.strategy {
-            Strategy::Colocated => {
-                let a = target.into_iter().next().expect("one worker per attempt");
-                self.colocated(a, out, last).await
-            }
-            Strategy::Disaggregated(mode) => {
-                let mut it = target.into_iter();
-                let (p, d) = (it.next(), it.next());
-                let (Some(p), Some(d)) = (p, d) else {
-                    unreachable!("prefill/decode attempts get a prefill and a decode worker");
-                };
-                match mode {
-                    PdMode::Vllm => self.vllm_pair(p, d, out).await,
-                    PdMode::Sglang => self.sglang_pair(p, d, out).await,
-                }
-            }
+        match target {
+            Target::One(a) => self.colocated(a, out, last).await,
+            Target::Pair {
+                prefill,
+                decode,
+                mode: PdMode::Vllm,
+            } => self.vllm_pair(prefill, decode, out).await,
+            Target::Pair {
+                prefill,
+                decode,
+                mode: PdMode::Sglang,
+            } => self.sglang_pair(prefill, decode, out).await,
         }
     }
 
     async fn colocated(&self, a: Assignment, out: &Outgoing<'_>, last: bool) -> Outcome {
-        let w = a.worker().clone();
-        let body = match w.id.dp_rank {
-            Some(rank) if self.cfg.dp_rank_in_body => {
-                match self.rewritten(out, &[("data_parallel_rank", Some(rank.into()))]) {
-                    Ok(b) => b,
-                    Err(e) => return self.unsent(e, vec![a]),
-                }
-            }
-            _ => out.body.clone(),
+        let body = match self.rank_field(&a) {
+            Some(rank) => match self.rewritten(out, &[rank]) {
+                Ok(b) => b,
+                Err(e) => return self.unsent(e, vec![a]),
+            },
+            None => out.body.clone(),
         };
         match self.call(&a, out, body).await {
-            Err(CallError::Timeout) => {
-                self.upstream_error("timeout");
-                Outcome::Failed(Failure {
-                    error: self.timeout_error(&w.api_id),
-                    retry: false,
-                    avoid: vec![w.id.clone()],
-                    charges: vec![Charge {
-                        assignment: a,
-                        verdict: Verdict::Failure,
-                        answer: None,
-                    }],
-                })
+            Call::Answered(resp) if retryable(resp.status()) && !last => {
+                let f = CallFailure::answered(&a, &resp);
+                let error =
+                    ApiError::upstream_status(resp.status(), f.wait, format!("Upstream {}", f.why));
+                Outcome::Failed(f.into_failure(error, a, Vec::new()))
             }
-            Err(CallError::Unreachable(e)) => {
-                self.upstream_error("connect");
-                tracing::debug!(worker = %w.label, error = %e, "upstream request failed");
-                Outcome::Failed(Failure {
-                    error: ApiError::bad_gateway(format!("Upstream {} failed: {e}", w.api_id)),
-                    retry: true,
-                    avoid: vec![w.id.clone()],
-                    charges: vec![Charge {
-                        assignment: a,
-                        verdict: Verdict::Failure,
-                        answer: None,
-                    }],
-                })
-            }
-            Ok(resp) if retryable(resp.status()) && !last => {
-                self.upstream_error("status");
-                let status = resp.status();
-                let wait = retry_after(resp.headers());
-                if let Some(d) = wait {
-                    w.cool_down(d);
-                }
-                Outcome::Failed(Failure {
-                    error: ApiError::upstream_status(
-                        status,
-                        wait,
-                        format!("Upstream {} answered {status}", w.api_id),
-                    ),
-                    retry: true,
-                    avoid: vec![w.id.clone()],
-                    charges: vec![Charge {
-                        assignment: a,
-                        verdict: verdict(status),
-                        answer: Some(status),
-                    }],
-                })
-            }
-            Ok(response) => Outcome::Answered {
+            Call::Answered(response) => Outcome::Answered {
                 response,
                 assignment: a,
             },
+            Call::Failed(f) => {
+                let message = format!("Upstream {}", f.why);
+                let error = if f.timeout {
+                    ApiError::gateway_timeout(message)
+                } else {
+                    ApiError::bad_gateway(message)
+                };
+                Outcome::Failed(f.into_failure(error, a, Vec::new()))
+            }
         }
+    }
+
+    /// `data_parallel_rank` for the body of a request to `a`'s worker, when it is a
+    /// data-parallel rank and `--dp-rank-in-body` is on.
+    fn rank_field(&self, a: &Assignment) -> Option<Field<'static>> {
+        let rank = a.worker().id.dp_rank.filter(|_| self.cfg.dp_rank_in_body)?;
+        Some(("data_parallel_rank", Some(rank.into())))
     }
 
     /// The request's body with `fields` set or removed.
     fn rewritten(&self, out: &Outgoing<'_>, fields: &[Field<'_>]) -> Result<Bytes, ApiError> {
-        rewrite(out.body, fields)
-            .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}"), None))
+        Ok(rewrite(out.body, fields)?)
     }
 
     /// A failure before anything was sent (the request itself is at fault).
@@ -305,34 +330,49 @@ impl Dispatcher {
         })
     }
 
-    fn timeout_error(&self, worker: &str) -> ApiError {
-        ApiError::gateway_timeout(format!(
-            "Upstream {worker} did not answer within {} s",
-            self.cfg.timeout.as_secs()
-        ))
-    }
-
-    /// Sends `body` to the assignment's worker; the response once its headers arrive.
-    async fn call(
-        &self,
-        a: &Assignment,
-        out: &Outgoing<'_>,
-        body: Bytes,
-    ) -> Result<http::Response<Incoming>, CallError> {
+    /// Sends `body` to the assignment's worker and classifies what comes back: counts
+    /// upstream errors, and cools a worker down when it asks to wait.
+    async fn call(&self, a: &Assignment, out: &Outgoing<'_>, body: Bytes) -> Call {
+        let w = a.worker();
         let req = self.upstream_request(a, out, body);
-        match tokio::time::timeout(self.cfg.timeout, upstream::local().request(req)).await {
-            Err(_) => Err(CallError::Timeout),
-            Ok(Err(e)) => {
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    why = format!("{why}: {s}");
-                    source = s.source();
+        let (reason, why) =
+            match tokio::time::timeout(self.cfg.timeout, upstream::local().request(req)).await {
+                Ok(Ok(resp)) => {
+                    if retryable(resp.status()) {
+                        self.upstream_error("status");
+                        if let Some(d) = retry_after(resp.headers()) {
+                            w.cool_down(d);
+                        }
+                    }
+                    return Call::Answered(resp);
                 }
-                Err(CallError::Unreachable(why))
-            }
-            Ok(Ok(resp)) => Ok(resp),
-        }
+                Err(_) => (
+                    "timeout",
+                    format!(
+                        "{} did not answer within {} s",
+                        w.api_id,
+                        self.cfg.timeout.as_secs()
+                    ),
+                ),
+                Ok(Err(e)) => {
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        why = format!("{why}: {s}");
+                        source = s.source();
+                    }
+                    tracing::debug!(worker = %w.label, error = %why, "upstream request failed");
+                    ("connect", format!("{} unreachable: {why}", w.api_id))
+                }
+            };
+        self.upstream_error(reason);
+        Call::Failed(CallFailure {
+            why,
+            verdict: Verdict::Failure,
+            answer: None,
+            timeout: reason == "timeout",
+            wait: None,
+        })
     }
 
     fn upstream_error(&self, reason: &'static str) {

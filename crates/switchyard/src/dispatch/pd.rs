@@ -19,10 +19,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::{CallError, Charge, Dispatcher, Failure, Outcome, Outgoing, retry_after, verdict};
+use super::{Call, CallFailure, Dispatcher, Outcome, Outgoing};
 use crate::error::ApiError;
 use crate::fleet::Verdict;
 use crate::metrics::PhaseLabel;
+use crate::request::body::Field;
 use crate::routing::Assignment;
 
 /// Largest prefill response read (it carries one token and the transfer parameters).
@@ -51,17 +52,14 @@ fn passes_through(status: StatusCode) -> bool {
 /// What a phase's call gave, sorted.
 enum PhaseResult {
     Ok(http::Response<Incoming>),
-    /// A 4xx to hand back to the client.
-    Rejected(http::Response<Incoming>),
-    Failed(PhaseFailure),
+    Not(NotOk),
 }
 
-/// Why a phase failed, and how it counts against its worker.
-struct PhaseFailure {
-    why: String,
-    verdict: Verdict,
-    answer: Option<StatusCode>,
-    timeout: bool,
+/// A phase that did not succeed.
+enum NotOk {
+    /// A 4xx to hand back to the client.
+    Rejected(http::Response<Incoming>),
+    Failed(CallFailure),
 }
 
 impl Dispatcher {
@@ -74,44 +72,18 @@ impl Dispatcher {
         body: Bytes,
     ) -> PhaseResult {
         let started = Instant::now();
-        let result = self.call(a, out, body).await;
+        let call = self.call(a, out, body).await;
         self.metrics
             .pd_phase
             .get_or_create(&PhaseLabel {
                 phase: phase.name(),
             })
             .observe(started.elapsed().as_secs_f64());
-        let id = &a.worker().api_id;
-        match result {
-            Ok(r) if r.status().is_success() => PhaseResult::Ok(r),
-            Ok(r) if passes_through(r.status()) => PhaseResult::Rejected(r),
-            Ok(r) => {
-                let status = r.status();
-                if let Some(d) = retry_after(r.headers()) {
-                    a.worker().cool_down(d);
-                }
-                PhaseResult::Failed(PhaseFailure {
-                    why: format!("{id} answered {status}"),
-                    verdict: verdict(status),
-                    answer: Some(status),
-                    timeout: false,
-                })
-            }
-            Err(CallError::Unreachable(e)) => PhaseResult::Failed(PhaseFailure {
-                why: format!("{id} unreachable: {e}"),
-                verdict: Verdict::Failure,
-                answer: None,
-                timeout: false,
-            }),
-            Err(CallError::Timeout) => PhaseResult::Failed(PhaseFailure {
-                why: format!(
-                    "{id} did not answer within {} s",
-                    self.cfg.timeout.as_secs()
-                ),
-                verdict: Verdict::Failure,
-                answer: None,
-                timeout: true,
-            }),
+        match call {
+            Call::Answered(r) if r.status().is_success() => PhaseResult::Ok(r),
+            Call::Answered(r) if passes_through(r.status()) => PhaseResult::Not(NotOk::Rejected(r)),
+            Call::Answered(r) => PhaseResult::Not(NotOk::Failed(CallFailure::answered(a, &r))),
+            Call::Failed(f) => PhaseResult::Not(NotOk::Failed(f)),
         }
     }
 
@@ -120,44 +92,40 @@ impl Dispatcher {
         &self,
         phase: Phase,
         failed: Assignment,
-        f: PhaseFailure,
+        f: CallFailure,
         others: Vec<Assignment>,
     ) -> Outcome {
-        let PhaseFailure {
-            why,
-            verdict,
-            answer,
-            timeout,
-        } = f;
         self.metrics
             .pd_failures
             .get_or_create(&PhaseLabel {
                 phase: phase.name(),
             })
             .inc();
-        let message = format!("{} phase failed: {why}", phase.name());
-        let error = if timeout {
+        let message = format!("{} phase failed: {}", phase.name(), f.why);
+        let error = if f.timeout {
             ApiError::gateway_timeout(message)
         } else {
             ApiError::bad_gateway(message)
         };
-        let avoid = vec![failed.worker().id.clone()];
-        let mut charges = vec![Charge {
-            assignment: failed,
-            verdict,
-            answer,
-        }];
-        charges.extend(others.into_iter().map(|assignment| Charge {
-            assignment,
-            verdict: Verdict::Excused,
-            answer: None,
-        }));
-        Outcome::Failed(Failure {
-            error,
-            retry: !timeout,
-            avoid,
-            charges,
-        })
+        Outcome::Failed(f.into_failure(error, failed, others))
+    }
+
+    /// The request's body for `a`'s phase: `fields`, and the data-parallel rank when
+    /// the gateway puts it in bodies.
+    fn phase_body(
+        &self,
+        out: &Outgoing<'_>,
+        a: &Assignment,
+        fields: &[Field<'_>],
+    ) -> Result<Bytes, ApiError> {
+        match self.rank_field(a) {
+            Some(rank) => {
+                let mut all = fields.to_vec();
+                all.push(rank);
+                self.rewritten(out, &all)
+            }
+            None => self.rewritten(out, fields),
+        }
     }
 
     pub(super) async fn vllm_pair(
@@ -166,23 +134,24 @@ impl Dispatcher {
         decode: Assignment,
         out: &Outgoing<'_>,
     ) -> Outcome {
-        let pbody = match self.rewritten(
-            out,
-            &[
-                ("max_tokens", Some(json!(1))),
-                ("max_completion_tokens", Some(json!(1))),
-                ("stream", Some(json!(false))),
-                ("stream_options", None),
-                ("kv_transfer_params", Some(json!({"do_remote_decode": true, "do_remote_prefill": false,
-                    "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, "remote_port": null}))),
-            ],
-        ) {
+        let fields = [
+            ("max_tokens", Some(json!(1))),
+            ("max_completion_tokens", Some(json!(1))),
+            ("stream", Some(json!(false))),
+            ("stream_options", None),
+            (
+                "kv_transfer_params",
+                Some(json!({"do_remote_decode": true, "do_remote_prefill": false,
+                "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, "remote_port": null})),
+            ),
+        ];
+        let pbody = match self.phase_body(out, &prefill, &fields) {
             Ok(b) => b,
             Err(e) => return self.unsent(e, vec![prefill, decode]),
         };
         let resp = match self.phase(Phase::Prefill, &prefill, out, pbody).await {
             PhaseResult::Ok(r) => r,
-            other => return self.prefill_not_ok(other, prefill, decode),
+            PhaseResult::Not(n) => return self.prefill_not_ok(n, prefill, decode),
         };
         let read = tokio::time::timeout(
             self.cfg.timeout,
@@ -200,25 +169,30 @@ impl Dispatcher {
             _ => None,
         };
         let Some(kv) = kv else {
-            let f = PhaseFailure {
+            let f = CallFailure {
                 why: format!("{} returned no kv_transfer_params", prefill.worker().api_id),
                 verdict: Verdict::Failure,
                 answer: None,
                 timeout: false,
+                wait: None,
             };
             return self.phase_failure(Phase::Prefill, prefill, f, vec![decode]);
         };
         prefill.settle(out.view, Verdict::Success);
-        let dbody = match self.rewritten(out, &[("kv_transfer_params", Some(kv))]) {
+        let dbody = match self.phase_body(out, &decode, &[("kv_transfer_params", Some(kv))]) {
             Ok(b) => b,
             Err(e) => return self.unsent(e, vec![decode]),
         };
         match self.phase(Phase::Decode, &decode, out, dbody).await {
-            PhaseResult::Ok(response) | PhaseResult::Rejected(response) => Outcome::Answered {
-                response,
-                assignment: decode,
-            },
-            PhaseResult::Failed(f) => self.phase_failure(Phase::Decode, decode, f, Vec::new()),
+            PhaseResult::Ok(response) | PhaseResult::Not(NotOk::Rejected(response)) => {
+                Outcome::Answered {
+                    response,
+                    assignment: decode,
+                }
+            }
+            PhaseResult::Not(NotOk::Failed(f)) => {
+                self.phase_failure(Phase::Decode, decode, f, Vec::new())
+            }
         }
     }
 
@@ -231,50 +205,65 @@ impl Dispatcher {
         let pw = prefill.worker().clone();
         let room = fastrand::u64(..1 << 62);
         let port = pw.bootstrap_port.unwrap_or_else(|| pw.port());
-        let both = match self.rewritten(
-            out,
-            &[
-                ("bootstrap_host", Some(json!(pw.host()))),
-                ("bootstrap_port", Some(json!(port))),
-                ("bootstrap_room", Some(json!(room))),
-            ],
-        ) {
+        let bootstrap = [
+            ("bootstrap_host", Some(json!(pw.host()))),
+            ("bootstrap_port", Some(json!(port))),
+            ("bootstrap_room", Some(json!(room))),
+        ];
+        let bodies = self
+            .phase_body(out, &prefill, &bootstrap)
+            .and_then(|p| Ok((p, self.phase_body(out, &decode, &bootstrap)?)));
+        let (pbody, dbody) = match bodies {
             Ok(b) => b,
             Err(e) => return self.unsent(e, vec![prefill, decode]),
         };
         // A prefill that does not succeed cancels the decode at once (it would wait for
         // KV that never comes); a decode that answers first still waits for the prefill.
-        let (p, d) = {
-            let pf = self.phase(Phase::Prefill, &prefill, out, both.clone());
-            let df = self.phase(Phase::Decode, &decode, out, both);
+        let both = {
+            let pf = self.phase(Phase::Prefill, &prefill, out, pbody);
+            let df = self.phase(Phase::Decode, &decode, out, dbody);
             tokio::pin!(pf, df);
             tokio::select! {
                 p = &mut pf => match p {
-                    ok @ PhaseResult::Ok(_) => (ok, Some((&mut df).await)),
-                    other => (other, None),
+                    PhaseResult::Ok(p) => Ok((p, (&mut df).await)),
+                    PhaseResult::Not(n) => Err(n),
                 },
-                d = &mut df => ((&mut pf).await, Some(d)),
+                d = &mut df => match (&mut pf).await {
+                    PhaseResult::Ok(p) => Ok((p, d)),
+                    PhaseResult::Not(n) => Err(n),
+                },
             }
         };
-        let (p, d) = match (p, d) {
-            (PhaseResult::Ok(p), Some(d)) => (p, d),
-            (other, _) => return self.prefill_not_ok(other, prefill, decode),
+        let (p, d) = match both {
+            Ok(pd) => pd,
+            Err(n) => return self.prefill_not_ok(n, prefill, decode),
         };
         let response = match d {
-            PhaseResult::Ok(r) | PhaseResult::Rejected(r) => r,
-            PhaseResult::Failed(f) => {
+            PhaseResult::Ok(r) | PhaseResult::Not(NotOk::Rejected(r)) => r,
+            PhaseResult::Not(NotOk::Failed(f)) => {
                 prefill.settle(out.view, Verdict::Success);
                 return self.phase_failure(Phase::Decode, decode, f, Vec::new());
             }
         };
-        // The prefill's answer is not the client's: read it to its end in the background,
-        // holding its slot and permit until then.
-        let (view, timeout) = (out.view.clone(), self.cfg.timeout);
+        // The prefill's answer is not the client's: drain it in the background without
+        // keeping it, holding its slot and permit until it ends (or the request timeout
+        // passes, or the gateway stops).
+        let (view, timeout, shutdown) = (out.view.clone(), self.cfg.timeout, self.shutdown.clone());
         self.shutdown.spawn(async move {
-            let ok = matches!(
-                tokio::time::timeout(timeout, p.into_body().collect()).await,
-                Ok(Ok(_))
-            );
+            let drain = async {
+                let mut body = p.into_body();
+                while let Some(frame) = body.frame().await {
+                    if frame.is_err() {
+                        return false;
+                    }
+                }
+                true
+            };
+            let ok = tokio::select! {
+                r = tokio::time::timeout(timeout, drain) => matches!(r, Ok(true)),
+                // Unsettled, the lease counts for nothing.
+                _ = shutdown.cancelled() => return,
+            };
             prefill.settle(
                 &view,
                 if ok {
@@ -292,14 +281,13 @@ impl Dispatcher {
 
     /// The prefill did not succeed: a 4xx goes back to the client, anything else fails
     /// the attempt. The decode is not sent (vLLM) or cancelled (SGLang).
-    fn prefill_not_ok(&self, p: PhaseResult, prefill: Assignment, decode: Assignment) -> Outcome {
-        match p {
-            PhaseResult::Rejected(response) => Outcome::Answered {
+    fn prefill_not_ok(&self, n: NotOk, prefill: Assignment, decode: Assignment) -> Outcome {
+        match n {
+            NotOk::Rejected(response) => Outcome::Answered {
                 response,
                 assignment: prefill,
             },
-            PhaseResult::Failed(f) => self.phase_failure(Phase::Prefill, prefill, f, vec![decode]),
-            PhaseResult::Ok(_) => unreachable!("only called when the prefill did not succeed"),
+            NotOk::Failed(f) => self.phase_failure(Phase::Prefill, prefill, f, vec![decode]),
         }
     }
 }

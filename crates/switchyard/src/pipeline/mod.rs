@@ -33,14 +33,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode, header};
 
-use crate::dispatch::{Charge, Dispatcher, Outcome, Outgoing, Target, strip_hop_by_hop};
+use crate::dispatch::{Charge, Dispatcher, Outcome, Outgoing, Strategy, Target, strip_hop_by_hop};
 use crate::error::ApiError;
 use crate::fleet::{Registry, Verdict, WorkerId, WorkerRole};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::request::body::rewrite;
 use crate::request::{RequestView, Route, SessionHeaders};
 use crate::routing::prefix::BlockHasher;
-use crate::routing::{Selected, WorkerSelector};
+use crate::routing::{Assignment, Selected, WorkerSelector};
 use crate::selection::ModelSelector;
 pub use admit::{Admission, AdmissionConfig, Admitted};
 use settle::{Settle, SettledBody};
@@ -82,7 +82,7 @@ pub struct Pipeline {
 /// An attempt that got response headers.
 struct Answered {
     response: http::Response<hyper::body::Incoming>,
-    assignment: crate::routing::Assignment,
+    assignment: Assignment,
     /// Its answer is a failure the request also got elsewhere: blame the request.
     excused: bool,
     attempts: u32,
@@ -204,15 +204,13 @@ impl Pipeline {
         let body = if choice.rewrite {
             match rewrite(&body, &[("model", Some(serde_json::json!(&*choice.model)))]) {
                 Ok(b) => b,
-                Err(e) => {
-                    let e = ApiError::bad_request(format!("Invalid JSON: {e}"), None);
-                    return self.reject(route, "", &request_id, e);
-                }
+                Err(e) => return self.reject(route, "", &request_id, e.into()),
             }
         } else {
             body
         };
         view.model = choice.model.clone();
+        view.model_key = choice.key.clone();
         let view = Arc::new(view);
         let out = Outgoing {
             view: &view,
@@ -235,7 +233,6 @@ impl Pipeline {
                 strip_hop_by_hop(&mut parts.headers);
                 let settle = Settle {
                     start,
-                    model: choice.model,
                     view,
                     assignment,
                     excused,
@@ -248,11 +245,8 @@ impl Pipeline {
                 Response::from_parts(parts, Body::new(SettledBody::new(incoming, settle)))
             }
             Err(e) => {
-                if e.code == "no_healthy_worker" {
-                    self.metrics.reject("no_worker");
-                }
                 drop(admitted);
-                self.reject(route, &choice.model, &request_id, e)
+                self.reject(route, &choice.key, &request_id, e)
             }
         }
     }
@@ -264,11 +258,12 @@ impl Pipeline {
         let model = &out.view.model;
         let strategy = self.dispatcher.strategy;
         let retry = &self.dispatcher.cfg.retry;
-        let attempts = retry.max_retries + 1;
+        let attempts = retry.max_retries.saturating_add(1);
         let mut avoid: Vec<WorkerId> = Vec::new();
         let mut charges: Vec<Charge> = Vec::new();
         let mut last_error: Option<ApiError> = None;
         let mut failed_last = false;
+        let mut sent = 0u32;
         for attempt in 0..attempts {
             if failed_last {
                 tokio::time::sleep(retry.backoff(attempt - 1)).await;
@@ -285,7 +280,7 @@ impl Pipeline {
                     break;
                 }
             };
-            if attempt > 0 {
+            if sent > 0 {
                 self.metrics
                     .retries
                     .get_or_create(&ReasonLabel {
@@ -293,6 +288,7 @@ impl Pipeline {
                     })
                     .inc();
             }
+            sent += 1;
             match self
                 .dispatcher
                 .send(target, out, attempt + 1 == attempts)
@@ -308,7 +304,7 @@ impl Pipeline {
                         response,
                         assignment,
                         excused,
-                        attempts: attempt + 1,
+                        attempts: sent,
                     });
                 }
                 Outcome::Failed(f) => {
@@ -324,7 +320,7 @@ impl Pipeline {
             }
         }
         blame(out.view, charges, None);
-        Err(last_error.unwrap_or_else(|| self.no_worker(strategy.roles()[0], model)))
+        Err(last_error.unwrap_or_else(|| self.no_worker(strategy.first_role(), model)))
     }
 
     /// `select_worker`: one worker per role the strategy needs. On a retry with none
@@ -337,28 +333,56 @@ impl Pipeline {
         avoid: &[WorkerId],
         attempt: u32,
     ) -> Result<Target, Unselected> {
-        let roles = self.dispatcher.strategy.roles();
-        let mut target = Vec::with_capacity(roles.len());
-        for &role in roles {
-            let mut selected = self.workers.select(model, role, view, avoid);
-            if matches!(selected, Selected::NoCandidate) && attempt > 0 {
-                if let Some(wait) = self.workers.cooling(model, role) {
-                    if wait <= self.dispatcher.cfg.retry.max_backoff {
-                        tokio::time::sleep(wait).await;
-                        selected = self.workers.select(model, role, view, avoid);
-                    }
-                }
+        match self.dispatcher.strategy {
+            Strategy::Colocated => {
+                let a = self
+                    .select_role(model, WorkerRole::Regular, view, avoid, attempt)
+                    .await?;
+                Ok(Target::One(a))
             }
-            match selected {
-                Selected::Assigned(a) => target.push(a),
-                Selected::Refused(id) => return Err(Unselected::Refused(id)),
-                Selected::NoCandidate => return Err(Unselected::None(role)),
+            Strategy::Disaggregated(mode) => {
+                let prefill = self
+                    .select_role(model, WorkerRole::Prefill, view, avoid, attempt)
+                    .await?;
+                let decode = self
+                    .select_role(model, WorkerRole::Decode, view, avoid, attempt)
+                    .await?;
+                Ok(Target::Pair {
+                    prefill,
+                    decode,
+                    mode,
+                })
             }
         }
-        Ok(target)
     }
 
+    async fn select_role(
+        &self,
+        model: &Arc<str>,
+        role: WorkerRole,
+        view: &RequestView,
+        avoid: &[WorkerId],
+        attempt: u32,
+    ) -> Result<Assignment, Unselected> {
+        let mut selected = self.workers.select(role, view, avoid);
+        if matches!(selected, Selected::NoCandidate) && attempt > 0 {
+            if let Some(wait) = self.workers.cooling(model, role) {
+                if wait <= self.dispatcher.cfg.retry.max_backoff {
+                    tokio::time::sleep(wait).await;
+                    selected = self.workers.select(role, view, avoid);
+                }
+            }
+        }
+        match selected {
+            Selected::Assigned(a) => Ok(a),
+            Selected::Refused(id) => Err(Unselected::Refused(id)),
+            Selected::NoCandidate => Err(Unselected::None(role)),
+        }
+    }
+
+    /// The answer when no worker can take the request (counted as a rejection).
     fn no_worker(&self, role: WorkerRole, model: &str) -> ApiError {
+        self.metrics.reject("no_worker");
         let which = match role {
             WorkerRole::Regular => String::new(),
             r => format!("{} ", r.as_str()),
@@ -379,13 +403,15 @@ impl Pipeline {
 
 /// Settles the charges of failed attempts once the request's fate is known, and says
 /// whether the final answer (`last`: worker and status, when an engine gave one) is
-/// excused too. A 500 the request got from at least two different workers is the
-/// request's fault (it would fail anywhere), so it counts against none of them:
-/// a poison request cannot eject healthy workers or open their breakers. Other
-/// failures count: 502/503/504 mean the workers were unavailable, and a timeout or a
-/// refused connection is the worker's.
+/// excused too. A request that never succeeded and got a 500 from at least two
+/// different workers is at fault itself (it fails anywhere), so those 500s count
+/// against none of them: a poison request cannot eject healthy workers or open their
+/// breakers. A request that succeeded somewhere proves the failing workers wrong, and
+/// every other failure counts: 502/503/504 mean the workers were unavailable, and a
+/// timeout or a refused connection is the worker's.
 fn blame(view: &RequestView, charges: Vec<Charge>, last: Option<&(WorkerId, StatusCode)>) -> bool {
     let poison = StatusCode::INTERNAL_SERVER_ERROR;
+    let succeeded = last.is_some_and(|(_, s)| s.is_success());
     let mut got_500: Vec<&WorkerId> = charges
         .iter()
         .filter(|c| c.answer == Some(poison))
@@ -396,7 +422,7 @@ fn blame(view: &RequestView, charges: Vec<Charge>, last: Option<&(WorkerId, Stat
             got_500.push(id);
         }
     }
-    let excused = got_500.iter().any(|w| *w != got_500[0]);
+    let excused = !succeeded && got_500.iter().any(|w| *w != got_500[0]);
     for c in charges {
         let verdict = if excused && c.answer == Some(poison) {
             Verdict::Excused
@@ -406,4 +432,94 @@ fn blame(view: &RequestView, charges: Vec<Charge>, last: Option<&(WorkerId, Stat
         c.assignment.settle(view, verdict);
     }
     excused && last.is_some_and(|(_, s)| *s == poison)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::fleet::{Registry, Worker, test_worker};
+    use crate::routing::tests::view;
+
+    /// Three healthy workers (passive ejection after two failures), a selector, and a
+    /// way to lease a given worker.
+    fn fleet() -> (Vec<Arc<Worker>>, Arc<WorkerSelector>) {
+        let workers: Vec<Arc<Worker>> = (1..=3).map(test_worker).collect();
+        let registry = Arc::new(Registry::new(workers.clone()));
+        let cfg = Config::default();
+        let sel = WorkerSelector::new(
+            &cfg,
+            registry,
+            Arc::new(Metrics::new()),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
+        (workers, sel)
+    }
+
+    fn lease(sel: &WorkerSelector, all: &[Arc<Worker>], w: &Arc<Worker>) -> Assignment {
+        let others: Vec<WorkerId> = all
+            .iter()
+            .filter(|o| o.id != w.id)
+            .map(|o| o.id.clone())
+            .collect();
+        match sel.select(WorkerRole::Regular, &view(vec![], None), &others) {
+            Selected::Assigned(a) => {
+                assert_eq!(a.worker().id, w.id);
+                a
+            }
+            _ => panic!("a worker"),
+        }
+    }
+
+    fn failed_with_500(a: Assignment) -> Charge {
+        Charge {
+            assignment: a,
+            verdict: Verdict::Failure,
+            answer: Some(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// Whether one more failure ejects `w` (it does when one is already counted).
+    fn one_failure_counted(w: &Arc<Worker>) -> bool {
+        w.lease().unwrap().settle(Verdict::Failure)
+    }
+
+    #[test]
+    fn a_500_from_two_workers_is_excused_only_when_nothing_succeeded() {
+        let v = view(vec![], None);
+        // The request failed on A and B, then C answered: A and B are to blame.
+        let (ws, sel) = fleet();
+        let charges = vec![
+            failed_with_500(lease(&sel, &ws, &ws[0])),
+            failed_with_500(lease(&sel, &ws, &ws[1])),
+        ];
+        let last = (ws[2].id.clone(), StatusCode::OK);
+        assert!(!blame(&v, charges, Some(&last)));
+        assert!(one_failure_counted(&ws[0]) && one_failure_counted(&ws[1]));
+
+        // It failed the same way on A, B and C: the request is to blame.
+        let (ws, sel) = fleet();
+        let charges = vec![
+            failed_with_500(lease(&sel, &ws, &ws[0])),
+            failed_with_500(lease(&sel, &ws, &ws[1])),
+        ];
+        let last = (ws[2].id.clone(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            blame(&v, charges, Some(&last)),
+            "the final answer is excused too"
+        );
+        assert!(!one_failure_counted(&ws[0]) && !one_failure_counted(&ws[1]));
+
+        // One worker failing twice is that worker's fault.
+        let (ws, sel) = fleet();
+        let charges = vec![
+            failed_with_500(lease(&sel, &ws, &ws[0])),
+            failed_with_500(lease(&sel, &ws, &ws[0])),
+        ];
+        assert!(!blame(&v, charges, None));
+        assert!(!ws[0].is_healthy(), "two counted failures eject it");
+    }
 }

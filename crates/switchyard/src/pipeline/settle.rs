@@ -60,9 +60,8 @@ pub fn rejected(metrics: &Metrics, route: Route, model: &str, request_id: &str, 
 /// Everything to settle when a proxied response ends.
 pub struct Settle {
     pub start: Instant,
+    /// The request; its `model_key` labels the metrics, its `model` the access log.
     pub view: Arc<RequestView>,
-    /// The model that served it (after selection).
-    pub model: Arc<str>,
     pub assignment: Assignment,
     /// The request got this same failing answer from another worker: blame the request.
     pub excused: bool,
@@ -89,7 +88,7 @@ impl Settle {
         m.requests
             .get_or_create(&RequestLabels {
                 route,
-                model: self.model.clone(),
+                model: self.view.model_key.clone(),
                 worker: worker.label.clone(),
                 status: self.status.as_u16(),
             })
@@ -97,14 +96,14 @@ impl Settle {
         m.duration
             .get_or_create(&RouteModel {
                 route,
-                model: self.model.clone(),
+                model: self.view.model_key.clone(),
             })
             .observe(elapsed.as_secs_f64());
         if let Some(usage) = find_usage(tail) {
             for (kind, v) in usage {
                 m.tokens
                     .get_or_create(&TokenLabels {
-                        model: self.model.clone(),
+                        model: self.view.model_key.clone(),
                         kind,
                     })
                     .inc_by(v);
@@ -120,7 +119,7 @@ impl Settle {
             target: "switchyard::access",
             request_id = %self.request_id,
             route,
-            model = %self.model,
+            model = %self.view.model,
             worker = %worker.label,
             status = self.status.as_u16(),
             outcome = ending.as_str(),
@@ -166,7 +165,7 @@ impl SettledBody {
                     s.metrics
                         .ttft
                         .get_or_create(&ModelWorker {
-                            model: s.model.clone(),
+                            model: s.view.model_key.clone(),
                             worker: s.assignment.worker().label.clone(),
                         })
                         .observe(now.duration_since(s.start).as_secs_f64());
@@ -175,7 +174,7 @@ impl SettledBody {
             if let Some(events) = &mut self.events {
                 let itl = s.metrics.itl.get_or_create(&RouteModel {
                     route: s.view.route.name(),
-                    model: s.model.clone(),
+                    model: s.view.model_key.clone(),
                 });
                 events.feed(data, now, |gap| itl.observe(gap));
             }

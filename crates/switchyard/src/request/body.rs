@@ -17,6 +17,12 @@ use serde_json::value::RawValue;
 #[error("the request body is not a JSON object: {0}")]
 pub struct RewriteError(String);
 
+impl From<RewriteError> for crate::error::ApiError {
+    fn from(e: RewriteError) -> Self {
+        crate::error::ApiError::bad_request(format!("Invalid JSON: {e}"), None)
+    }
+}
+
 /// A field to set (`Some`) or remove (`None`).
 pub type Field<'a> = (&'a str, Option<Value>);
 

@@ -48,6 +48,10 @@ pub struct RequestView {
     pub route: Route,
     /// The model the client named (selection may replace it with another).
     pub model: Arc<str>,
+    /// The name the model's routing state and metrics are kept under: the model when
+    /// the fleet lists it or the config names it, else `*` (a name only workers that
+    /// accept any model serve), so client-chosen names cannot grow state or label sets.
+    pub model_key: Arc<str>,
     pub stream: bool,
     /// Session affinity key: `X-Session-ID`, `X-User-ID`, the configured header, else `user`.
     pub session_key: Option<String>,
@@ -111,6 +115,7 @@ impl RequestView {
         let prompt_bytes = sink.total;
         Ok(RequestView {
             route,
+            model_key: model.clone(),
             model,
             stream: wire.stream.unwrap_or(false),
             session_key: session_key(headers, session, wire.user),

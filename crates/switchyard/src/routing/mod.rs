@@ -153,6 +153,7 @@ pub(crate) mod tests {
         RequestView {
             route: Route::Completions,
             model: Arc::from("m"),
+            model_key: Arc::from("m"),
             stream: false,
             session_key: session.map(str::to_string),
             prefix_blocks: blocks,

@@ -95,23 +95,18 @@ impl WorkerSelector {
         }
     }
 
-    /// Picks a worker of `role` for `model`, avoiding the workers in `avoid` unless they
-    /// are the only candidates left, and leases it.
-    pub fn select(
-        &self,
-        model: &Arc<str>,
-        role: WorkerRole,
-        view: &RequestView,
-        avoid: &[WorkerId],
-    ) -> Selected {
-        let mut candidates = self.registry.candidates(model, role);
+    /// Picks a worker of `role` for the request's model, with the policy kept under its
+    /// `model_key`, avoiding the workers in `avoid` unless they are the only candidates
+    /// left, and leases it.
+    pub fn select(&self, role: WorkerRole, view: &RequestView, avoid: &[WorkerId]) -> Selected {
+        let mut candidates = self.registry.candidates(&view.model, role);
         if candidates.is_empty() {
             return Selected::NoCandidate;
         }
         if !avoid.is_empty() && candidates.iter().any(|w| !avoid.contains(&w.id)) {
             candidates.retain(|w| !avoid.contains(&w.id));
         }
-        let entry = self.table(role).entry(model);
+        let entry = self.table(role).entry(&view.model_key);
         let Some(pick) = entry.policy.pick(&candidates, view, &entry.ctx) else {
             return Selected::NoCandidate;
         };
@@ -218,7 +213,7 @@ mod tests {
         );
         let model: Arc<str> = Arc::from("m");
         let v = view(vec![11, 12, 13], None);
-        let Selected::Assigned(first) = sel.select(&model, WorkerRole::Regular, &v, &[]) else {
+        let Selected::Assigned(first) = sel.select(WorkerRole::Regular, &v, &[]) else {
             panic!("a worker")
         };
         let chosen = first.worker().clone();
@@ -226,12 +221,9 @@ mod tests {
         let ctx = sel.table(WorkerRole::Regular).entry(&model).ctx;
         assert_eq!(ctx.prefix.len(), 3, "the routed prompt is in the index");
         // The same prompt avoiding its cached worker goes to the other one.
-        let Selected::Assigned(second) = sel.select(
-            &model,
-            WorkerRole::Regular,
-            &v,
-            std::slice::from_ref(&chosen.id),
-        ) else {
+        let Selected::Assigned(second) =
+            sel.select(WorkerRole::Regular, &v, std::slice::from_ref(&chosen.id))
+        else {
             panic!("a worker")
         };
         assert_ne!(second.worker().id, chosen.id);

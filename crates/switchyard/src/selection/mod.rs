@@ -4,7 +4,7 @@
 //! plug in here: they produce the same [`ModelChoice`], and worker selection does not
 //! change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
@@ -16,20 +16,31 @@ use crate::request::RequestView;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelChoice {
     pub model: Arc<str>,
+    /// The name the model's routing state and metrics are kept under (see
+    /// `RequestView::model_key`).
+    pub key: Arc<str>,
     /// The body names another model (an alias): it must be rewritten to `model`.
     pub rewrite: bool,
 }
+
+/// The key of every model no worker lists and the config does not name.
+pub const ANY_MODEL: &str = "*";
 
 /// Resolves model names.
 pub struct ModelSelector {
     /// `--model-alias`: alias → model.
     aliases: HashMap<String, Arc<str>>,
+    /// Models the config gives settings to.
+    configured: BTreeSet<String>,
+    any: Arc<str>,
 }
 
 impl ModelSelector {
     pub fn new(cfg: &Config) -> Result<Self, ConfigError> {
         Ok(ModelSelector {
             aliases: cfg.aliases()?,
+            configured: cfg.model_settings()?.into_keys().collect(),
+            any: Arc::from(ANY_MODEL),
         })
     }
 
@@ -43,7 +54,16 @@ impl ModelSelector {
         if !registry.knows_model(&model) {
             return Err(ApiError::model_not_found(&model, &registry.models()));
         }
-        Ok(ModelChoice { model, rewrite })
+        let key = if registry.lists(&model) || self.configured.contains(&*model) {
+            model.clone()
+        } else {
+            self.any.clone()
+        };
+        Ok(ModelChoice {
+            model,
+            key,
+            rewrite,
+        })
     }
 
     /// Aliases whose target is in `served`, sorted, as (alias, model).

@@ -11,6 +11,33 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::AppState;
+use crate::fleet::Worker;
+
+/// How a worker is shown: by its opaque id, with its state; with its URL, labels,
+/// weight and priority too on the admin listener (`detailed`).
+pub fn describe(w: &Worker, detailed: bool) -> serde_json::Value {
+    let (running, waiting) = w.engine_load();
+    let mut v = json!({
+        "id": &*w.api_id,
+        "dp_rank": w.id.dp_rank,
+        "role": w.id.role,
+        "healthy": w.is_healthy(),
+        "circuit": w.breaker.state().as_str(),
+        "in_flight": w.in_flight(),
+        "engine_running": running,
+        "engine_waiting": waiting,
+        "models": w.models(),
+    });
+    if detailed {
+        v["url"] = json!(w.id.url);
+        v["bootstrap_port"] = json!(w.bootstrap_port);
+        v["labels"] = json!(w.labels());
+        v["weight"] = json!(w.weight());
+        v["priority"] = json!(w.priority());
+        v["draining"] = json!(w.is_draining());
+    }
+    v
+}
 
 pub async fn liveness() -> Json<serde_json::Value> {
     Json(json!({"status": "alive"}))
@@ -36,20 +63,7 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Response {
         .registry
         .all()
         .iter()
-        .map(|w| {
-            let (running, waiting) = w.engine_load();
-            json!({
-                "id": &*w.api_id,
-                "dp_rank": w.id.dp_rank,
-                "role": w.id.role,
-                "healthy": w.is_healthy(),
-                "circuit": w.breaker.state().as_str(),
-                "in_flight": w.in_flight(),
-                "engine_running": running,
-                "engine_waiting": waiting,
-                "models": w.models(),
-            })
-        })
+        .map(|w| describe(w, false))
         .collect();
     let healthy = st.registry.healthy_count();
     let status = if healthy > 0 {

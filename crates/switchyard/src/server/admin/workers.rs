@@ -29,24 +29,7 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 }
 
 fn worker_json(w: &Arc<Worker>) -> Value {
-    let (running, waiting) = w.engine_load();
-    json!({
-        "id": &*w.api_id,
-        "url": w.id.url,
-        "dp_rank": w.id.dp_rank,
-        "role": w.id.role,
-        "bootstrap_port": w.bootstrap_port,
-        "models": w.models(),
-        "labels": w.labels(),
-        "weight": w.weight(),
-        "priority": w.priority(),
-        "healthy": w.is_healthy(),
-        "draining": w.is_draining(),
-        "circuit": w.breaker.state().as_str(),
-        "in_flight": w.in_flight(),
-        "engine_running": running,
-        "engine_waiting": waiting,
-    })
+    super::super::health::describe(w, true)
 }
 
 fn find(st: &AppState, id: &str) -> Result<Arc<Worker>, ApiError> {
