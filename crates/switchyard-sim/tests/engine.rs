@@ -188,7 +188,12 @@ async fn queueing_raises_ttft() {
 #[tokio::test]
 async fn inter_token_latency_grows_with_batch_size() {
     let http = Http::new();
-    let sim = sims_with(fast()).await;
+    // Real time, so that the 64 requests sent at once certainly overlap in the engine.
+    let sim = sims_with(SimConfig {
+        time_scale: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
     let url = sim.url();
     let itl = |b: &serde_json::Value| {
         let t = &b["sim_timing"];

@@ -36,8 +36,9 @@ pub async fn sims_with(cfg: SimConfig) -> SimHandle {
     switchyard_sim::spawn(cfg).await.expect("simulator starts")
 }
 
-/// A gateway config in front of `urls`, on ephemeral ports, with fast health checks
-/// and short retry backoffs.
+/// A gateway config in front of `urls`, on ephemeral ports, with health checks every
+/// second (each allowed 30 s, so a slow machine never fails one) and short retry
+/// backoffs.
 pub fn config(urls: Vec<String>, policy: PolicyKind) -> Config {
     Config {
         port: 0,
@@ -46,7 +47,7 @@ pub fn config(urls: Vec<String>, policy: PolicyKind) -> Config {
         worker_urls: urls,
         policy,
         health_check_interval_secs: 1,
-        health_check_timeout_secs: 1,
+        health_check_timeout_secs: 30,
         retry_initial_backoff_ms: 1,
         retry_max_backoff_ms: 50,
         ..Config::default()

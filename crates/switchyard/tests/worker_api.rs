@@ -456,6 +456,16 @@ async fn the_allowlist_pins_the_resolved_address_and_restricts_ports() {
     assert_eq!(job["state"], "succeeded", "{job}");
     let (_, list) = http.get(&format!("{}/workers", admin_url(&gw))).await;
     assert_eq!(list["workers"][0]["url"], by_name.as_str());
+    // Connections go to the checked address; the name travels in the Host header.
+    let worker = gw.state.registry.all()[0].clone();
+    assert_eq!(
+        worker.uri("/v1/models").authority().unwrap().as_str(),
+        format!("127.0.0.1:{port}")
+    );
+    assert_eq!(
+        worker.host_header().unwrap(),
+        format!("localhost:{port}").as_str()
+    );
     let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 1});
     assert_eq!(http.post(&gw.url(), "/v1/completions", &body).await.0, 200);
     assert_eq!(sims.server(0).requests(), 1);
