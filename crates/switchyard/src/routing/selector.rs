@@ -110,6 +110,10 @@ impl WorkerSelector {
         let Some(pick) = entry.policy.pick(&candidates, view, &entry.ctx) else {
             return Selected::NoCandidate;
         };
+        let worker = &candidates[pick.index];
+        let Some(lease) = worker.lease() else {
+            return Selected::Refused(worker.id.clone());
+        };
         self.metrics
             .decisions
             .get_or_create(&DecisionLabels {
@@ -117,10 +121,6 @@ impl WorkerSelector {
                 reason: pick.reason,
             })
             .inc();
-        let worker = &candidates[pick.index];
-        let Some(lease) = worker.lease() else {
-            return Selected::Refused(worker.id.clone());
-        };
         record_routed(&entry.ctx, entry.policy.as_ref(), worker, view);
         Selected::Assigned(Assignment {
             lease,
