@@ -144,6 +144,16 @@ pub async fn worker_healthy(http: &Http, gw: &Gateway, worker_url: &str) -> bool
         .any(|w| w["url"] == worker_url && w["healthy"] == true)
 }
 
+/// Faults that hold every response after its first body chunk (for a stream, its first
+/// event) until the faults are replaced: a request stays open exactly as long as a test
+/// needs, however slow the machine.
+pub fn stalled() -> switchyard_sim::Faults {
+    switchyard_sim::Faults {
+        stall_after_chunks: Some(1),
+        ..switchyard_sim::Faults::default()
+    }
+}
+
 /// Sets the same faults on every simulated server (e.g. streams that stall until the
 /// test lets them go).
 pub fn set_faults_everywhere(sims: &SimHandle, faults: &switchyard_sim::Faults) {

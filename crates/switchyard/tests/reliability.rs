@@ -16,13 +16,6 @@ fn failing(status: u16) -> Faults {
     }
 }
 
-fn stalled() -> Faults {
-    Faults {
-        stall_after_chunks: Some(1),
-        ..Faults::default()
-    }
-}
-
 fn completion(prompt: &str) -> serde_json::Value {
     json!({"model": MODEL, "prompt": prompt, "max_tokens": 1})
 }

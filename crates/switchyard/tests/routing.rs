@@ -106,10 +106,7 @@ async fn cache_aware_spills_a_hot_prefix_when_its_worker_is_loaded() {
     // Every stream stalls after its first event, so requests pile up on the engines
     // and the in-flight imbalance is there when each routing decision is made.
     let sims = sims(2).await;
-    let stall = Faults {
-        stall_after_chunks: Some(1),
-        ..Faults::default()
-    };
+    let stall = stalled();
     let bed = TestBed::with(sims, |c| {
         c.policy = PolicyKind::CacheAware;
         c.balance_abs_threshold = 2;
@@ -217,13 +214,7 @@ async fn consistent_hash_keeps_sessions_and_walks_the_ring_on_failure() {
 #[tokio::test]
 async fn consistent_hash_moves_a_session_when_its_owner_is_over_the_bound() {
     let sims = sims(2).await;
-    set_faults_everywhere(
-        &sims,
-        &Faults {
-            stall_after_chunks: Some(1),
-            ..Faults::default()
-        },
-    );
+    set_faults_everywhere(&sims, &stalled());
     let bed = TestBed::with(sims, |c| {
         c.policy = PolicyKind::ConsistentHash;
         c.hash_load_factor = 1.0;

@@ -345,13 +345,7 @@ async fn delete_drains_a_worker_while_its_streams_finish() {
     let sims = sims(2).await;
     // Every stream stalls after its first event until the fault is lifted, so it is
     // certainly still open while the worker drains.
-    set_faults_everywhere(
-        &sims,
-        &Faults {
-            stall_after_chunks: Some(1),
-            ..Faults::default()
-        },
-    );
+    set_faults_everywhere(&sims, &stalled());
     let gw = gateway(config(sims.urls(), PolicyKind::RoundRobin)).await;
     let mut stream = http
         .0
