@@ -234,6 +234,26 @@ async fn embeddings_are_deterministic_unit_vectors() {
         .await;
     assert_eq!(again["data"][0]["embedding"], data[0]["embedding"]);
     assert_ne!(data[1]["embedding"], data[0]["embedding"]);
+    // Texts sharing words are closer than texts that share none.
+    let (_, more) = http
+        .post(
+            &sim.url(),
+            "/v1/embeddings",
+            &json!({"input": ["hello world", "hello big world", "tax forms due"]}),
+        )
+        .await;
+    let vec_of = |i: usize| -> Vec<f64> {
+        more["data"][i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let cos = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let (a, b, c) = (vec_of(0), vec_of(1), vec_of(2));
+    assert!(cos(&a, &b) > 0.5, "{}", cos(&a, &b));
+    assert!(cos(&a, &b) > cos(&a, &c) + 0.3);
 
     let (status, b64) = http
         .post(
@@ -481,4 +501,72 @@ async fn instant_mode_answers_without_the_engine() {
         0.0,
         "the engine never ran"
     );
+}
+
+#[tokio::test]
+async fn structured_outputs_are_honoured_streaming_or_not() {
+    let http = Http::new();
+    let sim = sims_with(fast()).await;
+    let schema = json!({"type": "json_schema", "json_schema": {"name": "pick", "schema": {
+        "type": "object",
+        "properties": {"intent": {"type": "string", "enum": ["code", "math", "chat"]}},
+        "required": ["intent"]}}});
+    let body = json!({"model": MODEL, "response_format": schema, "max_tokens": 50,
+        "messages": [{"role": "system", "content": "choose code, math or chat"},
+                     {"role": "user", "content": "is this math? a math question"}]});
+    let (status, r) = http.post(&sim.url(), "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content, r#"{"intent":"math"}"#);
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    assert_eq!(r["usage"]["completion_tokens"], 5); // 17 characters in pieces of 4
+
+    // The same answer streamed, piece by piece.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let (status, events) = http.sse(&sim.url(), "/v1/chat/completions", &stream).await;
+    assert_eq!(status, 200);
+    let text: String = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(text, content);
+
+    // guided_choice on a completion; too few tokens cut the answer.
+    let (_, r) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"model": MODEL,
+            "prompt": "Chat with me", "guided_choice": ["code", "chat"]}),
+        )
+        .await;
+    assert_eq!(r["choices"][0]["text"], "chat");
+    let (_, r) = http
+        .post(&sim.url(), "/v1/chat/completions", &{
+            let mut b = body.clone();
+            b["max_tokens"] = json!(2);
+            b
+        })
+        .await;
+    assert_eq!(r["choices"][0]["message"]["content"], r#"{"intent"#);
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+
+    // A malformed constraint is the client's error.
+    let (status, r) = http
+        .post(
+            &sim.url(),
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "x",
+            "response_format": {"type": "xml"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{r}");
+    assert_error(&r, 400);
 }

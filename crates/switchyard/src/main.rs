@@ -50,7 +50,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             gw.admin_addr
         );
     }
-    wait_for_signal().await;
+    wait_for_signal(&gw).await;
     tracing::info!("shutting down: draining in-flight requests");
     gw.shutdown();
     gw.wait().await;
@@ -90,24 +90,36 @@ Ctrl-C to stop.
         engines = sims.urls().join(", "),
         metrics = gw.metrics_addr,
     );
-    wait_for_signal().await;
+    wait_for_signal(&gw).await;
     gw.shutdown();
     gw.wait().await;
     sims.shutdown();
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGINT or SIGTERM; on SIGHUP, reloads the model-selection settings.
+async fn wait_for_signal(gw: &Gateway) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match gw.reload().await {
+                    Ok(()) => tracing::info!("SIGHUP: model selection reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new config was rejected; the old one stays in force"),
+                },
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = gw;
+        let _ = ctrl_c.await;
+    }
 }

@@ -20,6 +20,9 @@ pub struct LiveState {
     /// Prompt blocks routed so far, and how many the chosen worker already held.
     pub blocks_total: u64,
     pub blocks_matched: u64,
+    /// Each model the fleet serves or the config names, and whether a healthy,
+    /// non-draining worker serves it.
+    pub models: Vec<(Arc<str>, bool)>,
 }
 
 /// One worker's gauges.
@@ -79,6 +82,55 @@ pub struct DecisionLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelIntentStatus {
+    pub model: Arc<str>,
+    /// The classified intent; empty for a request that named its model.
+    pub intent: Arc<str>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelIntent {
+    pub model: Arc<str>,
+    pub intent: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    pub from: Arc<str>,
+    pub to: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassificationLabels {
+    pub classifier: &'static str,
+    pub intent: Arc<str>,
+    pub confidence_level: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassifierLabel {
+    pub classifier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassifierErrorLabels {
+    pub classifier: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelErrorLabels {
+    pub model: Arc<str>,
+    pub error_type: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -115,6 +167,14 @@ pub struct Metrics {
     pub upstream_errors: Family<ReasonLabel, Counter>,
     pub pd_phase: Hist<PhaseLabel>,
     pub pd_failures: Family<PhaseLabel, Counter>,
+    pub model_requests: Family<ModelIntentStatus, Counter>,
+    pub model_duration: Hist<ModelIntent>,
+    pub fallbacks: Family<FallbackLabels, Counter>,
+    pub classifications: Family<ClassificationLabels, Counter>,
+    pub classification_duration: Hist<ClassifierLabel>,
+    pub classifier_errors: Family<ClassifierErrorLabels, Counter>,
+    pub model_healthy: Family<ModelLabel, Gauge>,
+    pub model_errors: Family<ModelErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -145,6 +205,14 @@ impl Metrics {
             upstream_errors: Family::default(),
             pd_phase: Family::new_with_constructor(latency_histogram),
             pd_failures: Family::default(),
+            model_requests: Family::default(),
+            model_duration: Family::new_with_constructor(latency_histogram),
+            fallbacks: Family::default(),
+            classifications: Family::default(),
+            classification_duration: Family::new_with_constructor(latency_histogram),
+            classifier_errors: Family::default(),
+            model_healthy: Family::default(),
+            model_errors: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -233,6 +301,46 @@ impl Metrics {
             "Prefill/decode: failed attempts by phase",
             m.pd_failures.clone(),
         );
+        r.register(
+            "model_requests",
+            "Requests by the model that answered, the intent that chose it (empty: named) and status",
+            m.model_requests.clone(),
+        );
+        r.register(
+            "model_request_duration_seconds",
+            "Time from arrival to the last byte, by model and intent",
+            m.model_duration.clone(),
+        );
+        r.register(
+            "model_fallbacks",
+            "Requests that moved from one model of their fallback chain to the next",
+            m.fallbacks.clone(),
+        );
+        r.register(
+            "classifications",
+            "Intent classifications by classifier, chosen intent and confidence level",
+            m.classifications.clone(),
+        );
+        r.register(
+            "classification_duration_seconds",
+            "Time to classify a prompt (cache misses)",
+            m.classification_duration.clone(),
+        );
+        r.register(
+            "classifier_errors",
+            "Classifications that failed (kind: timeout, backend, answer)",
+            m.classifier_errors.clone(),
+        );
+        r.register(
+            "model_healthy",
+            "1 if a healthy, non-draining worker serves the model",
+            m.model_healthy.clone(),
+        );
+        r.register(
+            "model_errors",
+            "Failed requests by model and error type",
+            m.model_errors.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -242,6 +350,40 @@ impl Metrics {
                 worker: Arc::from(worker),
             })
             .set(i64::from(healthy));
+    }
+
+    /// A request for `model` (chosen for `intent`) that ended with `status`.
+    pub fn model_request(
+        &self,
+        model: &Arc<str>,
+        intent: Option<&Arc<str>>,
+        status: u16,
+        elapsed: std::time::Duration,
+        error_type: Option<&'static str>,
+    ) {
+        static NAMED: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+        let intent = intent.unwrap_or(&NAMED);
+        self.model_requests
+            .get_or_create(&ModelIntentStatus {
+                model: model.clone(),
+                intent: intent.clone(),
+                status,
+            })
+            .inc();
+        self.model_duration
+            .get_or_create(&ModelIntent {
+                model: model.clone(),
+                intent: intent.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(error_type) = error_type {
+            self.model_errors
+                .get_or_create(&ModelErrorLabels {
+                    model: model.clone(),
+                    error_type,
+                })
+                .inc();
+        }
     }
 
     pub fn reject(&self, reason: &'static str) {
@@ -263,6 +405,13 @@ impl Metrics {
             self.worker_breaker
                 .get_or_create(&l)
                 .set(i64::from(w.breaker));
+        }
+        for (model, healthy) in &live.models {
+            self.model_healthy
+                .get_or_create(&ModelLabel {
+                    model: model.clone(),
+                })
+                .set(i64::from(*healthy));
         }
         self.index_entries.set(live.index_entries as i64);
         if live.blocks_total > 0 {

@@ -61,23 +61,30 @@ impl Config {
         Ok((demo, merged))
     }
 
-    /// Loads `path` and applies the command-line flags on top of it.
-    fn merge_file(path: &Path, cli: &Config, matches: &ArgMatches) -> Result<Config, ConfigError> {
-        let file_error = |reason: String| ConfigError::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let mut file: serde_json::Value =
-            yaml_serde::from_str(&text).map_err(|e| file_error(e.to_string()))?;
-        if file.is_null() {
-            file = serde_json::json!({});
-        }
-        let Some(map) = file.as_object_mut() else {
-            return Err(file_error(
-                "expected a mapping of option names to values".into(),
+    /// This config with the model-selection settings (`models:` and `intent_routing:`)
+    /// read again from its `--config` file; validated. Other options keep their values:
+    /// they take effect only at start.
+    pub fn reload_selection(&self) -> Result<Config, ConfigError> {
+        let Some(path) = &self.config else {
+            return Err(ConfigError::Args(
+                "the gateway was started without --config: there is no file to reload".into(),
             ));
         };
+        let (file, file_error) = read_file(path)?;
+        let fresh: Config = serde_path_to_error::deserialize(file)
+            .map_err(|e| file_error(format!("option `{}`: {}", e.path(), e.inner())))?;
+        let mut cfg = self.clone();
+        cfg.models = fresh.models;
+        cfg.intent_routing = fresh.intent_routing;
+        cfg.model_settings()?;
+        cfg.validate_selection()?;
+        Ok(cfg)
+    }
+
+    /// Loads `path` and applies the command-line flags on top of it.
+    fn merge_file(path: &Path, cli: &Config, matches: &ArgMatches) -> Result<Config, ConfigError> {
+        let (mut file, file_error) = read_file(path)?;
+        let map = file.as_object_mut().expect("read_file returns a mapping");
         let cli_values = serde_json::to_value(cli).map_err(|e| file_error(e.to_string()))?;
         for id in matches.ids() {
             let id = id.as_str();
@@ -92,4 +99,26 @@ impl Config {
         cfg.config = Some(path.to_path_buf());
         Ok(cfg)
     }
+}
+
+/// The YAML file at `path` as a JSON mapping, and how to report an error in it.
+fn read_file(
+    path: &Path,
+) -> Result<(serde_json::Value, impl Fn(String) -> ConfigError + '_), ConfigError> {
+    let file_error = move |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let mut file: serde_json::Value =
+        yaml_serde::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    if file.is_null() {
+        file = serde_json::json!({});
+    }
+    if !file.is_object() {
+        return Err(file_error(
+            "expected a mapping of option names to values".into(),
+        ));
+    }
+    Ok((file, file_error))
 }

@@ -5,6 +5,7 @@
 //! policy settings.
 
 pub mod cli;
+pub mod intent;
 pub mod policy;
 pub mod validate;
 
@@ -15,6 +16,7 @@ use clap::{Args, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 pub use cli::{Cli, Command};
+pub use intent::IntentRouting;
 pub use policy::ModelSettings;
 
 /// A configuration error; the message names the option at fault.
@@ -30,6 +32,9 @@ pub enum ConfigError {
         #[source]
         source: Box<ConfigError>,
     },
+    /// A YAML-only setting, named by its path (e.g. `intent_routing.intents.code.model`).
+    #[error("{path}: {reason}")]
+    Setting { path: String, reason: String },
     #[error("label `{label}`: {reason}")]
     Label { label: String, reason: String },
     #[error("{0}")]
@@ -105,12 +110,24 @@ pub struct Config {
     /// Every model gets its own policy instance (its own prefix index).
     #[arg(long, value_delimiter = ',')]
     pub model_policy: Vec<String>,
-    /// Per-model policy and policy settings (YAML only): a map from model id to any of
-    /// `policy`, `cache_threshold`, `balance_abs_threshold`, `balance_rel_threshold`,
-    /// `max_tree_size`, `cache_queue_weight`, `hash_load_factor`. Unset ones inherit the
-    /// top-level value.
+    /// Per-model settings (YAML only): a map from model id to any of `policy`,
+    /// `cache_threshold`, `balance_abs_threshold`, `balance_rel_threshold`,
+    /// `max_tree_size`, `cache_queue_weight`, `hash_load_factor` (unset ones inherit the
+    /// top-level value), and `capabilities`, `description`, `fallbacks` (model
+    /// selection, docs/model-selection.md).
     #[arg(skip)]
     pub models: BTreeMap<String, ModelSettings>,
+    /// Choosing the model by the prompt's intent (YAML only; docs/model-selection.md).
+    #[arg(skip)]
+    pub intent_routing: Option<IntentRouting>,
+    /// A request naming a model directly also falls back along that model's
+    /// `fallbacks` (`--fallback-on-named-model false` keeps it on the named model).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub fallback_on_named_model: bool,
+    /// Also put the routing metadata into non-streaming JSON response bodies, under
+    /// `switchyard_routing` (it is always in the `x-routing-metadata` header).
+    #[arg(long)]
+    pub routing_metadata_in_body: bool,
     /// A model alias, as ALIAS=MODEL (repeatable): requests naming ALIAS go to MODEL's
     /// workers, and the body forwarded names MODEL.
     #[arg(long, value_delimiter = ',')]

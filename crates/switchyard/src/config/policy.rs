@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigError, PolicyKind, invalid};
 
-/// A model's own routing policy and settings; `None` inherits the gateway-wide value.
+/// A model's own routing policy and settings (`None` inherits the gateway-wide value),
+/// and what model selection knows of it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
@@ -19,7 +20,18 @@ pub struct ModelSettings {
     pub max_tree_size: Option<usize>,
     pub cache_queue_weight: Option<f64>,
     pub hash_load_factor: Option<f64>,
+    /// What the model is good at (shown in `/v1/models`, `/health`, `/router/info`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Models tried, in order, when this one cannot answer (docs/model-selection.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
+
+/// Settings a worker label may not carry: they describe the model, not its policy.
+const NOT_LABELS: [&str; 3] = ["capabilities", "description", "fallbacks"];
 
 impl ModelSettings {
     /// Label naming a model's policy on its workers; `policy.<setting>` labels carry
@@ -36,6 +48,12 @@ impl ModelSettings {
             let key = if k == Self::LABEL {
                 "policy"
             } else if let Some(setting) = k.strip_prefix("policy.") {
+                if NOT_LABELS.contains(&setting) {
+                    return Err(ConfigError::Label {
+                        label: k.clone(),
+                        reason: "not a policy setting: set it in the config's `models:`".into(),
+                    });
+                }
                 setting
             } else {
                 continue;

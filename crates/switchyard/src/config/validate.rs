@@ -91,6 +91,7 @@ impl Config {
         self.regular_workers()?;
         self.validate_policy_settings()?;
         self.model_settings()?;
+        self.validate_selection()?;
         if !(0.0..=1.0).contains(&self.retry_jitter_factor) {
             return Err(invalid(
                 "retry-jitter-factor",

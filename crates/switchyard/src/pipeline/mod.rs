@@ -23,6 +23,9 @@
 //! layer cost a boxed future and a clone of the request parts (docs/architecture.md).
 
 pub mod admit;
+mod backend;
+mod chain;
+pub mod metadata;
 pub mod settle;
 
 use std::sync::Arc;
@@ -37,12 +40,13 @@ use crate::dispatch::{Charge, Dispatcher, Outcome, Outgoing, Strategy, Target, s
 use crate::error::ApiError;
 use crate::fleet::{Registry, Verdict, WorkerId, WorkerRole};
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::request::body::rewrite;
 use crate::request::{RequestView, Route, SessionHeaders};
 use crate::routing::prefix::BlockHasher;
 use crate::routing::{Assignment, Selected, WorkerSelector};
 use crate::selection::ModelSelector;
 pub use admit::{Admission, AdmissionConfig, Admitted};
+use chain::Plan;
+use metadata::RoutingMetadata;
 use settle::{Settle, SettledBody};
 
 /// One request on its way through the pipeline.
@@ -66,6 +70,8 @@ pub struct EntryConfig {
     pub session: SessionHeaders,
     /// Largest request body accepted.
     pub max_payload_size: usize,
+    /// `--routing-metadata-in-body`.
+    pub metadata_in_body: bool,
 }
 
 /// Every phase, assembled.
@@ -197,29 +203,20 @@ impl Pipeline {
         view.prefix_blocks = hasher.finish();
 
         // select_model
-        let choice = match self.models.select(&view, &self.registry) {
+        let choice = match self.models.select(&view, &body, &self.registry, self).await {
             Ok(c) => c,
             Err(e) => return self.reject(route, "", &request_id, e),
         };
-        let body = if choice.rewrite {
-            match rewrite(&body, &[("model", Some(serde_json::json!(&*choice.model)))]) {
-                Ok(b) => b,
-                Err(e) => return self.reject(route, "", &request_id, e.into()),
-            }
-        } else {
-            body
-        };
-        view.model = choice.model.clone();
-        view.model_key = choice.key.clone();
-        let view = Arc::new(view);
-        let out = Outgoing {
-            view: &view,
-            headers: &headers,
-            body: &body,
-            request_id: &request_id,
+        view.intent = choice.classified.as_ref().map(|c| c.intent.clone());
+        let mut plan = match Plan::new(&choice, view, &body) {
+            Ok(p) => p,
+            Err(e) => return self.reject(route, "", &request_id, e),
         };
         // select_worker and send, until answered or out of retries.
-        let answered = self.attempt_until_answered(&out).await;
+        let answered = self
+            .attempt_until_answered(&mut plan, &headers, &body, &request_id)
+            .await;
+        let meta = RoutingMetadata::new(&choice, &plan, start);
 
         // settle
         match answered {
@@ -231,9 +228,15 @@ impl Pipeline {
             }) => {
                 let (mut parts, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                let meta = meta.attempts(attempts);
+                meta.set_header(&mut parts.headers);
+                let inject = self.entry.metadata_in_body
+                    && !plan.view.stream
+                    && parts.status.is_success()
+                    && metadata::is_json(&parts.headers);
                 let settle = Settle {
                     start,
-                    view,
+                    view: plan.view,
                     assignment,
                     excused,
                     admitted,
@@ -242,41 +245,84 @@ impl Pipeline {
                     metrics: self.metrics.clone(),
                     attempts,
                 };
-                Response::from_parts(parts, Body::new(SettledBody::new(incoming, settle)))
+                let body = SettledBody::new(incoming, settle);
+                if inject {
+                    return meta.into_body(parts, body).await;
+                }
+                Response::from_parts(parts, Body::new(body))
             }
             Err(e) => {
                 drop(admitted);
-                self.reject(route, &choice.key, &request_id, e)
+                self.metrics.model_request(
+                    &plan.view.model_key,
+                    plan.view.intent.as_ref(),
+                    e.status.as_u16(),
+                    start.elapsed(),
+                    Some(e.code),
+                );
+                let mut resp = self.reject(route, &plan.view.model_key, &request_id, e);
+                meta.set_header(resp.headers_mut());
+                resp
             }
         }
     }
 
     /// `select_worker` then `send`, retried with backoff and re-selection while an
-    /// attempt fails before any byte reached the client and the retry budget lasts.
+    /// attempt fails before any byte reached the client and the retry budget lasts,
+    /// walking the model's fallback chain (the rule: docs/model-selection.md):
+    /// - a model none of whose workers is eligible is skipped without a send;
+    /// - a model always gets its first send; a further send on it goes ahead only if
+    ///   the budget left after it still holds one send for each model after it in the
+    ///   chain, else the request moves on to the next model;
+    /// - every send, on whichever model, counts against `--retry-max-retries` + 1, with
+    ///   the usual backoff between them.
+    ///
     /// The error is what the client gets when no attempt was answered.
-    async fn attempt_until_answered(&self, out: &Outgoing<'_>) -> Result<Answered, ApiError> {
-        let model = &out.view.model;
+    async fn attempt_until_answered(
+        &self,
+        plan: &mut Plan<'_>,
+        headers: &HeaderMap,
+        original: &Bytes,
+        request_id: &str,
+    ) -> Result<Answered, ApiError> {
         let strategy = self.dispatcher.strategy;
         let retry = &self.dispatcher.cfg.retry;
-        let attempts = retry.max_retries.saturating_add(1);
+        let budget = retry.max_retries.saturating_add(1);
         let mut avoid: Vec<WorkerId> = Vec::new();
         let mut charges: Vec<Charge> = Vec::new();
         let mut last_error: Option<ApiError> = None;
         let mut failed_last = false;
         let mut sent = 0u32;
-        for attempt in 0..attempts {
+        let mut attempt = 0u32;
+        while attempt < budget {
             if failed_last {
                 tokio::time::sleep(retry.backoff(attempt - 1)).await;
             }
             failed_last = false;
-            let target = match self.select_worker(model, out.view, &avoid, attempt).await {
+            let left_after = budget - attempt - 1;
+            if plan.sends_here > 0 && plan.has_next() && (left_after as usize) < plan.after() {
+                self.advance(plan, original)?;
+            }
+            let may_wait = !plan.has_next();
+            let model = plan.view.model.clone();
+            let target = match self
+                .select_worker(&model, &plan.view, &avoid, attempt, may_wait)
+                .await
+            {
                 Ok(t) => t,
                 Err(Unselected::Refused(id)) => {
                     avoid.push(id);
+                    attempt += 1;
                     continue;
                 }
                 Err(Unselected::None(role)) => {
-                    last_error.get_or_insert_with(|| self.no_worker(role, model));
+                    if plan.has_next() {
+                        self.advance(plan, original)?;
+                        continue;
+                    }
+                    if last_error.is_none() {
+                        last_error = Some(self.no_worker(role, plan));
+                    }
                     break;
                 }
             };
@@ -289,17 +335,21 @@ impl Pipeline {
                     .inc();
             }
             sent += 1;
-            match self
-                .dispatcher
-                .send(target, out, attempt + 1 == attempts)
-                .await
-            {
+            plan.sends_here += 1;
+            let out = Outgoing {
+                view: &plan.view,
+                headers,
+                body: &plan.body,
+                request_id,
+            };
+            let last = attempt + 1 == budget;
+            match self.dispatcher.send(target, &out, last).await {
                 Outcome::Answered {
                     response,
                     assignment,
                 } => {
                     let last = (assignment.worker().id.clone(), response.status());
-                    let excused = blame(out.view, charges, Some(&last));
+                    let excused = blame(&plan.view, charges, Some(&last));
                     return Ok(Answered {
                         response,
                         assignment,
@@ -308,19 +358,33 @@ impl Pipeline {
                     });
                 }
                 Outcome::Failed(f) => {
-                    tracing::debug!(error = %f.error, attempt, "attempt failed");
+                    tracing::debug!(error = %f.error, attempt, model = %model, "attempt failed");
                     avoid.extend(f.avoid);
                     charges.extend(f.charges);
                     last_error = Some(f.error);
                     failed_last = true;
+                    attempt += 1;
                     if !f.retry {
                         break;
                     }
                 }
             }
         }
-        blame(out.view, charges, None);
-        Err(last_error.unwrap_or_else(|| self.no_worker(strategy.first_role(), model)))
+        blame(&plan.view, charges, None);
+        Err(last_error.unwrap_or_else(|| self.no_worker(strategy.first_role(), plan)))
+    }
+
+    /// Moves `plan` to the next model of its chain (counted as a fallback).
+    fn advance(&self, plan: &mut Plan<'_>, original: &Bytes) -> Result<(), ApiError> {
+        let from = plan.view.model.clone();
+        let to = plan.next_model().expect("called with a next model").clone();
+        let key = self.models.key_of(&to, &self.registry);
+        plan.advance(original, key)?;
+        self.metrics
+            .fallbacks
+            .get_or_create(&crate::metrics::FallbackLabels { from, to })
+            .inc();
+        Ok(())
     }
 
     /// `select_worker`: one worker per role the strategy needs. On a retry with none
@@ -332,20 +396,22 @@ impl Pipeline {
         view: &RequestView,
         avoid: &[WorkerId],
         attempt: u32,
+        may_wait: bool,
     ) -> Result<Target, Unselected> {
+        let wait = may_wait && attempt > 0;
         match self.dispatcher.strategy {
             Strategy::Colocated => {
                 let a = self
-                    .select_role(model, WorkerRole::Regular, view, avoid, attempt)
+                    .select_role(model, WorkerRole::Regular, view, avoid, wait)
                     .await?;
                 Ok(Target::One(a))
             }
             Strategy::Disaggregated(mode) => {
                 let prefill = self
-                    .select_role(model, WorkerRole::Prefill, view, avoid, attempt)
+                    .select_role(model, WorkerRole::Prefill, view, avoid, wait)
                     .await?;
                 let decode = self
-                    .select_role(model, WorkerRole::Decode, view, avoid, attempt)
+                    .select_role(model, WorkerRole::Decode, view, avoid, wait)
                     .await?;
                 Ok(Target::Pair {
                     prefill,
@@ -362,10 +428,10 @@ impl Pipeline {
         role: WorkerRole,
         view: &RequestView,
         avoid: &[WorkerId],
-        attempt: u32,
+        may_wait: bool,
     ) -> Result<Assignment, Unselected> {
         let mut selected = self.workers.select(role, view, avoid);
-        if matches!(selected, Selected::NoCandidate) && attempt > 0 {
+        if matches!(selected, Selected::NoCandidate) && may_wait {
             if let Some(wait) = self.workers.cooling(model, role) {
                 if wait <= self.dispatcher.cfg.retry.max_backoff {
                     tokio::time::sleep(wait).await;
@@ -380,18 +446,24 @@ impl Pipeline {
         }
     }
 
-    /// The answer when no worker can take the request (counted as a rejection).
-    fn no_worker(&self, role: WorkerRole, model: &str) -> ApiError {
+    /// The answer when no worker can take the request (counted as a rejection); it
+    /// names the whole chain when the request had fallbacks.
+    fn no_worker(&self, role: WorkerRole, plan: &Plan<'_>) -> ApiError {
         self.metrics.reject("no_worker");
         let which = match role {
             WorkerRole::Regular => String::new(),
             r => format!("{} ", r.as_str()),
         };
-        ApiError::unavailable(
-            "no_healthy_worker",
-            format!("No healthy {which}worker is available for model `{model}`"),
-            1,
-        )
+        let message = match plan.chain() {
+            None => format!(
+                "No healthy {which}worker is available for model `{}`",
+                plan.view.model
+            ),
+            Some(chain) => format!(
+                "No healthy {which}worker is available for any model in the fallback chain {chain}"
+            ),
+        };
+        ApiError::unavailable("no_healthy_worker", message, 1)
     }
 
     /// Settles a request the gateway answers itself, and answers it.

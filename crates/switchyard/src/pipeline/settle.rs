@@ -109,6 +109,19 @@ impl Settle {
                     .inc_by(v);
             }
         }
+        let error_type = match ending {
+            Ending::UpstreamError => Some("stream"),
+            _ if self.status.is_server_error() => Some("upstream_5xx"),
+            _ if self.status.is_client_error() => Some("upstream_4xx"),
+            _ => None,
+        };
+        m.model_request(
+            &self.view.model_key,
+            self.view.intent.as_ref(),
+            self.status.as_u16(),
+            elapsed,
+            error_type,
+        );
         if ending == Ending::UpstreamError {
             m.upstream_errors
                 .get_or_create(&ReasonLabel { reason: "stream" })

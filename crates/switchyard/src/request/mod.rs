@@ -59,6 +59,8 @@ pub struct RequestView {
     pub prefix_blocks: Vec<u64>,
     /// Length of the prompt text in bytes.
     pub prompt_bytes: usize,
+    /// The intent that chose the model, when the client asked the gateway to choose.
+    pub intent: Option<Arc<str>>,
 }
 
 /// Receives the prompt's bytes, in order, while the request is parsed.
@@ -121,6 +123,7 @@ impl RequestView {
             session_key: session_key(headers, session, wire.user),
             prefix_blocks: Vec::new(),
             prompt_bytes,
+            intent: None,
         })
     }
 }

@@ -158,6 +158,7 @@ pub(crate) mod tests {
             session_key: session.map(str::to_string),
             prefix_blocks: blocks,
             prompt_bytes: 1,
+            intent: None,
         }
     }
 

@@ -74,7 +74,10 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Response {
     let word = if healthy > 0 { "healthy" } else { "unhealthy" };
     (
         status,
-        Json(json!({"status": word, "healthy_workers": healthy, "workers": workers})),
+        Json(
+            json!({"status": word, "healthy_workers": healthy, "workers": workers,
+                    "models": super::selection::models(&st)}),
+        ),
     )
         .into_response()
 }

@@ -15,6 +15,7 @@ pub mod layers;
 pub mod listener;
 pub mod openai;
 pub mod router;
+pub mod selection;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -182,6 +183,7 @@ impl Gateway {
                     extra: cfg.hash_header.as_deref().map(header).transpose()?,
                 },
                 max_payload_size: cfg.max_payload_size,
+                metadata_in_body: cfg.routing_metadata_in_body,
             },
             admission: Admission::new(
                 AdmissionConfig {
@@ -193,12 +195,14 @@ impl Gateway {
                 },
                 metrics.clone(),
             ),
-            models: ModelSelector::new(&cfg)?,
+            models: ModelSelector::new(&cfg, metrics.clone())?,
             workers: workers.clone(),
             dispatcher,
             registry: registry.clone(),
             metrics: metrics.clone(),
         });
+        // The classifier's one-off work (embedding the intents' examples).
+        pipeline.models.prepare(&*pipeline).await;
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
             pipeline,
@@ -268,6 +272,12 @@ impl Gateway {
     /// Base URL of the data plane.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Reloads the model-selection settings from the `--config` file (SIGHUP,
+    /// `POST /admin/reload`); a bad file changes nothing.
+    pub async fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        self.state.reload().await
     }
 
     /// Stops accepting connections; in-flight requests finish within the grace period.

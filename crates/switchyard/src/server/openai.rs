@@ -24,16 +24,28 @@ pub async fn embeddings(State(st): State<Arc<AppState>>, req: Request) -> Respon
     st.pipeline.serve_http(Route::Embeddings, req).await
 }
 
-/// `GET /v1/models`: the union of what healthy workers serve, and aliases of those
-/// models (naming their target as `parent`).
+/// `GET /v1/models`: the union of what healthy workers serve, with each model's
+/// capabilities and description from the config; aliases of those models (naming their
+/// target as `parent`); and the router names when intent routing is configured.
 pub async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let served = st.registry.models();
-    let mut data: Vec<serde_json::Value> = served
-        .iter()
-        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "switchyard"}))
-        .collect();
-    for (alias, target) in st.pipeline.models.aliases_of(&served) {
-        data.push(serde_json::json!({"id": alias, "object": "model", "created": 0, "owned_by": "switchyard", "parent": target}));
+    let selector = &st.pipeline.models;
+    let entry = |id: &str| {
+        let (capabilities, description) = selector.info(id);
+        serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "switchyard",
+            "capabilities": capabilities, "description": description})
+    };
+    let mut data: Vec<serde_json::Value> = served.iter().map(|id| entry(id)).collect();
+    for (alias, target) in selector.aliases_of(&served) {
+        let mut e = entry(&target);
+        e["id"] = alias.into();
+        e["parent"] = target.into();
+        data.push(e);
+    }
+    for name in selector.router_names() {
+        data.push(serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard",
+            "capabilities": ["intent_routing"],
+            "description": "The gateway chooses the model by the prompt's intent (GET /router/info)"}));
     }
     Json(serde_json::json!({"object": "list", "data": data}))
 }

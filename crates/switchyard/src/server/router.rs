@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use http::HeaderValue;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use super::{AppState, health, layers, openai};
+use super::{AppState, health, layers, openai, selection};
 
 /// The data plane. Generation routes handle request ids, keys and admission inline
 /// (the pipeline's `admit` phase); the others get them from layers.
@@ -31,6 +31,14 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
         .route(
             "/v1/models",
             get(openai::models).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/router/info",
+            get(selection::info).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/router/classify",
+            post(selection::classify).fallback(openai::method_not_allowed),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -30,6 +30,42 @@ impl AppState {
         self.cfg.pd_disaggregation
     }
 
+    /// Reloads the model-selection settings from the `--config` file; a bad file
+    /// changes nothing.
+    pub async fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        let cfg = self.cfg.reload_selection()?;
+        self.pipeline.models.reload(&cfg, &*self.pipeline).await?;
+        tracing::info!("model selection settings reloaded");
+        Ok(())
+    }
+
+    /// Every model the fleet serves or the config names, with the number of workers
+    /// that serve it and of those that are healthy and not draining.
+    pub fn model_health(&self) -> Vec<(String, usize, usize)> {
+        let workers = self.registry.all();
+        let mut models: std::collections::BTreeSet<String> = self
+            .pipeline
+            .models
+            .configured_models()
+            .into_iter()
+            .collect();
+        for w in &workers {
+            models.extend(w.models());
+        }
+        models
+            .into_iter()
+            .map(|m| {
+                let serving = workers.iter().filter(|w| w.serves(&m));
+                let (mut all, mut ok) = (0, 0);
+                for w in serving {
+                    all += 1;
+                    ok += usize::from(w.is_healthy() && !w.is_draining());
+                }
+                (m, ok, all)
+            })
+            .collect()
+    }
+
     /// The live state mirrored into gauges.
     pub fn live_state(&self) -> LiveState {
         let (index_entries, blocks_total, blocks_matched) = self.workers.stats();
@@ -48,6 +84,11 @@ impl AppState {
             index_entries,
             blocks_total,
             blocks_matched,
+            models: self
+                .model_health()
+                .into_iter()
+                .map(|(m, ok, _)| (Arc::from(m), ok > 0))
+                .collect(),
         }
     }
 }

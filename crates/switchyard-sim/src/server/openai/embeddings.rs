@@ -1,5 +1,8 @@
 //! `POST /v1/embeddings`: deterministic unit vectors derived from the input tokens,
 //! after the engine has "run" the inputs (they take a scheduler step like a prefill).
+//! A vector is the normalised sum of one pseudo-random vector per distinct token, so
+//! texts that share words are similar (cosine ≈ the share of tokens in common) and
+//! classifiers built on embeddings behave plausibly against the simulator.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -149,9 +152,14 @@ fn embedding_inputs(v: &Value) -> Result<Vec<Vec<Token>>, ApiError> {
 /// A unit vector that depends only on the tokens; `out_dim` < `dim` truncates and
 /// renormalizes (Matryoshka style).
 fn embedding_vector(tokens: &[Token], dim: usize, out_dim: usize) -> Vec<f32> {
-    let seed = hash_block(0x5EED, tokens);
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() * 2.0 - 1.0).collect();
+    let mut distinct: Vec<Token> = tokens.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut v = vec![0f32; dim];
+    for t in &distinct {
+        let mut rng = fastrand::Rng::with_seed(hash_block(0x5EED, std::slice::from_ref(t)));
+        v.iter_mut().for_each(|x| *x += rng.f32() * 2.0 - 1.0);
+    }
     v.truncate(out_dim);
     let norm = v
         .iter()

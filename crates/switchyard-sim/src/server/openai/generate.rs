@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::super::{ApiError, ServerState};
 use super::disagg::disaggregation;
 use super::response::{Output, complete_response, stream_response};
+use super::structured::forced_output;
 use super::wire::GenRequest;
 use super::{now_unix, random_id};
 use crate::kv_cache::hash_block;
@@ -25,12 +26,16 @@ use crate::tokenizer::{self, Token};
 /// for measuring a gateway's own overhead. Usage reports no prompt tokens.
 pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<Response, ApiError> {
     let model = st.resolve_model(req.model.as_deref())?;
-    let n = if chat {
+    let forced = forced_output(&req, st.cfg.seed)?;
+    let max = if chat {
         req.max_completion_tokens.or(req.max_tokens)
     } else {
         req.max_tokens
-    }
-    .unwrap_or(16);
+    };
+    let n = match &forced {
+        Some(pieces) => max.map_or(pieces.len() as u32, |m| m.min(pieces.len() as u32)),
+        None => max.unwrap_or(16),
+    };
     let out = Output {
         chat,
         id: random_id(if chat { "chatcmpl" } else { "cmpl" }),
@@ -39,10 +44,14 @@ pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<R
         target: n,
         finish: FinishReason::Length,
         kv: None,
+        forced: None,
     };
-    let tokens: Vec<&str> = (0..n)
-        .map(|i| tokenizer::token_text(tokenizer::generated_token(st.cfg.seed, i)))
-        .collect();
+    let tokens: Vec<&str> = match &forced {
+        Some(pieces) => pieces[..n as usize].iter().map(String::as_str).collect(),
+        None => (0..n)
+            .map(|i| tokenizer::token_text(tokenizer::generated_token(st.cfg.seed, i)))
+            .collect(),
+    };
     let usage = json!({"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n,
                        "prompt_tokens_details": {"cached_tokens": 0}});
     if req.stream == Some(true) {
@@ -137,10 +146,19 @@ pub(super) async fn generate(
         None => hash_block(st.cfg.seed, &prompt),
     };
     let room_left = (st.cfg.max_model_len - prompt_len) as u32;
-    let (target, finish) = match max_tokens {
-        Some(m) => (m, FinishReason::Length),
-        None if req.ignore_eos == Some(true) => (room_left, FinishReason::Length),
-        None => {
+    let forced = forced_output(&req, seed)?;
+    let (target, finish) = match (max_tokens, &forced) {
+        (m, Some(pieces)) => {
+            let n = (pieces.len() as u32).min(room_left);
+            match m {
+                Some(m) if m < n => (m, FinishReason::Length),
+                _ if n < pieces.len() as u32 => (n, FinishReason::Length),
+                _ => (n, FinishReason::Stop),
+            }
+        }
+        (Some(m), None) => (m, FinishReason::Length),
+        (None, None) if req.ignore_eos == Some(true) => (room_left, FinishReason::Length),
+        (None, None) => {
             let mut rng = fastrand::Rng::with_seed(seed);
             let sampled = st
                 .cfg
@@ -186,6 +204,7 @@ pub(super) async fn generate(
         target,
         finish,
         kv: disagg.return_kv_params.then(|| (st.clone(), rank)),
+        forced,
     };
     if req.stream == Some(true) {
         let include_usage = req

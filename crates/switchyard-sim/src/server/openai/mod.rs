@@ -11,6 +11,7 @@ mod disagg;
 mod embeddings;
 mod generate;
 mod response;
+mod structured;
 mod wire;
 
 use std::sync::Arc;

@@ -26,9 +26,20 @@ pub(super) struct Output {
     pub(super) finish: FinishReason,
     /// Set when the response must carry `kv_transfer_params` for a remote decode.
     pub(super) kv: Option<(Arc<ServerState>, usize)>,
+    /// A structured-output answer, one piece per generated token (it replaces the
+    /// tokens' text).
+    pub(super) forced: Option<Vec<String>>,
 }
 
 impl Output {
+    /// The text of the `i`-th generated token.
+    fn text(&self, i: usize, token: tokenizer::Token) -> &str {
+        match &self.forced {
+            Some(pieces) => pieces.get(i).map_or("", String::as_str),
+            None => tokenizer::token_text(token),
+        }
+    }
+
     pub(super) fn usage(&self, s: &SeqSummary) -> Value {
         json!({
             "prompt_tokens": s.prompt_tokens,
@@ -98,13 +109,15 @@ pub(super) async fn complete_response(
     mut room: Option<RoomGuard>,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
+    let mut n = 0;
     let summary = loop {
         match rx.recv().await {
             Some(SeqEvent::Token { token, .. }) => {
                 if let Some(r) = room.as_mut() {
                     r.ready();
                 }
-                text.push_str(tokenizer::token_text(token));
+                text.push_str(out.text(n, token));
+                n += 1;
             }
             Some(SeqEvent::Done(s)) => break s,
             None => {
@@ -178,13 +191,10 @@ pub(super) fn stream_response(
                     if s.out.chat && s.emitted == 0 {
                         s.queue.push_back(s.out.chunk(None, true, None));
                     }
+                    let text = s.out.text(s.emitted as usize, token).to_string();
                     s.emitted += 1;
                     let finish = (s.emitted == s.out.target).then_some(s.out.finish.as_str());
-                    s.queue.push_back(s.out.chunk(
-                        Some(tokenizer::token_text(token)),
-                        false,
-                        finish,
-                    ));
+                    s.queue.push_back(s.out.chunk(Some(&text), false, finish));
                 }
                 Some(SeqEvent::Done(summary)) => {
                     if s.include_usage {

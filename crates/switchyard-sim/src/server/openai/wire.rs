@@ -46,6 +46,10 @@ pub(super) struct GenRequest {
     pub bootstrap_port: Option<u16>,
     pub bootstrap_room: Option<u64>,
     pub data_parallel_rank: Option<usize>,
+    pub response_format: Option<Value>,
+    pub guided_choice: Option<Value>,
+    pub guided_json: Option<Value>,
+    pub structured_outputs: Option<Value>,
 }
 
 #[derive(Deserialize)]

