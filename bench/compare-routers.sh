@@ -27,27 +27,7 @@ fi
 cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
 BIN=target/release
 
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
-
-start() { # start NAME CMD...: runs CMD in the background, logs to $LOGS/NAME.log
-  local name=$1; shift
-  "$@" > "$LOGS/$name.log" 2>&1 &
-  PIDS+=($!)
-  eval "PID_${name//-/_}=$!"
-}
-
-wait_ready() { # wait_ready URL: until GET URL answers, 60 s at most
-  for _ in $(seq 1 300); do
-    curl -fs -o /dev/null -m 1 "$1" && return 0
-    sleep 0.2
-  done
-  echo "not ready: $1" >&2; exit 1
-}
+. bench/lib.sh
 
 ENGINE_PORT=18600
 ROUTER_PORT=18700
@@ -121,8 +101,6 @@ if [ "$MODE" = overhead ]; then
       echo "rep $rep $name: $rps req/s, p50 $lat, router CPU $(echo "${RCPU[$name]:-}" | awk '{printf "%.1f", $NF}') µs/req" | tee -a "$LOGS/$DATE-reps.txt"
     done
   done
-  median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-  to_us() { awk '{v=$1; if (v ~ /ms$/) {sub(/ms/,"",v); v*=1000} else if (v ~ /us$/) {sub(/us/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1e6}; print v}'; }
   direct_lat=$(for v in ${LAT[direct]}; do echo "$v" | to_us; done | median)
   base=$(echo "${RPS[vllm-router-round_robin]}" | median)
   base_cpu=$(echo "${RCPU[vllm-router-round_robin]}" | median)

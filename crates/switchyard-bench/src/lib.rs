@@ -7,7 +7,10 @@
 //! - [`engines`]: the engines' own prefix-cache counters, cache resets, process usage.
 //! - [`oracle`]: the best hit rate any router could reach on what was sent.
 //! - [`report`]: rotation over targets and repetitions, JSON and Markdown.
+//! - [`classify`]: accuracy and latency of a gateway's intent classifier on labelled
+//!   prompts (`switchyard-bench classify`).
 
+pub mod classify;
 pub mod engines;
 pub mod oracle;
 pub mod report;

@@ -138,8 +138,64 @@ fn parse_pid(s: &str) -> Result<(String, u32), String> {
     ))
 }
 
+/// `switchyard-bench classify`: accuracy, confusion matrix and latency of a gateway's
+/// intent classifier (`POST /router/classify`) on labelled prompts.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-bench classify")]
+struct ClassifyArgs {
+    /// JSONL file, one `{"text", "label", "source"?}` per line.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// The gateway's base URL.
+    #[arg(long)]
+    target: String,
+    /// A dataset label's intent name, as LABEL=INTENT (repeatable; default: the same).
+    #[arg(long = "map", value_parser = parse_map)]
+    map: Vec<(String, String)>,
+    /// Seconds allowed per classification.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Write OUT.json and OUT.md (default: print the Markdown only).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn parse_map(s: &str) -> Result<(String, String), String> {
+    let (l, i) = s.split_once('=').ok_or("expected LABEL=INTENT")?;
+    Ok((l.to_string(), i.to_string()))
+}
+
+async fn classify(a: ClassifyArgs) -> anyhow::Result<()> {
+    let examples = switchyard_bench::classify::load(&a.dataset)?;
+    if examples.is_empty() {
+        anyhow::bail!("{}: no prompts", a.dataset.display());
+    }
+    let map = a.map.into_iter().collect();
+    let report =
+        switchyard_bench::classify::run(&a.target, &examples, &map, Duration::from_secs(a.timeout))
+            .await?;
+    let md = report.markdown();
+    println!("{md}");
+    if let Some(out) = a.out {
+        std::fs::write(out.with_extension("md"), &md)?;
+        std::fs::write(
+            out.with_extension("json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("classify") {
+        let args = ClassifyArgs::parse_from(std::env::args().skip(1));
+        if let Err(e) = classify(args).await {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = Args::parse();
     if let Err(e) = run(args).await {
         eprintln!("error: {e}");

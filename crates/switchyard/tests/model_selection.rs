@@ -142,6 +142,18 @@ fn routing(urls: Vec<String>) -> Config {
     cfg
 }
 
+/// Stops `sims` and waits until the gateway's health checks have seen it.
+async fn take_down(http: &Http, gw: &switchyard::Gateway, sims: &SimHandle) {
+    sims.shutdown();
+    for url in sims.urls() {
+        eventually("the engine is unhealthy", || {
+            let url = url.clone();
+            async move { !worker_healthy(http, gw, &url).await }
+        })
+        .await;
+    }
+}
+
 fn ask(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 4})
 }
@@ -314,14 +326,7 @@ async fn an_unhealthy_model_is_skipped_for_its_fallback() {
     let gw = gateway(routing(fleet.urls())).await;
     let http = Http::new();
     // The coder's engines go away; once the checks see it, they are skipped unsent.
-    fleet.coder.shutdown();
-    for url in fleet.coder.urls() {
-        eventually("the coder engines are unhealthy", || {
-            let (http, gw, url) = (&http, &gw, url.clone());
-            async move { !worker_healthy(http, gw, &url).await }
-        })
-        .await;
-    }
+    take_down(&http, &gw, &fleet.coder).await;
     let (status, meta, body) =
         routed(&http, &gw.url(), &ask("auto", "write a python function")).await;
     assert_eq!(status, 200, "{body}");
@@ -460,14 +465,7 @@ async fn every_model_of_the_chain_down_is_a_503_naming_the_chain() {
     let gw = gateway(routing(fleet.urls())).await;
     let http = Http::new();
     for s in [&fleet.coder, &fleet.general, &fleet.reasoner] {
-        s.shutdown();
-        for url in s.urls() {
-            eventually("the engine is unhealthy", || {
-                let (http, gw, url) = (&http, &gw, url.clone());
-                async move { !worker_healthy(http, gw, &url).await }
-            })
-            .await;
-        }
+        take_down(&http, &gw, s).await;
     }
     let resp = http
         .0
@@ -749,13 +747,52 @@ fn minilm() -> std::path::PathBuf {
     std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// The in-process model gives sentence-transformers' vectors: the pair from its docs
+/// scores 0.755 there, unrelated sentences near 0, and a batch equals single calls.
+#[cfg(feature = "local-embeddings")]
+#[test]
+fn the_local_model_embeds_as_sentence_transformers_does() {
+    use switchyard::selection::classify::local::LocalModel;
+    let m = LocalModel::load(&minilm()).unwrap();
+    let texts: Vec<String> = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The new movie is awesome.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let v = m.embed(&texts).unwrap();
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[0].len(), 384);
+    assert!((cos(&v[0], &v[0]) - 1.0).abs() < 1e-4);
+    let related = cos(&v[0], &v[1]);
+    assert!((related - 0.755).abs() < 0.01, "{related}");
+    assert!(cos(&v[0], &v[2]).abs() < 0.1);
+    let single = m.embed(&texts[..1]).unwrap();
+    assert!(
+        (cos(&single[0], &v[0]) - 1.0).abs() < 1e-4,
+        "padding in a batch changes nothing"
+    );
+    assert!(LocalModel::load(std::path::Path::new("/nonexistent")).is_err());
+}
+
 #[cfg(feature = "local-embeddings")]
 #[tokio::test]
 async fn the_embedding_classifier_understands_prompts_with_a_real_model() {
     use switchyard::config::intent::EmbeddingBackend;
     let fleet = Fleet::start().await;
     let mut cfg = routing(fleet.urls());
+    // The examples of the example config (ten per intent).
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bench/configs/intent-embedding.yaml"
+    );
+    let example: Config = yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let ir = cfg.intent_routing.as_mut().unwrap();
+    for (name, intent) in example.intent_routing.unwrap().intents {
+        ir.intents.get_mut(&name).unwrap().examples = intent.examples;
+    }
     ir.classifier = ClassifierKind::Embedding;
     ir.embedding = EmbeddingSettings {
         backend: EmbeddingBackend::Local,
@@ -951,4 +988,123 @@ async fn reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     assert_eq!(status, 400);
     assert_eq!(classify("golang please").await["intent"], "code");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Kills the child process when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_running_binary() {
+    let fleet = Fleet::start().await;
+    let dir = std::env::temp_dir().join(format!("switchyard-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml(&fleet.urls(), "python", "coder")).unwrap();
+    let (port, admin, metrics) = (free_port(), free_port(), free_port());
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "serve",
+                "--config",
+                path.to_str().unwrap(),
+                "--log-level",
+                "warn",
+            ])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--admin-port",
+                &admin.to_string(),
+            ])
+            .args(["--prometheus-port", &metrics.to_string()])
+            .stdout(std::fs::File::create(dir.join("log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("err")).unwrap())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let http = Http::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let intent_of = |text: &'static str| {
+        let (http, url) = (&http, url.clone());
+        async move {
+            let resp = http
+                .0
+                .post(format!("{url}/router/classify"))
+                .json(&json!({"text": text}))
+                .send()
+                .await;
+            match resp {
+                Ok(r) => r.json::<Value>().await.ok().map(|v| v["intent"].clone()),
+                Err(_) => None,
+            }
+        }
+    };
+    eventually("the gateway answers", || async {
+        intent_of("golang").await.is_some()
+    })
+    .await;
+    assert_eq!(intent_of("golang").await.unwrap(), "general");
+    std::fs::write(&path, yaml(&fleet.urls(), "python, golang", "coder")).unwrap();
+    let pid = child.0.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("SIGHUP applied the new keyword", || async {
+        intent_of("golang").await == Some(json!("code"))
+    })
+    .await;
+    // A bad file on SIGHUP: the process keeps running with the rules it had.
+    std::fs::write(&path, yaml(&fleet.urls(), "rust", "ghost")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    // Once the handler has logged the refusal, the rules are still the previous ones.
+    let logged = || {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        read("log") + &read("err")
+    };
+    eventually("the refusal is logged", || async {
+        logged().contains("the new config was rejected")
+    })
+    .await;
+    assert!(logged().contains("unknown model `ghost`"), "{}", logged());
+    assert_eq!(intent_of("golang").await, Some(json!("code")));
+    assert_eq!(intent_of("rust").await, Some(json!("general")));
+    drop(child);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_example_configs_are_valid() {
+    for name in ["intent-keywords", "intent-embedding"] {
+        let path = format!(
+            "{}/../../bench/configs/{name}.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let cfg: Config = yaml_serde::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        cfg.validate_selection()
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let ir = cfg.intent_routing.unwrap();
+        assert_eq!(ir.intents.len(), 3, "{path}");
+    }
 }

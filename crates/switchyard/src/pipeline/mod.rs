@@ -272,8 +272,9 @@ impl Pipeline {
     /// walking the model's fallback chain (the rule: docs/model-selection.md):
     /// - a model none of whose workers is eligible is skipped without a send;
     /// - a model always gets its first send; a further send on it goes ahead only if
-    ///   the budget left after it still holds one send for each model after it in the
-    ///   chain, else the request moves on to the next model;
+    ///   one of its workers has not failed this request yet and the budget left after
+    ///   it still holds one send for each model after it in the chain, else the
+    ///   request moves on to the next model;
     /// - every send, on whichever model, counts against `--retry-max-retries` + 1, with
     ///   the usual backoff between them.
     ///
@@ -300,7 +301,10 @@ impl Pipeline {
             }
             failed_last = false;
             let left_after = budget - attempt - 1;
-            if plan.sends_here > 0 && plan.has_next() && (left_after as usize) < plan.after() {
+            if plan.sends_here > 0
+                && plan.has_next()
+                && ((left_after as usize) < plan.after() || self.tried_all(plan, &avoid))
+            {
                 self.advance(plan, original)?;
             }
             let may_wait = !plan.has_next();
@@ -372,6 +376,15 @@ impl Pipeline {
         }
         blame(&plan.view, charges, None);
         Err(last_error.unwrap_or_else(|| self.no_worker(strategy.first_role(), plan)))
+    }
+
+    /// Whether every eligible worker of the current model has failed this request.
+    fn tried_all(&self, plan: &Plan<'_>, avoid: &[WorkerId]) -> bool {
+        let role = self.dispatcher.strategy.first_role();
+        self.registry
+            .candidates(&plan.view.model, role)
+            .iter()
+            .all(|w| avoid.contains(&w.id))
     }
 
     /// Moves `plan` to the next model of its chain (counted as a fallback).

@@ -108,12 +108,7 @@ impl Embedding {
                 }
             }
         };
-        let mut vectors = tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| ClassifyError {
-                kind: "timeout",
-                message: format!("no embeddings within {} ms", self.timeout.as_millis()),
-            })??;
+        let mut vectors = super::within(self.timeout, "embeddings", work).await?;
         if vectors.len() != n || vectors.iter().any(|v| v.is_empty()) {
             return Err(ClassifyError::answer(format!(
                 "expected {n} embeddings, got {}",

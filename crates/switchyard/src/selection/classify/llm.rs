@@ -162,12 +162,7 @@ impl Classifier for Llm {
         Box::pin(async move {
             let body = Bytes::from(self.request(text).to_string());
             let call = backend.post(&self.endpoint, Route::Chat, body);
-            let raw = tokio::time::timeout(self.timeout, call)
-                .await
-                .map_err(|_| ClassifyError {
-                    kind: "timeout",
-                    message: format!("no answer within {} ms", self.timeout.as_millis()),
-                })??;
+            let raw = super::within(self.timeout, "answer", call).await?;
             self.read(&raw)
         })
     }

@@ -55,6 +55,20 @@ impl ClassifyError {
     }
 }
 
+/// `work`, failed as a `timeout` if it takes longer than `limit`.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, ClassifyError>>,
+) -> Result<T, ClassifyError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| ClassifyError {
+            kind: "timeout",
+            message: format!("no {what} within {} ms", limit.as_millis()),
+        })?
+}
+
 /// Where a classifier's model is reached.
 #[derive(Clone, Debug)]
 pub enum Endpoint {

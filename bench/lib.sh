@@ -1,0 +1,26 @@
+# Shared by the benchmark scripts (sourced): background processes stopped on exit, and
+# waiting for a URL to answer. Expects LOGS to be set.
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+start() { # start NAME CMD...: runs CMD in the background, logs to $LOGS/NAME.log
+  local name=$1; shift
+  "$@" > "$LOGS/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_${name//-/_}=$!"
+}
+
+wait_ready() { # wait_ready URL: until GET URL answers, 120 s at most
+  for _ in $(seq 1 600); do
+    curl -fs -o /dev/null -m 1 "$1" && return 0
+    sleep 0.2
+  done
+  echo "not ready: $1" >&2; exit 1
+}
+
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+to_us() { awk '{v=$1; if (v ~ /ms$/) {sub(/ms/,"",v); v*=1000} else if (v ~ /us$/) {sub(/us/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1e6}; print v}'; }
