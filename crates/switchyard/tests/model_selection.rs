@@ -410,6 +410,8 @@ async fn a_model_answering_503_everywhere_falls_back_within_the_retry_budget() {
     let (status, meta, _) = routed(&http, &strict.url(), &ask("coder", "hi")).await;
     assert_eq!(status, 503);
     assert_eq!(meta["model_id"], "coder");
+    assert_eq!(meta["attempts"], 4, "the whole budget on coder: {meta}");
+    assert_eq!(meta["fallback_used"], false);
 }
 
 #[tokio::test]
@@ -476,7 +478,13 @@ async fn every_model_of_the_chain_down_is_a_503_naming_the_chain() {
         .unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    assert!(resp.headers().contains_key("x-routing-metadata"));
+    let meta: Value =
+        serde_json::from_str(resp.headers()["x-routing-metadata"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        (meta["attempts"].as_u64(), meta["fallback_used"].as_bool()),
+        (Some(0), Some(true))
+    );
+    assert_eq!(meta["model_id"], "reasoner", "the last model of the chain");
     let body: Value = resp.json().await.unwrap();
     assert_error(&body, "no_healthy_worker");
     let msg = body["error"]["message"].as_str().unwrap();

@@ -8,7 +8,9 @@ use bytes::Bytes;
 
 use crate::error::ApiError;
 use crate::request::RequestView;
-use crate::request::body::rewrite;
+use std::ops::Range;
+
+use crate::request::body::{replace_string, rewrite};
 use crate::selection::ModelChoice;
 
 pub(super) struct Plan<'c> {
@@ -19,9 +21,20 @@ pub(super) struct Plan<'c> {
     pub body: Bytes,
     /// Sends made on the current model.
     pub sends_here: u32,
+    /// Sends made in all.
+    pub sent: u32,
 }
 
-fn with_model(original: &Bytes, model: &str) -> Result<Bytes, ApiError> {
+/// The client's body naming `model` instead: its `model` string replaced in place when
+/// the parser located it, else the body rewritten.
+fn with_model(
+    original: &Bytes,
+    span: Option<&Range<usize>>,
+    model: &str,
+) -> Result<Bytes, ApiError> {
+    if let Some(b) = span.and_then(|s| replace_string(original, s, model)) {
+        return Ok(b);
+    }
     Ok(rewrite(
         original,
         &[("model", Some(serde_json::json!(model)))],
@@ -36,7 +49,7 @@ impl<'c> Plan<'c> {
         original: &Bytes,
     ) -> Result<Self, ApiError> {
         let body = if choice.rewrite {
-            with_model(original, &choice.model)?
+            with_model(original, view.model_span.as_ref(), &choice.model)?
         } else {
             original.clone()
         };
@@ -48,6 +61,7 @@ impl<'c> Plan<'c> {
             view: Arc::new(view),
             body,
             sends_here: 0,
+            sent: 0,
         })
     }
 
@@ -71,7 +85,7 @@ impl<'c> Plan<'c> {
     /// Moves to the next model, whose routing key is `key`.
     pub fn advance(&mut self, original: &Bytes, key: Arc<str>) -> Result<(), ApiError> {
         let model = self.next_model().expect("a next model").clone();
-        self.body = with_model(original, &model)?;
+        self.body = with_model(original, self.view.model_span.as_ref(), &model)?;
         let mut view = RequestView::clone(&self.view);
         view.model = model;
         view.model_key = key;

@@ -51,15 +51,10 @@ impl RoutingMetadata {
             confidence_level: c.map(|c| c.level),
             fallback_used: plan.fell_back(),
             fallback_from: plan.fell_back().then(|| choice.model.clone()),
-            attempts: 0,
+            attempts: plan.sent,
             classification_ms: c.map(|c| (c.ms * 1e3).round() / 1e3),
             total_time_seconds: start.elapsed().as_secs_f64(),
         }
-    }
-
-    pub fn attempts(mut self, n: u32) -> Self {
-        self.attempts = n;
-        self
     }
 
     fn json(&self) -> String {

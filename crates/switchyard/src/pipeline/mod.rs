@@ -228,7 +228,6 @@ impl Pipeline {
             }) => {
                 let (mut parts, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let meta = meta.attempts(attempts);
                 meta.set_header(&mut parts.headers);
                 let inject = self.entry.metadata_in_body
                     && !plan.view.stream
@@ -340,6 +339,7 @@ impl Pipeline {
             }
             sent += 1;
             plan.sends_here += 1;
+            plan.sent += 1;
             let out = Outgoing {
                 view: &plan.view,
                 headers,

@@ -23,6 +23,22 @@ impl From<RewriteError> for crate::error::ApiError {
     }
 }
 
+/// `body` with the JSON string whose contents span `span` replaced by `value`: the
+/// cheap rewrite of `model` (no parse, one copy). `None` when `span` does not sit
+/// between quotes in `body`.
+pub fn replace_string(body: &Bytes, span: &std::ops::Range<usize>, value: &str) -> Option<Bytes> {
+    let (start, end) = (span.start.checked_sub(1)?, span.end);
+    if body.get(start) != Some(&b'"') || body.get(end) != Some(&b'"') {
+        return None;
+    }
+    let quoted = serde_json::to_string(value).ok()?;
+    let mut out = Vec::with_capacity(body.len() + quoted.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[end + 1..]);
+    Some(Bytes::from(out))
+}
+
 /// A field to set (`Some`) or remove (`None`).
 pub type Field<'a> = (&'a str, Option<Value>);
 
@@ -90,6 +106,41 @@ mod tests {
 
     fn fields(body: &[u8]) -> serde_json::Map<String, Value> {
         serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn a_located_model_string_is_replaced_in_place() {
+        let body = Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":"hi"}],"model": "auto" ,"n":1}"#,
+        );
+        let view = crate::request::RequestView::parse(
+            crate::request::Route::Chat,
+            &http::HeaderMap::new(),
+            &body,
+            &Default::default(),
+            &mut (),
+        )
+        .unwrap();
+        let span = view.model_span.expect("borrowed, so located");
+        let out = replace_string(&body, &span, "co\"der").unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{"messages":[{"role":"user","content":"hi"}],"model": "co\"der" ,"n":1}"#
+        );
+        // A span not between quotes is refused.
+        assert!(replace_string(&body, &(0..3), "x").is_none());
+        // An escaped model name is not located (the parser had to copy it).
+        let escaped = br#"{"messages":[{"role":"user","content":"hi"}],"model":"a\u0062"}"#;
+        let v = crate::request::RequestView::parse(
+            crate::request::Route::Chat,
+            &http::HeaderMap::new(),
+            escaped,
+            &Default::default(),
+            &mut (),
+        )
+        .unwrap();
+        assert!(v.model_span.is_none());
+        assert_eq!(&*v.model, "ab");
     }
 
     #[test]

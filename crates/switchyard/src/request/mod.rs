@@ -61,6 +61,9 @@ pub struct RequestView {
     pub prompt_bytes: usize,
     /// The intent that chose the model, when the client asked the gateway to choose.
     pub intent: Option<Arc<str>>,
+    /// Where the `model` string's contents sit in the body, when they hold no escape:
+    /// selection replaces them there instead of rewriting the body (`body::replace_string`).
+    pub model_span: Option<std::ops::Range<usize>>,
 }
 
 /// Receives the prompt's bytes, in order, while the request is parsed.
@@ -109,6 +112,13 @@ impl RequestView {
     ) -> Result<RequestView, ApiError> {
         let wire = parse_wire(body)?;
         let model = check_fields(&wire)?;
+        let model_span = match wire.model.as_ref().map(|m| &m.0) {
+            Some(Cow::Borrowed(m)) => {
+                let start = m.as_ptr() as usize - body.as_ptr() as usize;
+                Some(start..start + m.len())
+            }
+            _ => None,
+        };
         let mut sink = Counting {
             inner: sink,
             total: 0,
@@ -124,6 +134,7 @@ impl RequestView {
             prefix_blocks: Vec::new(),
             prompt_bytes,
             intent: None,
+            model_span,
         })
     }
 }
@@ -159,7 +170,7 @@ fn parse_wire(body: &[u8]) -> Result<Wire<'_>, ApiError> {
 
 /// Checks the values of the fields the gateway understands; returns the model.
 fn check_fields(wire: &Wire<'_>) -> Result<Arc<str>, ApiError> {
-    let model = match &wire.model {
+    let model = match wire.model.as_ref().map(|m| &m.0) {
         Some(m) if !m.is_empty() => Arc::from(m.as_ref()),
         Some(_) => return Err(invalid("`model` must not be empty", Some("model"))),
         None => {

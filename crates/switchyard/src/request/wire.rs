@@ -10,7 +10,7 @@ use serde::de::IgnoredAny;
 #[derive(Deserialize)]
 pub(super) struct Wire<'a> {
     #[serde(borrow)]
-    pub model: Option<Cow<'a, str>>,
+    pub model: Option<Str<'a>>,
     pub stream: Option<bool>,
     // Parsed only to check their types.
     #[allow(dead_code)]
@@ -33,6 +33,32 @@ pub(super) struct Wire<'a> {
     pub seed: Option<i64>,
     #[allow(dead_code)]
     pub stop: Option<Stop<'a>>,
+}
+
+/// A string borrowed from the body when it holds no escape (serde's own `Cow` impl
+/// always copies inside an `Option`), so its place in the body is known.
+pub(super) struct Str<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(V).map(Str)
+    }
 }
 
 /// Parsed only to check its type.

@@ -159,6 +159,7 @@ pub(crate) mod tests {
             prefix_blocks: blocks,
             prompt_bytes: 1,
             intent: None,
+            model_span: None,
         }
     }
 

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::intent::{ClassifyText, Thresholds};
 use crate::request::Route;
@@ -189,13 +190,14 @@ impl Cache {
     }
 }
 
-/// The parts of a request body the text is taken from.
+/// The parts of a request body the text is taken from; message contents stay raw
+/// until a message is chosen.
 #[derive(Deserialize)]
 struct Texts<'a> {
     #[serde(borrow, default)]
     messages: Option<Vec<Message<'a>>>,
-    #[serde(default)]
-    prompt: Option<Value>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
 }
@@ -204,25 +206,37 @@ struct Texts<'a> {
 struct Message<'a> {
     #[serde(borrow)]
     role: Cow<'a, str>,
-    #[serde(default)]
-    content: Option<Value>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
 }
 
-/// The text of a message's `content`: a string, or the `text` of its text parts.
-fn content_text(content: &Value, out: &mut String) {
-    match content {
-        Value::String(s) => out.push_str(s),
-        Value::Array(parts) => {
-            for p in parts {
-                if let Some(t) = p.get("text").and_then(Value::as_str) {
-                    if !out.is_empty() && !out.ends_with('\n') {
-                        out.push('\n');
-                    }
-                    out.push_str(t);
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// Appends a `content` (or `prompt`): a string, or the `text` of its parts (of an
+/// array of strings, the last).
+fn append_text(raw: &RawValue, out: &mut String) {
+    let raw = raw.get();
+    if raw.starts_with('"') {
+        if let Ok(s) = serde_json::from_str::<Cow<'_, str>>(raw) {
+            out.push_str(&s);
+        }
+    } else if raw.starts_with('[') {
+        if let Ok(parts) = serde_json::from_str::<Vec<Part<'_>>>(raw) {
+            for t in parts.iter().filter_map(|p| p.text.as_deref()) {
+                if !out.is_empty() && !out.ends_with('\n') {
+                    out.push('\n');
                 }
+                out.push_str(t);
+            }
+        } else if let Ok(texts) = serde_json::from_str::<Vec<Cow<'_, str>>>(raw) {
+            if let Some(last) = texts.last() {
+                out.push_str(last);
             }
         }
-        _ => {}
     }
 }
 
@@ -236,7 +250,7 @@ pub fn text_of(body: &[u8], which: ClassifyText) -> Option<String> {
     } else if let Some(msgs) = t.messages {
         let last_user = msgs.iter().rposition(|m| m.role == "user");
         for (i, m) in msgs.iter().enumerate() {
-            let Some(c) = &m.content else { continue };
+            let Some(c) = m.content else { continue };
             let take = match which {
                 ClassifyText::Conversation => m.role != "tool",
                 ClassifyText::LastUser => Some(i) == last_user,
@@ -248,19 +262,11 @@ pub fn text_of(body: &[u8], which: ClassifyText) -> Option<String> {
                 if !out.is_empty() {
                     out.push('\n');
                 }
-                content_text(c, &mut out);
+                append_text(c, &mut out);
             }
         }
     } else if let Some(p) = t.prompt {
-        match p {
-            Value::String(s) => out = s,
-            Value::Array(items) => {
-                if let Some(Value::String(s)) = items.last() {
-                    out = s.clone();
-                }
-            }
-            _ => {}
-        }
+        append_text(p, &mut out);
     }
     (!out.trim().is_empty()).then_some(out)
 }
@@ -289,6 +295,18 @@ mod tests {
         );
         assert_eq!(text_of(br#"{"text":"  "}"#, ClassifyText::LastUser), None);
         assert_eq!(text_of(br#"{"messages":[]}"#, ClassifyText::LastUser), None);
+        assert_eq!(
+            text_of(br#"{"prompt":["a","b"]}"#, ClassifyText::LastUser).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            text_of(
+                br#"{"model":"auto","messages":[{"role":"user","content":"esc\u00e9"}]}"#,
+                ClassifyText::LastUser
+            )
+            .unwrap(),
+            "esc\u{e9}"
+        );
     }
 
     #[test]
