@@ -538,7 +538,10 @@ async fn the_llm_classifier_asks_a_model_of_the_fleet_with_a_schema() {
     assert_eq!(c["fallbacks"], json!(["general", "reasoner"]));
     // The classifier's requests went to the small model through the fleet.
     assert_eq!(per_server(&fleet.small).iter().sum::<u64>(), 2);
-    // The same text again comes from the cache.
+    // The same text again comes from the cache, which /router/info counts.
+    let (_, info) = http.get(&format!("{}/router/info", gw.url())).await;
+    assert_eq!(info["intent_routing"]["cache"]["capacity"], 1000);
+    assert_eq!(info["intent_routing"]["cache"]["entries"], 2);
     let (_, again) = http
         .post(
             &gw.url(),
@@ -547,6 +550,8 @@ async fn the_llm_classifier_asks_a_model_of_the_fleet_with_a_schema() {
         )
         .await;
     assert_eq!(again["cached"], true);
+    let (_, info) = http.get(&format!("{}/router/info", gw.url())).await;
+    assert_eq!(info["intent_routing"]["cache"]["hits"], 1);
     assert_eq!(per_server(&fleet.small).iter().sum::<u64>(), 2);
 }
 
@@ -679,7 +684,8 @@ async fn router_endpoints_describe_the_rules_and_refuse_bad_input() {
         json!(["coder", "general", "reasoner"])
     );
     assert_eq!(ir["intents"]["reasoning"]["chain"], json!(["reasoner"]));
-    assert_eq!(ir["cache"]["capacity"], 1000);
+    // The keyword classifier is cheaper than a cache: none is kept for it.
+    assert_eq!(ir["cache"], Value::Null);
     assert_eq!(info["models"]["coder"]["capabilities"], json!(["code"]));
     assert_eq!(info["models"]["coder"]["healthy_workers"], 2);
 

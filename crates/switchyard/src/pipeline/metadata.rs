@@ -63,8 +63,15 @@ impl RoutingMetadata {
 
     /// Sets the header (non-ASCII characters escaped, so any model name fits).
     pub fn set_header(&self, headers: &mut HeaderMap) {
-        let mut ascii = String::new();
-        for c in self.json().chars() {
+        let json = self.json();
+        if json.is_ascii() {
+            if let Ok(v) = HeaderValue::from_str(&json) {
+                headers.insert(HeaderName::from_static(HEADER), v);
+            }
+            return;
+        }
+        let mut ascii = String::with_capacity(json.len() + 16);
+        for c in json.chars() {
             if c.is_ascii() {
                 ascii.push(c);
             } else {

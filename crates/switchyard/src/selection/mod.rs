@@ -191,7 +191,12 @@ impl Router {
             thresholds: ir.thresholds,
             text: ir.classify,
             on_error: ir.on_classifier_error,
-            cache: Cache::new(ir.cache_size),
+            // A pass of the keyword set costs less than a cache lookup and insert
+            // (docs/BENCHMARKS.md): only the classifiers that call a model are cached.
+            cache: match ir.classifier {
+                ClassifierKind::Keywords => None,
+                _ => Cache::new(ir.cache_size),
+            },
         })
     }
 
