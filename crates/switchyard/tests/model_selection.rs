@@ -508,7 +508,8 @@ async fn the_llm_classifier_asks_a_model_of_the_fleet_with_a_schema() {
     ir.classifier = ClassifierKind::Llm;
     ir.llm = LlmSettings {
         model: Some("small".into()),
-        timeout_ms: 2000,
+        // Bounds a hang only: the answer must never be late on a loaded machine.
+        timeout_ms: 60_000,
         ..LlmSettings::default()
     };
     let gw = gateway(cfg).await;
@@ -606,6 +607,7 @@ async fn a_classifier_that_times_out_or_is_down_uses_the_default_intent_or_fails
     ir.embedding = EmbeddingSettings {
         url: Some("http://127.0.0.1:9".into()),
         model: Some("embedder".into()),
+        timeout_ms: 60_000,
         ..EmbeddingSettings::default()
     };
     let down = gateway(cfg).await;
@@ -638,6 +640,7 @@ async fn the_embedding_classifier_matches_examples_through_the_fleet() {
     ir.classifier = ClassifierKind::Embedding;
     ir.embedding = EmbeddingSettings {
         model: Some("embedder".into()),
+        timeout_ms: 60_000,
         ..EmbeddingSettings::default()
     };
     let gw = gateway(cfg).await;
