@@ -38,6 +38,9 @@ async fn run_demo(_: Config) -> anyhow::Result<()> {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP that arrives once the gateway answers must reload it,
+    // not end the process (the default action).
+    let signals = Signals::new();
     let gw = Gateway::start(cfg).await?;
     tracing::info!(
         "switchyard listening on {} (metrics on http://{}/metrics)",
@@ -50,7 +53,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             gw.admin_addr
         );
     }
-    wait_for_signal(&gw).await;
+    signals.wait(&gw).await;
     tracing::info!("shutting down: draining in-flight requests");
     gw.shutdown();
     gw.wait().await;
@@ -68,6 +71,7 @@ async fn run_demo(mut cfg: Config) -> anyhow::Result<()> {
     })
     .await?;
     cfg.worker_urls = sims.urls();
+    let signals = Signals::new();
     let gw = Gateway::start(cfg).await?;
     let url = gw.url();
     println!(
@@ -90,36 +94,56 @@ Ctrl-C to stop.
         engines = sims.urls().join(", "),
         metrics = gw.metrics_addr,
     );
-    wait_for_signal(&gw).await;
+    signals.wait(&gw).await;
     gw.shutdown();
     gw.wait().await;
     sims.shutdown();
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM; on SIGHUP, reloads the model-selection settings.
-async fn wait_for_signal(gw: &Gateway) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT, SIGTERM and SIGHUP, listened to from creation on.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => return,
-                _ = term.recv() => return,
-                _ = hup.recv() => match gw.reload().await {
-                    Ok(()) => tracing::info!("SIGHUP: model selection reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new config was rejected; the old one stays in force"),
-                },
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+                hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = gw;
-        let _ = ctrl_c.await;
+
+    /// Waits for SIGINT or SIGTERM; on SIGHUP, reloads the model-selection settings.
+    async fn wait(mut self, gw: &Gateway) {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            tokio::pin!(ctrl_c);
+            loop {
+                tokio::select! {
+                    _ = &mut ctrl_c => return,
+                    _ = self.term.recv() => return,
+                    _ = self.hup.recv() => match gw.reload().await {
+                        Ok(()) => tracing::info!("SIGHUP: model selection reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: the new config was rejected; the old one stays in force"),
+                    },
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (gw, &mut self);
+            let _ = ctrl_c.await;
+        }
     }
 }

@@ -706,6 +706,13 @@ async fn router_endpoints_describe_the_rules_and_refuse_bad_input() {
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
 
     // Bad input: no text, not an object, not JSON.
+    let seen = |f: &Fleet| -> u64 {
+        [&f.coder, &f.reasoner, &f.general, &f.small]
+            .iter()
+            .map(|s| per_server(s).iter().sum::<u64>())
+            .sum()
+    };
+    let before = seen(&fleet);
     for bad in [
         json!({}),
         json!({"text": ""}),
@@ -738,7 +745,7 @@ async fn router_endpoints_describe_the_rules_and_refuse_bad_input() {
     assert_error(&body, "invalid_request");
     assert_eq!(body["error"]["param"], "messages");
     // No engine saw any of them.
-    let (_, _) = http.get(&format!("{}/health", gw.url())).await;
+    assert_eq!(seen(&fleet), before);
 
     // Without intent routing, /router/classify says so.
     let plain = gateway(config(fleet.general.urls(), PolicyKind::RoundRobin)).await;

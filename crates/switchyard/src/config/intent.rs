@@ -416,10 +416,10 @@ impl Config {
             ClassifierKind::Embedding => {
                 let e = &ir.embedding;
                 for (name, intent) in &ir.intents {
-                    if intent.examples.is_empty() && !intent.default {
+                    if intent.examples.is_empty() {
                         return Err(bad(
                             format!("intent_routing.intents.{name}.examples"),
-                            "the embedding classifier needs examples for every intent but the default",
+                            "the embedding classifier needs examples for every intent, the default too (an intent without examples could never be the nearest)",
                         ));
                     }
                 }

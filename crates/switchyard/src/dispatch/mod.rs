@@ -111,6 +111,14 @@ impl Strategy {
         }
     }
 
+    /// The roles of the workers an attempt needs.
+    pub fn roles(self) -> &'static [WorkerRole] {
+        match self {
+            Strategy::Colocated => &[WorkerRole::Regular],
+            Strategy::Disaggregated(_) => &[WorkerRole::Prefill, WorkerRole::Decode],
+        }
+    }
+
     /// The `reason` label of a retry.
     pub fn retry_reason(self) -> &'static str {
         match self {

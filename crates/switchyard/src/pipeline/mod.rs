@@ -378,13 +378,15 @@ impl Pipeline {
         Err(last_error.unwrap_or_else(|| self.no_worker(strategy.first_role(), plan)))
     }
 
-    /// Whether every eligible worker of the current model has failed this request.
+    /// Whether, for some role an attempt needs, every eligible worker of the current
+    /// model has failed this request (so a retry could only go back to one of them).
     fn tried_all(&self, plan: &Plan<'_>, avoid: &[WorkerId]) -> bool {
-        let role = self.dispatcher.strategy.first_role();
-        self.registry
-            .candidates(&plan.view.model, role)
-            .iter()
-            .all(|w| avoid.contains(&w.id))
+        self.dispatcher.strategy.roles().iter().any(|role| {
+            self.registry
+                .candidates(&plan.view.model, *role)
+                .iter()
+                .all(|w| avoid.contains(&w.id))
+        })
     }
 
     /// Moves `plan` to the next model of its chain (counted as a fallback).

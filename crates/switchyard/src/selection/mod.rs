@@ -347,12 +347,18 @@ impl ModelSelector {
     }
 
     /// Replaces the rules with those of `cfg` (validated first: a bad config changes
-    /// nothing), then does the classifier's one-off work (embedding the examples); a
-    /// failure there is logged, and retried by the first request that needs it.
+    /// nothing), after the classifier's one-off work (embedding the examples), so
+    /// requests meet the new rules ready; a failure of that work is logged, and retried
+    /// by the first request that needs it.
     pub async fn reload(&self, cfg: &Config, backend: &dyn Backend) -> Result<(), ConfigError> {
-        let rules = Arc::new(Rules::build(cfg)?);
-        self.rules.store(rules.clone());
+        // Building may load a model from disk: off the event loop.
+        let owned = cfg.clone();
+        let rules = tokio::task::spawn_blocking(move || Rules::build(&owned))
+            .await
+            .map_err(|e| ConfigError::Args(format!("building the new rules failed: {e}")))??;
+        let rules = Arc::new(rules);
         Self::prepare_rules(&rules, backend).await;
+        self.rules.store(rules);
         Ok(())
     }
 

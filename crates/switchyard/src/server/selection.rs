@@ -39,8 +39,17 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// `POST /router/classify {"text": ...}` or `{"messages": [...]}`: the classification a
-/// request to a router name would get, without generating.
-pub async fn classify(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+/// request to a router name would get, without generating. Admitted like a generation
+/// request (rate limit, concurrency), since a classifier may call a model of the fleet.
+pub async fn classify(
+    State(st): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _admitted = match st.pipeline.admit(&headers).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
     if serde_json::from_slice::<serde_json::Map<String, Value>>(&body).is_err() {
         return ApiError::bad_request(
             "The request body must be a JSON object with `text` or `messages`",

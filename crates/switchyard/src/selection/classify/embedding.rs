@@ -6,8 +6,9 @@
 //! and "fix this stack trace" are both code — and a centroid between clusters is close
 //! to neither). Confidence is the calibrated margin: a softmax of the scores with
 //! temperature `T` (default 0.05), so the winner's probability grows with its lead over
-//! the others — a lead of 0.05 over one rival gives 0.73, of 0.1 gives 0.88. An intent
-//! without examples (the default may have none) is never the winner by score.
+//! the others — a lead of 0.05 over one rival gives 0.73, of 0.1 gives 0.88. Every
+//! intent has examples (validated), the default too, so an off-topic prompt can land
+//! on the default by being nearest to it.
 
 use std::time::Duration;
 
