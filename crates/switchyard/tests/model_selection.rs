@@ -1132,3 +1132,60 @@ fn the_example_configs_are_valid() {
         assert_eq!(ir.intents.len(), 3, "{path}");
     }
 }
+
+/// Prefill and decode engines serving `model`.
+async fn pd_pair(model: &str) -> (SimHandle, SimHandle) {
+    let one = |role| SimConfig {
+        engines: 1,
+        role,
+        served_model_name: vec![model.into()],
+        time_scale: 100.0,
+        ..SimConfig::default()
+    };
+    (
+        sims_with(one(switchyard_sim::Role::Prefill)).await,
+        sims_with(one(switchyard_sim::Role::Decode)).await,
+    )
+}
+
+#[tokio::test]
+async fn prefill_decode_falls_back_once_every_decode_worker_failed() {
+    let (coder_p, coder_d) = pd_pair("coder").await;
+    let (general_p, general_d) = pd_pair("general").await;
+    let (reasoner_p, reasoner_d) = pd_pair("reasoner").await;
+    let mut cfg = routing(vec![]);
+    cfg.models.remove("small");
+    cfg.pd_disaggregation = true;
+    cfg.prefill = [&coder_p, &general_p, &reasoner_p]
+        .iter()
+        .flat_map(|s| s.urls())
+        .collect();
+    cfg.decode = [&coder_d, &general_d, &reasoner_d]
+        .iter()
+        .flat_map(|s| s.urls())
+        .collect();
+    cfg.cb_failure_threshold = 100;
+    cfg.health_failure_threshold = 100;
+    let gw = gateway(cfg).await;
+    let http = Http::new();
+    // coder's only decode worker answers 503: its prefill worker is fine, but a retry
+    // could only reuse the failed decode worker, so the request moves on after one send.
+    set_faults_everywhere(
+        &coder_d,
+        &Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            retry_after_secs: 0,
+            ..Faults::default()
+        },
+    );
+    let (status, meta, body) = routed(&http, &gw.url(), &ask("auto", "a python function")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "general");
+    assert_eq!(
+        (meta["fallback_from"].as_str(), meta["attempts"].as_u64()),
+        (Some("coder"), Some(2)),
+        "{meta}"
+    );
+    assert_eq!(per_server(&general_d).iter().sum::<u64>(), 1);
+}
