@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A/B of this build's gateway against another build (BASELINE_BIN), one policy, in
+# front of the same instant engines, alternating wrk runs: a narrower regression check
+# than compare-routers.sh (no other routers), with more reps.
+#
+#   BASELINE_BIN=/path/to/old/switchyard [POLICY=cache_aware] [REPS=5] bench/ab-overhead.sh
+#
+# Prints one line per run (req/s and the gateway's CPU per request). Loopback only;
+# every process started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${BASELINE_BIN:?set BASELINE_BIN to the switchyard binary of the other build}"
+POLICY=${POLICY:-cache_aware}
+REPS=${REPS:-5}
+LOGS=bench/results/logs
+mkdir -p "$LOGS"
+. bench/lib.sh
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
+cargo build --release -q -p switchyard -p switchyard-sim
+B=target/release
+U=http://127.0.0.1:18900,http://127.0.0.1:18901
+start ab-sim $B/switchyard-sim --instant --engines 2 --port 18900 --log-level warn
+wait_ready http://127.0.0.1:18900/health
+start ab-new $B/switchyard serve --worker-urls $U --policy "$POLICY" --port 18950 --prometheus-port 19000 --admin-port 19030 --log-level warn
+start ab-base "$BASELINE_BIN" serve --worker-urls $U --policy "$POLICY" --port 18951 --prometheus-port 19001 --admin-port 19031 --log-level warn
+wait_ready http://127.0.0.1:18950/v1/models
+wait_ready http://127.0.0.1:18951/v1/models
+sleep 2
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+echo "policy $POLICY; new: $B/switchyard; base: $BASELINE_BIN; wrk -t2 -c64 -d8s -s bench/chat-load.lua"
+for rep in $(seq 1 "$REPS"); do
+  for t in new base; do
+    if [ $t = new ]; then port=18950; pid=$PID_ab_new; else port=18951; pid=$PID_ab_base; fi
+    t0=$(ticks "$pid")
+    out=$(wrk -t2 -c64 -d8s -s bench/chat-load.lua "http://127.0.0.1:$port/v1/chat/completions")
+    t1=$(ticks "$pid")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}'); n=$(echo "$out" | awk '/requests in/ {print $1}')
+    hz=$(getconf CLK_TCK)
+    cpu=$(echo "($t1 - $t0) * 1000000 / $hz / $n" | bc -l)
+    printf "rep %s %s: %s req/s, CPU %.1f us/req\n" "$rep" "$t" "$rps" "$cpu"
+  done
+done
