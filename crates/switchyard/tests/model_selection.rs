@@ -914,6 +914,31 @@ fn bad_selection_settings_are_refused_naming_the_setting() {
     assert!(e.starts_with("intent_routing.thresholds"), "{e}");
     let e = validation_error(|c| ir(c).model = vec!["coder".into()]);
     assert!(e.starts_with("intent_routing.model"), "{e}");
+    let e = validation_error(|c| c.model_alias = vec!["auto=coder".into()]);
+    assert!(
+        e.starts_with("intent_routing.model: `auto` is also a --model-alias"),
+        "{e}"
+    );
+    let e = validation_error(|c| {
+        ir(c).classifier = ClassifierKind::Embedding;
+        ir(c).embedding.model = Some("auto".into());
+    });
+    assert!(
+        e.starts_with("intent_routing.embedding.model: is a router name"),
+        "{e}"
+    );
+    // A diamond (a → b, c; b → d; c → d) is no cycle, and d comes once.
+    let mut cfg = routing(vec!["http://127.0.0.1:1".into()]);
+    for (m, f) in [
+        ("a", vec!["b", "c"]),
+        ("b", vec!["d"]),
+        ("c", vec!["d"]),
+        ("d", vec![]),
+    ] {
+        cfg.models.insert(m.into(), model(&[], &f));
+    }
+    let chains = cfg.fallback_chains().unwrap();
+    assert_eq!(chains["a"], ["b", "d", "c"]);
     let e = validation_error(|c| {
         ir(c).classifier = ClassifierKind::Llm;
     });

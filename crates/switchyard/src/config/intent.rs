@@ -304,9 +304,12 @@ impl Config {
                     format!("fallback cycle {}", cycle.join(" → ")),
                 ));
             }
-            if !chain.contains(f) {
-                chain.push(f.clone());
+            // Already in the chain: its own fallbacks were expanded then (and any
+            // cycle through it found), so shared sub-chains are walked once.
+            if chain.contains(f) {
+                continue;
             }
+            chain.push(f.clone());
             path.push(f);
             self.expand(f, path, chain)?;
             path.pop();
@@ -326,7 +329,14 @@ impl Config {
                 "needs at least one non-empty name",
             ));
         }
+        let aliases = self.aliases()?;
         for name in &ir.model {
+            if aliases.contains_key(name) {
+                return Err(bad(
+                    "intent_routing.model",
+                    format!("`{name}` is also a --model-alias; a name can mean one thing only"),
+                ));
+            }
             if self.models.contains_key(name) {
                 return Err(bad(
                     "intent_routing.model",
@@ -427,6 +437,12 @@ impl Config {
                     return Err(bad(
                         "intent_routing.embedding.temperature",
                         "must be positive",
+                    ));
+                }
+                if e.model.as_ref().is_some_and(|m| ir.model.contains(m)) {
+                    return Err(bad(
+                        "intent_routing.embedding.model",
+                        "is a router name; name the embedding model",
                     ));
                 }
                 match e.backend {
