@@ -733,19 +733,23 @@ async fn router_endpoints_describe_the_rules_and_refuse_bad_input() {
         .await;
     assert_eq!(status, 400);
     assert_error(&body, "invalid_request");
-    // A router request with no user text.
-    let (status, body) = http
-        .post(
-            &gw.url(),
-            "/v1/chat/completions",
-            &json!({"model": "auto", "messages": [{"role": "system", "content": "x"}]}),
-        )
-        .await;
-    assert_eq!(status, 400);
-    assert_error(&body, "invalid_request");
-    assert_eq!(body["error"]["param"], "messages");
     // No engine saw any of them.
     assert_eq!(seen(&fleet), before);
+
+    // A valid request with nothing to classify (a system prompt only) goes to the
+    // default intent.
+    let (status, meta, body) = routed(
+        &http,
+        &gw.url(),
+        &json!({"model": "auto", "max_tokens": 2, "messages": [{"role": "system", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (meta["intent"].as_str(), meta["confidence_level"].as_str()),
+        (Some("general"), Some("none"))
+    );
+    assert_eq!(body["model"], "general");
 
     // Without intent routing, /router/classify says so.
     let plain = gateway(config(fleet.general.urls(), PolicyKind::RoundRobin)).await;

@@ -55,7 +55,7 @@ pub struct Classified {
     pub ms: f64,
     pub cached: bool,
     /// Why the default intent was used instead of the classifier's pick:
-    /// `below_threshold`, or `classifier_error`.
+    /// `below_threshold`, `classifier_error`, or `no_text` (nothing to classify).
     pub defaulted: Option<&'static str>,
     /// Every intent's score, by name.
     pub scores: Vec<(Arc<str>, f64)>,
@@ -293,6 +293,28 @@ impl Router {
         })
     }
 
+    /// The default intent for a request with no text to classify (`defaulted: no_text`).
+    fn unread(&self, metrics: &Metrics) -> Classified {
+        let name = self.intents[self.default].name.clone();
+        metrics
+            .classifications
+            .get_or_create(&ClassificationLabels {
+                classifier: self.kind.as_str(),
+                intent: name.clone(),
+                confidence_level: "none",
+            })
+            .inc();
+        Classified {
+            intent: name,
+            confidence: 0.0,
+            level: "none",
+            ms: 0.0,
+            cached: false,
+            defaulted: Some("no_text"),
+            scores: self.intents.iter().map(|i| (i.name.clone(), 0.0)).collect(),
+        }
+    }
+
     fn intent_model(&self, name: &str) -> Arc<str> {
         self.intents
             .iter()
@@ -433,13 +455,12 @@ impl ModelSelector {
         backend: &dyn Backend,
     ) -> Result<ModelChoice, ApiError> {
         let router = rules.router.as_ref().expect("called with a router");
-        let Some(text) = classify::text_of(body, router.text) else {
-            return Err(ApiError::bad_request(
-                "The request has no text to choose a model by: send a user message",
-                Some("messages"),
-            ));
+        // A valid request with nothing to read (a system prompt only, an image only)
+        // goes to the default intent.
+        let classified = match classify::text_of(body, router.text) {
+            Some(text) => router.classify(&text, backend, &self.metrics).await?,
+            None => router.unread(&self.metrics),
         };
-        let classified = router.classify(&text, backend, &self.metrics).await?;
         let model = router.intent_model(&classified.intent);
         Ok(ModelChoice {
             requested: view.model.clone(),
