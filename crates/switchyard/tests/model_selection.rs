@@ -1147,6 +1147,19 @@ async fn sighup_reloads_the_running_binary() {
 }
 
 #[test]
+fn the_example_config_of_the_docs_is_valid() {
+    let doc = include_str!("../../../docs/model-selection.md");
+    let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + doc[start..].find("\n```").unwrap();
+    let cfg: Config = yaml_serde::from_str(&doc[start..end]).unwrap();
+    cfg.validate_selection().unwrap();
+    assert_eq!(
+        cfg.fallback_chains().unwrap()["coder"],
+        ["general", "reasoner"]
+    );
+}
+
+#[test]
 fn the_example_configs_are_valid() {
     for name in ["intent-keywords", "intent-embedding"] {
         let path = format!(
