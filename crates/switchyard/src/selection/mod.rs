@@ -397,15 +397,6 @@ impl ModelSelector {
         }
     }
 
-    /// Whether `model` is a router name.
-    pub fn is_router_name(&self, model: &str) -> bool {
-        self.rules
-            .load()
-            .router
-            .as_ref()
-            .is_some_and(|r| r.names.iter().any(|n| n == model))
-    }
-
     /// The model for `view` (whose request body is `body`): a router name's classified
     /// intent's model, an alias's target, or the named model itself, with its
     /// fallbacks. 404 when nothing serves or configures the model.
