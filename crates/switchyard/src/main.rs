@@ -60,13 +60,30 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's model selection, unless the config brings its own: the example config's
+/// coder, reasoner and general models (all served by the simulated engines) behind
+/// `model: auto`.
+#[cfg(feature = "demo")]
+const DEMO_SELECTION: &str = include_str!("../../../bench/configs/intent-keywords.yaml");
+
 /// The gateway in front of three simulated engines in this process.
 #[cfg(feature = "demo")]
 async fn run_demo(mut cfg: Config) -> anyhow::Result<()> {
+    if cfg.intent_routing.is_none() {
+        let demo: Config = yaml_serde::from_str(DEMO_SELECTION)?;
+        cfg.intent_routing = demo.intent_routing;
+        for (model, settings) in demo.models {
+            cfg.models.entry(model).or_insert(settings);
+        }
+        cfg.validate()?;
+    }
     let sims = switchyard_sim::spawn(switchyard_sim::SimConfig {
         engines: 3,
         port: 0,
         num_gpu_blocks: 8192,
+        served_model_name: ["switchyard/sim-8b", "coder", "reasoner", "general"]
+            .map(String::from)
+            .to_vec(),
         ..switchyard_sim::SimConfig::default()
     })
     .await?;
@@ -81,6 +98,12 @@ Metrics: http://{metrics}/metrics   Health: {url}/health
 
   curl {url}/v1/chat/completions -H 'Content-Type: application/json' \
     -d '{{"model": "switchyard/sim-8b", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'
+
+  # Let the gateway choose the model by intent (coder, reasoner or general); the
+  # x-routing-metadata header says what it chose (docs/model-selection.md).
+  curl -i {url}/v1/chat/completions -H 'Content-Type: application/json' \
+    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Fix this Python function"}}], "max_tokens": 32}}'
+  curl {url}/router/info
 
   # Python (pip install openai)
   from openai import OpenAI

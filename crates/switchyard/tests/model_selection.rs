@@ -1231,3 +1231,38 @@ async fn prefill_decode_falls_back_once_every_decode_worker_failed() {
     );
     assert_eq!(per_server(&general_d).iter().sum::<u64>(), 1);
 }
+
+/// `switchyard demo` routes `model: auto` by intent out of the box.
+#[cfg(feature = "demo")]
+#[tokio::test]
+async fn the_demo_routes_auto_by_intent() {
+    let (port, admin, metrics) = (free_port(), free_port(), free_port());
+    let _child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["demo", "--log-level", "warn", "--port", &port.to_string()])
+            .args([
+                "--admin-port",
+                &admin.to_string(),
+                "--prometheus-port",
+                &metrics.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the demo starts"),
+    );
+    let http = Http::new();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("the demo answers", || async {
+        http.0.get(format!("{url}/v1/models")).send().await.is_ok()
+    })
+    .await;
+    let (status, meta, body) = routed(&http, &url, &ask("auto", "Fix this Python function")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (meta["intent"].as_str(), body["model"].as_str()),
+        (Some("code"), Some("coder"))
+    );
+    let (status, meta, _) = routed(&http, &url, &ask("switchyard/sim-8b", "Hello!")).await;
+    assert_eq!(status, 200);
+    assert_eq!(meta["model_id"], "switchyard/sim-8b");
+}
