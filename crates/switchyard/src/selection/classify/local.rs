@@ -7,7 +7,7 @@
 //! that (a static model averages word vectors and loses word order and context); candle
 //! is pure Rust (no C++ toolchain, no ONNX runtime binary to fetch), and it runs the
 //! same safetensors files sentence-transformers uses. A prompt costs one forward pass of
-//! six layers, a few milliseconds for a short prompt on one core.
+//! six layers: 39 ms p50 on the benchmark prompts on 2 CPU cores (docs/BENCHMARKS.md).
 //!
 //! Embeddings are mean-pooled over the attention mask and L2-normalised, as
 //! sentence-transformers does for this model; inputs are cut at 256 tokens.
