@@ -158,6 +158,19 @@ fn ask(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 4})
 }
 
+/// The `x-routing-metadata` header, parsed (null when absent).
+fn metadata(resp: &reqwest::Response) -> Value {
+    resp.headers()
+        .get("x-routing-metadata")
+        .map(|v| serde_json::from_str(v.to_str().unwrap()).expect("JSON metadata"))
+        .unwrap_or(Value::Null)
+}
+
+/// A gateway metric: the sum of its samples whose labels contain every `k="v"`.
+async fn metric(gw: &switchyard::Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    Http::new().metric(&metrics_url(gw), name, labels).await
+}
+
 /// POSTs a chat request; status, the routing metadata header (parsed) and the body.
 async fn routed(http: &Http, url: &str, body: &Value) -> (u16, Value, Value) {
     let resp = http
@@ -168,11 +181,7 @@ async fn routed(http: &Http, url: &str, body: &Value) -> (u16, Value, Value) {
         .await
         .expect("sent");
     let status = resp.status().as_u16();
-    let meta = resp
-        .headers()
-        .get("x-routing-metadata")
-        .map(|v| serde_json::from_str(v.to_str().unwrap()).expect("JSON metadata"))
-        .unwrap_or(Value::Null);
+    let meta = metadata(&resp);
     let body = resp.json().await.unwrap_or(Value::Null);
     (status, meta, body)
 }
@@ -237,16 +246,14 @@ async fn prompts_go_to_their_intents_model_and_the_header_says_so() {
         .send()
         .await
         .unwrap();
-    let meta: Value =
-        serde_json::from_str(resp.headers()["x-routing-metadata"].to_str().unwrap()).unwrap();
+    let meta = metadata(&resp);
     assert_eq!(meta["model_id"], "coder");
     assert!(resp.text().await.unwrap().contains("\"model\":\"coder\""));
 
     // Metrics: by model, intent and status; classifications by intent and level.
-    let m = metrics_url(&gw);
     assert_eq!(
-        http.metric(
-            &m,
+        metric(
+            &gw,
             "switchyard_model_requests_total",
             &[
                 ("model", "reasoner"),
@@ -258,8 +265,8 @@ async fn prompts_go_to_their_intents_model_and_the_header_says_so() {
         1.0
     );
     assert_eq!(
-        http.metric(
-            &m,
+        metric(
+            &gw,
             "switchyard_classifications_total",
             &[("intent", "code"), ("confidence_level", "high")]
         )
@@ -267,8 +274,8 @@ async fn prompts_go_to_their_intents_model_and_the_header_says_so() {
         3.0
     );
     assert!(
-        http.metric(
-            &m,
+        metric(
+            &gw,
             "switchyard_classification_duration_seconds_count",
             &[("classifier", "keywords")]
         )
@@ -276,8 +283,7 @@ async fn prompts_go_to_their_intents_model_and_the_header_says_so() {
             >= 5.0
     );
     assert_eq!(
-        http.metric(&m, "switchyard_model_healthy", &[("model", "coder")])
-            .await,
+        metric(&gw, "switchyard_model_healthy", &[("model", "coder")]).await,
         1.0
     );
 }
@@ -336,10 +342,9 @@ async fn an_unhealthy_model_is_skipped_for_its_fallback() {
     assert_eq!(meta["fallback_used"], true);
     assert_eq!(meta["fallback_from"], "coder");
     assert_eq!(meta["attempts"], 1, "skipped, not tried");
-    let m = metrics_url(&gw);
     assert_eq!(
-        http.metric(
-            &m,
+        metric(
+            &gw,
             "switchyard_model_fallbacks_total",
             &[("from", "coder"), ("to", "general")]
         )
@@ -347,8 +352,7 @@ async fn an_unhealthy_model_is_skipped_for_its_fallback() {
         1.0
     );
     assert_eq!(
-        http.metric(&m, "switchyard_model_healthy", &[("model", "coder")])
-            .await,
+        metric(&gw, "switchyard_model_healthy", &[("model", "coder")]).await,
         0.0
     );
     // /health and /router/info show it.
@@ -385,8 +389,8 @@ async fn a_model_answering_503_everywhere_falls_back_within_the_retry_budget() {
     // Both coder engines were tried (2 sends), then general answered.
     assert_eq!(meta["attempts"], 3, "{meta}");
     assert_eq!(
-        http.metric(
-            &metrics_url(&gw),
+        metric(
+            &gw,
             "switchyard_upstream_errors_total",
             &[("reason", "status")]
         )
@@ -394,8 +398,8 @@ async fn a_model_answering_503_everywhere_falls_back_within_the_retry_budget() {
         2.0
     );
     assert_eq!(
-        http.metric(
-            &metrics_url(&gw),
+        metric(
+            &gw,
             "switchyard_model_fallbacks_total",
             &[("from", "coder"), ("to", "general")]
         )
@@ -437,8 +441,7 @@ async fn a_stream_that_started_is_never_switched() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let meta: Value =
-        serde_json::from_str(resp.headers()["x-routing-metadata"].to_str().unwrap()).unwrap();
+    let meta = metadata(&resp);
     assert_eq!(
         (meta["model_id"].as_str(), meta["fallback_used"].as_bool()),
         (Some("coder"), Some(false))
@@ -455,8 +458,7 @@ async fn a_stream_that_started_is_never_switched() {
         general_before
     );
     assert_eq!(
-        http.metric(&metrics_url(&gw), "switchyard_model_fallbacks_total", &[])
-            .await,
+        metric(&gw, "switchyard_model_fallbacks_total", &[]).await,
         0.0
     );
 }
@@ -478,8 +480,7 @@ async fn every_model_of_the_chain_down_is_a_503_naming_the_chain() {
         .unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    let meta: Value =
-        serde_json::from_str(resp.headers()["x-routing-metadata"].to_str().unwrap()).unwrap();
+    let meta = metadata(&resp);
     assert_eq!(
         (meta["attempts"].as_u64(), meta["fallback_used"].as_bool()),
         (Some(0), Some(true))
@@ -490,8 +491,8 @@ async fn every_model_of_the_chain_down_is_a_503_naming_the_chain() {
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("`coder` → `general` → `reasoner`"), "{msg}");
     assert_eq!(
-        http.metric(
-            &metrics_url(&gw),
+        metric(
+            &gw,
             "switchyard_model_errors_total",
             &[("model", "reasoner"), ("error_type", "no_healthy_worker")]
         )
@@ -587,8 +588,8 @@ async fn a_classifier_that_times_out_or_is_down_uses_the_default_intent_or_fails
         (Some("general"), Some("general"))
     );
     assert_eq!(
-        http.metric(
-            &metrics_url(&gw),
+        metric(
+            &gw,
             "switchyard_classifier_errors_total",
             &[("classifier", "llm"), ("kind", "timeout")]
         )
@@ -616,8 +617,8 @@ async fn a_classifier_that_times_out_or_is_down_uses_the_default_intent_or_fails
     assert_eq!(status, 200);
     assert_eq!(meta["intent"], "general");
     assert_eq!(
-        http.metric(
-            &metrics_url(&down),
+        metric(
+            &down,
             "switchyard_classifier_errors_total",
             &[("classifier", "embedding"), ("kind", "backend")]
         )
