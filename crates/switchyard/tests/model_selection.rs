@@ -461,6 +461,17 @@ async fn a_stream_that_started_is_never_switched() {
         metric(&gw, "switchyard_model_fallbacks_total", &[]).await,
         0.0
     );
+    // The stream really broke on coder (so staying there was a choice, not luck).
+    eventually("the cut stream is settled", || async {
+        metric(
+            &gw,
+            "switchyard_model_errors_total",
+            &[("model", "coder"), ("error_type", "stream")],
+        )
+        .await
+            == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]
