@@ -30,6 +30,7 @@ pub mod logging;
 pub mod metrics;
 pub mod request;
 pub mod shutdown;
+pub mod state;
 pub mod upstream;
 
 pub use config::{Config, ModelSettings, PolicyKind};

@@ -175,6 +175,35 @@ pub struct Metrics {
     pub classifier_errors: Family<ClassifierErrorLabels, Counter>,
     pub model_healthy: Family<ModelLabel, Gauge>,
     pub model_errors: Family<ModelErrorLabels, Counter>,
+    pub route_requests: Family<RouteLabels, Counter>,
+    pub route_routing: Hist<RoutePathLabel>,
+    pub route_inference: Histogram,
+    pub route_total: Histogram,
+    pub route_session_creations: Counter,
+    pub route_context_changes: Family<ReasonLabel, Counter>,
+    pub route_session_degraded: Counter,
+    pub route_session_evictions: Counter,
+}
+
+/// `/route` requests by use case, routing path (`bypass`, `full`) and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub use_case: Arc<str>,
+    pub path: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoutePathLabel {
+    pub path: &'static str,
+}
+
+/// Routing decisions take microseconds on bypass, milliseconds with a model call.
+fn routing_histogram() -> Histogram {
+    Histogram::new([
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.05, 0.1, 0.25, 0.5, 1.0,
+    ])
 }
 
 impl Default for Metrics {
@@ -213,6 +242,14 @@ impl Metrics {
             classifier_errors: Family::default(),
             model_healthy: Family::default(),
             model_errors: Family::default(),
+            route_requests: Family::default(),
+            route_routing: Family::new_with_constructor(routing_histogram),
+            route_inference: latency_histogram(),
+            route_total: latency_histogram(),
+            route_session_creations: Counter::default(),
+            route_context_changes: Family::default(),
+            route_session_degraded: Counter::default(),
+            route_session_evictions: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -340,6 +377,46 @@ impl Metrics {
             "model_errors",
             "Failed requests by model and error type",
             m.model_errors.clone(),
+        );
+        r.register(
+            "route_requests",
+            "/route requests by use case, routing path (bypass, full) and status",
+            m.route_requests.clone(),
+        );
+        r.register(
+            "route_routing_duration_seconds",
+            "/route: time to decide the use case and model, by path (bypass, full)",
+            m.route_routing.clone(),
+        );
+        r.register(
+            "route_inference_duration_seconds",
+            "/route: time spent generating (through the pipeline)",
+            m.route_inference.clone(),
+        );
+        r.register(
+            "route_total_duration_seconds",
+            "/route: time from arrival to the answer's end",
+            m.route_total.clone(),
+        );
+        r.register(
+            "route_session_creations",
+            "/route sessions created",
+            m.route_session_creations.clone(),
+        );
+        r.register(
+            "route_context_changes",
+            "/route follow-ups routed afresh because the subject or modality changed (reason: topic, modality)",
+            m.route_context_changes.clone(),
+        );
+        r.register(
+            "route_session_degraded",
+            "/route requests answered without a session because the session store failed",
+            m.route_session_degraded.clone(),
+        );
+        r.register(
+            "route_session_evictions",
+            "/route sessions evicted by max_sessions_per_user",
+            m.route_session_evictions.clone(),
         );
         Metrics { registry: r, ..m }
     }

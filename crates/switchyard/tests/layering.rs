@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "base",
         &[
-            "config", "request", "upstream", "metrics", "error", "shutdown", "logging",
+            "config", "request", "upstream", "metrics", "error", "shutdown", "logging", "state",
         ],
     ),
 ];

@@ -76,8 +76,11 @@ impl Config {
         let mut cfg = self.clone();
         cfg.models = fresh.models;
         cfg.intent_routing = fresh.intent_routing;
+        cfg.use_cases = fresh.use_cases;
+        cfg.use_case_routing = fresh.use_case_routing;
         cfg.model_settings()?;
         cfg.validate_selection()?;
+        cfg.validate_use_cases()?;
         Ok(cfg)
     }
 

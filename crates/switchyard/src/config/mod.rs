@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod intent;
 pub mod policy;
+pub mod use_cases;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -120,6 +121,40 @@ pub struct Config {
     /// Choosing the model by the prompt's intent (YAML only; docs/model-selection.md).
     #[arg(skip)]
     pub intent_routing: Option<IntentRouting>,
+    /// `/route` use cases (YAML only; docs/route-api.md). Unset: the six defaults.
+    #[arg(skip)]
+    pub use_cases: Option<Vec<use_cases::UseCase>>,
+    /// How `/route` classifies queries and detects a change of subject (YAML only).
+    #[arg(skip)]
+    pub use_case_routing: use_cases::UseCaseRouting,
+    /// Redis for state shared by replicas (`/route` sessions and stats), e.g.
+    /// `redis://127.0.0.1:6379/0`. Unset: in memory.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so deployments can share a Redis.
+    #[arg(long, default_value = "switchyard")]
+    pub redis_key_prefix: String,
+    /// Connections to Redis (each multiplexed).
+    #[arg(long, default_value_t = 4)]
+    pub redis_pool_size: usize,
+    /// A Redis command slower than this counts as failed (the gateway degrades).
+    #[arg(long, default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+    /// A `/route` session ends this long after its last turn.
+    #[arg(long, default_value_t = 1800)]
+    pub session_timeout_secs: u64,
+    /// Most `/route` sessions kept in memory (least recently used go first).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_sessions: usize,
+    /// Most live sessions per user; a new one evicts the user's least recently used.
+    #[arg(long, default_value_t = 100)]
+    pub max_sessions_per_user: usize,
+    /// Messages of a session's history sent with each follow-up (and kept).
+    #[arg(long, default_value_t = 10)]
+    pub session_history_messages: usize,
+    /// Longest `/route` query, in bytes (400 above it).
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub route_max_query_bytes: usize,
     /// A request naming a model directly also falls back along that model's
     /// `fallbacks` (`--fallback-on-named-model false` keeps it on the named model).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

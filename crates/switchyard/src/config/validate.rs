@@ -92,6 +92,12 @@ impl Config {
         self.validate_policy_settings()?;
         self.model_settings()?;
         self.validate_selection()?;
+        self.validate_use_cases()?;
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                return Err(invalid("redis-url", "use redis://host:port/db or unix:///path"));
+            }
+        }
         if !(0.0..=1.0).contains(&self.retry_jitter_factor) {
             return Err(invalid(
                 "retry-jitter-factor",
@@ -112,6 +118,12 @@ impl Config {
         let positive = [
             ("request-timeout-secs", self.request_timeout_secs as usize),
             ("max-payload-size", self.max_payload_size),
+            ("redis-pool-size", self.redis_pool_size),
+            ("redis-timeout-ms", self.redis_timeout_ms as usize),
+            ("session-timeout-secs", self.session_timeout_secs as usize),
+            ("max-sessions", self.max_sessions),
+            ("max-sessions-per-user", self.max_sessions_per_user),
+            ("route-max-query-bytes", self.route_max_query_bytes),
             ("cache-block-size", self.cache_block_size),
             ("dp-size", self.dp_size),
             ("eviction-interval", self.eviction_interval as usize),

@@ -82,7 +82,10 @@ impl Prober {
 
     /// Whether the health endpoint answers with a success now.
     pub async fn passes_health_check(&self, w: &Worker) -> Result<(), ProbeError> {
-        self.get_ok(w, &self.cfg.endpoint).await.map(|_| ())
+        let start = std::time::Instant::now();
+        self.get_ok(w, &self.cfg.endpoint).await?;
+        w.record_probe_time(start.elapsed());
+        Ok(())
     }
 
     /// One check of one worker, applying thresholds. A worker that turns healthy has its

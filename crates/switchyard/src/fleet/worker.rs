@@ -107,6 +107,8 @@ pub struct Worker {
     engine_running: AtomicU32,
     engine_waiting: AtomicU32,
     cooldown_until_ms: AtomicU64,
+    /// Microseconds the last passed health check took, plus one (0: none passed yet).
+    probe_us: AtomicU64,
     /// Model ids the engine reported; the registry groups workers by them.
     models: RwLock<Vec<String>>,
     epoch: Instant,
@@ -163,6 +165,7 @@ impl Worker {
             engine_running: AtomicU32::new(0),
             engine_waiting: AtomicU32::new(0),
             cooldown_until_ms: AtomicU64::new(0),
+            probe_us: AtomicU64::new(0),
             models: RwLock::new(Vec::new()),
             epoch: Instant::now(),
         }
@@ -364,6 +367,20 @@ impl Worker {
     }
 
     /// The engine's own queue, from its /metrics: (running, waiting).
+    /// Records how long a passed health check took.
+    pub fn record_probe_time(&self, took: std::time::Duration) {
+        self.probe_us
+            .store(took.as_micros() as u64 + 1, Ordering::Relaxed);
+    }
+
+    /// How long the last passed health check took.
+    pub fn probe_time(&self) -> Option<std::time::Duration> {
+        match self.probe_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us - 1)),
+        }
+    }
+
     pub fn engine_load(&self) -> (u32, u32) {
         (
             self.engine_running.load(Ordering::Relaxed),

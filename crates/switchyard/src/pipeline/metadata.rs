@@ -36,6 +36,9 @@ pub struct RoutingMetadata {
     /// Sends to engines (1 unless retried).
     pub attempts: u32,
     pub classification_ms: Option<f64>,
+    /// The worker that answered: its opaque id (`GET /workers` on the admin listener
+    /// maps it to a URL); absent when none did.
+    pub worker_id: Option<Arc<str>>,
     /// From the request's arrival until the response headers.
     pub total_time_seconds: f64,
 }
@@ -53,6 +56,7 @@ impl RoutingMetadata {
             fallback_from: plan.fell_back().then(|| choice.model.clone()),
             attempts: plan.sent,
             classification_ms: c.map(|c| (c.ms * 1e3).round() / 1e3),
+            worker_id: None,
             total_time_seconds: start.elapsed().as_secs_f64(),
         }
     }

@@ -26,6 +26,7 @@ pub mod admit;
 mod backend;
 mod chain;
 pub mod metadata;
+pub mod route;
 pub mod settle;
 
 use std::sync::Arc;
@@ -152,7 +153,7 @@ impl Pipeline {
     }
 
     /// Reads a JSON body of at most `--max-payload-size` bytes.
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    pub async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         if let Some(ct) = headers.get(header::CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or("");
             let mime = ct.split(';').next().unwrap_or("").trim();
@@ -216,7 +217,7 @@ impl Pipeline {
         let answered = self
             .attempt_until_answered(&mut plan, &headers, &body, &request_id)
             .await;
-        let meta = RoutingMetadata::new(&choice, &plan, start);
+        let mut meta = RoutingMetadata::new(&choice, &plan, start);
 
         // settle
         match answered {
@@ -226,6 +227,7 @@ impl Pipeline {
                 excused,
                 attempts,
             }) => {
+                meta.worker_id = Some(assignment.worker().api_id.clone());
                 let (mut parts, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 meta.set_header(&mut parts.headers);

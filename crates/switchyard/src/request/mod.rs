@@ -5,6 +5,7 @@
 //! streamed to a [`PromptSink`] while parsing, so routing can hash it without a copy.
 
 pub mod body;
+pub mod route;
 mod wire;
 
 use std::borrow::Cow;

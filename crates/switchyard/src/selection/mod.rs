@@ -9,6 +9,7 @@
 //! sees one version of them from start to end.
 
 pub mod classify;
+pub mod use_cases;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -95,6 +96,8 @@ struct Rules {
     chains: HashMap<String, Arc<[Arc<str>]>>,
     fallback_named: bool,
     router: Option<Router>,
+    /// `/route`'s use cases.
+    use_cases: use_cases::UseCases,
 }
 
 impl Rules {
@@ -117,6 +120,7 @@ impl Rules {
             chains,
             fallback_named: cfg.fallback_on_named_model,
             router,
+            use_cases: use_cases::UseCases::build(cfg)?,
         })
     }
 }
@@ -395,6 +399,7 @@ impl ModelSelector {
                 tracing::warn!(error = %e.message, "the classifier could not prepare; requests will retry");
             }
         }
+        Self::prepare_use_cases(rules, backend).await;
     }
 
     /// The model for `view` (whose request body is `body`): a router name's classified

@@ -76,7 +76,9 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Response {
         status,
         Json(
             json!({"status": word, "healthy_workers": healthy, "workers": workers,
-                    "models": super::selection::models(&st)}),
+                    "models": super::selection::models(&st),
+                    "bypass_router": super::route::bypass_router(&st).await,
+                    "model_endpoints": super::route::model_endpoints(&st)}),
         ),
     )
         .into_response()

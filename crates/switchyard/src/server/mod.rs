@@ -14,6 +14,7 @@ pub mod health;
 pub mod layers;
 pub mod listener;
 pub mod openai;
+pub mod route;
 pub mod router;
 pub mod selection;
 pub mod state;
@@ -34,6 +35,7 @@ use crate::fleet::{
     WorkerSettings,
 };
 use crate::metrics::Metrics;
+use crate::pipeline::route::{RouteApi, RouteSettings};
 use crate::pipeline::{Admission, AdmissionConfig, EntryConfig, Pipeline};
 use crate::request::SessionHeaders;
 use crate::routing::WorkerSelector;
@@ -203,8 +205,30 @@ impl Gateway {
         });
         // The classifier's one-off work (embedding the intents' examples).
         pipeline.models.prepare(&*pipeline).await;
+        let stores = crate::state::Stores::open(
+            &crate::state::StateConfig {
+                redis_url: cfg.redis_url.clone(),
+                redis_prefix: cfg.redis_key_prefix.clone(),
+                redis_pool_size: cfg.redis_pool_size,
+                redis_timeout: Duration::from_millis(cfg.redis_timeout_ms),
+                session_ttl: Duration::from_secs(cfg.session_timeout_secs),
+                max_sessions: cfg.max_sessions,
+                max_sessions_per_user: cfg.max_sessions_per_user,
+            },
+            Arc::new(crate::state::SystemClock),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let route = Arc::new(RouteApi::new(
+            pipeline.clone(),
+            stores,
+            RouteSettings {
+                history_messages: cfg.session_history_messages,
+                max_query_bytes: cfg.route_max_query_bytes,
+            },
+        ));
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
+            route,
             pipeline,
             registry,
             workers: workers.clone(),

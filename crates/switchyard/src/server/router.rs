@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use http::HeaderValue;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use super::{AppState, health, layers, openai, selection};
+use super::{AppState, health, layers, openai, route, selection};
 
 /// The data plane. Generation routes handle request ids, keys and admission inline
 /// (the pipeline's `admit` phase); the others get them from layers.
@@ -26,6 +26,10 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
         .route(
             "/v1/embeddings",
             post(openai::embeddings).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/route",
+            post(route::route).fallback(openai::method_not_allowed),
         );
     let v1 = Router::new()
         .route(
@@ -39,6 +43,20 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
         .route(
             "/router/classify",
             post(selection::classify).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/use-cases",
+            get(route::use_cases).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/stats",
+            get(route::stats).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/sessions/{id}",
+            get(route::get_session)
+                .delete(route::delete_session)
+                .fallback(openai::method_not_allowed),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -16,6 +16,8 @@ use super::admin::jobs::Jobs;
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub pipeline: Arc<Pipeline>,
+    /// `/route`, its sessions and stats.
+    pub route: Arc<crate::pipeline::route::RouteApi>,
     pub registry: Arc<Registry>,
     pub workers: Arc<WorkerSelector>,
     pub enroller: Arc<Enroller>,

@@ -29,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/get_loads", get(workers::loads))
         .route("/flush_cache", post(workers::flush_cache))
         .route("/admin/reload", post(super::selection::reload))
+        .route("/sessions", get(super::route::list_sessions))
         .fallback(|req: Request| async move {
             ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
         })
