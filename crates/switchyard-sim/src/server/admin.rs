@@ -179,7 +179,7 @@ pub async fn set_faults(
     Ok(Json(faults))
 }
 
-/// `GET /sim/stats`: per-rank request counts and scheduler state.
+/// `GET /sim/stats`: per-rank request counts, audio request counts and scheduler state.
 pub async fn stats(State(st): State<Arc<ServerState>>) -> Json<serde_json::Value> {
     let mut engines = Vec::new();
     for e in &st.engines {
@@ -190,8 +190,12 @@ pub async fn stats(State(st): State<Arc<ServerState>>) -> Json<serde_json::Value
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
         .collect();
+    let transcriptions = st.transcription_requests.load(Ordering::Relaxed);
+    let speech = st.speech_requests.load(Ordering::Relaxed);
     Json(json!({
         "requests_per_rank": requests,
+        "audio_requests": transcriptions + speech,
+        "audio_requests_per_route": {"transcriptions": transcriptions, "speech": speech},
         "in_flight": st.in_flight.load(Ordering::Relaxed),
         "engines": engines,
         "sim_time": st.clock.now(),

@@ -44,6 +44,7 @@ impl ApiError {
         match self.status.as_u16() {
             400 => "BadRequestError",
             404 => "NotFoundError",
+            413 => "RequestTooLargeError",
             429 => "RateLimitError",
             503 => "ServiceUnavailableError",
             504 => "TimeoutError",

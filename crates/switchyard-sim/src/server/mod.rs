@@ -37,8 +37,12 @@ pub(crate) struct ServerState {
     pub clock: SimClock,
     /// Requests being answered (vLLM's `server_load`).
     pub in_flight: AtomicI64,
-    /// Generation requests accepted, per data-parallel rank.
+    /// Requests accepted (generation, embeddings, audio), per data-parallel rank.
     pub requests: Vec<AtomicU64>,
+    /// `/v1/audio/transcriptions` requests accepted (also counted in `requests`).
+    pub transcription_requests: AtomicU64,
+    /// `/v1/audio/speech` requests accepted (also counted in `requests`).
+    pub speech_requests: AtomicU64,
     pub addr: SocketAddr,
     pub engine_id: String,
     pub http: hyper_util::client::legacy::Client<
@@ -104,6 +108,8 @@ impl SimServer {
             requests: (0..cfg.data_parallel_size)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            transcription_requests: AtomicU64::new(0),
+            speech_requests: AtomicU64::new(0),
             addr,
             engine_id: format!("sim-{}-{}", addr.port(), index),
             http,
@@ -183,6 +189,12 @@ impl SimServer {
         self.requests_per_rank().iter().sum()
     }
 
+    /// Audio requests accepted (transcriptions and speech); they are also in [`Self::requests`].
+    pub fn audio_requests(&self) -> u64 {
+        self.state.transcription_requests.load(Ordering::Relaxed)
+            + self.state.speech_requests.load(Ordering::Relaxed)
+    }
+
     /// Requests being answered right now.
     pub fn in_flight(&self) -> i64 {
         self.state.in_flight.load(Ordering::Relaxed)
@@ -208,6 +220,8 @@ fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/audio/transcriptions", post(openai::transcriptions))
+        .route("/v1/audio/speech", post(openai::speech))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::faults_and_load,

@@ -1,16 +1,22 @@
 //! The OpenAI-compatible API, shaped like `vllm serve`: chat completions, completions,
-//! embeddings and models, streaming and not, with vLLM's prefill/decode fields.
+//! embeddings and models, streaming and not, with vLLM's prefill/decode fields; and
+//! OpenAI's two audio routes, answered deterministically without the engine.
 //!
 //! - [`wire`] — the request bodies and their parsing.
 //! - [`generate`] — a generation request's checks, its scheduling, and `--instant`.
 //! - [`disagg`] — prefill/decode roles (NixlConnector parameters, SGLang bootstrap rooms).
 //! - [`response`] — the answer, whole or as server-sent events.
 //! - [`embeddings`] — the `/v1/embeddings` route.
+//! - [`audio`] — the `/v1/audio/transcriptions` route (its form read by [`multipart`]).
+//! - [`speech`] — the `/v1/audio/speech` route.
 
+mod audio;
 mod disagg;
 mod embeddings;
 mod generate;
+mod multipart;
 mod response;
+mod speech;
 mod structured;
 mod wire;
 
@@ -27,8 +33,10 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ServerState};
 use crate::tokenizer::{self, Token};
+pub use audio::transcriptions;
 pub use embeddings::embeddings;
 use generate::{generate, instant};
+pub use speech::speech;
 pub use wire::DP_RANK_HEADER;
 use wire::{GenRequest, parse};
 

@@ -60,6 +60,16 @@ pub(super) struct EmbeddingRequest {
     pub dimensions: Option<usize>,
 }
 
+/// Fields of `/v1/audio/speech` requests.
+#[derive(Deserialize)]
+pub(super) struct SpeechRequest {
+    pub model: Option<String>,
+    pub input: Option<String>,
+    pub voice: Option<String>,
+    pub response_format: Option<String>,
+    pub speed: Option<f64>,
+}
+
 /// Parses a JSON object body into `T`, naming the offending field on error.
 pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(body)
