@@ -30,9 +30,14 @@ impl Modality {
     }
 
     pub fn parse(s: &str) -> Option<Modality> {
-        [Modality::Text, Modality::Image, Modality::Audio, Modality::Video]
-            .into_iter()
-            .find(|m| m.as_str() == s)
+        [
+            Modality::Text,
+            Modality::Image,
+            Modality::Audio,
+            Modality::Video,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
     }
 }
 
@@ -152,10 +157,32 @@ pub fn default_use_cases() -> Vec<UseCase> {
         &["agent", "chat", "text"],
         &[Text],
         &[
-            "write", "code", "function", "program", "debug", "explain", "plan", "summarize",
-            "email", "article", "blog", "essay", "draft", "story", "python", "javascript",
-            "rust", "sql", "api", "bug", "error", "refactor", "algorithm", "programming",
-            "generate", "create",
+            "write",
+            "code",
+            "function",
+            "program",
+            "debug",
+            "explain",
+            "plan",
+            "summarize",
+            "email",
+            "article",
+            "blog",
+            "essay",
+            "draft",
+            "story",
+            "python",
+            "javascript",
+            "rust",
+            "sql",
+            "api",
+            "bug",
+            "error",
+            "refactor",
+            "algorithm",
+            "programming",
+            "generate",
+            "create",
         ],
         &[
             "Write a Python function that merges two sorted lists",
@@ -173,8 +200,17 @@ pub fn default_use_cases() -> Vec<UseCase> {
             &["avatar", "talking_head"],
             &[Text, Audio],
             &[
-                "avatar", "talking head", "persona", "character", "lip sync", "lipsync",
-                "face", "presenter", "virtual assistant", "say it", "speak to me",
+                "avatar",
+                "talking head",
+                "persona",
+                "character",
+                "lip sync",
+                "lipsync",
+                "face",
+                "presenter",
+                "virtual assistant",
+                "say it",
+                "speak to me",
             ],
             &[
                 "Have the avatar greet the visitors",
@@ -188,8 +224,16 @@ pub fn default_use_cases() -> Vec<UseCase> {
             &["speech_to_text", "transcription", "asr"],
             &[Audio],
             &[
-                "transcribe", "transcription", "transcript", "dictation", "recording",
-                "audio", "speech to text", "subtitles", "captions", "voicemail",
+                "transcribe",
+                "transcription",
+                "transcript",
+                "dictation",
+                "recording",
+                "audio",
+                "speech to text",
+                "subtitles",
+                "captions",
+                "voicemail",
             ],
             &[
                 "Transcribe this recording",
@@ -203,8 +247,16 @@ pub fn default_use_cases() -> Vec<UseCase> {
             &["text_to_speech", "speech", "tts"],
             &[Text],
             &[
-                "read aloud", "read this aloud", "text to speech", "tts", "voice",
-                "narrate", "narration", "pronounce", "speak", "say this",
+                "read aloud",
+                "read this aloud",
+                "text to speech",
+                "tts",
+                "voice",
+                "narrate",
+                "narration",
+                "pronounce",
+                "speak",
+                "say this",
             ],
             &[
                 "Read this paragraph aloud",
@@ -218,8 +270,19 @@ pub fn default_use_cases() -> Vec<UseCase> {
             &["multimodal_rag", "vision", "image"],
             &[Text, Image],
             &[
-                "image", "picture", "photo", "diagram", "chart", "screenshot", "document",
-                "pdf", "scan", "figure", "according to", "in the document", "retrieve",
+                "image",
+                "picture",
+                "photo",
+                "diagram",
+                "chart",
+                "screenshot",
+                "document",
+                "pdf",
+                "scan",
+                "figure",
+                "according to",
+                "in the document",
+                "retrieve",
             ],
             &[
                 "What does the chart in this report show?",
@@ -233,8 +296,16 @@ pub fn default_use_cases() -> Vec<UseCase> {
             &["video_understanding", "video"],
             &[Video],
             &[
-                "video", "clip", "footage", "scene", "frame", "frames", "movie", "film",
-                "youtube", "timestamp",
+                "video",
+                "clip",
+                "footage",
+                "scene",
+                "frame",
+                "frames",
+                "movie",
+                "film",
+                "youtube",
+                "timestamp",
             ],
             &[
                 "What happens in this video?",
@@ -334,7 +405,10 @@ impl Config {
                 return Err(bad(format!("{at}.id"), format!("`{}` appears twice", c.id)));
             }
             if c.modalities.is_empty() {
-                return Err(bad(format!("{at}.modalities"), "needs at least one modality"));
+                return Err(bad(
+                    format!("{at}.modalities"),
+                    "needs at least one modality",
+                ));
             }
             if let Some(m) = &c.model {
                 if m.trim().is_empty() {
@@ -364,7 +438,10 @@ impl Config {
             }
         }
         if cases.iter().filter(|c| c.default).count() > 1 {
-            return Err(bad("use_cases", "more than one use case is `default: true`"));
+            return Err(bad(
+                "use_cases",
+                "more than one use case is `default: true`",
+            ));
         }
         let r = &self.use_case_routing;
         match r.classifier {
@@ -412,9 +489,8 @@ impl Config {
             ));
         }
         let cc = r.context_change;
-        if !(cc.keep_score.is_finite() && cc.keep_score >= 0.0)
-            || !(0.0..=1.0).contains(&cc.switch_confidence)
-        {
+        let keep_ok = cc.keep_score.is_finite() && cc.keep_score >= 0.0;
+        if !keep_ok || !(0.0..=1.0).contains(&cc.switch_confidence) {
             return Err(bad(
                 "use_case_routing.context_change",
                 "keep_score must be ≥ 0 and switch_confidence within [0, 1]",
@@ -435,7 +511,14 @@ mod tests {
         let ids: Vec<String> = cfg.use_cases().into_iter().map(|c| c.id).collect();
         assert_eq!(
             ids,
-            ["agent", "avatar", "speech_to_text", "text_to_speech", "multimodal_rag", "video_understanding"]
+            [
+                "agent",
+                "avatar",
+                "speech_to_text",
+                "text_to_speech",
+                "multimodal_rag",
+                "video_understanding"
+            ]
         );
         cfg.models.insert(
             "whisper".into(),
@@ -445,7 +528,10 @@ mod tests {
         assert_eq!(cfg.use_case_model(stt).as_deref(), Some("whisper"));
         assert_eq!(cfg.use_case_model(&cfg.use_cases()[0]), None);
         cfg.use_case_routing.default_model = Some("general".into());
-        assert_eq!(cfg.use_case_model(&cfg.use_cases()[0]).as_deref(), Some("general"));
+        assert_eq!(
+            cfg.use_case_model(&cfg.use_cases()[0]).as_deref(),
+            Some("general")
+        );
         let ir = cfg.use_cases_as_intents();
         assert!(ir.intents["agent"].default);
     }
@@ -457,16 +543,24 @@ mod tests {
         cases[1].id = "agent".into();
         cfg.use_cases = Some(cases);
         let e = cfg.validate_use_cases().unwrap_err().to_string();
-        assert!(e.starts_with("use_cases[1].id: `agent` appears twice"), "{e}");
+        assert!(
+            e.starts_with("use_cases[1].id: `agent` appears twice"),
+            "{e}"
+        );
         let mut cases = default_use_cases();
-        cases[0].keywords.push(Keyword::Weighted(super::super::intent::WeightedKeyword {
-            word: None,
-            regex: Some("(".into()),
-            weight: 1.0,
-        }));
+        cases[0]
+            .keywords
+            .push(Keyword::Weighted(super::super::intent::WeightedKeyword {
+                word: None,
+                regex: Some("(".into()),
+                weight: 1.0,
+            }));
         cfg.use_cases = Some(cases);
         let e = cfg.validate_use_cases().unwrap_err().to_string();
-        assert!(e.contains("use_cases[0].keywords[") && e.contains("bad regex"), "{e}");
+        assert!(
+            e.contains("use_cases[0].keywords[") && e.contains("bad regex"),
+            "{e}"
+        );
         cfg.use_cases = Some(vec![]);
         assert!(cfg.validate_use_cases().is_err());
     }

@@ -95,7 +95,10 @@ impl Config {
         self.validate_use_cases()?;
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("unix://")) {
-                return Err(invalid("redis-url", "use redis://host:port/db or unix:///path"));
+                return Err(invalid(
+                    "redis-url",
+                    "use redis://host:port/db or unix:///path",
+                ));
             }
         }
         if !(0.0..=1.0).contains(&self.retry_jitter_factor) {

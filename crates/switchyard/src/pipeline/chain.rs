@@ -8,9 +8,8 @@ use bytes::Bytes;
 
 use crate::error::ApiError;
 use crate::request::RequestView;
-use std::ops::Range;
 
-use crate::request::body::{replace_string, rewrite};
+use crate::request::body::{replace_span, replace_string, rewrite};
 use crate::selection::ModelChoice;
 
 pub(super) struct Plan<'c> {
@@ -26,12 +25,16 @@ pub(super) struct Plan<'c> {
 }
 
 /// The client's body naming `model` instead: its `model` string replaced in place when
-/// the parser located it, else the body rewritten.
-fn with_model(
-    original: &Bytes,
-    span: Option<&Range<usize>>,
-    model: &str,
-) -> Result<Bytes, ApiError> {
+/// the parser located it, else the body rewritten. A multipart upload's `model` field
+/// is always located, and its value spliced as it is.
+fn with_model(original: &Bytes, view: &RequestView, model: &str) -> Result<Bytes, ApiError> {
+    let span = view.model_span.as_ref();
+    if view.route.mime() != "application/json" {
+        let span = span.ok_or_else(|| {
+            ApiError::bad_request("The `model` field cannot be rewritten", Some("model"))
+        })?;
+        return Ok(replace_span(original, span, model));
+    }
     if let Some(b) = span.and_then(|s| replace_string(original, s, model)) {
         return Ok(b);
     }
@@ -49,7 +52,7 @@ impl<'c> Plan<'c> {
         original: &Bytes,
     ) -> Result<Self, ApiError> {
         let body = if choice.rewrite {
-            with_model(original, view.model_span.as_ref(), &choice.model)?
+            with_model(original, &view, &choice.model)?
         } else {
             original.clone()
         };
@@ -85,7 +88,7 @@ impl<'c> Plan<'c> {
     /// Moves to the next model, whose routing key is `key`.
     pub fn advance(&mut self, original: &Bytes, key: Arc<str>) -> Result<(), ApiError> {
         let model = self.next_model().expect("a next model").clone();
-        self.body = with_model(original, self.view.model_span.as_ref(), &model)?;
+        self.body = with_model(original, &self.view, &model)?;
         let mut view = RequestView::clone(&self.view);
         view.model = model;
         view.model_key = key;

@@ -123,7 +123,7 @@ impl Pipeline {
         let echo = http::HeaderValue::from_str(&request_id).ok();
         let mut resp = match self.admit(&parts.headers).await {
             Err(e) => e.into_response(),
-            Ok(admitted) => match self.read_body(&parts.headers, body).await {
+            Ok(admitted) => match self.read_body(route, &parts.headers, body).await {
                 Err(e) => {
                     // The rest of the body was not read: this connection cannot carry
                     // another request, and the client must know not to reuse it.
@@ -152,14 +152,23 @@ impl Pipeline {
         resp
     }
 
-    /// Reads a JSON body of at most `--max-payload-size` bytes.
-    pub async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
+    /// Reads a body of `route`'s media type (JSON, or multipart for an audio upload)
+    /// of at most `--max-payload-size` bytes.
+    pub async fn read_body(
+        &self,
+        route: Route,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Bytes, ApiError> {
+        let want = route.mime();
+        let ct = headers.get(header::CONTENT_TYPE);
+        // JSON may come without a Content-Type; a multipart body needs its boundary.
+        if ct.is_some() || want != "application/json" {
+            let ct = ct.and_then(|v| v.to_str().ok()).unwrap_or("");
             let mime = ct.split(';').next().unwrap_or("").trim();
-            if !mime.eq_ignore_ascii_case("application/json") {
+            if !mime.eq_ignore_ascii_case(want) {
                 return Err(ApiError::bad_request(
-                    format!("Content-Type must be application/json, not `{ct}`"),
+                    format!("Content-Type must be {want}, not `{ct}`"),
                     None,
                 ));
             }

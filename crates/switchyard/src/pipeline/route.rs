@@ -151,13 +151,18 @@ impl RouteApi {
         resp
     }
 
-    async fn serve(self: Arc<Self>, headers: &HeaderMap, body: Body, request_id: String) -> Response {
+    async fn serve(
+        self: Arc<Self>,
+        headers: &HeaderMap,
+        body: Body,
+        request_id: String,
+    ) -> Response {
         let start = Instant::now();
         let admitted = match self.pipeline.admit(headers).await {
             Ok(a) => a,
             Err(e) => return failure(&e, None, 0.0, &request_id),
         };
-        let body = match self.pipeline.read_body(headers, body).await {
+        let body = match self.pipeline.read_body(Route::Chat, headers, body).await {
             Ok(b) => b,
             Err(e) => return failure(&e, None, 0.0, &request_id),
         };
@@ -187,12 +192,31 @@ impl RouteApi {
                 Err(_) => degraded = true,
             }
         }
-        let decision = match self.decide(&req, &text, existing.as_ref(), routing_start).await {
+        let decision = match self
+            .decide(&req, &text, existing.as_ref(), routing_start)
+            .await
+        {
             Ok(d) => d,
             Err((e, case)) => {
                 return failure(&e, case.as_deref(), ms(routing_start), &request_id);
             }
         };
+        if !self.servable(&decision.model) {
+            let e = ApiError::unavailable(
+                "no_healthy_model",
+                format!(
+                    "No healthy worker serves `{}` (use case `{}`) or a model of its fallback chain",
+                    decision.model, decision.case.id
+                ),
+                5,
+            );
+            return failure(
+                &e,
+                Some(&decision.case.id),
+                decision.routing_ms,
+                &request_id,
+            );
+        }
         if let Some(why) = decision.changed {
             self.pipeline
                 .metrics
@@ -207,11 +231,7 @@ impl RouteApi {
         let session_id = match (&existing, degraded) {
             (Some(s), _) => Some(s.session_id.clone()),
             (None, true) => None,
-            (None, false) => Some(
-                req.session_id
-                    .clone()
-                    .unwrap_or_else(|| random_id("sess_")),
-            ),
+            (None, false) => Some(req.session_id.clone().unwrap_or_else(|| random_id("sess_"))),
         };
         let body = self.chat_body(&req, &decision, existing.as_ref());
         let mut h = HeaderMap::new();
@@ -219,7 +239,10 @@ impl RouteApi {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Some(v) = session_id.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+        if let Some(v) = session_id
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
             h.insert(HeaderName::from_static("x-session-id"), v);
         }
         let turn = Pending {
@@ -262,9 +285,8 @@ impl RouteApi {
             let e = error_of(status, &parts.headers, &bytes);
             return turn.failed(&e).await;
         }
-        let answer: Option<(String, Value)> = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| {
+        let answer: Option<(String, Value)> =
+            serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| {
                 let text = v["choices"][0]["message"]["content"].as_str()?.to_string();
                 Some((text, v["usage"].clone()))
             });
@@ -342,6 +364,16 @@ impl RouteApi {
         })
     }
 
+    /// Whether a healthy, non-draining worker serves `model` or one of its fallbacks.
+    fn servable(&self, model: &Arc<str>) -> bool {
+        let workers = self.pipeline.registry.all();
+        self.pipeline.models.chain_of(model).iter().any(|m| {
+            workers
+                .iter()
+                .any(|w| w.serves(m) && w.is_healthy() && !w.is_draining())
+        })
+    }
+
     /// The chat request of a turn: the use case's system prompt, the session's recent
     /// messages, the query.
     fn chat_body(&self, req: &RouteRequest, d: &Decision, existing: Option<&Session>) -> Bytes {
@@ -350,7 +382,11 @@ impl RouteApi {
             messages.push(json!({"role": "system", "content": &**sp}));
         }
         if let Some(s) = existing {
-            messages.extend(s.turns.iter().map(|t| json!({"role": t.role, "content": t.content})));
+            messages.extend(
+                s.turns
+                    .iter()
+                    .map(|t| json!({"role": t.role, "content": t.content})),
+            );
         }
         messages.push(json!({"role": "user", "content": req.query}));
         let mut body = json!({
@@ -433,7 +469,11 @@ struct Pending {
 
 impl Pending {
     fn path(&self) -> &'static str {
-        if self.decision.bypass { "bypass" } else { "full" }
+        if self.decision.bypass {
+            "bypass"
+        } else {
+            "full"
+        }
     }
 
     fn routing_deltas(&self) -> Vec<(&'static str, f64)> {
@@ -548,7 +588,11 @@ impl Pending {
                 }
             }
         }
-        let session_id = if self.degraded { None } else { self.session_id.clone() };
+        let session_id = if self.degraded {
+            None
+        } else {
+            self.session_id.clone()
+        };
         if created {
             api.pipeline.metrics.route_session_creations.inc();
         }
@@ -629,13 +673,17 @@ impl Pending {
                 while let Some(at) = memchr::memmem::find(&buf, b"\n\n") {
                     let event: Vec<u8> = buf.drain(..at + 2).collect();
                     for line in event.split(|b| *b == b'\n') {
-                        let Some(data) = line.strip_prefix(b"data:") else { continue };
+                        let Some(data) = line.strip_prefix(b"data:") else {
+                            continue;
+                        };
                         let data = data.trim_ascii();
                         if data == b"[DONE]" {
                             ended = true;
                             break 'read;
                         }
-                        let Ok(v) = serde_json::from_slice::<Value>(data) else { continue };
+                        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+                            continue;
+                        };
                         if v.get("error").is_some() {
                             let msg = v["error"]["message"].as_str().unwrap_or("engine error");
                             let _ = tx
@@ -662,7 +710,9 @@ impl Pending {
             if !ended {
                 let e = ApiError::bad_gateway("The engine's stream ended early");
                 let _ = tx
-                    .send(sse(&json!({"type": "error", "success": false, "error_message": e.message})))
+                    .send(sse(
+                        &json!({"type": "error", "success": false, "error_message": e.message}),
+                    ))
                     .await;
                 self.observe(502);
                 let mut deltas = self.routing_deltas();
@@ -691,7 +741,10 @@ impl Pending {
         });
         let mut resp = Response::new(Body::from_stream(stream));
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         resp
     }

@@ -39,6 +39,15 @@ pub fn replace_string(body: &Bytes, span: &std::ops::Range<usize>, value: &str) 
     Some(Bytes::from(out))
 }
 
+/// `body` with the bytes of `span` replaced by `value` as they are (a multipart field).
+pub fn replace_span(body: &Bytes, span: &std::ops::Range<usize>, value: &str) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + value.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&body[span.end..]);
+    Bytes::from(out)
+}
+
 /// A field to set (`Some`) or remove (`None`).
 pub type Field<'a> = (&'a str, Option<Value>);
 

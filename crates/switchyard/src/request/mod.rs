@@ -5,6 +5,7 @@
 //! streamed to a [`PromptSink`] while parsing, so routing can hash it without a copy.
 
 pub mod body;
+pub mod multipart;
 pub mod route;
 mod wire;
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use crate::error::ApiError;
-use wire::{Content, Prompt, Wire};
+use wire::{Content, Input, Prompt, Wire};
 
 /// The OpenAI route a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub enum Route {
     Chat,
     Completions,
     Embeddings,
+    /// `multipart/form-data` with the audio file.
+    Transcriptions,
+    Speech,
 }
 
 impl Route {
@@ -30,6 +34,16 @@ impl Route {
             Route::Chat => "/v1/chat/completions",
             Route::Completions => "/v1/completions",
             Route::Embeddings => "/v1/embeddings",
+            Route::Transcriptions => "/v1/audio/transcriptions",
+            Route::Speech => "/v1/audio/speech",
+        }
+    }
+
+    /// The body's media type.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Route::Transcriptions => "multipart/form-data",
+            _ => "application/json",
         }
     }
 
@@ -39,6 +53,8 @@ impl Route {
             Route::Chat => "chat",
             Route::Completions => "completions",
             Route::Embeddings => "embeddings",
+            Route::Transcriptions => "transcriptions",
+            Route::Speech => "speech",
         }
     }
 }
@@ -111,6 +127,9 @@ impl RequestView {
         session: &SessionHeaders,
         sink: &mut S,
     ) -> Result<RequestView, ApiError> {
+        if route == Route::Transcriptions {
+            return parse_multipart(headers, body, session);
+        }
         let wire = parse_wire(body)?;
         let model = check_fields(&wire)?;
         let model_span = match wire.model.as_ref().map(|m| &m.0) {
@@ -250,8 +269,76 @@ fn feed_prompt<S: PromptSink>(route: Route, wire: &Wire<'_>, sink: &mut S) -> Re
                 return Err(missing("input"));
             }
         }
+        Route::Speech => match &wire.input {
+            None => return Err(missing("input")),
+            Some(Input::Other) => {
+                return Err(invalid("`input` must be a string", Some("input")));
+            }
+            Some(Input::Text(t)) if t.is_empty() => {
+                return Err(invalid("`input` must not be empty", Some("input")));
+            }
+            Some(Input::Text(t)) => sink.feed(t.as_bytes()),
+        },
+        Route::Transcriptions => unreachable!("parsed as multipart"),
     }
     Ok(())
+}
+
+/// An audio upload (`multipart/form-data`): `model` is required, and a `file` part.
+fn parse_multipart(
+    headers: &HeaderMap,
+    body: &[u8],
+    session: &SessionHeaders,
+) -> Result<RequestView, ApiError> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(boundary) = multipart::boundary(ct) else {
+        return Err(invalid(
+            "Send the audio as multipart/form-data with a boundary",
+            None,
+        ));
+    };
+    let parts = multipart::parts(body, boundary)
+        .map_err(|e| invalid(format!("Malformed multipart body: {e}"), None))?;
+    let text = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p.name == name && p.filename.is_none())
+            .map(|p| (p.value.clone(), std::str::from_utf8(&body[p.value.clone()])))
+    };
+    let (model_span, model) = match text("model") {
+        Some((span, Ok(m))) if !m.trim().is_empty() => (span, Arc::from(m.trim())),
+        Some(_) => {
+            return Err(invalid(
+                "`model` must be a non-empty text field",
+                Some("model"),
+            ));
+        }
+        None => {
+            return Err(invalid(
+                "Missing required parameter: `model`",
+                Some("model"),
+            ));
+        }
+    };
+    if !parts.iter().any(|p| p.name == "file") {
+        return Err(invalid("Missing required parameter: `file`", Some("file")));
+    }
+    let stream = matches!(text("stream"), Some((_, Ok("true"))));
+    Ok(RequestView {
+        route: Route::Transcriptions,
+        model_key: Arc::clone(&model),
+        // In place only when the field holds nothing but the name.
+        model_span: (body[model_span.clone()] == *model.as_bytes()).then_some(model_span),
+        model,
+        stream,
+        session_key: session_key(headers, session, None),
+        prefix_blocks: Vec::new(),
+        prompt_bytes: 0,
+        intent: None,
+    })
 }
 
 /// The session affinity key: `X-Session-ID`, `X-User-ID`, the configured header, else

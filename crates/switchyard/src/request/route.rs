@@ -63,7 +63,10 @@ impl RouteRequest {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}"), None))?;
         let Value::Object(o) = v else {
-            return Err(ApiError::bad_request("The body must be a JSON object", None));
+            return Err(ApiError::bad_request(
+                "The body must be a JSON object",
+                None,
+            ));
         };
         let query = match o.get("query") {
             None | Some(Value::Null) => return Err(bad("`query` is required", "query")),
@@ -166,7 +169,11 @@ mod tests {
 
     #[test]
     fn defaults_and_fields() {
-        let r = RouteRequest::parse(br#"{"query":"hi","modality":"audio","context":{"a":"b"},"stream":true,"extra":1}"#, 64).unwrap();
+        let r = RouteRequest::parse(
+            br#"{"query":"hi","modality":"audio","context":{"a":"b"},"stream":true,"extra":1}"#,
+            64,
+        )
+        .unwrap();
         assert_eq!(r.max_tokens, 100);
         assert_eq!(r.temperature, 0.7);
         assert_eq!(r.modality, Some(Modality::Audio));

@@ -498,6 +498,20 @@ impl ModelSelector {
         })
     }
 
+    /// `model` followed by its fallbacks.
+    pub fn chain_of(&self, model: &Arc<str>) -> Vec<Arc<str>> {
+        let rules = self.rules.load();
+        std::iter::once(model.clone())
+            .chain(
+                rules
+                    .chains
+                    .get(&**model)
+                    .into_iter()
+                    .flat_map(|c| c.iter().cloned()),
+            )
+            .collect()
+    }
+
     /// The routing-state key of `model` (see [`ModelChoice::key`]).
     pub fn key_of(&self, model: &Arc<str>, registry: &Registry) -> Arc<str> {
         self.key_in(&self.rules.load(), model, registry)

@@ -48,12 +48,11 @@ impl UseCases {
         cfg.validate_use_cases()?;
         let ir = cfg.use_cases_as_intents();
         let default = ir.intents.values().position(|i| i.default).unwrap_or(0);
-        let keywords = Keywords::new(ir.intents.iter(), default).map_err(|e| {
-            ConfigError::Setting {
+        let keywords =
+            Keywords::new(ir.intents.iter(), default).map_err(|e| ConfigError::Setting {
                 path: "use_cases".into(),
                 reason: e,
-            }
-        })?;
+            })?;
         let router = Router::build(&ir)?;
         let configured = cfg.use_cases();
         let cases: Vec<UseCaseInfo> = ir
@@ -190,7 +189,8 @@ impl ModelSelector {
         if let Some(m) = modality {
             let accepts = |i: usize| u.cases[i].modalities.contains(&m);
             if !accepts(at) {
-                let eligible: Vec<usize> = u.order.iter().copied().filter(|i| accepts(*i)).collect();
+                let eligible: Vec<usize> =
+                    u.order.iter().copied().filter(|i| accepts(*i)).collect();
                 if let Some(first) = eligible.first() {
                     let score = |i: usize| classified.scores[i].1;
                     let total: f64 = eligible.iter().map(|i| score(*i)).sum();
@@ -207,7 +207,8 @@ impl ModelSelector {
                     } else {
                         0.0
                     };
-                    classified.level = super::classify::level(&u.router.thresholds, classified.confidence);
+                    classified.level =
+                        super::classify::level(&u.router.thresholds, classified.confidence);
                     classified.intent = u.cases[at].id.clone();
                     classified.defaulted = Some("modality");
                 }
@@ -241,7 +242,10 @@ impl ModelSelector {
             return Some(ContextChanged::Topic);
         };
         let Scores {
-            intent, confidence, scores, ..
+            intent,
+            confidence,
+            scores,
+            ..
         } = u.keywords.score(text);
         let cc = u.context_change;
         (intent != mine && scores[mine] < cc.keep_score && confidence >= cc.switch_confidence)
@@ -264,7 +268,8 @@ mod tests {
 
     #[test]
     fn context_values_join_the_text() {
-        let ctx = serde_json::json!({"domain": "programming", "n": 3, "tags": ["hindi"], "x": true});
+        let ctx =
+            serde_json::json!({"domain": "programming", "n": 3, "tags": ["hindi"], "x": true});
         assert_eq!(
             classification_text("fix it", Some(&ctx)),
             "fix it programming 3 hindi"

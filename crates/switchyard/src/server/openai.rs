@@ -24,6 +24,16 @@ pub async fn embeddings(State(st): State<Arc<AppState>>, req: Request) -> Respon
     st.pipeline.serve_http(Route::Embeddings, req).await
 }
 
+/// `POST /v1/audio/transcriptions` (multipart upload).
+pub async fn transcriptions(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    st.pipeline.serve_http(Route::Transcriptions, req).await
+}
+
+/// `POST /v1/audio/speech` (the answer is audio bytes, passed through).
+pub async fn speech(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    st.pipeline.serve_http(Route::Speech, req).await
+}
+
 /// `GET /v1/models`: the union of what healthy workers serve, with each model's
 /// capabilities and description from the config; aliases of those models (naming their
 /// target as `parent`); and the router names when intent routing is configured.

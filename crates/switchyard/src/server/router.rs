@@ -28,6 +28,14 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
             post(openai::embeddings).fallback(openai::method_not_allowed),
         )
         .route(
+            "/v1/audio/transcriptions",
+            post(openai::transcriptions).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/audio/speech",
+            post(openai::speech).fallback(openai::method_not_allowed),
+        )
+        .route(
             "/route",
             post(route::route).fallback(openai::method_not_allowed),
         );

@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::BoxFuture;
 
 use super::StateError;
-use super::redis::Pool;
+use super::redis::{Op, Pool};
 
 pub trait Counters: Send + Sync {
     /// Adds each `(name, delta)`.
-    fn add<'a>(&'a self, deltas: &'a [(&'static str, f64)]) -> BoxFuture<'a, Result<(), StateError>>;
+    fn add<'a>(
+        &'a self,
+        deltas: &'a [(&'static str, f64)],
+    ) -> BoxFuture<'a, Result<(), StateError>>;
     /// Every total.
     fn read(&self) -> BoxFuture<'_, Result<BTreeMap<String, f64>, StateError>>;
 }
@@ -30,13 +33,23 @@ fn merge(into: &mut BTreeMap<String, f64>, deltas: &[(&'static str, f64)]) {
 }
 
 impl Counters for Memory {
-    fn add<'a>(&'a self, deltas: &'a [(&'static str, f64)]) -> BoxFuture<'a, Result<(), StateError>> {
-        merge(&mut self.totals.lock().unwrap_or_else(|e| e.into_inner()), deltas);
+    fn add<'a>(
+        &'a self,
+        deltas: &'a [(&'static str, f64)],
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        merge(
+            &mut self.totals.lock().unwrap_or_else(|e| e.into_inner()),
+            deltas,
+        );
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn read(&self) -> BoxFuture<'_, Result<BTreeMap<String, f64>, StateError>> {
-        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let totals = self
+            .totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         Box::pin(std::future::ready(Ok(totals)))
     }
 }
@@ -59,23 +72,25 @@ impl Redis {
 }
 
 impl Counters for Redis {
-    fn add<'a>(&'a self, deltas: &'a [(&'static str, f64)]) -> BoxFuture<'a, Result<(), StateError>> {
+    fn add<'a>(
+        &'a self,
+        deltas: &'a [(&'static str, f64)],
+    ) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(async move {
-            let mut batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut batch =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
             merge(&mut batch, deltas);
-            let written = self
-                .pool
-                .query("HINCRBYFLOAT", async |c| {
-                    let mut p = redis::pipe();
-                    p.atomic();
-                    for (k, v) in &batch {
-                        p.cmd("HINCRBYFLOAT").arg(&self.key).arg(k).arg(*v).ignore();
-                    }
-                    p.query_async::<()>(c).await
-                })
-                .await;
+            let mut p = redis::pipe();
+            p.atomic();
+            for (k, v) in &batch {
+                p.cmd("HINCRBYFLOAT").arg(&self.key).arg(k).arg(*v).ignore();
+            }
+            let written = self.pool.query::<()>("HINCRBYFLOAT", Op::Pipe(&p)).await;
             if written.is_err() {
-                merge_owned(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()), batch);
+                merge_owned(
+                    &mut self.pending.lock().unwrap_or_else(|e| e.into_inner()),
+                    batch,
+                );
             }
             written
         })
@@ -83,18 +98,21 @@ impl Counters for Redis {
 
     fn read(&self) -> BoxFuture<'_, Result<BTreeMap<String, f64>, StateError>> {
         Box::pin(async move {
-            let raw: BTreeMap<String, String> = self
-                .pool
-                .query("HGETALL", async |c| {
-                    redis::cmd("HGETALL").arg(&self.key).query_async(c).await
-                })
-                .await?;
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(&self.key);
+            let raw: BTreeMap<String, String> = self.pool.query("HGETALL", Op::Cmd(&cmd)).await?;
             let mut totals: BTreeMap<String, f64> = raw
                 .into_iter()
                 .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
                 .collect();
             // This replica's unwritten additions count too.
-            merge_owned(&mut totals, self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            merge_owned(
+                &mut totals,
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            );
             Ok(totals)
         })
     }

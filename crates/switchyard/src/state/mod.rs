@@ -161,6 +161,9 @@ mod tests {
 
     #[test]
     fn rfc3339_is_utc_with_milliseconds() {
-        assert_eq!(super::rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            super::rfc3339(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 }

@@ -14,6 +14,13 @@ use super::StateError;
 /// How long the pool stays "down" after a failure before trying Redis again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
+/// What [`Pool::query`] sends.
+#[derive(Clone, Copy)]
+pub enum Op<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
 pub struct Pool {
     managers: Vec<ConnectionManager>,
     next: AtomicUsize,
@@ -26,9 +33,14 @@ pub struct Pool {
 
 impl Pool {
     /// A pool of `size` connections to `url` (`redis://host:port/db`), opened lazily.
-    pub fn new(url: &str, prefix: &str, size: usize, timeout: Duration) -> Result<Pool, StateError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StateError(format!("--redis-url: {e}")))?;
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Pool, StateError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StateError(format!("--redis-url: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -59,31 +71,50 @@ impl Pool {
         self.epoch.elapsed().as_millis() as u64 <= self.down_until.load(Ordering::Relaxed)
     }
 
-    /// Runs one command or pipeline on a pooled connection, within the timeout.
+    /// Runs one command or pipeline on a pooled connection, within the timeout. A
+    /// connection found dead (Redis restarted) is replaced and the command tried once
+    /// more on the new one.
     pub async fn query<T: redis::FromRedisValue>(
         &self,
         what: &str,
-        run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        op: Op<'_>,
     ) -> Result<T, StateError> {
         if self.is_down() {
             return Err(StateError(format!("redis is down ({what} not tried)")));
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.managers.len();
         let mut conn = self.managers[i].clone();
-        let out = match tokio::time::timeout(self.timeout, run(&mut conn)).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => format!("redis {what}: {e}"),
-            Err(_) => format!("redis {what}: no answer within {} ms", self.timeout.as_millis()),
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            let sent = async {
+                match op {
+                    Op::Cmd(c) => c.query_async(&mut conn).await,
+                    Op::Pipe(p) => p.query_async(&mut conn).await,
+                }
+            };
+            match tokio::time::timeout(self.timeout, sent).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if tries == 1 && (e.is_connection_dropped() || e.is_io_error()) => {}
+                Ok(Err(e)) => break format!("redis {what}: {e}"),
+                Err(_) => {
+                    break format!(
+                        "redis {what}: no answer within {} ms",
+                        self.timeout.as_millis()
+                    );
+                }
+            }
         };
         let until = self.epoch.elapsed() + RETRY_AFTER;
-        self.down_until.store(until.as_millis() as u64, Ordering::Relaxed);
+        self.down_until
+            .store(until.as_millis() as u64, Ordering::Relaxed);
         tracing::warn!(error = %out, "session store degraded");
         Err(StateError(out))
     }
 
     /// `PING`.
     pub async fn ping(&self) -> Result<(), StateError> {
-        self.query("PING", async |c| redis::cmd("PING").query_async::<String>(c).await)
+        self.query::<String>("PING", Op::Cmd(&redis::cmd("PING")))
             .await
             .map(|_| ())
     }

@@ -17,7 +17,7 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::redis::Pool;
+use super::redis::{Op, Pool};
 use super::{Clock, StateConfig, StateError, rfc3339};
 
 /// One message of a session's history.
@@ -325,13 +325,9 @@ impl Redis {
 impl SessionStore for Redis {
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Session>, StateError>> {
         Box::pin(async move {
-            let key = self.session_key(id);
-            let fields: HashMap<String, String> = self
-                .pool
-                .query("HGETALL", async |c| {
-                    redis::cmd("HGETALL").arg(&key).query_async(c).await
-                })
-                .await?;
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(self.session_key(id));
+            let fields: HashMap<String, String> = self.pool.query("HGETALL", Op::Cmd(&cmd)).await?;
             Session::from_fields(fields)
         })
     }
@@ -343,41 +339,32 @@ impl SessionStore for Redis {
     ) -> BoxFuture<'a, Result<usize, StateError>> {
         Box::pin(async move {
             let key = self.session_key(&s.session_id);
-            let fields = s.fields();
-            let user_key = s.user_id.as_deref().map(|u| self.user_key(u));
             let ttl = self.ttl_ms;
-            let stale_before = s.last_accessed - ttl;
-            let ids: Vec<String> = self
-                .pool
-                .query("session write", async |c| {
-                    let mut p = redis::pipe();
-                    p.atomic();
-                    p.cmd("HSET").arg(&key).arg(&fields[..]).ignore();
-                    p.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
-                    let Some(uk) = &user_key else {
-                        p.query_async::<()>(c).await?;
-                        return Ok(Vec::new());
-                    };
-                    p.cmd("ZADD")
-                        .arg(uk)
-                        .arg(s.last_accessed)
-                        .arg(&s.session_id)
-                        .ignore();
-                    p.cmd("ZREMRANGEBYSCORE")
-                        .arg(uk)
-                        .arg("-inf")
-                        .arg(format!("({stale_before}"))
-                        .ignore();
-                    p.cmd("PEXPIRE").arg(uk).arg(ttl).ignore();
-                    // Oldest first: what the bound evicts.
-                    p.cmd("ZRANGE").arg(uk).arg(0).arg(-1);
-                    let (ids,): (Vec<String>,) = p.query_async(c).await?;
-                    Ok(ids)
-                })
-                .await?;
-            let (Some(uk), true) = (&user_key, created) else {
+            let mut p = redis::pipe();
+            p.atomic();
+            p.cmd("HSET").arg(&key).arg(&s.fields()[..]).ignore();
+            p.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+            let Some(uk) = s.user_id.as_deref().map(|u| self.user_key(u)) else {
+                self.pool.query::<()>("session write", Op::Pipe(&p)).await?;
                 return Ok(0);
             };
+            p.cmd("ZADD")
+                .arg(&uk)
+                .arg(s.last_accessed)
+                .arg(&s.session_id)
+                .ignore();
+            p.cmd("ZREMRANGEBYSCORE")
+                .arg(&uk)
+                .arg("-inf")
+                .arg(format!("({}", s.last_accessed - ttl))
+                .ignore();
+            p.cmd("PEXPIRE").arg(&uk).arg(ttl).ignore();
+            // Oldest first: what the bound evicts.
+            p.cmd("ZRANGE").arg(&uk).arg(0).arg(-1);
+            let (ids,): (Vec<String>,) = self.pool.query("session write", Op::Pipe(&p)).await?;
+            if !created {
+                return Ok(0);
+            }
             let over = ids.len().saturating_sub(self.per_user);
             let evict: Vec<String> = ids
                 .into_iter()
@@ -388,14 +375,12 @@ impl SessionStore for Redis {
                 return Ok(0);
             }
             let keys: Vec<String> = evict.iter().map(|id| self.session_key(id)).collect();
+            let mut p = redis::pipe();
+            p.atomic();
+            p.cmd("DEL").arg(&keys[..]).ignore();
+            p.cmd("ZREM").arg(&uk).arg(&evict[..]).ignore();
             self.pool
-                .query("session eviction", async |c| {
-                    let mut p = redis::pipe();
-                    p.atomic();
-                    p.cmd("DEL").arg(&keys[..]).ignore();
-                    p.cmd("ZREM").arg(uk).arg(&evict[..]).ignore();
-                    p.query_async::<()>(c).await
-                })
+                .query::<()>("session eviction", Op::Pipe(&p))
                 .await?;
             Ok(evict.len())
         })
@@ -406,22 +391,14 @@ impl SessionStore for Redis {
             let Some(s) = self.get(id).await? else {
                 return Ok(false);
             };
-            let key = self.session_key(id);
-            let user_key = s.user_id.as_deref().map(|u| self.user_key(u));
-            let removed: usize = self
-                .pool
-                .query("session delete", async |c| {
-                    let mut p = redis::pipe();
-                    p.atomic();
-                    p.cmd("DEL").arg(&key);
-                    if let Some(uk) = &user_key {
-                        p.cmd("ZREM").arg(uk).arg(id).ignore();
-                    }
-                    let (n,): (usize,) = p.query_async(c).await?;
-                    Ok(n)
-                })
-                .await?;
-            Ok(removed > 0)
+            let mut p = redis::pipe();
+            p.atomic();
+            p.cmd("DEL").arg(self.session_key(id));
+            if let Some(u) = s.user_id.as_deref() {
+                p.cmd("ZREM").arg(self.user_key(u)).arg(id).ignore();
+            }
+            let (n,): (usize,) = self.pool.query("session delete", Op::Pipe(&p)).await?;
+            Ok(n > 0)
         })
     }
 
@@ -432,13 +409,9 @@ impl SessionStore for Redis {
         limit: usize,
     ) -> BoxFuture<'a, Result<Page, StateError>> {
         Box::pin(async move {
-            let uk = self.user_key(user);
-            let ids: Vec<String> = self
-                .pool
-                .query("session list", async |c| {
-                    redis::cmd("ZREVRANGE").arg(&uk).arg(0).arg(-1).query_async(c).await
-                })
-                .await?;
+            let mut cmd = redis::cmd("ZREVRANGE");
+            cmd.arg(self.user_key(user)).arg(0).arg(-1);
+            let ids: Vec<String> = self.pool.query("session list", Op::Cmd(&cmd)).await?;
             // Members whose hash has expired are skipped (and pruned by the next write).
             let mut live = Vec::with_capacity(ids.len());
             for id in &ids {
@@ -495,11 +468,17 @@ mod tests {
     async fn memory_sessions_expire_after_the_ttl_from_their_last_write() {
         let clock = Arc::new(ManualClock(AtomicI64::new(1_000_000)));
         let store = Memory::new(&cfg(10, 10), clock.clone());
-        store.put(&session("a", None, 1_000_000), true).await.unwrap();
+        store
+            .put(&session("a", None, 1_000_000), true)
+            .await
+            .unwrap();
         clock.advance(59_999);
         assert!(store.get("a").await.unwrap().is_some());
         // A write at 59.999 s extends it by a full TTL from then.
-        store.put(&session("a", None, 1_059_999), false).await.unwrap();
+        store
+            .put(&session("a", None, 1_059_999), false)
+            .await
+            .unwrap();
         clock.advance(59_999);
         assert!(store.get("a").await.unwrap().is_some());
         clock.advance(1);
@@ -511,19 +490,44 @@ mod tests {
     async fn memory_bounds_sessions_per_user_and_in_all() {
         let clock = Arc::new(ManualClock(AtomicI64::new(0)));
         let store = Memory::new(&cfg(3, 2), clock.clone());
-        store.put(&session("u1", Some("ann"), 1), true).await.unwrap();
-        store.put(&session("u2", Some("ann"), 2), true).await.unwrap();
+        store
+            .put(&session("u1", Some("ann"), 1), true)
+            .await
+            .unwrap();
+        store
+            .put(&session("u2", Some("ann"), 2), true)
+            .await
+            .unwrap();
         // A third session of ann's evicts her least recently used.
-        assert_eq!(store.put(&session("u3", Some("ann"), 3), true).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .put(&session("u3", Some("ann"), 3), true)
+                .await
+                .unwrap(),
+            1
+        );
         let page = store.list("ann", 0, 10).await.unwrap();
-        let ids: Vec<_> = page.sessions.iter().map(|s| s.session_id.as_str()).collect();
+        let ids: Vec<_> = page
+            .sessions
+            .iter()
+            .map(|s| s.session_id.as_str())
+            .collect();
         assert_eq!(ids, ["u3", "u2"]);
         // Paging.
         let page = store.list("ann", 1, 1).await.unwrap();
-        assert_eq!((page.total, page.sessions[0].session_id.as_str()), (2, "u2"));
+        assert_eq!(
+            (page.total, page.sessions[0].session_id.as_str()),
+            (2, "u2")
+        );
         // The global LRU bound (3) drops the least recently used session of anyone.
-        store.put(&session("b1", Some("bob"), 4), true).await.unwrap();
-        store.put(&session("b2", Some("bob"), 5), true).await.unwrap();
+        store
+            .put(&session("b1", Some("bob"), 4), true)
+            .await
+            .unwrap();
+        store
+            .put(&session("b2", Some("bob"), 5), true)
+            .await
+            .unwrap();
         assert!(store.get("u2").await.unwrap().is_none());
         assert_eq!(store.list("ann", 0, 10).await.unwrap().total, 1);
         assert!(store.delete("b1").await.unwrap());
