@@ -4,13 +4,15 @@
 //! 1. [`server`] — listeners and routes; handlers hand generation requests to the pipeline.
 //! 2. [`pipeline`] — the phases `admit → select_model → select_worker → send → settle`,
 //!    the only place that sequences a request; enterable in-process ([`pipeline::Pipeline::run`]).
-//! 3. [`selection`] — `select_model`: the model a request is served by (name, alias).
+//! 3. [`selection`] — `select_model`: the model a request is served by (name, alias,
+//!    intent, `/route` use case).
 //! 4. [`routing`] — `select_worker`: per-model policies over the model's candidates.
 //! 5. [`dispatch`] — `send`: one attempt, colocated or prefill/decode; retry rules.
 //! 6. [`fleet`] — workers, the registry grouped by model, breakers, probes, enrolment,
 //!    Kubernetes discovery.
 //! 7. The base every layer may use: [`config`], [`request`] (parsing and body rewrites),
-//!    [`upstream`] (the HTTP client), [`metrics`], [`error`], [`shutdown`], [`logging`].
+//!    [`state`] (sessions and counters, in memory or Redis), [`upstream`] (the HTTP
+//!    client), [`metrics`], [`error`], [`shutdown`], [`logging`].
 //!
 //! A module imports only from layers below it (`tests/layering.rs` checks).
 

@@ -455,13 +455,14 @@ impl Config {
             }
             ClassifierKind::Embedding => {
                 let e = &r.embedding;
-                if e.model.is_none() && e.backend == super::intent::EmbeddingBackend::Openai {
+                if e.model.is_none() && e.backend == crate::config::intent::EmbeddingBackend::Openai
+                {
                     return Err(bad(
                         "use_case_routing.embedding.model",
                         "the openai backend needs the embedding model's name",
                     ));
                 }
-                if e.backend == super::intent::EmbeddingBackend::Local && e.path.is_none() {
+                if e.backend == crate::config::intent::EmbeddingBackend::Local && e.path.is_none() {
                     return Err(bad(
                         "use_case_routing.embedding.path",
                         "the local backend needs the model's directory",
@@ -550,7 +551,7 @@ mod tests {
         let mut cases = default_use_cases();
         cases[0]
             .keywords
-            .push(Keyword::Weighted(super::super::intent::WeightedKeyword {
+            .push(Keyword::Weighted(crate::config::intent::WeightedKeyword {
                 word: None,
                 regex: Some("(".into()),
                 weight: 1.0,

@@ -135,7 +135,7 @@ pub(crate) mod testing {
     /// A clock a test moves by hand.
     pub struct ManualClock(pub AtomicI64);
 
-    impl super::Clock for ManualClock {
+    impl crate::state::Clock for ManualClock {
         fn now_ms(&self) -> i64 {
             self.0.load(Ordering::SeqCst)
         }
@@ -152,8 +152,8 @@ pub(crate) mod testing {
 mod tests {
     #[test]
     fn ids_are_random_and_formatted() {
-        let a = super::random_id("sess_");
-        let b = super::random_id("sess_");
+        let a = crate::state::random_id("sess_");
+        let b = crate::state::random_id("sess_");
         assert_ne!(a, b);
         assert_eq!(a.len(), 5 + 32);
         assert!(a[5..].bytes().all(|c| c.is_ascii_hexdigit()));
@@ -162,7 +162,7 @@ mod tests {
     #[test]
     fn rfc3339_is_utc_with_milliseconds() {
         assert_eq!(
-            super::rfc3339(1_700_000_000_123),
+            crate::state::rfc3339(1_700_000_000_123),
             "2023-11-14T22:13:20.123Z"
         );
     }
