@@ -105,6 +105,11 @@ Metrics: http://{metrics}/metrics   Health: {url}/health
     -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Fix this Python function"}}], "max_tokens": 32}}'
   curl {url}/router/info
 
+  # Or let it choose and remember: /route picks the use case and model, and keeps a
+  # session; follow-ups naming the session skip classification (docs/route-api.md).
+  curl {url}/route -H 'Content-Type: application/json' \
+    -d '{{"query": "Write a Python function that parses dates"}}'
+
   # Python (pip install openai)
   from openai import OpenAI
   client = OpenAI(base_url="{url}/v1", api_key="unused")

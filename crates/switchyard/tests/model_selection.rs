@@ -1277,4 +1277,31 @@ async fn the_demo_routes_auto_by_intent() {
     let (status, meta, _) = routed(&http, &url, &ask("switchyard/sim-8b", "Hello!")).await;
     assert_eq!(status, 200);
     assert_eq!(meta["model_id"], "switchyard/sim-8b");
+    // /route works out of the box too: every default use case has a model.
+    let (status, first) = http
+        .post(
+            &url,
+            "/route",
+            &json!({"query": "Write a Python function that parses dates"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let (status, next) = http
+        .post(
+            &url,
+            "/route",
+            &json!({"query": "Make it shorter", "session_id": first["session_id"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["bypass_used"], true, "{next}");
+    let (_, cases) = http.get(&format!("{url}/use-cases")).await;
+    assert!(
+        cases["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] == "healthy"),
+        "{cases}"
+    );
 }

@@ -50,7 +50,8 @@ pub struct UseCase {
     pub description: String,
     /// The model that serves it (its `fallbacks` in `models:` follow it). Unset: the
     /// first model in `models:` whose `capabilities` list one of `capabilities`, else
-    /// `use_case_routing.default_model`, else the one model the fleet serves.
+    /// `use_case_routing.default_model`, else the default intent's model of
+    /// `intent_routing`, else the one model the fleet serves.
     #[serde(default)]
     pub model: Option<String>,
     /// Capabilities that make a model fit this use case when `model` is unset.
@@ -346,6 +347,13 @@ impl Config {
             .find(fits)
             .cloned()
             .or_else(|| self.use_case_routing.default_model.clone())
+            .or_else(|| {
+                let ir = self.intent_routing.as_ref()?;
+                ir.intents
+                    .values()
+                    .find(|i| i.default)
+                    .map(|i| i.model.clone())
+            })
     }
 
     /// The use cases as intents (the same classifiers serve both), in name order.
