@@ -9,11 +9,14 @@
 //! - [`report`]: rotation over targets and repetitions, JSON and Markdown.
 //! - [`classify`]: accuracy and latency of a gateway's intent classifier on labelled
 //!   prompts (`switchyard-bench classify`).
+//! - [`sessions`]: conversations through `POST /route`: bypass rate, topic changes
+//!   caught and missed, routing time (`--workload sessions`).
 
 pub mod classify;
 pub mod engines;
 pub mod oracle;
 pub mod report;
 pub mod runner;
+pub mod sessions;
 pub mod stats;
 pub mod workload;

@@ -17,6 +17,8 @@ enum Workload {
     Random,
     PrefixRepetition,
     Trace,
+    /// Conversations through `POST /route` (bypass rate, caught topic changes).
+    Sessions,
 }
 
 /// Measure OpenAI-compatible targets (routers, engines) on one workload, side by side.
@@ -108,6 +110,15 @@ struct Args {
     /// prefix-repetition: suffix tokens.
     #[arg(long, default_value_t = 128)]
     suffix_len: usize,
+    /// sessions: distinct user ids the conversations are spread over.
+    #[arg(long, default_value_t = 50)]
+    users: usize,
+    /// sessions: probability that a follow-up changes to another subject.
+    #[arg(long, default_value_t = 0.1)]
+    topic_change_rate: f64,
+    /// sessions: share of same-subject follow-ups that repeat a word of the subject.
+    #[arg(long, default_value_t = 0.3)]
+    on_subject_rate: f64,
     /// trace: JSONL file to replay.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -186,6 +197,42 @@ async fn classify(a: ClassifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--workload sessions`: every target in turn (they share nothing, so no rotation).
+async fn run_sessions(a: &Args) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&a.topic_change_rate) || !(0.0..=1.0).contains(&a.on_subject_rate) {
+        anyhow::bail!("--topic-change-rate and --on-subject-rate are probabilities");
+    }
+    let p = switchyard_bench::sessions::SessionsParams {
+        seed: a.seed,
+        conversations: a.conversations,
+        turns: a.turns.max(1),
+        users: a.users,
+        topic_change_rate: a.topic_change_rate,
+        on_subject_rate: a.on_subject_rate,
+        concurrency: a.concurrency.unwrap_or(8),
+        max_tokens: a.output_len,
+        duration: Duration::from_secs(a.duration),
+        timeout: Duration::from_secs(a.request_timeout),
+    };
+    let mut all = serde_json::Map::new();
+    let mut md = String::new();
+    for (name, url) in &a.targets {
+        let report = switchyard_bench::sessions::run(url, &p).await?;
+        md.push_str(&format!("### {name}\n\n{}\n", report.markdown()));
+        all.insert(name.clone(), serde_json::to_value(&report)?);
+    }
+    println!("{md}");
+    if let Some(out) = &a.out {
+        std::fs::write(out.with_extension("md"), &md)?;
+        let json = serde_json::json!({"workload": "sessions", "params": p, "targets": all});
+        std::fs::write(
+            out.with_extension("json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().nth(1).as_deref() == Some("classify") {
@@ -228,6 +275,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("--output-len must be at least 1");
     }
     let mut sessions = match a.workload {
+        Workload::Sessions => return run_sessions(&a).await,
         Workload::SharedPrefix => workload::shared_prefix(&p),
         Workload::MultiTurn => workload::multi_turn(&p),
         Workload::Agentic => workload::agentic(&p),

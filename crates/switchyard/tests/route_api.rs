@@ -991,3 +991,37 @@ async fn with_redis_stopped_route_degrades_without_failing_and_recovers() {
     assert!(stats["total_requests"].as_u64().unwrap() >= 2, "{stats}");
     gw.gw.shutdown();
 }
+
+#[tokio::test]
+async fn redis_bounds_a_users_live_sessions() {
+    let fleet = Fleet::start().await;
+    let keys = RedisKeys::new("per-user");
+    let mut cfg = fleet.config();
+    cfg.redis_url = Some(keys.url.clone());
+    cfg.redis_key_prefix = keys.prefix.clone();
+    cfg.max_sessions_per_user = 2;
+    let gw = start(cfg).await;
+    let mut ids = Vec::new();
+    for q in ["Write a poem", "Write a story", "Write an essay"] {
+        let (_, r) = gw.route(json!({"query": q, "user_id": "dee"})).await;
+        assert_eq!(r["new_session"], true, "{r}");
+        ids.push(r["session_id"].as_str().unwrap().to_string());
+    }
+    // The third session evicted the least recently used: the first.
+    assert_eq!(gw.get(&format!("/sessions/{}", ids[0])).await.0, 404);
+    let (_, list) = gw
+        .http
+        .get(&format!("{}/sessions?user_id=dee&limit=1", gw.admin))
+        .await;
+    assert_eq!(list["total"], 2, "{list}");
+    assert_eq!(list["data"][0]["session_id"], ids[2].as_str());
+    assert_eq!(list["has_more"], true);
+    assert_eq!(list["next_offset"], 1);
+    assert_eq!(
+        gw.http
+            .metric(&gw.metrics, "switchyard_route_session_evictions_total", &[])
+            .await,
+        1.0
+    );
+    gw.gw.shutdown();
+}

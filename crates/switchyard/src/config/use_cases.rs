@@ -90,6 +90,8 @@ pub struct UseCaseRouting {
     /// The model of a use case that names none and whose capabilities no model has.
     pub default_model: Option<String>,
     pub context_change: ContextChange,
+    /// Classifications kept in the LRU cache (embedding; 0: no cache).
+    pub cache_size: usize,
 }
 
 impl Default for UseCaseRouting {
@@ -100,6 +102,7 @@ impl Default for UseCaseRouting {
             thresholds: Thresholds::default(),
             default_model: None,
             context_change: ContextChange::default(),
+            cache_size: 10_000,
         }
     }
 }
@@ -383,7 +386,7 @@ impl Config {
             thresholds: r.thresholds,
             classify: Default::default(),
             on_classifier_error: Default::default(),
-            cache_size: 10_000,
+            cache_size: r.cache_size,
             embedding: r.embedding.clone(),
             llm: Default::default(),
         }
