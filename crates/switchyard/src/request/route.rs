@@ -114,7 +114,19 @@ impl RouteRequest {
         };
         let context = match o.get("context") {
             None | Some(Value::Null) => None,
-            Some(c @ Value::Object(_)) => Some(c.clone()),
+            Some(c @ Value::Object(_)) => {
+                // Its values are classified with the query: the same bound applies.
+                let len = serde_json::to_string(c).map_or(usize::MAX, |t| t.len());
+                if len > max_query_bytes {
+                    return Err(bad(
+                        format!(
+                            "`context` is {len} bytes of JSON; the limit is {max_query_bytes} (--route-max-query-bytes)"
+                        ),
+                        "context",
+                    ));
+                }
+                Some(c.clone())
+            }
             Some(_) => return Err(bad("`context` must be an object", "context")),
         };
         let max_tokens = match o.get("max_tokens") {
@@ -192,6 +204,7 @@ mod tests {
             (r#"{"query": "q", "user_id": ""}"#, "user_id"),
             (r#"{"query": "q", "modality": "smell"}"#, "modality"),
             (r#"{"query": "q", "context": "x"}"#, "context"),
+            (&format!(r#"{{"query": "q", "context": {{"a": "{}"}}}}"#, "x".repeat(64)), "context"),
             (r#"{"query": "q", "max_tokens": 0}"#, "max_tokens"),
             (r#"{"query": "q", "max_tokens": 1.5}"#, "max_tokens"),
             (r#"{"query": "q", "temperature": 3}"#, "temperature"),
