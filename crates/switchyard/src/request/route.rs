@@ -204,7 +204,13 @@ mod tests {
             (r#"{"query": "q", "user_id": ""}"#, "user_id"),
             (r#"{"query": "q", "modality": "smell"}"#, "modality"),
             (r#"{"query": "q", "context": "x"}"#, "context"),
-            (&format!(r#"{{"query": "q", "context": {{"a": "{}"}}}}"#, "x".repeat(64)), "context"),
+            (
+                &format!(
+                    r#"{{"query": "q", "context": {{"a": "{}"}}}}"#,
+                    "x".repeat(64)
+                ),
+                "context",
+            ),
             (r#"{"query": "q", "max_tokens": 0}"#, "max_tokens"),
             (r#"{"query": "q", "max_tokens": 1.5}"#, "max_tokens"),
             (r#"{"query": "q", "temperature": 3}"#, "temperature"),
