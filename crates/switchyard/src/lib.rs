@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod dispatch;
 pub mod routing;
 pub mod selection;
+pub mod workflows;
 
 pub mod fleet;
 

@@ -23,6 +23,27 @@ pub struct LiveState {
     /// Each model the fleet serves or the config names, and whether a healthy,
     /// non-draining worker serves it.
     pub models: Vec<(Arc<str>, bool)>,
+    pub workflows: WorkflowFigures,
+}
+
+/// Workflow totals, read from the registry and the policies when metrics are rendered
+/// (no label per workflow: ids are unbounded).
+#[derive(Clone, Debug, Default)]
+pub struct WorkflowFigures {
+    pub active: usize,
+    pub queued_messages: usize,
+    pub created: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub migrations: u64,
+    pub splits: u64,
+    pub messages_sent: u64,
+    pub messages_delivered: u64,
+    pub messages_expired: u64,
+    pub messages_rejected: u64,
+    pub requests: u64,
+    /// Cached share of prompt tokens over active workflows (`None`: not reported).
+    pub cache_hit_rate: Option<f64>,
 }
 
 /// One worker's gauges.
@@ -496,8 +517,82 @@ impl Metrics {
                 .set(live.blocks_matched as f64 / live.blocks_total as f64);
         }
         let mut out = String::with_capacity(8192);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
             .expect("writing to a String");
+        prometheus_client::encoding::text::encode_registry(
+            &mut out,
+            &workflow_registry(&live.workflows),
+        )
+        .expect("writing to a String");
+        prometheus_client::encoding::text::encode_eof(&mut out).expect("writing to a String");
         out
     }
+}
+
+/// `switchyard_workflow_*`, built from a snapshot at each scrape: the counts live in
+/// the workflow registry and the policies, which this module does not depend on.
+fn workflow_registry(w: &WorkflowFigures) -> Registry {
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    let mut r = Registry::with_prefix("switchyard_workflow");
+    r.register(
+        "active",
+        "Workflows tracked now",
+        ConstGauge::new(w.active as i64),
+    );
+    r.register(
+        "messages_queued",
+        "Agent messages waiting in queues",
+        ConstGauge::new(w.queued_messages as i64),
+    );
+    for (name, help, v) in [
+        ("created", "Workflows created", w.created),
+        ("expired", "Workflows ended by --workflow-ttl", w.expired),
+        (
+            "evicted",
+            "Workflows evicted by --max-workflows (least recently active)",
+            w.evicted,
+        ),
+        (
+            "migrations",
+            "Workflows moved to another worker (load bound or worker failure)",
+            w.migrations,
+        ),
+        (
+            "splits",
+            "Requests a workflow sent to a second worker during a burst",
+            w.splits,
+        ),
+        (
+            "messages_sent",
+            "Agent messages queued (one per recipient)",
+            w.messages_sent,
+        ),
+        (
+            "messages_delivered",
+            "Agent messages consumed",
+            w.messages_delivered,
+        ),
+        (
+            "messages_expired",
+            "Agent messages dropped at the end of their TTL",
+            w.messages_expired,
+        ),
+        (
+            "messages_rejected",
+            "Agent messages refused (queue full, too large, strategy)",
+            w.messages_rejected,
+        ),
+        ("requests", "Requests of active workflows", w.requests),
+    ] {
+        r.register(name, help, ConstCounter::new(v));
+    }
+    if let Some(h) = w.cache_hit_rate {
+        r.register(
+            "cache_hit_rate",
+            "Cached share of prompt tokens of active workflows, where engines report it",
+            ConstGauge::<f64>::new(h),
+        );
+    }
+    r
 }

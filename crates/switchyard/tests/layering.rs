@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("entry", &["server"]),
     ("flow", &["pipeline"]),
-    ("decide", &["selection", "routing", "dispatch"]),
+    ("decide", &["selection", "routing", "dispatch", "workflows"]),
     ("fleet", &["fleet"]),
     (
         "base",

@@ -60,6 +60,8 @@ pub enum PolicyKind {
     PowerOfTwo,
     ConsistentHash,
     CacheAware,
+    /// Keeps a workflow's requests on one worker (docs/workflows.md).
+    WorkflowAware,
 }
 
 /// The prefill/decode protocol.
@@ -104,8 +106,9 @@ pub struct Config {
     /// Engine base URLs, e.g. http://10.0.0.5:8000.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub worker_urls: Vec<String>,
-    /// Routing policy.
-    #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware)]
+    /// Routing policy (`--routing-logic` is accepted too, as in the vLLM production stack).
+    #[arg(long, value_enum, default_value_t = PolicyKind::CacheAware, alias = "routing-logic")]
+    #[serde(alias = "routing_logic")]
     pub policy: PolicyKind,
     /// A model's own policy, as MODEL=POLICY (repeatable); other models use --policy.
     /// Every model gets its own policy instance (its own prefix index).
@@ -121,6 +124,26 @@ pub struct Config {
     /// Choosing the model by the prompt's intent (YAML only; docs/model-selection.md).
     #[arg(skip)]
     pub intent_routing: Option<IntentRouting>,
+    /// Keep `workflow_metadata` in the body forwarded to engines (removed by default).
+    #[arg(long)]
+    pub forward_workflow_metadata: bool,
+    /// `workflow_aware`: how strongly a workflow stays on its worker under load, from 0
+    /// (placed like `cache_aware`) to 1 (stays while healthy).
+    #[arg(long, default_value_t = 0.8)]
+    pub batching_preference: f64,
+    /// A workflow idle this long (seconds) is forgotten: its placement, registry entry
+    /// and queues.
+    #[arg(long, default_value_t = 3600)]
+    pub workflow_ttl: u64,
+    /// Most workflows tracked; the least recently active is evicted first.
+    #[arg(long, default_value_t = 1000)]
+    pub max_workflows: usize,
+    /// Most messages waiting in one agent's queue; more are refused with 429.
+    #[arg(long, default_value_t = 1000)]
+    pub max_message_queue_size: usize,
+    /// Largest agent message payload, in bytes (413 above it).
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub max_message_bytes: usize,
     /// `/route` use cases (YAML only; docs/route-api.md). Unset: the six defaults.
     #[arg(skip)]
     pub use_cases: Option<Vec<use_cases::UseCase>>,

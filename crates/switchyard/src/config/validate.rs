@@ -101,6 +101,12 @@ impl Config {
                 ));
             }
         }
+        if !(0.0..=1.0).contains(&self.batching_preference) {
+            return Err(invalid(
+                "batching-preference",
+                format!("must be between 0 and 1, got {}", self.batching_preference),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.retry_jitter_factor) {
             return Err(invalid(
                 "retry-jitter-factor",
@@ -122,6 +128,10 @@ impl Config {
             ("request-timeout-secs", self.request_timeout_secs as usize),
             ("max-payload-size", self.max_payload_size),
             ("redis-pool-size", self.redis_pool_size),
+            ("workflow-ttl", self.workflow_ttl as usize),
+            ("max-workflows", self.max_workflows),
+            ("max-message-queue-size", self.max_message_queue_size),
+            ("max-message-bytes", self.max_message_bytes),
             ("redis-timeout-ms", self.redis_timeout_ms as usize),
             ("session-timeout-secs", self.session_timeout_secs as usize),
             ("max-sessions", self.max_sessions),

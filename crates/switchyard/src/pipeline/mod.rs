@@ -73,6 +73,8 @@ pub struct EntryConfig {
     pub max_payload_size: usize,
     /// `--routing-metadata-in-body`.
     pub metadata_in_body: bool,
+    /// `--forward-workflow-metadata`.
+    pub forward_workflow_metadata: bool,
 }
 
 /// Every phase, assembled.
@@ -84,6 +86,8 @@ pub struct Pipeline {
     pub dispatcher: Dispatcher,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Live multi-agent workflows and their message queues.
+    pub workflows: Arc<crate::workflows::Workflows>,
 }
 
 /// An attempt that got response headers.
@@ -211,6 +215,24 @@ impl Pipeline {
                 Err(e) => return self.reject(route, "", &request_id, e),
             };
         view.prefix_blocks = hasher.finish();
+        // A workflow's request joins it; its metadata is the gateway's, not the engine's.
+        let body = match &view.workflow {
+            Some(wf) => {
+                self.workflows.touch(wf);
+                if view.has_workflow_metadata && !self.entry.forward_workflow_metadata {
+                    match crate::request::body::rewrite(&body, &[("workflow_metadata", None)]) {
+                        Ok(b) => {
+                            view.model_span = None;
+                            b
+                        }
+                        Err(e) => return self.reject(route, "", &request_id, e.into()),
+                    }
+                } else {
+                    body
+                }
+            }
+            None => body,
+        };
 
         // select_model
         let choice = match self.models.select(&view, &body, &self.registry, self).await {
@@ -254,6 +276,7 @@ impl Pipeline {
                     request_id,
                     metrics: self.metrics.clone(),
                     attempts,
+                    workflows: self.workflows.clone(),
                 };
                 let body = SettledBody::new(incoming, settle);
                 if inject {

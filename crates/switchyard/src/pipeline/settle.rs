@@ -70,6 +70,7 @@ pub struct Settle {
     pub request_id: String,
     pub metrics: Arc<Metrics>,
     pub attempts: u32,
+    pub workflows: Arc<crate::workflows::Workflows>,
 }
 
 impl Settle {
@@ -99,8 +100,9 @@ impl Settle {
                 model: self.view.model_key.clone(),
             })
             .observe(elapsed.as_secs_f64());
-        if let Some(usage) = find_usage(tail) {
-            for (kind, v) in usage {
+        let usage = find_usage(tail);
+        if let Some(usage) = &usage {
+            for &(kind, v) in usage {
                 m.tokens
                     .get_or_create(&TokenLabels {
                         model: self.view.model_key.clone(),
@@ -128,6 +130,30 @@ impl Settle {
                 .inc();
         }
         let ttft_ms = ttft.map(|f| f.duration_since(self.start).as_secs_f64() * 1e3);
+        if let Some(wf) = &self.view.workflow {
+            let get = |k: &str| {
+                usage
+                    .as_ref()?
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| *v)
+            };
+            let tokens = usage.as_ref().map(|_| crate::workflows::TokenUsage {
+                prompt: get("prompt").unwrap_or(0),
+                completion: get("completion").unwrap_or(0),
+                cached: get("cached"),
+            });
+            self.workflows.record(
+                wf,
+                &crate::workflows::Outcome {
+                    ok: ending == Ending::Complete && self.status.is_success(),
+                    usage: tokens,
+                    ttft_ms,
+                    total_ms: elapsed.as_secs_f64() * 1e3,
+                    worker: (worker.api_id.clone(), worker.label.clone()),
+                },
+            );
+        }
         tracing::info!(
             target: "switchyard::access",
             request_id = %self.request_id,

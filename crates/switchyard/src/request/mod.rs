@@ -8,6 +8,7 @@ pub mod body;
 pub mod multipart;
 pub mod route;
 mod wire;
+pub mod workflow;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -81,6 +82,11 @@ pub struct RequestView {
     /// Where the `model` string's contents sit in the body, when they hold no escape:
     /// selection replaces them there instead of rewriting the body (`body::replace_string`).
     pub model_span: Option<std::ops::Range<usize>>,
+    /// The workflow the request belongs to (`workflow_metadata` or `X-Workflow-ID`).
+    pub workflow: Option<Arc<workflow::Workflow>>,
+    /// The body carries `workflow_metadata` (removed before forwarding unless
+    /// `--forward-workflow-metadata`).
+    pub has_workflow_metadata: bool,
 }
 
 /// Receives the prompt's bytes, in order, while the request is parsed.
@@ -145,6 +151,7 @@ impl RequestView {
         };
         feed_prompt(route, &wire, &mut sink)?;
         let prompt_bytes = sink.total;
+        let workflow = workflow::of(wire.workflow_metadata.as_ref(), headers)?.map(Arc::new);
         Ok(RequestView {
             route,
             model_key: model.clone(),
@@ -155,6 +162,8 @@ impl RequestView {
             prompt_bytes,
             intent: None,
             model_span,
+            workflow,
+            has_workflow_metadata: wire.workflow_metadata.is_some(),
         })
     }
 }
@@ -338,6 +347,8 @@ fn parse_multipart(
         prefix_blocks: Vec::new(),
         prompt_bytes: 0,
         intent: None,
+        workflow: workflow::of(None, headers)?.map(Arc::new),
+        has_workflow_metadata: false,
     })
 }
 

@@ -35,6 +35,8 @@ pub(super) struct Wire<'a> {
     pub seed: Option<i64>,
     #[allow(dead_code)]
     pub stop: Option<Stop<'a>>,
+    #[serde(borrow)]
+    pub workflow_metadata: Option<super::workflow::WorkflowWire<'a>>,
 }
 
 /// A string borrowed from the body when it holds no escape (serde's own `Cow` impl

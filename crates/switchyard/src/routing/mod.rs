@@ -17,6 +17,7 @@ pub mod random;
 pub mod round_robin;
 pub mod selector;
 pub mod table;
+pub mod workflow_aware;
 
 use std::sync::Arc;
 
@@ -86,6 +87,12 @@ pub trait Policy: Send + Sync {
     fn hit_stats(&self) -> (u64, u64) {
         (0, 0)
     }
+
+    /// Workflows moved to another worker, and requests a workflow sent to a second
+    /// worker (`workflow_aware` only).
+    fn workflow_moves(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// Builds a policy of `kind` with the settings in `cfg`.
@@ -99,6 +106,14 @@ pub fn build(kind: PolicyKind, cfg: &Config) -> Arc<dyn Policy> {
         }
         PolicyKind::CacheAware => Arc::new(cache_aware::CacheAware::new(
             cache_aware::CacheAwareConfig::from(cfg),
+        )),
+        PolicyKind::WorkflowAware => Arc::new(workflow_aware::WorkflowAware::new(
+            workflow_aware::WorkflowAwareConfig {
+                cache: cache_aware::CacheAwareConfig::from(cfg),
+                batching_preference: cfg.batching_preference,
+                ttl: std::time::Duration::from_secs(cfg.workflow_ttl),
+                max_workflows: cfg.max_workflows,
+            },
         )),
     }
 }
@@ -160,6 +175,8 @@ pub(crate) mod tests {
             prompt_bytes: 1,
             intent: None,
             model_span: None,
+            workflow: None,
+            has_workflow_metadata: false,
         }
     }
 

@@ -159,6 +159,14 @@ impl WorkerSelector {
             (n + n2, t + t2, m + m2)
         })
     }
+
+    /// Workflow migrations and splits so far.
+    pub fn workflow_moves(&self) -> (u64, u64) {
+        self.tables.iter().fold((0, 0), |(a, b), t| {
+            let (m, s) = t.workflow_moves();
+            (a + m, b + s)
+        })
+    }
 }
 
 /// The request goes to `worker`: the shared index learns where its prompt went, and

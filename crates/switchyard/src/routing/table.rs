@@ -189,4 +189,12 @@ impl PolicyTable {
             (n + e.ctx.prefix.len(), t + total, m + matched)
         })
     }
+
+    /// Workflow migrations and splits, summed over the policies.
+    pub fn workflow_moves(&self) -> (u64, u64) {
+        self.each().iter().fold((0, 0), |(a, b), e| {
+            let (m, s) = e.policy.workflow_moves();
+            (a + m, b + s)
+        })
+    }
 }

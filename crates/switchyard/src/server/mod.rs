@@ -18,6 +18,7 @@ pub mod route;
 pub mod router;
 pub mod selection;
 pub mod state;
+pub mod workflows;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,6 +174,17 @@ impl Gateway {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
+        let clock: Arc<dyn crate::state::Clock> = Arc::new(crate::state::SystemClock);
+        let workflows = Arc::new(crate::workflows::Workflows::new(
+            crate::workflows::WorkflowConfig {
+                ttl_ms: (cfg.workflow_ttl as i64).saturating_mul(1000),
+                max_workflows: cfg.max_workflows,
+                max_queue: cfg.max_message_queue_size,
+                max_message_bytes: cfg.max_message_bytes,
+                default_message_ttl_ms: (cfg.workflow_ttl as i64).saturating_mul(1000),
+            },
+            clock.clone(),
+        ));
         let header = |h: &str| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes());
         let pipeline = Arc::new(Pipeline {
             entry: EntryConfig {
@@ -186,6 +198,7 @@ impl Gateway {
                 },
                 max_payload_size: cfg.max_payload_size,
                 metadata_in_body: cfg.routing_metadata_in_body,
+                forward_workflow_metadata: cfg.forward_workflow_metadata,
             },
             admission: Admission::new(
                 AdmissionConfig {
@@ -202,6 +215,7 @@ impl Gateway {
             dispatcher,
             registry: registry.clone(),
             metrics: metrics.clone(),
+            workflows: workflows.clone(),
         });
         // The classifier's one-off work (embedding the intents' examples).
         pipeline.models.prepare(&*pipeline).await;
@@ -215,7 +229,7 @@ impl Gateway {
                 max_sessions: cfg.max_sessions,
                 max_sessions_per_user: cfg.max_sessions_per_user,
             },
-            Arc::new(crate::state::SystemClock),
+            clock,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let route = Arc::new(RouteApi::new(
@@ -244,6 +258,18 @@ impl Gateway {
             crate::fleet::kubernetes::spawn(enroller, kube, discovery, &cfg, &shutdown);
         }
         shutdown.spawn(prober.clone().run_health(shutdown.clone()));
+        {
+            let (workflows, shutdown) = (workflows.clone(), shutdown.clone());
+            shutdown.clone().spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => workflows.sweep(),
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            });
+        }
         shutdown.spawn(prober.run_load(shutdown.clone()));
         shutdown.spawn(
             workers.run_maintenance(Duration::from_secs(cfg.eviction_interval), shutdown.clone()),

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use http::HeaderValue;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use super::{AppState, health, layers, openai, route, selection};
+use super::{AppState, health, layers, openai, route, selection, workflows};
 
 /// The data plane. Generation routes handle request ids, keys and admission inline
 /// (the pipeline's `admit` phase); the others get them from layers.
@@ -59,6 +59,28 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
         .route(
             "/stats",
             get(route::stats).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/workflows/stats",
+            get(workflows::stats).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/workflows/{id}",
+            axum::routing::delete(workflows::delete).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/workflows/{id}/status",
+            get(workflows::status).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/workflows/{id}/messages",
+            post(workflows::send_to_workflow).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/workflows/{id}/agents/{agent}/messages",
+            post(workflows::send_to_agent)
+                .get(workflows::receive)
+                .fallback(openai::method_not_allowed),
         )
         .route(
             "/sessions/{id}",

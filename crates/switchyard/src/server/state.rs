@@ -91,6 +91,11 @@ impl AppState {
                 .into_iter()
                 .map(|(m, ok, _)| (Arc::from(m), ok > 0))
                 .collect(),
+            workflows: {
+                let mut w = self.pipeline.workflows.figures();
+                (w.migrations, w.splits) = self.workers.workflow_moves();
+                w
+            },
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/flush_cache", post(workers::flush_cache))
         .route("/admin/reload", post(super::selection::reload))
         .route("/sessions", get(super::route::list_sessions))
+        .route("/workflows/{id}", get(super::workflows::admin_status))
         .fallback(|req: Request| async move {
             ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
         })
