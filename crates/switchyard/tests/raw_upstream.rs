@@ -394,3 +394,37 @@ async fn names_only_an_any_model_worker_serves_share_one_label() {
         "a model the config names keeps its own"
     );
 }
+
+#[tokio::test]
+async fn workflow_metadata_is_removed_before_the_engine_unless_asked_to_forward() {
+    let http = Http::new();
+    for forward in [false, true] {
+        let script = Arc::new(Script::default());
+        let addr = start_upstream(script.clone()).await;
+        let mut cfg = config(vec![format!("http://{addr}")], PolicyKind::WorkflowAware);
+        cfg.forward_workflow_metadata = forward;
+        let gw = gateway(cfg).await;
+        let mut b = body();
+        b["workflow_metadata"] =
+            json!({"workflow_id": "wf-1", "agent_id": "planner", "workflow_priority": 2});
+        script.gate.notify_one();
+        let resp = http
+            .0
+            .post(format!("{}/v1/chat/completions", gw.url()))
+            .json(&b)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        let sent: serde_json::Value =
+            serde_json::from_slice(&script.bodies.lock().unwrap()[0]).unwrap();
+        assert_eq!(sent.get("workflow_metadata").is_some(), forward, "{sent}");
+        assert_eq!(sent["model"], "raw");
+        assert_eq!(
+            sent["messages"], b["messages"],
+            "the rest of the body is kept"
+        );
+        gw.shutdown();
+    }
+}

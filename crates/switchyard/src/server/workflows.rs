@@ -310,6 +310,7 @@ pub async fn receive(
                 }))
                 .into_response());
             }
+            let _waiting = workflows.waiting();
             tokio::select! {
                 _ = arrival => {}
                 _ = tokio::time::sleep_until(deadline) => {}

@@ -163,6 +163,17 @@ pub struct Workflows {
     roles: Mutex<BTreeMap<Arc<str>, Usage>>,
     /// Woken when a message is queued (long polls wait on it).
     arrived: tokio::sync::Notify,
+    /// Long polls waiting now.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a long poll as waiting while it lives.
+pub struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Workflows {
@@ -174,6 +185,7 @@ impl Workflows {
             counts: Counts::default(),
             roles: Mutex::new(BTreeMap::new()),
             arrived: tokio::sync::Notify::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -366,6 +378,7 @@ impl Workflows {
                 "expired": n(&c.messages_expired),
                 "rejected": n(&c.messages_rejected),
                 "queued": queued,
+                "waiting_receivers": self.waiting.load(Ordering::Relaxed),
             },
             "requests": all.requests,
             "cache_hit_rate": all.hit_rate().map_or(json!("unknown"), |r| json!((r * 1e4).round() / 1e4)),
@@ -514,6 +527,12 @@ impl Workflows {
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
         }
         Some(out)
+    }
+
+    /// Marks a long poll as waiting until the guard drops.
+    pub fn waiting(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(&self.waiting)
     }
 
     /// Resolves when a message is queued anywhere (a long poll then looks again).
