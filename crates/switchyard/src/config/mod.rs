@@ -127,6 +127,15 @@ pub struct Config {
     /// Keep `workflow_metadata` in the body forwarded to engines (removed by default).
     #[arg(long)]
     pub forward_workflow_metadata: bool,
+    /// Send a workflow's priority to the engine as vLLM's request `priority` (lower is
+    /// sooner there, so the value is negated and rounded; `--scheduling-policy priority`
+    /// on the engine).
+    #[arg(long)]
+    pub forward_priority: bool,
+    /// In the admission queue, waiting this many seconds counts as one priority level,
+    /// so that nothing waits for ever behind higher priorities.
+    #[arg(long, default_value_t = 10.0)]
+    pub priority_aging_secs: f64,
     /// `workflow_aware`: how strongly a workflow stays on its worker under load, from 0
     /// (placed like `cache_aware`) to 1 (stays while healthy).
     #[arg(long, default_value_t = 0.8)]

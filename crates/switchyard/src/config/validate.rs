@@ -101,6 +101,9 @@ impl Config {
                 ));
             }
         }
+        if !(self.priority_aging_secs.is_finite() && self.priority_aging_secs > 0.0) {
+            return Err(invalid("priority-aging-secs", "must be a positive number"));
+        }
         if !(0.0..=1.0).contains(&self.batching_preference) {
             return Err(invalid(
                 "batching-preference",

@@ -1,13 +1,13 @@
 //! The `admit` phase: a request's id, its API key, and admission — a token-bucket rate
-//! limit, then a concurrency limit with a bounded FIFO queue and a queue timeout. The
-//! concurrency permit ([`Admitted`]) lives until the response body has been sent.
+//! limit, then a concurrency limit with a bounded queue ordered by workflow priority
+//! with aging (FIFO among equals) and a queue timeout. The concurrency permit
+//! ([`Admitted`]) lives until the response body has been sent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -88,7 +88,7 @@ impl TokenBucket {
 /// the response body has been sent, released when dropped.
 #[derive(Debug, Default)]
 pub struct Admitted {
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<Slot>,
 }
 
 impl Admitted {
@@ -99,11 +99,120 @@ impl Admitted {
     }
 }
 
+/// The concurrency limit: free slots and the requests waiting for one, best first.
+/// A released slot goes straight to the best waiter. Waiters are ordered by
+/// `priority + waited / aging` — higher first, arrival order among equals — which,
+/// since every waiter ages at the same rate, is the fixed key
+/// `priority − arrival / aging`: a heap needs no re-sorting as time passes.
+#[derive(Debug)]
+struct Gate {
+    state: Mutex<GateState>,
+    epoch: Instant,
+    /// Seconds of waiting worth one priority level.
+    aging_secs: f64,
+}
+
+#[derive(Debug)]
+struct GateState {
+    free: usize,
+    waiters: std::collections::BinaryHeap<Waiter>,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    key: f64,
+    seq: u64,
+    tx: tokio::sync::oneshot::Sender<Slot>,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Waiter {}
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Waiter {
+    /// The heap's top is the highest key, then the earliest arrival.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key.total_cmp(&o.key).then(o.seq.cmp(&self.seq))
+    }
+}
+
+/// One unit of the concurrency limit; dropping it frees it for the best waiter.
+#[derive(Debug)]
+struct Slot(Option<Arc<Gate>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(gate) = self.0.take() {
+            gate.release();
+        }
+    }
+}
+
+impl Gate {
+    /// A slot now, if one is free and nobody waits for it.
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let mut s = self.state.lock().expect("gate lock");
+        (s.free > 0 && s.waiters.is_empty()).then(|| {
+            s.free -= 1;
+            Slot(Some(self.clone()))
+        })
+    }
+
+    /// Joins the queue with `priority`; the receiver gets a slot when it is this
+    /// waiter's turn (or at once if one is free).
+    fn wait(self: &Arc<Self>, priority: f64) -> tokio::sync::oneshot::Receiver<Slot> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let arrival = self.epoch.elapsed().as_secs_f64();
+        let mut s = self.state.lock().expect("gate lock");
+        s.seq += 1;
+        let seq = s.seq;
+        s.waiters.push(Waiter {
+            key: priority - arrival / self.aging_secs,
+            seq,
+            tx,
+        });
+        drop(s);
+        self.hand_over();
+        rx
+    }
+
+    fn release(self: &Arc<Self>) {
+        self.state.lock().expect("gate lock").free += 1;
+        self.hand_over();
+    }
+
+    /// Gives free slots to the best waiters still waiting.
+    fn hand_over(self: &Arc<Self>) {
+        loop {
+            let mut s = self.state.lock().expect("gate lock");
+            if s.free == 0 {
+                return;
+            }
+            let Some(w) = s.waiters.pop() else { return };
+            s.free -= 1;
+            drop(s);
+            if let Err(mut slot) = w.tx.send(Slot(Some(self.clone()))) {
+                // The waiter went away: the slot is free again, for the next one.
+                slot.0 = None;
+                self.state.lock().expect("gate lock").free += 1;
+            }
+        }
+    }
+}
+
 /// Admission control state.
 pub struct Admission {
     api_key: Option<String>,
     bucket: Option<Mutex<TokenBucket>>,
-    permits: Option<Arc<Semaphore>>,
+    gate: Option<Arc<Gate>>,
     waiting: AtomicUsize,
     queue_size: usize,
     queue_timeout: Duration,
@@ -118,6 +227,8 @@ pub struct AdmissionConfig {
     pub max_concurrent: usize,
     pub queue_size: usize,
     pub queue_timeout: Duration,
+    /// `--priority-aging-secs`: waiting this long counts as one priority level.
+    pub aging_secs: f64,
 }
 
 impl Admission {
@@ -125,7 +236,17 @@ impl Admission {
         Admission {
             api_key: cfg.api_key,
             bucket: (cfg.rate > 0.0).then(|| Mutex::new(TokenBucket::new(cfg.rate))),
-            permits: (cfg.max_concurrent > 0).then(|| Arc::new(Semaphore::new(cfg.max_concurrent))),
+            gate: (cfg.max_concurrent > 0).then(|| {
+                Arc::new(Gate {
+                    state: Mutex::new(GateState {
+                        free: cfg.max_concurrent,
+                        waiters: std::collections::BinaryHeap::new(),
+                        seq: 0,
+                    }),
+                    epoch: Instant::now(),
+                    aging_secs: cfg.aging_secs.max(1e-3),
+                })
+            }),
             waiting: AtomicUsize::new(0),
             queue_size: cfg.queue_size,
             queue_timeout: cfg.queue_timeout,
@@ -144,19 +265,26 @@ impl Admission {
         }
     }
 
-    /// Admits a request, or answers 429 / 503 with Retry-After.
-    pub async fn admit(&self) -> Result<Admitted, ApiError> {
+    /// Admits a request, or answers 429 / 503 with Retry-After. A request that must
+    /// wait joins the queue with the priority `priority` gives (read only then: the
+    /// uncontended path never looks), 0 when it gives none.
+    pub async fn admit(
+        &self,
+        priority: impl FnOnce() -> Option<f64>,
+    ) -> Result<Admitted, ApiError> {
         if let Some(bucket) = &self.bucket {
             if let Err(wait) = bucket.lock().expect("bucket lock").take() {
                 self.metrics.reject("rate_limited");
                 return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
             }
         }
-        let Some(sem) = &self.permits else {
+        let Some(gate) = &self.gate else {
             return Ok(Admitted::default());
         };
-        if let Ok(p) = sem.clone().try_acquire_owned() {
-            return Ok(Admitted { _permit: Some(p) });
+        if let Some(slot) = gate.try_take() {
+            return Ok(Admitted {
+                _permit: Some(slot),
+            });
         }
         // Reserve a queue place; give it back if the queue is full.
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_size {
@@ -168,12 +296,14 @@ impl Admission {
                 1,
             ));
         }
-        // Gives the place back however the wait ends, the caller going away included.
+        // Gives the place back however the wait ends, the caller going away included
+        // (its waiter's receiver drops, and a slot handed to it goes to the next).
         let _place = QueuePlace::take(self);
-        // tokio's semaphore is fair: waiters are admitted in arrival order.
-        let res = tokio::time::timeout(self.queue_timeout, sem.clone().acquire_owned()).await;
-        match res {
-            Ok(Ok(p)) => Ok(Admitted { _permit: Some(p) }),
+        let rx = gate.wait(priority().unwrap_or(0.0));
+        match tokio::time::timeout(self.queue_timeout, rx).await {
+            Ok(Ok(slot)) => Ok(Admitted {
+                _permit: Some(slot),
+            }),
             _ => {
                 self.metrics.reject("queue_timeout");
                 Err(ApiError::unavailable(
@@ -260,15 +390,16 @@ mod tests {
                 max_concurrent: 1,
                 queue_size: 3,
                 queue_timeout: Duration::from_secs(60),
+                aging_secs: 10.0,
             },
             Arc::new(Metrics::new()),
         ));
-        let first = adm.admit().await.unwrap();
+        let first = adm.admit(|| None).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..3 {
             let (queued, tx) = (adm.clone(), tx.clone());
             tokio::spawn(async move {
-                let permit = queued.admit().await.unwrap();
+                let permit = queued.admit(|| None).await.unwrap();
                 tx.send(i).unwrap();
                 // Hold the permit a while so the next waiter comes strictly after.
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -279,7 +410,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
-        let e = adm.admit().await.unwrap_err();
+        let e = adm.admit(|| None).await.unwrap_err();
         assert_eq!(e.code, "queue_full");
         drop(first);
         let order: Vec<usize> = [rx.recv().await, rx.recv().await, rx.recv().await]
@@ -288,17 +419,17 @@ mod tests {
             .collect();
         assert_eq!(order, vec![0, 1, 2]);
         // A waiter that gets no permit within the timeout is turned away.
-        let held = adm.admit().await.unwrap();
+        let held = adm.admit(|| None).await.unwrap();
         let waiter = tokio::spawn({
             let adm = adm.clone();
-            async move { adm.admit().await.map(|_| ()) }
+            async move { adm.admit(|| None).await.map(|_| ()) }
         });
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(waiter.await.unwrap().unwrap_err().code, "queue_timeout");
         // A waiter that goes away (its client disconnected) gives its place back.
         let gone = tokio::spawn({
             let adm = adm.clone();
-            async move { adm.admit().await.map(|_| ()) }
+            async move { adm.admit(|| None).await.map(|_| ()) }
         });
         while adm.waiting.load(Ordering::Acquire) != 1 {
             tokio::task::yield_now().await;
@@ -308,5 +439,59 @@ mod tests {
         assert_eq!(adm.waiting.load(Ordering::Acquire), 0);
         assert_eq!(adm.metrics.queue_depth.get(), 0);
         drop(held);
+    }
+
+    /// One slot held; waiters queued at the given (priority, seconds after the start);
+    /// the order they are admitted in once the slot frees up.
+    async fn admission_order(waiters: &[(f64, u64)]) -> Vec<usize> {
+        let adm = Arc::new(Admission::new(
+            AdmissionConfig {
+                api_key: None,
+                rate: 0.0,
+                max_concurrent: 1,
+                queue_size: 10,
+                queue_timeout: Duration::from_secs(600),
+                aging_secs: 10.0,
+            },
+            Arc::new(Metrics::new()),
+        ));
+        let held = adm.admit(|| None).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut at = 0;
+        for (i, &(p, when)) in waiters.iter().enumerate() {
+            tokio::time::advance(Duration::from_secs(when - at)).await;
+            at = when;
+            let (adm2, tx) = (adm.clone(), tx.clone());
+            tokio::spawn(async move {
+                let permit = adm2.admit(move || Some(p)).await.unwrap();
+                tx.send(i).unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(permit);
+            });
+            while adm.waiting.load(Ordering::Acquire) != i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(held);
+        let mut order = Vec::new();
+        for _ in waiters {
+            order.push(rx.recv().await.unwrap());
+        }
+        order
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn higher_priorities_go_first_and_equal_ones_in_arrival_order() {
+        assert_eq!(
+            admission_order(&[(0.0, 0), (5.0, 1), (5.0, 2), (1.0, 3)]).await,
+            [1, 2, 3, 0]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_ages_a_request_past_later_higher_priorities() {
+        // 10 s of waiting is one level: after 20 s, priority 0 outranks a new priority 1.
+        assert_eq!(admission_order(&[(0.0, 0), (1.0, 20)]).await, [0, 1]);
+        assert_eq!(admission_order(&[(0.0, 0), (1.0, 5)]).await, [1, 0]);
     }
 }

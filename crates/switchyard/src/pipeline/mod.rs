@@ -75,6 +75,8 @@ pub struct EntryConfig {
     pub metadata_in_body: bool,
     /// `--forward-workflow-metadata`.
     pub forward_workflow_metadata: bool,
+    /// `--forward-priority`.
+    pub forward_priority: bool,
 }
 
 /// Every phase, assembled.
@@ -116,18 +118,20 @@ impl Pipeline {
     /// The `admit` phase: API key, then rate limit and concurrency queue.
     pub async fn admit(&self, headers: &HeaderMap) -> Result<Admitted, ApiError> {
         self.admission.check_key(headers)?;
-        self.admission.admit().await
+        self.admission.admit(|| None).await
     }
 
     /// A generation request arriving over HTTP: every phase, with the request id echoed.
+    /// The body is read before admission: a request that must queue is placed by the
+    /// workflow priority it carries.
     pub async fn serve_http(&self, route: Route, req: axum::extract::Request) -> Response {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
         let request_id = self.request_id(&parts.headers);
         let echo = http::HeaderValue::from_str(&request_id).ok();
-        let mut resp = match self.admit(&parts.headers).await {
+        let mut resp = match self.admission.check_key(&parts.headers) {
             Err(e) => e.into_response(),
-            Ok(admitted) => match self.read_body(route, &parts.headers, body).await {
+            Ok(()) => match self.read_body(route, &parts.headers, body).await {
                 Err(e) => {
                     // The rest of the body was not read: this connection cannot carry
                     // another request, and the client must know not to reuse it.
@@ -137,15 +141,22 @@ impl Pipeline {
                     resp
                 }
                 Ok(body) => {
-                    let ctx = RequestContext {
-                        route,
-                        request_id,
-                        start,
-                        headers: parts.headers,
-                        body,
-                        admitted,
-                    };
-                    self.run(ctx).await
+                    let headers = &parts.headers;
+                    let priority = || crate::request::workflow::priority_hint(headers, &body);
+                    match self.admission.admit(priority).await {
+                        Err(e) => e.into_response(),
+                        Ok(admitted) => {
+                            let ctx = RequestContext {
+                                route,
+                                request_id,
+                                start,
+                                headers: parts.headers,
+                                body,
+                                admitted,
+                            };
+                            self.run(ctx).await
+                        }
+                    }
                 }
             },
         };
@@ -219,16 +230,24 @@ impl Pipeline {
         let body = match &view.workflow {
             Some(wf) => {
                 self.workflows.touch(wf);
+                let mut fields: Vec<crate::request::body::Field<'_>> = Vec::new();
                 if view.has_workflow_metadata && !self.entry.forward_workflow_metadata {
-                    match crate::request::body::rewrite(&body, &[("workflow_metadata", None)]) {
+                    fields.push(("workflow_metadata", None));
+                }
+                if let (true, Some(p)) = (self.entry.forward_priority, wf.priority) {
+                    // vLLM schedules lower values first.
+                    fields.push(("priority", Some(serde_json::json!(-(p.round() as i64)))));
+                }
+                if fields.is_empty() {
+                    body
+                } else {
+                    match crate::request::body::rewrite(&body, &fields) {
                         Ok(b) => {
                             view.model_span = None;
                             b
                         }
                         Err(e) => return self.reject(route, "", &request_id, e.into()),
                     }
-                } else {
-                    body
                 }
             }
             None => body,

@@ -186,3 +186,29 @@ pub(super) fn of(
         sharing,
     }))
 }
+
+/// The priority a request asks for (`X-Workflow-Priority`, else
+/// `workflow_metadata.workflow_priority`), read leniently for the admission queue: a
+/// malformed one counts as none here and is refused when the request is parsed.
+pub fn priority_hint(headers: &HeaderMap, body: &[u8]) -> Option<f64> {
+    #[derive(Deserialize)]
+    struct Meta {
+        workflow_priority: Option<f64>,
+    }
+    #[derive(Deserialize)]
+    struct Light {
+        workflow_metadata: Option<Meta>,
+    }
+    if let Some(p) = headers
+        .get("x-workflow-priority")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        return p.is_finite().then_some(p);
+    }
+    let light: Light = serde_json::from_slice(body).ok()?;
+    light
+        .workflow_metadata?
+        .workflow_priority
+        .filter(|p| p.is_finite())
+}

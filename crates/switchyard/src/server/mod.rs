@@ -199,6 +199,7 @@ impl Gateway {
                 max_payload_size: cfg.max_payload_size,
                 metadata_in_body: cfg.routing_metadata_in_body,
                 forward_workflow_metadata: cfg.forward_workflow_metadata,
+                forward_priority: cfg.forward_priority,
             },
             admission: Admission::new(
                 AdmissionConfig {
@@ -207,6 +208,7 @@ impl Gateway {
                     max_concurrent: cfg.max_concurrent_requests,
                     queue_size: cfg.queue_size,
                     queue_timeout: Duration::from_secs(cfg.queue_timeout_secs),
+                    aging_secs: cfg.priority_aging_secs,
                 },
                 metrics.clone(),
             ),
