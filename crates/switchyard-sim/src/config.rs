@@ -21,6 +21,17 @@ pub enum Role {
     Decode,
 }
 
+/// Order in which an engine admits waiting requests (vLLM's `--scheduling-policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulingPolicy {
+    /// First come, first served; a request's `priority` is accepted and ignored.
+    #[default]
+    Fcfs,
+    /// Lowest request `priority` first, ties by arrival (earlier first).
+    Priority,
+}
+
 /// How many tokens to generate when a request sets no `max_tokens`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum OutputLen {
@@ -162,6 +173,10 @@ pub struct SimConfig {
     /// Turn the prefix cache off (every request prefills its whole prompt).
     #[arg(long)]
     pub no_enable_prefix_caching: bool,
+    /// Order of the waiting queue: `fcfs`, or `priority` (lowest request `priority`
+    /// first, ties by arrival).
+    #[arg(long, value_enum, default_value_t = SchedulingPolicy::Fcfs)]
+    pub scheduling_policy: SchedulingPolicy,
     /// Step-time coefficients.
     #[command(flatten)]
     pub step: StepModel,

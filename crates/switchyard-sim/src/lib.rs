@@ -21,7 +21,7 @@ pub mod tokenizer;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-pub use config::{OutputLen, Role, SimConfig, StepModel};
+pub use config::{OutputLen, Role, SchedulingPolicy, SimConfig, StepModel};
 pub use faults::Faults;
 pub use server::SimServer;
 

@@ -1,14 +1,16 @@
 //! The continuous-batching scheduler, after vLLM v1: one `step` decodes a token for
 //! every running sequence, prefills chunks of waiting prompts within a token budget,
-//! admits waiting requests FCFS, and preempts (recompute) the newest sequence when the
-//! KV cache runs out. It is synchronous and clock-free: the engine loop supplies "now"
-//! and sleeps for the step time it returns.
+//! admits waiting requests in the order of `--scheduling-policy` (FCFS, or by request
+//! priority), and preempts (recompute) the newest sequence when the KV cache runs out.
+//! It is synchronous and clock-free: the engine loop supplies "now" and sleeps for the
+//! step time it returns.
 
-use std::collections::VecDeque;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::config::StepModel;
+use crate::config::{SchedulingPolicy, StepModel};
 use crate::kv_cache::{BlockHash, BlockId, BlockPool, extend_block_hashes};
 use crate::metrics::EngineMetrics;
 use crate::tokenizer::{Token, generated_token};
@@ -47,6 +49,9 @@ pub struct SeqSpec {
     pub remote_kv_tokens: usize,
     /// Simulated arrival time.
     pub arrival: f64,
+    /// vLLM's request `priority`: under `--scheduling-policy priority` lower values are
+    /// admitted first; ignored under `fcfs`.
+    pub priority: i64,
     /// Where this sequence's events go; a closed channel aborts the sequence.
     pub tx: UnboundedSender<SeqEvent>,
 }
@@ -94,6 +99,107 @@ struct Seq {
     last_token_at: f64,
     kv_ready_at: Option<f64>,
     preemptions: u32,
+    /// Submission order: the last tie-break of the priority queue (equal priority and
+    /// arrival), so that order stays deterministic.
+    order: u64,
+}
+
+/// A waiting sequence in the priority queue. `BinaryHeap` pops its greatest element,
+/// so "greater" here means "admitted sooner": lower `priority`, then earlier arrival,
+/// then earlier submission.
+struct ByPriority(Seq);
+
+impl ByPriority {
+    fn key(&self) -> (i64, f64, u64) {
+        let s = &self.0;
+        (s.spec.priority, s.spec.arrival, s.order)
+    }
+}
+
+impl Ord for ByPriority {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let (p, a, o) = self.key();
+        let (q, b, r) = other.key();
+        q.cmp(&p)
+            .then_with(|| b.total_cmp(&a))
+            .then_with(|| r.cmp(&o))
+    }
+}
+
+impl PartialOrd for ByPriority {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for ByPriority {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for ByPriority {}
+
+/// Requests not yet running, in the order `--scheduling-policy` admits them.
+enum Waiting {
+    /// Arrival order; a preempted sequence goes back to the front.
+    Fcfs(VecDeque<Seq>),
+    /// A heap on (priority, arrival, submission order): O(log n) to add or take one,
+    /// however long the queue. A preempted sequence returns to its place by that key
+    /// (as in vLLM, where "prepending" to the priority queue is a plain insert).
+    Priority(BinaryHeap<ByPriority>),
+}
+
+impl Waiting {
+    fn new(policy: SchedulingPolicy) -> Self {
+        match policy {
+            SchedulingPolicy::Fcfs => Waiting::Fcfs(VecDeque::new()),
+            SchedulingPolicy::Priority => Waiting::Priority(BinaryHeap::new()),
+        }
+    }
+
+    /// Queues a newly arrived sequence.
+    fn push(&mut self, seq: Seq) {
+        match self {
+            Waiting::Fcfs(q) => q.push_back(seq),
+            Waiting::Priority(h) => h.push(ByPriority(seq)),
+        }
+    }
+
+    /// Puts back a sequence taken by [`Waiting::pop`] (it did not fit) or preempted:
+    /// first in line under FCFS, at its priority otherwise.
+    fn requeue(&mut self, seq: Seq) {
+        match self {
+            Waiting::Fcfs(q) => q.push_front(seq),
+            Waiting::Priority(h) => h.push(ByPriority(seq)),
+        }
+    }
+
+    /// Takes the sequence to admit next.
+    fn pop(&mut self) -> Option<Seq> {
+        match self {
+            Waiting::Fcfs(q) => q.pop_front(),
+            Waiting::Priority(h) => h.pop().map(|b| b.0),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Waiting::Fcfs(q) => q.len(),
+            Waiting::Priority(h) => h.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Seq) -> bool) {
+        match self {
+            Waiting::Fcfs(q) => q.retain(|s| keep(s)),
+            Waiting::Priority(h) => h.retain(|b| keep(&b.0)),
+        }
+    }
 }
 
 /// Scheduler limits and costs.
@@ -104,6 +210,8 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     pub prefix_caching: bool,
+    /// Order in which waiting requests are admitted.
+    pub policy: SchedulingPolicy,
     pub step: StepModel,
     /// Multiplies every step time (a slower engine).
     pub step_multiplier: f64,
@@ -135,27 +243,31 @@ pub struct SchedulerStats {
 pub struct Scheduler {
     cfg: SchedulerConfig,
     pool: BlockPool,
-    waiting: VecDeque<Seq>,
+    waiting: Waiting,
     running: Vec<Seq>,
     metrics: EngineMetrics,
     outbox: Vec<(UnboundedSender<SeqEvent>, SeqEvent)>,
     scheduled: Vec<(usize, usize)>,
+    /// Submission order of the next request added.
+    next_order: u64,
 }
 
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig, metrics: EngineMetrics) -> Self {
         Scheduler {
             pool: BlockPool::new(cfg.num_gpu_blocks),
+            waiting: Waiting::new(cfg.policy),
             cfg,
-            waiting: VecDeque::new(),
             running: Vec::new(),
             metrics,
             outbox: Vec::new(),
             scheduled: Vec::new(),
+            next_order: 0,
         }
     }
 
-    /// Queues a request (FCFS).
+    /// Queues a request: behind every earlier one under `fcfs`, by its priority under
+    /// `priority`.
     pub fn add(&mut self, spec: SeqSpec) {
         let mut hashes = Vec::new();
         if self.cfg.prefix_caching {
@@ -175,9 +287,11 @@ impl Scheduler {
             last_token_at: spec.arrival,
             kv_ready_at: None,
             preemptions: 0,
+            order: self.next_order,
             spec,
         };
-        self.waiting.push_back(seq);
+        self.next_order += 1;
+        self.waiting.push(seq);
         self.metrics.waiting.set(self.waiting.len() as i64);
     }
 
@@ -253,9 +367,13 @@ impl Scheduler {
             i += 1;
         }
 
-        // 2. Admit waiting requests FCFS while budget, slots and blocks allow.
+        // 2. Admit waiting requests in policy order (FCFS, or lowest priority value then
+        // earliest arrival) while budget, slots and blocks allow. Priority only orders
+        // this queue: running sequences are never preempted to make room for a
+        // higher-priority waiting one (vLLM does that under KV pressure; the simulator
+        // keeps preempting the newest running sequence, as in step 1).
         while !preempted && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(seq) = self.waiting.front_mut() else {
+            let Some(mut seq) = self.waiting.pop() else {
                 break;
             };
             let bs = self.cfg.block_size;
@@ -287,9 +405,10 @@ impl Scheduler {
             self.pool.touch(&hits);
             let Some(new_blocks) = self.pool.allocate(need) else {
                 self.pool.free(&hits);
+                // Still first in line: it is retried at the next step.
+                self.waiting.requeue(seq);
                 break;
             };
-            let mut seq = self.waiting.pop_front().expect("front exists");
             self.metrics.queries.inc_by(len as u64);
             self.metrics.hits.inc_by(hit_tokens as u64);
             seq.cached_tokens.get_or_insert(hit_tokens);
@@ -433,7 +552,7 @@ impl Scheduler {
         seq.spec.remote_kv_tokens = 0;
         seq.preemptions += 1;
         self.metrics.preemptions.inc();
-        self.waiting.push_front(seq);
+        self.waiting.requeue(seq);
     }
 
     fn drop_cancelled(&mut self) {
@@ -454,5 +573,192 @@ impl Scheduler {
             }
             !gone
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    use super::*;
+
+    /// One sequence at a time, so the waiting queue's order is the order of service.
+    fn scheduler(policy: SchedulingPolicy) -> Scheduler {
+        let cfg = SchedulerConfig {
+            block_size: 16,
+            num_gpu_blocks: 1000,
+            max_num_seqs: 1,
+            max_num_batched_tokens: 8192,
+            prefix_caching: true,
+            policy,
+            step: StepModel::default(),
+            step_multiplier: 1.0,
+            kv_transfer_base_secs: 0.0,
+            kv_transfer_token_secs: 0.0,
+        };
+        Scheduler::new(cfg, EngineMetrics::default())
+    }
+
+    /// A request with a distinct prompt, arriving at `arrival` with `priority`.
+    fn spec(
+        id: u32,
+        priority: i64,
+        arrival: f64,
+        max_tokens: u32,
+    ) -> (SeqSpec, UnboundedReceiver<SeqEvent>) {
+        let (tx, rx) = unbounded_channel();
+        let spec = SeqSpec {
+            prompt: (0..40).map(|i| id * 1000 + i).collect(),
+            max_tokens,
+            finish_reason: FinishReason::Length,
+            seed: u64::from(id),
+            remote_kv_tokens: 0,
+            arrival,
+            priority,
+            tx,
+        };
+        (spec, rx)
+    }
+
+    /// Runs a holder (already running) and then `queued` requests `(name, priority,
+    /// arrival)` that wait behind it; returns their names in the order they were
+    /// scheduled.
+    fn service_order(
+        policy: SchedulingPolicy,
+        queued: &[(&'static str, i64, f64)],
+    ) -> Vec<&'static str> {
+        let mut sched = scheduler(policy);
+        let mut now = 0.0;
+        let (holder, _holder_rx) = spec(0, 0, now, 5);
+        sched.add(holder);
+        let StepOutcome::Ran { secs } = sched.step(now) else {
+            panic!("the holder runs");
+        };
+        now += secs;
+        let mut rxs = Vec::new();
+        for (i, &(name, priority, arrival)) in queued.iter().enumerate() {
+            let (s, rx) = spec(i as u32 + 1, priority, now + arrival, 2);
+            sched.add(s);
+            rxs.push((name, rx));
+        }
+        assert_eq!(sched.stats().running, 1);
+        assert_eq!(sched.stats().waiting, queued.len());
+        while !sched.is_idle() {
+            match sched.step(now) {
+                StepOutcome::Ran { secs } => now += secs,
+                StepOutcome::Idle { .. } => panic!("nothing blocks these requests"),
+            }
+            for (tx, event) in sched.take_events() {
+                let _ = tx.send(event);
+            }
+        }
+        let mut scheduled: Vec<(f64, &'static str)> = rxs
+            .iter_mut()
+            .map(|(name, rx)| {
+                let mut at = None;
+                while let Ok(event) = rx.try_recv() {
+                    if let SeqEvent::Done(s) = event {
+                        at = Some(s.scheduled);
+                    }
+                }
+                (at.expect("every request finishes"), *name)
+            })
+            .collect();
+        scheduled.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // One slot: no two requests can have been admitted in the same step.
+        assert!(
+            scheduled.windows(2).all(|w| w[0].0 < w[1].0),
+            "{scheduled:?}"
+        );
+        scheduled.into_iter().map(|(_, name)| name).collect()
+    }
+
+    #[test]
+    fn priority_policy_admits_the_lowest_priority_value_first() {
+        let order = service_order(
+            SchedulingPolicy::Priority,
+            &[("p5", 5, 0.0), ("p0", 0, 0.001)],
+        );
+        assert_eq!(order, ["p0", "p5"]);
+    }
+
+    #[test]
+    fn fcfs_policy_ignores_priority() {
+        let order = service_order(SchedulingPolicy::Fcfs, &[("p5", 5, 0.0), ("p0", 0, 0.001)]);
+        assert_eq!(order, ["p5", "p0"]);
+    }
+
+    #[test]
+    fn priority_ties_go_to_the_earlier_arrival_then_the_earlier_submission() {
+        let order = service_order(
+            SchedulingPolicy::Priority,
+            &[
+                ("p3 late", 3, 0.002),
+                ("p3 early", 3, 0.001),
+                ("p3 early, submitted later", 3, 0.001),
+                ("p-1", -1, 0.003),
+                ("p7", 7, 0.0),
+            ],
+        );
+        assert_eq!(
+            order,
+            [
+                "p-1",
+                "p3 early",
+                "p3 early, submitted later",
+                "p3 late",
+                "p7"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_waiting_request_that_does_not_fit_keeps_its_place() {
+        // 9 blocks of 16 tokens and two slots: the holder (40 prompt tokens) takes 3
+        // blocks; the p1 request's 100-token prompt needs 7, which are free only once
+        // the holder is gone. The p9 request behind it (3 blocks) would fit at once but
+        // must not overtake it.
+        let mut sched = Scheduler::new(
+            SchedulerConfig {
+                num_gpu_blocks: 9,
+                max_num_seqs: 2,
+                ..scheduler(SchedulingPolicy::Priority).cfg
+            },
+            EngineMetrics::default(),
+        );
+        let (holder, _holder_rx) = spec(0, 0, 0.0, 5);
+        sched.add(holder);
+        let StepOutcome::Ran { secs } = sched.step(0.0) else {
+            panic!("the holder runs");
+        };
+        let mut now = secs;
+        let (mut big, mut big_rx) = spec(1, 1, now, 1);
+        big.prompt = (0..100).map(|i| 50_000 + i).collect();
+        let (small, mut small_rx) = spec(2, 9, now, 1);
+        sched.add(big);
+        sched.add(small);
+        let StepOutcome::Ran { secs } = sched.step(now) else {
+            panic!("the holder decodes");
+        };
+        now += secs;
+        let stats = sched.stats();
+        assert_eq!((stats.running, stats.waiting), (1, 2), "{stats:?}");
+        while !sched.is_idle() {
+            let StepOutcome::Ran { secs } = sched.step(now) else {
+                panic!("nothing blocks these requests once the holder is done");
+            };
+            now += secs;
+            for (tx, event) in sched.take_events() {
+                let _ = tx.send(event);
+            }
+        }
+        let scheduled_at = |rx: &mut UnboundedReceiver<SeqEvent>| loop {
+            match rx.try_recv() {
+                Ok(SeqEvent::Done(s)) => return s.scheduled,
+                Ok(SeqEvent::Token { .. }) => continue,
+                Err(e) => panic!("no summary: {e}"),
+            }
+        };
+        assert!(scheduled_at(&mut big_rx) < scheduled_at(&mut small_rx));
     }
 }

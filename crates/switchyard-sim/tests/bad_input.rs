@@ -1,8 +1,8 @@
 //! Every malformed request gets vLLM's answer: a 400 (404 for an unknown model) with an
 //! OpenAI error body, and never reaches an engine.
 
-use serde_json::json;
-use switchyard_sim::SimConfig;
+use serde_json::{Value, json};
+use switchyard_sim::{SchedulingPolicy, SimConfig};
 use switchyard_testkit::*;
 
 #[tokio::test]
@@ -164,6 +164,59 @@ async fn malformed_requests_get_400_with_error_json() {
             .await,
         0.0
     );
+}
+
+#[tokio::test]
+async fn non_integer_priority_is_400_naming_priority() {
+    let http = Http::new();
+    for policy in [SchedulingPolicy::Fcfs, SchedulingPolicy::Priority] {
+        let sim = sims_with(SimConfig {
+            scheduling_policy: policy,
+            ..fast()
+        })
+        .await;
+        let url = sim.url();
+        let bad = [
+            json!("high"),
+            json!("1"),
+            json!(1.5),
+            json!(2.0),
+            json!(true),
+            Value::Null,
+            json!([1]),
+            json!({"level": 1}),
+            json!(9_223_372_036_854_775_808_u64),
+        ];
+        for priority in bad {
+            for (path, mut body) in [
+                (
+                    "/v1/chat/completions",
+                    json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}),
+                ),
+                ("/v1/completions", json!({"prompt": "x", "max_tokens": 1})),
+                ("/v1/embeddings", json!({"input": "x"})),
+            ] {
+                body["priority"] = priority.clone();
+                let (status, resp) = http.post(&url, path, &body).await;
+                assert_eq!(status, 400, "{policy:?} {path} {body} -> {resp}");
+                assert_error(&resp, 400);
+                assert_eq!(resp["error"]["param"], "priority", "{body} -> {resp}");
+                let message = resp["error"]["message"].as_str().unwrap();
+                assert!(message.contains("`priority`"), "{message}");
+            }
+        }
+        assert_eq!(
+            sim.server(0).requests(),
+            0,
+            "no bad request reached an engine"
+        );
+        // Integers, negative ones included, are accepted under either policy.
+        for priority in [json!(-3), json!(0), json!(7)] {
+            let body = json!({"prompt": "x", "max_tokens": 1, "priority": priority});
+            let (status, resp) = http.post(&url, "/v1/completions", &body).await;
+            assert_eq!(status, 200, "{policy:?} {body} -> {resp}");
+        }
+    }
 }
 
 #[tokio::test]

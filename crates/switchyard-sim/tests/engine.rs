@@ -1,9 +1,10 @@
-//! The engine model seen through the API: prefix caching, LRU eviction, queueing,
-//! batching, preemption, cancellation and data-parallel ranks.
+//! The engine model seen through the API: prefix caching, LRU eviction, queueing and
+//! scheduling policy, batching, preemption, cancellation and data-parallel ranks.
 
-use serde_json::json;
-use switchyard_sim::SimConfig;
+use clap::Parser;
+use serde_json::{Value, json};
 use switchyard_sim::tokenizer::{encode, render_chat};
+use switchyard_sim::{SchedulingPolicy, SimConfig};
 use switchyard_testkit::*;
 
 #[tokio::test]
@@ -183,6 +184,110 @@ async fn queueing_raises_ttft() {
         .metric(&url, "vllm:request_queue_time_seconds_sum", &[])
         .await;
     assert!(queued > 0.0, "queue time sum {queued}");
+}
+
+/// Queues `queued` requests (route, `priority`) one at a time behind a generation that
+/// holds a one-slot engine under `policy`, then lets the holder go; returns the indices
+/// of `queued` in the order the engine scheduled them (by `sim_timing`).
+async fn service_order(policy: SchedulingPolicy, queued: &[(&'static str, i64)]) -> Vec<usize> {
+    let http = Http::new();
+    // One sequence at a time, in real time: the holder's 30000 tokens keep the engine
+    // busy for minutes, so every request below waits until the holder is dropped.
+    let sim = sims_with(SimConfig {
+        max_num_seqs: 1,
+        time_scale: 1.0,
+        scheduling_policy: policy,
+        ..SimConfig::default()
+    })
+    .await;
+    let url = sim.url();
+    let mut holder = http
+        .0
+        .post(format!("{url}/v1/completions"))
+        .json(&json!({"prompt": "hold the engine", "max_tokens": 30000, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    holder.chunk().await.unwrap();
+    let server = sim.server(0).clone();
+    let mut pending = Vec::new();
+    for (i, &(route, priority)) in queued.iter().enumerate() {
+        let text = format!("queued request {i}");
+        let body = if route == "/v1/chat/completions" {
+            json!({"messages": [{"role": "user", "content": text}], "max_tokens": 4, "priority": priority})
+        } else {
+            json!({"prompt": text, "max_tokens": 4, "priority": priority})
+        };
+        let (url, http) = (url.clone(), http.clone());
+        pending.push(tokio::spawn(
+            async move { http.post(&url, route, &body).await },
+        ));
+        // Each request is in the waiting queue before the next is sent: arrivals are
+        // in submission order.
+        eventually(&format!("{} request(s) waiting", i + 1), || async {
+            server.engine_stats().await[0].waiting == i + 1
+        })
+        .await;
+    }
+    drop(holder);
+    let mut bodies: Vec<Value> = Vec::new();
+    for p in pending {
+        let (status, body) = p.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        bodies.push(body);
+    }
+    let timing = |b: &Value, k: &str| b["sim_timing"][k].as_f64().unwrap();
+    let arrivals: Vec<f64> = bodies.iter().map(|b| timing(b, "arrival")).collect();
+    assert!(arrivals.is_sorted(), "arrivals {arrivals:?}");
+    let mut scheduled: Vec<(f64, usize)> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (timing(b, "arrival") + timing(b, "queue_secs"), i))
+        .collect();
+    scheduled.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(
+        scheduled.windows(2).all(|w| w[0].0 < w[1].0),
+        "one slot: one admission per step {scheduled:?}"
+    );
+    scheduled.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Later requests with lower `priority` values, on both generation routes.
+const QUEUED: [(&str, i64); 3] = [
+    ("/v1/completions", 5),
+    ("/v1/chat/completions", 1),
+    ("/v1/completions", 0),
+];
+
+#[tokio::test]
+async fn priority_policy_schedules_lower_priority_values_first() {
+    // Were either route to drop `priority`, its request would count as 0 and the order
+    // would change (the p1 chat request would tie with p0 and win on arrival).
+    assert_eq!(
+        service_order(SchedulingPolicy::Priority, &QUEUED).await,
+        [2, 1, 0]
+    );
+}
+
+#[tokio::test]
+async fn fcfs_policy_accepts_and_ignores_priority() {
+    assert_eq!(
+        service_order(SchedulingPolicy::Fcfs, &QUEUED).await,
+        [0, 1, 2]
+    );
+}
+
+#[test]
+fn scheduling_policy_flag_defaults_to_fcfs() {
+    assert_eq!(
+        SimConfig::default().scheduling_policy,
+        SchedulingPolicy::Fcfs
+    );
+    let cfg = SimConfig::parse_from(["switchyard-sim", "--scheduling-policy", "priority"]);
+    assert_eq!(cfg.scheduling_policy, SchedulingPolicy::Priority);
+    let cfg = SimConfig::parse_from(["switchyard-sim", "--scheduling-policy", "fcfs"]);
+    assert_eq!(cfg.scheduling_policy, SchedulingPolicy::Fcfs);
+    assert!(SimConfig::try_parse_from(["switchyard-sim", "--scheduling-policy", "lifo"]).is_err());
 }
 
 #[tokio::test]

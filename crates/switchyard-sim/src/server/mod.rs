@@ -83,6 +83,7 @@ impl SimServer {
                     max_num_seqs: cfg.max_num_seqs,
                     max_num_batched_tokens: cfg.max_num_batched_tokens,
                     prefix_caching: !cfg.no_enable_prefix_caching,
+                    policy: cfg.scheduling_policy,
                     step: cfg.step,
                     step_multiplier: cfg.multiplier(index),
                     kv_transfer_base_secs: cfg.kv_transfer_base_ms * 1e-3,

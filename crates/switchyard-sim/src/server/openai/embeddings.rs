@@ -75,6 +75,7 @@ pub async fn embeddings(
             seed: 0,
             remote_kv_tokens: 0,
             arrival: st.clock.now(),
+            priority: req.priority,
             tx,
         };
         if !st.engines[rank].submit(spec) {

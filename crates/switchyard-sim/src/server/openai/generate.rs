@@ -187,6 +187,7 @@ pub(super) async fn generate(
         seed,
         remote_kv_tokens: disagg.remote_kv_tokens,
         arrival: st.clock.now(),
+        priority: req.priority,
         tx,
     };
     st.requests[rank].fetch_add(1, Ordering::Relaxed);

@@ -46,6 +46,10 @@ pub(super) struct GenRequest {
     pub bootstrap_port: Option<u16>,
     pub bootstrap_room: Option<u64>,
     pub data_parallel_rank: Option<usize>,
+    /// vLLM's scheduling priority (lower is sooner under `--scheduling-policy priority`):
+    /// a JSON integer, 0 when absent; anything else, `null` included, is a 400.
+    #[serde(default)]
+    pub priority: i64,
     pub response_format: Option<Value>,
     pub guided_choice: Option<Value>,
     pub guided_json: Option<Value>,
@@ -58,6 +62,9 @@ pub(super) struct EmbeddingRequest {
     pub input: Option<Value>,
     pub encoding_format: Option<String>,
     pub dimensions: Option<usize>,
+    /// As in [`GenRequest::priority`]: each input is queued at this priority.
+    #[serde(default)]
+    pub priority: i64,
 }
 
 /// Fields of `/v1/audio/speech` requests.
