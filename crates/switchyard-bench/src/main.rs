@@ -19,6 +19,8 @@ enum Workload {
     Trace,
     /// Conversations through `POST /route` (bypass rate, caught topic changes).
     Sessions,
+    /// Multi-agent workflows: turns and fan-out bursts over a shared briefing.
+    Workflows,
 }
 
 /// Measure OpenAI-compatible targets (routers, engines) on one workload, side by side.
@@ -92,6 +94,9 @@ struct Args {
     /// agentic: parallel agents per workflow.
     #[arg(long, default_value_t = 4)]
     agents: usize,
+    /// workflows: rounds of turns plus a burst per workflow.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     /// agentic: shared context tokens.
     #[arg(long, default_value_t = 4096)]
     context_len: usize,
@@ -265,6 +270,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         workflows: a.workflows,
         agents: a.agents,
         context_len: a.context_len,
+        rounds: a.rounds,
         num_requests: a.num_requests,
         prompt_len: a.prompt_len,
         num_prefixes: a.num_prefixes,
@@ -279,6 +285,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         Workload::SharedPrefix => workload::shared_prefix(&p),
         Workload::MultiTurn => workload::multi_turn(&p),
         Workload::Agentic => workload::agentic(&p),
+        Workload::Workflows => workload::workflows(&p),
         Workload::Random => workload::random(&p),
         Workload::PrefixRepetition => workload::prefix_repetition(&p),
         Workload::Trace => {

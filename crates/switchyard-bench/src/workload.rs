@@ -68,6 +68,7 @@ pub struct Params {
     pub workflows: usize,
     pub agents: usize,
     pub context_len: usize,
+    pub rounds: usize,
     pub num_requests: usize,
     pub prompt_len: usize,
     pub num_prefixes: usize,
@@ -91,6 +92,7 @@ impl Default for Params {
             workflows: 16,
             agents: 4,
             context_len: 4096,
+            rounds: 2,
             num_requests: 1000,
             prompt_len: 1024,
             num_prefixes: 8,
@@ -220,6 +222,52 @@ pub fn agentic(p: &Params) -> Vec<Session> {
                         requests: vec![aggregator],
                     },
                 ],
+            }
+        })
+        .collect()
+}
+
+/// Multi-agent workflows (docs/workflows.md): each has a shared briefing of
+/// `context_len` tokens and `agents` agents. A round is the agents taking turns, one
+/// after another, each given the previous answer, then all of them at once (a fan-out
+/// burst) on the last turn's answer. `rounds` rounds per workflow. Every request carries
+/// `workflow_metadata` and `X-Session-ID: <workflow>` (so `consistent_hash` keys on the
+/// workflow too).
+pub fn workflows(p: &Params) -> Vec<Session> {
+    let mut rng = fastrand::Rng::with_seed(p.seed);
+    (0..p.workflows)
+        .map(|w| {
+            let wf = format!("wf-{w}");
+            let briefing = text(&mut rng, p.context_len);
+            let req = |agent: &str, rng: &mut fastrand::Rng| RequestSpec {
+                messages: vec![
+                    system(briefing.clone()),
+                    user(format!("{{prev}}{}", text(rng, p.question_len))),
+                ],
+                max_tokens: p.output_len,
+                headers: vec![("X-Session-ID".into(), wf.clone())],
+                extra: Some(json!({"workflow_metadata": {"workflow_id": wf, "agent_id": agent}})),
+            };
+            let mut steps = Vec::new();
+            for _ in 0..p.rounds.max(1) {
+                for a in 0..p.agents {
+                    steps.push(Step {
+                        think_secs: 0.0,
+                        requests: vec![req(&format!("agent-{a}"), &mut rng)],
+                    });
+                }
+                steps.push(Step {
+                    think_secs: 0.0,
+                    requests: (0..p.agents)
+                        .map(|a| req(&format!("agent-{a}"), &mut rng))
+                        .collect(),
+                });
+            }
+            Session {
+                id: wf.clone(),
+                start: None,
+                conversational: false,
+                steps,
             }
         })
         .collect()

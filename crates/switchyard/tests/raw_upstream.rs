@@ -422,7 +422,11 @@ async fn workflow_metadata_is_removed_before_the_engine_unless_asked_to_forward(
             serde_json::from_slice(&script.bodies.lock().unwrap()[0]).unwrap();
         assert_eq!(sent.get("workflow_metadata").is_some(), forward, "{sent}");
         // vLLM's priority: lower is sooner, so the workflow's 2 is sent as -2.
-        assert_eq!(sent.get("priority"), forward.then(|| json!(-2)).as_ref(), "{sent}");
+        assert_eq!(
+            sent.get("priority"),
+            forward.then(|| json!(-2)).as_ref(),
+            "{sent}"
+        );
         assert_eq!(sent["model"], "raw");
         assert_eq!(
             sent["messages"], b["messages"],

@@ -565,3 +565,65 @@ async fn every_bad_input_is_a_400_naming_the_field_and_never_reaches_an_engine()
         .await;
     assert_eq!(s, 400);
 }
+
+/// Requests of three workflows with priorities 0, 1 and 5 wait, in that order, at a
+/// one-slot engine under vLLM's priority scheduling; the order the engine served them
+/// in (by its `sim_timing`), with `--forward-priority` on or off.
+async fn engine_order(forward: bool) -> Vec<usize> {
+    use switchyard_sim::{SchedulingPolicy, SimConfig};
+    let sims = sims_with(SimConfig {
+        max_num_seqs: 1,
+        time_scale: 1.0,
+        scheduling_policy: SchedulingPolicy::Priority,
+        ..SimConfig::default()
+    })
+    .await;
+    let server = sims.server(0).clone();
+    let t = TestBed::with(sims, |c| {
+        c.policy = PolicyKind::WorkflowAware;
+        c.forward_priority = forward;
+    })
+    .await;
+    // The holder keeps the only slot busy until it is dropped.
+    let mut holder = t
+        .http
+        .0
+        .post(format!("{}/v1/completions", t.url))
+        .json(&json!({"model": MODEL, "prompt": "hold the engine", "max_tokens": 30000, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    holder.chunk().await.unwrap();
+    let mut pending = Vec::new();
+    for (i, priority) in [0, 1, 5].into_iter().enumerate() {
+        let mut body = chat(&format!("queued {i}"), 4);
+        body["workflow_metadata"] =
+            json!({"workflow_id": format!("wf-p{i}"), "workflow_priority": priority});
+        let (http, url) = (t.http.clone(), t.url.clone());
+        pending.push(tokio::spawn(async move {
+            http.post(&url, "/v1/chat/completions", &body).await
+        }));
+        eventually(
+            &format!("{} request(s) waiting at the engine", i + 1),
+            || async { server.engine_stats().await[0].waiting == i + 1 },
+        )
+        .await;
+    }
+    drop(holder);
+    let mut scheduled = Vec::new();
+    for (i, p) in pending.into_iter().enumerate() {
+        let (s, b) = p.await.unwrap();
+        assert_eq!(s, 200, "{b}");
+        let at = |k: &str| b["sim_timing"][k].as_f64().unwrap();
+        scheduled.push((at("arrival") + at("queue_secs"), i));
+    }
+    scheduled.sort_by(|a, b| a.0.total_cmp(&b.0));
+    scheduled.into_iter().map(|(_, i)| i).collect()
+}
+
+#[tokio::test]
+async fn forwarded_priorities_reorder_the_engines_queue() {
+    // Higher workflow priority is sooner: sent to vLLM negated (lower is sooner there).
+    assert_eq!(engine_order(true).await, [2, 1, 0]);
+    assert_eq!(engine_order(false).await, [0, 1, 2]);
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Workflow-aware routing against the other policies on multi-agent workflows
+# (switchyard-bench --workload workflows), one gateway per policy in front of the same
+# engines, in one run. Writes bench/results/<date>-workflows.md (+ JSON).
+#
+#   bench/workflows.sh
+#
+# 4 simulated engines whose prefix caches cannot hold every workflow's briefing at once
+# (1500 blocks of 16 tokens each, 32 workflows × 4096-token briefings), 4× faster than
+# real time; caches reset before every target; REPS repetitions in rotated order.
+# Loopback only; every process started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=bench/results
+LOGS=$OUT/logs
+mkdir -p "$OUT" "$LOGS"
+DATE=$(date -u +%Y-%m-%d-%H%M)
+BIN=target/release
+REPS=${REPS:-3}
+SCALE=4
+. bench/lib.sh
+
+ENGINE_PORT=18900
+GW_PORT=18950
+if busy=$(ss -Hltnp "sport >= :18900 and sport <= :19099" | grep .); then
+  echo "ports 18900-19099 are in use; stop these first:" >&2; echo "$busy" >&2; exit 1
+fi
+cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
+start sim $BIN/switchyard-sim --engines 4 --port $ENGINE_PORT --time-scale $SCALE \
+  --num-gpu-blocks 1500 --max-model-len 16384 --log-level warn
+wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
+URLS=""; ENGINE_ARGS=()
+for i in 0 1 2 3; do
+  URLS="$URLS,http://127.0.0.1:$((ENGINE_PORT + i))"; ENGINE_ARGS+=(--engine "http://127.0.0.1:$((ENGINE_PORT + i))")
+done
+URLS=${URLS#,}
+TARGET_ARGS=(); PID_ARGS=(); k=0
+for policy in workflow_aware cache_aware consistent_hash round_robin; do
+  port=$((GW_PORT + k))
+  start "gw-$policy" $BIN/switchyard serve --worker-urls "$URLS" --policy $policy --port $port \
+    --prometheus-port $((port + 50)) --admin-port $((port + 80)) --log-level warn
+  eval "pid=\$PID_gw_$policy"
+  TARGET_ARGS+=(--target "$policy=http://127.0.0.1:$port"); PID_ARGS+=(--pid "$policy=$pid")
+  k=$((k + 1))
+done
+for k in 0 1 2 3; do wait_ready "http://127.0.0.1:$((GW_PORT + k))/v1/models"; done
+sleep 2
+REPORT=$OUT/$DATE-workflows.md
+{
+  echo "## Workflow-aware routing ($(date -u +%Y-%m-%d))"
+  echo
+  echo "4 simulated engines (--time-scale $SCALE --num-gpu-blocks 1500 --max-model-len 16384): each"
+  echo "engine's cache holds about 5 of the 32 workflows' 4096-token briefings. Each workflow: 4 agents,"
+  echo "2 rounds of (4 turns one after another, then the 4 agents at once), 64-token questions and"
+  echo "answers; workflows start at 1 per second (Poisson). Latencies are client-side real time;"
+  echo "multiply by $SCALE for simulated time. $REPS repetitions, targets rotated; caches reset before each."
+  echo
+} > "$REPORT"
+$BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PID_ARGS[@]}" --quiet \
+  --workload workflows --workflows 32 --agents 4 --rounds 2 --context-len 4096 --question-len 64 \
+  --output-len 64 --rate 1 --duration 120 --request-timeout 120 --repetitions "$REPS" \
+  --out "$OUT/$DATE-workflows" >> "$REPORT"
+cat "$REPORT"
