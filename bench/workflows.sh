@@ -3,7 +3,8 @@
 # (switchyard-bench --workload workflows), one gateway per policy in front of the same
 # engines, in one run. Writes bench/results/<date>-workflows.md (+ JSON).
 #
-#   bench/workflows.sh
+#   bench/workflows.sh                                   # 4 agents, 1 workflow/s
+#   AGENTS=8 RATE=3 NAME=workflows-heavy bench/workflows.sh   # bigger bursts, busier engines
 #
 # 4 simulated engines whose prefix caches cannot hold every workflow's briefing at once
 # (1500 blocks of 16 tokens each, 32 workflows × 4096-token briefings), 4× faster than
@@ -17,6 +18,9 @@ mkdir -p "$OUT" "$LOGS"
 DATE=$(date -u +%Y-%m-%d-%H%M)
 BIN=target/release
 REPS=${REPS:-3}
+AGENTS=${AGENTS:-4}
+RATE=${RATE:-1}
+NAME=${NAME:-workflows}
 SCALE=4
 . bench/lib.sh
 
@@ -45,19 +49,19 @@ for policy in workflow_aware cache_aware consistent_hash round_robin; do
 done
 for k in 0 1 2 3; do wait_ready "http://127.0.0.1:$((GW_PORT + k))/v1/models"; done
 sleep 2
-REPORT=$OUT/$DATE-workflows.md
+REPORT=$OUT/$DATE-$NAME.md
 {
   echo "## Workflow-aware routing ($(date -u +%Y-%m-%d))"
   echo
   echo "4 simulated engines (--time-scale $SCALE --num-gpu-blocks 1500 --max-model-len 16384): each"
-  echo "engine's cache holds about 5 of the 32 workflows' 4096-token briefings. Each workflow: 4 agents,"
-  echo "2 rounds of (4 turns one after another, then the 4 agents at once), 64-token questions and"
-  echo "answers; workflows start at 1 per second (Poisson). Latencies are client-side real time;"
+  echo "engine's cache holds about 5 of the 32 workflows' 4096-token briefings. Each workflow: $AGENTS agents,"
+  echo "2 rounds of ($AGENTS turns one after another, then the $AGENTS agents at once), 64-token questions and"
+  echo "answers; workflows start at $RATE per second (Poisson). Latencies are client-side real time;"
   echo "multiply by $SCALE for simulated time. $REPS repetitions, targets rotated; caches reset before each."
   echo
 } > "$REPORT"
 $BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PID_ARGS[@]}" --quiet \
-  --workload workflows --workflows 32 --agents 4 --rounds 2 --context-len 4096 --question-len 64 \
-  --output-len 64 --rate 1 --duration 120 --request-timeout 120 --repetitions "$REPS" \
-  --out "$OUT/$DATE-workflows" >> "$REPORT"
+  --workload workflows --workflows 32 --agents "$AGENTS" --rounds 2 --context-len 4096 --question-len 64 \
+  --output-len 64 --rate "$RATE" --duration 120 --request-timeout 120 --repetitions "$REPS" \
+  --out "$OUT/$DATE-$NAME" >> "$REPORT"
 cat "$REPORT"
