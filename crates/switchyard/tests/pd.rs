@@ -485,3 +485,36 @@ async fn a_regular_gateway_refuses_prefill_workers() {
     assert_eq!(status, 400, "{resp}");
     assert_eq!(resp["error"]["param"], "role");
 }
+
+#[tokio::test]
+async fn a_workflow_keeps_its_prefill_and_decode_workers() {
+    let http = Http::new();
+    let prefill = role(Role::Prefill, 3).await;
+    let decode = role(Role::Decode, 2).await;
+    let mut cfg = pd_config(&prefill, &decode, PdMode::Vllm);
+    // Each role has its own policy: the prefill side is where the shared context is
+    // computed, the decode side holds it for the answer.
+    cfg.prefill_policy = PolicyKind::WorkflowAware;
+    cfg.decode_policy = PolicyKind::WorkflowAware;
+    let gw = gateway(cfg).await;
+    let briefing = prompt_text(3, 400);
+    for turn in 0..3 {
+        for agent in ["planner", "coder", "critic"] {
+            let body = json!({"model": MODEL, "max_tokens": 4, "messages": [
+                {"role": "system", "content": briefing},
+                {"role": "user", "content": format!("{agent} {turn}")}],
+                "workflow_metadata": {"workflow_id": "wf-pd", "agent_id": agent}});
+            let (s, b) = http.post(&gw.url(), "/v1/chat/completions", &body).await;
+            assert_eq!(s, 200, "{b}");
+        }
+    }
+    for (side, sims) in [("prefill", &prefill), ("decode", &decode)] {
+        let served = per_server(sims);
+        assert_eq!(
+            served.iter().filter(|n| **n > 0).count(),
+            1,
+            "{side}: {served:?}"
+        );
+        assert_eq!(served.iter().sum::<u64>(), 9, "{side}: {served:?}");
+    }
+}

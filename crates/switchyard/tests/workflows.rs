@@ -627,3 +627,30 @@ async fn forwarded_priorities_reorder_the_engines_queue() {
     assert_eq!(engine_order(true).await, [2, 1, 0]);
     assert_eq!(engine_order(false).await, [0, 1, 2]);
 }
+
+#[tokio::test]
+async fn a_workflow_stays_on_one_data_parallel_rank() {
+    let sims = sims_with(switchyard_sim::SimConfig {
+        data_parallel_size: 4,
+        time_scale: 100.0,
+        ..switchyard_sim::SimConfig::default()
+    })
+    .await;
+    let server = sims.server(0).clone();
+    let t = TestBed::with(sims, |c| {
+        c.policy = PolicyKind::WorkflowAware;
+        c.dp_size = 4;
+    })
+    .await;
+    for turn in 0..2 {
+        for agent in ["a", "b", "c", "d"] {
+            let (s, b) = t
+                .post("/v1/chat/completions", &agent_request("wf-dp", agent, turn))
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
+    }
+    let ranks = server.requests_per_rank();
+    assert_eq!(ranks.iter().filter(|n| **n > 0).count(), 1, "{ranks:?}");
+    assert_eq!(ranks.iter().sum::<u64>(), 8);
+}
