@@ -53,6 +53,9 @@ pub struct TargetResult {
     pub ttft: Summary,
     pub itl: Summary,
     pub e2e: Summary,
+    /// A whole session's time (a conversation's or a workflow's), first request to last
+    /// answer, over the sessions that ran to the end.
+    pub session_e2e: Summary,
     /// Engines' prefix-cache hit rate over the run (hits / queried tokens).
     pub engine_hit_rate: Option<f64>,
     /// Best possible hit rate for the prompts sent (unbounded cache).
@@ -173,6 +176,7 @@ fn summarize_run(
         ttft: summarize(&ttfts),
         itl: summarize(&itls),
         e2e: summarize(&e2es),
+        session_e2e: summarize(&out.session_secs),
         engine_hit_rate: (queries > 0.0).then(|| hits / queries),
         oracle_hit_rate: oracle::hit_rate(&prompts),
         engine_share: deltas
@@ -222,6 +226,7 @@ pub fn aggregate(results: &[TargetResult], targets: &[Target]) -> Vec<TargetResu
                 ttft: msum(&|r| r.ttft),
                 itl: msum(&|r| r.itl),
                 e2e: msum(&|r| r.e2e),
+                session_e2e: msum(&|r| r.session_e2e),
                 engine_hit_rate: first
                     .engine_hit_rate
                     .map(|_| mean(&|r| r.engine_hit_rate.unwrap_or(0.0))),
@@ -257,11 +262,11 @@ pub fn markdown(title: &str, rows: &[TargetResult]) -> String {
     let _ = writeln!(md, "### {title}\n");
     let _ = writeln!(
         md,
-        "| target | ok | errors | req/s | out tok/s | TTFT p50 | TTFT p90 | TTFT p99 | ITL p50 | ITL p90 | E2E p90 | engine hit rate | oracle | engine share | CPU s | peak RSS | TTFT p90 vs first | req/s vs first |"
+        "| target | ok | errors | req/s | out tok/s | TTFT p50 | TTFT p90 | TTFT p99 | ITL p50 | ITL p90 | E2E p90 | session E2E p90 | engine hit rate | oracle | engine share | CPU s | peak RSS | TTFT p90 vs first | req/s vs first |"
     );
     let _ = writeln!(
         md,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     );
     let base = rows.first();
     for r in rows {
@@ -300,7 +305,7 @@ pub fn markdown(title: &str, rows: &[TargetResult]) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1}% | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1}% | {} | {} | {} | {} | {} |",
             r.name,
             r.ok,
             err_detail,
@@ -312,6 +317,7 @@ pub fn markdown(title: &str, rows: &[TargetResult]) -> String {
             ms(r.itl.p50),
             ms(r.itl.p90),
             ms(r.e2e.p90),
+            ms(r.session_e2e.p90),
             r.engine_hit_rate
                 .map_or("—".into(), |h| format!("{:.1}%", h * 100.0)),
             r.oracle_hit_rate * 100.0,

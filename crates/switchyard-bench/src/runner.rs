@@ -64,6 +64,9 @@ pub struct RunOutput {
     pub wall_secs: f64,
     /// Requests still unanswered when the time bound cut the run.
     pub cut: usize,
+    /// Seconds from the first request of each session (conversation, workflow) that
+    /// ran to the end until its last answer.
+    pub session_secs: Vec<f64>,
 }
 
 struct Shared {
@@ -75,6 +78,7 @@ struct Shared {
     done: AtomicUsize,
     errors: AtomicUsize,
     samples: Mutex<Vec<Sample>>,
+    session_secs: Mutex<Vec<f64>>,
 }
 
 impl Shared {
@@ -100,6 +104,7 @@ pub async fn run(cfg: RunConfig, sessions: Arc<Vec<Session>>) -> RunOutput {
         done: AtomicUsize::new(0),
         errors: AtomicUsize::new(0),
         samples: Mutex::new(Vec::new()),
+        session_secs: Mutex::new(Vec::new()),
     });
     let mut tasks = tokio::task::JoinSet::new();
     match cfg.arrivals {
@@ -163,6 +168,7 @@ pub async fn run(cfg: RunConfig, sessions: Arc<Vec<Session>>) -> RunOutput {
         wall_secs: started.elapsed().as_secs_f64(),
         samples,
         cut,
+        session_secs: std::mem::take(&mut *shared.session_secs.lock().expect("sessions lock")),
     }
 }
 
@@ -182,6 +188,7 @@ fn print_progress(s: &Shared, last: bool) {
 }
 
 async fn run_session(shared: &Shared, session: &Session) {
+    let began = Instant::now();
     let mut history: Vec<Value> = Vec::new();
     let mut prev_outputs: Vec<String> = Vec::new();
     for step in &session.steps {
@@ -219,6 +226,11 @@ async fn run_session(shared: &Shared, session: &Session) {
             return; // a broken conversation does not go on
         }
     }
+    shared
+        .session_secs
+        .lock()
+        .expect("sessions lock")
+        .push(began.elapsed().as_secs_f64());
 }
 
 fn substitute(m: &Value, prev: &str) -> Value {

@@ -159,3 +159,49 @@ async fn an_unreachable_target_is_a_clear_error() {
         .to_string();
     assert!(err.contains("gone") && err.contains("unreachable"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflows_run_times_whole_workflows() {
+    let sims = sims_with(SimConfig {
+        time_scale: 50.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let p = Params {
+        workflows: 3,
+        agents: 2,
+        rounds: 2,
+        context_len: 100,
+        question_len: 5,
+        output_len: 4,
+        ..Params::default()
+    };
+    let sessions = workload::workflows(&p);
+    // 2 rounds of (2 turns + a burst of 2), each request tagged with its workflow.
+    assert_eq!(sessions[0].steps.len(), 6);
+    assert_eq!(sessions[0].requests(), 8);
+    let extra = sessions[0].steps[2].requests[1].extra.as_ref().unwrap();
+    assert_eq!(extra["workflow_metadata"]["workflow_id"], "wf-0");
+    assert_eq!(extra["workflow_metadata"]["agent_id"], "agent-1");
+    let cfg = CompareConfig {
+        targets: vec![Target {
+            name: "sim".into(),
+            url: sims.url(),
+            pid: None,
+        }],
+        engines: vec![],
+        model: MODEL.into(),
+        arrivals: Arrivals::Closed(3),
+        max_requests: 100,
+        duration: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(30),
+        repetitions: 1,
+        progress: false,
+    };
+    let results = report::compare(&cfg, Arc::new(sessions)).await.unwrap();
+    let r = &results[0];
+    assert_eq!(r.ok, 24);
+    assert_eq!(r.session_e2e.count, 3, "every workflow ran to the end");
+    // A workflow takes longer than any one of its requests.
+    assert!(r.session_e2e.p50 > r.e2e.p50, "{r:?}");
+}
