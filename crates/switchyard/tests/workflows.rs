@@ -356,16 +356,12 @@ async fn sharing_strategies_gate_messaging() {
 }
 
 #[tokio::test]
-async fn messages_and_workflows_expire_and_the_oldest_workflow_is_evicted() {
-    let t = bed(1, |c| {
-        c.workflow_ttl = 1;
-        c.max_workflows = 2;
-    })
-    .await;
+async fn the_least_recently_active_workflow_is_evicted_beyond_the_bound() {
+    let t = bed(1, |c| c.max_workflows = 2).await;
     send(
         &t,
         "/v1/workflows/wf-1/agents/a/messages",
-        json!({"from_agent": "b", "payload": 1, "ttl_secs": 1}),
+        json!({"from_agent": "b", "payload": 1}),
     )
     .await;
     for wf in ["wf-2", "wf-3"] {
@@ -384,17 +380,45 @@ async fn messages_and_workflows_expire_and_the_oldest_workflow_is_evicted() {
             .0,
         404
     );
-    eventually("idle workflows to expire", || async {
+    assert_eq!(
+        t.http
+            .get(&format!("{}/v1/workflows/wf-3/status", t.url))
+            .await
+            .0,
+        200
+    );
+    let (_, stats) = t.http.get(&format!("{}/v1/workflows/stats", t.url)).await;
+    assert_eq!(stats["evicted_workflows"], 1, "{stats}");
+    assert_eq!(stats["active_workflows"], 2);
+    assert_eq!(
+        t.metric("switchyard_workflow_evicted_total", &[]).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_idle_workflow_expires() {
+    let t = bed(1, |c| c.workflow_ttl = 1).await;
+    assert_eq!(
+        t.post("/v1/chat/completions", &agent_request("wf-x", "a", 0))
+            .await
+            .0,
+        200
+    );
+    eventually("the idle workflow to expire", || async {
         let (_, s) = t.http.get(&format!("{}/v1/workflows/stats", t.url)).await;
         s["active_workflows"] == 0
     })
     .await;
     let (_, stats) = t.http.get(&format!("{}/v1/workflows/stats", t.url)).await;
-    assert_eq!(stats["evicted_workflows"], 1, "{stats}");
-    assert_eq!(stats["expired_workflows"], 2);
+    assert_eq!(stats["expired_workflows"], 1, "{stats}");
+    assert_eq!(stats["created_workflows"], 1);
     assert_eq!(
-        t.metric("switchyard_workflow_evicted_total", &[]).await,
-        1.0
+        t.http
+            .get(&format!("{}/v1/workflows/wf-x/status", t.url))
+            .await
+            .0,
+        404
     );
 }
 
