@@ -23,6 +23,26 @@ pub async fn sims(n: usize) -> SimHandle {
     .await
 }
 
+/// `engines` simulated engines at 100× serving `model`.
+pub async fn serving(model: &str, engines: usize) -> SimHandle {
+    sims_with(SimConfig {
+        engines,
+        served_model_name: vec![model.into()],
+        time_scale: 100.0,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// A loopback port free now (for a process a test starts itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
 /// A simulator config running 100× faster than real time.
 pub fn fast() -> SimConfig {
     SimConfig {

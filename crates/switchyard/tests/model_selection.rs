@@ -13,17 +13,6 @@ use switchyard::{Config, ModelSettings, PolicyKind};
 use switchyard_sim::{Faults, SimConfig, SimHandle};
 use switchyard_testkit::*;
 
-/// Engines serving `model`.
-async fn serving(model: &str, engines: usize) -> SimHandle {
-    sims_with(SimConfig {
-        engines,
-        served_model_name: vec![model.into()],
-        time_scale: 100.0,
-        ..SimConfig::default()
-    })
-    .await
-}
-
 /// The coder, reasoner and general models, and (for the llm classifier) a small one.
 struct Fleet {
     coder: SimHandle,
@@ -1063,14 +1052,6 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[cfg(unix)]

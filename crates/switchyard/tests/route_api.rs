@@ -6,19 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use switchyard::{Config, Gateway, ModelSettings, PolicyKind};
-use switchyard_sim::{SimConfig, SimHandle};
+use switchyard_sim::SimHandle;
 use switchyard_testkit::*;
-
-/// Engines serving `model`.
-async fn serving(model: &str, engines: usize) -> SimHandle {
-    sims_with(SimConfig {
-        engines,
-        served_model_name: vec![model.into()],
-        time_scale: 100.0,
-        ..SimConfig::default()
-    })
-    .await
-}
 
 /// A chat model (two engines), a vision model and a speech model.
 struct Fleet {
@@ -946,14 +935,6 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -295,19 +295,13 @@ impl RouteApi {
             return turn.failed(&e).await;
         };
         let (model, worker) = served_by(&parts.headers);
-        let inference_ms = ms(inference_start);
-        let (out, _) = turn
-            .finish(
-                Turned {
-                    answer,
-                    usage,
-                    model,
-                    worker,
-                },
-                inference_ms,
-            )
-            .await;
-        axum::Json(out).into_response()
+        let turned = Turned {
+            answer,
+            usage,
+            model,
+            worker,
+        };
+        axum::Json(turn.finish(turned, inference_start).await).into_response()
     }
 
     /// Bypass, or full routing: the use case, its model, and how it was decided.
@@ -510,11 +504,16 @@ impl Pending {
     }
 
     /// The generation failed: the failure, counted.
-    async fn failed(self, e: &ApiError) -> Response {
-        self.observe(e.status.as_u16());
+    /// Counts a turn that got no answer.
+    async fn count_failure(&self, status: u16) {
+        self.observe(status);
         let mut deltas = self.routing_deltas();
         deltas.push(("failed_requests", 1.0));
         self.api.count(&deltas).await;
+    }
+
+    async fn failed(self, e: &ApiError) -> Response {
+        self.count_failure(e.status.as_u16()).await;
         failure(
             e,
             Some(&self.decision.case.id),
@@ -524,7 +523,8 @@ impl Pending {
     }
 
     /// Writes the session and the stats for an answered turn; the response fields.
-    async fn finish(mut self, t: Turned, inference_ms: f64) -> (Value, bool) {
+    async fn finish(mut self, t: Turned, inference_start: Instant) -> Value {
+        let inference_ms = ms(inference_start);
         let api = self.api.clone();
         let now = api.stores.clock.now_ms();
         let d = &self.decision;
@@ -629,7 +629,7 @@ impl Pending {
             "usage": t.usage,
             "request_id": self.request_id,
         });
-        (out, created)
+        out
     }
 
     /// The decision as the first event of a stream.
@@ -714,24 +714,16 @@ impl Pending {
                         &json!({"type": "error", "success": false, "error_message": e.message}),
                     ))
                     .await;
-                self.observe(502);
-                let mut deltas = self.routing_deltas();
-                deltas.push(("failed_requests", 1.0));
-                self.api.count(&deltas).await;
+                self.count_failure(502).await;
                 return;
             }
-            let inference_ms = ms(inference_start);
-            let (mut out, _) = self
-                .finish(
-                    Turned {
-                        answer,
-                        usage,
-                        model,
-                        worker,
-                    },
-                    inference_ms,
-                )
-                .await;
+            let turned = Turned {
+                answer,
+                usage,
+                model,
+                worker,
+            };
+            let mut out = self.finish(turned, inference_start).await;
             out["type"] = json!("done");
             let _ = tx.send(sse(&out)).await;
             let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
