@@ -77,6 +77,9 @@ pub struct SeqSummary {
     pub first_token: f64,
     pub finished: f64,
     pub preemptions: u32,
+    /// Prompt tokens this engine computed itself (neither found in its prefix cache nor
+    /// received from a remote prefill); recomputation after a preemption counts again.
+    pub computed_prompt_tokens: usize,
     /// The blocks that held the sequence when it finished (the prefill side of a
     /// prefill/decode split reports them as `remote_block_ids`).
     pub block_ids: Vec<BlockId>,
@@ -92,6 +95,7 @@ struct Seq {
     blocks: Vec<BlockId>,
     registered: usize,
     num_computed: usize,
+    computed_prompt_tokens: usize,
     output: u32,
     cached_tokens: Option<usize>,
     scheduled_at: Option<f64>,
@@ -280,6 +284,7 @@ impl Scheduler {
             blocks: Vec::new(),
             registered: 0,
             num_computed: 0,
+            computed_prompt_tokens: 0,
             output: 0,
             cached_tokens: None,
             scheduled_at: None,
@@ -467,6 +472,7 @@ impl Scheduler {
             let bs = self.cfg.block_size;
             let caching = self.cfg.prefix_caching;
             let seq = &mut self.running[idx];
+            seq.computed_prompt_tokens += n.min(seq.prompt_len.saturating_sub(seq.num_computed));
             seq.num_computed += n;
             if caching {
                 extend_block_hashes(&mut seq.hashes, &seq.tokens[..seq.num_computed], bs);
@@ -532,6 +538,7 @@ impl Scheduler {
                     first_token: seq.first_token_at.unwrap_or(end),
                     finished: end,
                     preemptions: seq.preemptions,
+                    computed_prompt_tokens: seq.computed_prompt_tokens,
                     block_ids: seq.blocks,
                 };
                 self.outbox.push((seq.spec.tx, SeqEvent::Done(summary)));

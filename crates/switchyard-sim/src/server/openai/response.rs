@@ -100,6 +100,7 @@ pub(super) fn timing(s: &SeqSummary) -> Value {
         "ttft_secs": s.first_token - s.arrival,
         "e2e_secs": s.finished - s.arrival,
         "preemptions": s.preemptions,
+        "computed_prompt_tokens": s.computed_prompt_tokens,
     })
 }
 
