@@ -357,3 +357,37 @@ pub fn prompt_text(seed: u32, words: usize) -> String {
     }
     s
 }
+
+/// A Redis database at 127.0.0.1:6379 (each suite its own number) and a key prefix of
+/// its own per test; the prefix's keys are removed when the test ends.
+pub struct RedisKeys {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(db: u32, test: &str) -> RedisKeys {
+        RedisKeys {
+            url: format!("redis://127.0.0.1:6379/{db}"),
+            prefix: format!("switchyard-test-{}-{test}", std::process::id()),
+        }
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut c) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut c)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut c);
+        }
+    }
+}

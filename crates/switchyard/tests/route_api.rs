@@ -727,46 +727,13 @@ async fn chat_with_image_audio_and_video_parts_routes_like_any_chat() {
 
 // --- Redis ---------------------------------------------------------------------------
 
-/// This suite's Redis database at 127.0.0.1:6379 (others use other numbers), and a key
-/// prefix of its own per test, removed when the test ends.
+/// This suite's Redis database at 127.0.0.1:6379 (others use other numbers).
 const REDIS_DB: u32 = 7;
-
-struct RedisKeys {
-    url: String,
-    prefix: String,
-}
-
-impl RedisKeys {
-    fn new(test: &str) -> RedisKeys {
-        RedisKeys {
-            url: format!("redis://127.0.0.1:6379/{REDIS_DB}"),
-            prefix: format!("switchyard-test-{}-{test}", std::process::id()),
-        }
-    }
-}
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(self.url.as_str()) else {
-            return;
-        };
-        let Ok(mut c) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query(&mut c)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut c);
-        }
-    }
-}
 
 #[tokio::test]
 async fn two_replicas_sharing_redis_see_the_same_sessions_and_stats() {
     let fleet = Fleet::start().await;
-    let keys = RedisKeys::new("replicas");
+    let keys = RedisKeys::new(REDIS_DB, "replicas");
     let replica = || {
         let mut cfg = fleet.config();
         cfg.redis_url = Some(keys.url.clone());
@@ -830,7 +797,7 @@ async fn a_redis_session_expires_with_its_redis_ttl() {
     let fleet = Fleet::start().await;
     // The TTL is set on the session's hash, and refreshed by each turn (read from Redis
     // with a TTL long enough that no test runs near it).
-    let keys = RedisKeys::new("ttl-set");
+    let keys = RedisKeys::new(REDIS_DB, "ttl-set");
     let mut cfg = fleet.config();
     cfg.redis_url = Some(keys.url.clone());
     cfg.redis_key_prefix = keys.prefix.clone();
@@ -857,7 +824,7 @@ async fn a_redis_session_expires_with_its_redis_ttl() {
     gw.gw.shutdown();
 
     // A short TTL: the session is gone once it passes, from the lists too.
-    let keys = RedisKeys::new("ttl-end");
+    let keys = RedisKeys::new(REDIS_DB, "ttl-end");
     let mut cfg = fleet.config();
     cfg.redis_url = Some(keys.url.clone());
     cfg.redis_key_prefix = keys.prefix.clone();
@@ -1005,7 +972,7 @@ async fn with_redis_stopped_route_degrades_without_failing_and_recovers() {
 #[tokio::test]
 async fn redis_bounds_a_users_live_sessions() {
     let fleet = Fleet::start().await;
-    let keys = RedisKeys::new("per-user");
+    let keys = RedisKeys::new(REDIS_DB, "per-user");
     let mut cfg = fleet.config();
     cfg.redis_url = Some(keys.url.clone());
     cfg.redis_key_prefix = keys.prefix.clone();

@@ -229,7 +229,7 @@ impl Pipeline {
         // A workflow's request joins it; its metadata is the gateway's, not the engine's.
         let body = match &view.workflow {
             Some(wf) => {
-                self.workflows.touch(wf);
+                view.workflow_homes = self.workflows.arrive(wf).await;
                 let mut fields: Vec<crate::request::body::Field<'_>> = Vec::new();
                 if view.has_workflow_metadata && !self.entry.forward_workflow_metadata {
                     fields.push(("workflow_metadata", None));
@@ -508,9 +508,31 @@ impl Pipeline {
             }
         }
         match selected {
-            Selected::Assigned(a) => Ok(a),
+            Selected::Assigned(a) => {
+                self.share_home(role, view, &a).await;
+                Ok(a)
+            }
             Selected::Refused(id) => Err(Unselected::Refused(id)),
             Selected::NoCandidate => Err(Unselected::None(role)),
+        }
+    }
+
+    /// Tells the other replicas (through the shared store) the home the workflow-aware
+    /// policy placed a workflow on, when they did not know it. Awaited, so that the
+    /// workflow's next request finds it on any replica (once per placement).
+    async fn share_home(&self, role: WorkerRole, view: &RequestView, a: &Assignment) {
+        let Some(wf) = &view.workflow else { return };
+        if !self.workflows.is_shared()
+            || !matches!(
+                a.reason(),
+                "workflow_home" | "workflow_placed" | "workflow_migrated"
+            )
+        {
+            return;
+        }
+        let label = &a.worker().label;
+        if view.workflow_homes[role.index()].as_ref() != Some(label) {
+            self.workflows.publish_home(wf, role, label).await;
         }
     }
 

@@ -87,6 +87,9 @@ pub struct RequestView {
     /// The body carries `workflow_metadata` (removed before forwarding unless
     /// `--forward-workflow-metadata`).
     pub has_workflow_metadata: bool,
+    /// The workers other replicas chose as the workflow's home, by worker role (URL
+    /// labels, from the shared store; empty without Redis).
+    pub workflow_homes: [Option<Arc<str>>; 3],
 }
 
 /// Receives the prompt's bytes, in order, while the request is parsed.
@@ -164,6 +167,7 @@ impl RequestView {
             model_span,
             workflow,
             has_workflow_metadata: wire.workflow_metadata.is_some(),
+            workflow_homes: Default::default(),
         })
     }
 }
@@ -349,6 +353,7 @@ fn parse_multipart(
         intent: None,
         workflow: workflow::of(None, headers)?.map(Arc::new),
         has_workflow_metadata: false,
+        workflow_homes: Default::default(),
     })
 }
 

@@ -177,6 +177,7 @@ pub(crate) mod tests {
             model_span: None,
             workflow: None,
             has_workflow_metadata: false,
+            workflow_homes: Default::default(),
         }
     }
 

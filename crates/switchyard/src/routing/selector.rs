@@ -19,11 +19,17 @@ use crate::shutdown::Shutdown;
 pub struct Assignment {
     lease: Lease,
     policy: Arc<dyn Policy>,
+    reason: &'static str,
 }
 
 impl Assignment {
     pub fn worker(&self) -> &Arc<Worker> {
         self.lease.worker()
+    }
+
+    /// Why the policy chose the worker (the `reason` label of routing decisions).
+    pub fn reason(&self) -> &'static str {
+        self.reason
     }
 
     /// Settles the attempt on this worker: breaker outcome, passive health, in-flight
@@ -125,6 +131,7 @@ impl WorkerSelector {
         Selected::Assigned(Assignment {
             lease,
             policy: entry.policy,
+            reason: pick.reason,
         })
     }
 

@@ -138,6 +138,32 @@ impl Policy for WorkflowAware {
         }
         let mut map = self.placements.lock().expect("placements lock");
         let at = |id: &WorkerId| candidates.iter().position(|w| w.id == *id);
+        // Another replica's placement (shared through Redis) is the workflow's home here
+        // too, while it is a candidate: replicas agree on one worker.
+        let shared = req.workflow_homes[ctx.role.index()]
+            .as_ref()
+            .and_then(|label| candidates.iter().find(|w| w.label == *label));
+        if let Some(w) = shared {
+            match map.get_mut(&wf.id) {
+                Some(p) if p.home != w.id => {
+                    p.home = w.id.clone();
+                    p.overflow = None;
+                }
+                Some(_) => {}
+                None => {
+                    self.forget_old(&mut map, self.cfg.max_workflows.max(1) - 1);
+                    map.insert(
+                        wf.id.clone(),
+                        Placement {
+                            home: w.id.clone(),
+                            overflow: None,
+                            in_flight: HashMap::new(),
+                            last: Instant::now(),
+                        },
+                    );
+                }
+            }
+        }
         if let Some(p) = map.get_mut(&wf.id) {
             p.last = Instant::now();
             if let Some(i) = at(&p.home) {

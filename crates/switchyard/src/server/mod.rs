@@ -175,6 +175,19 @@ impl Gateway {
             shutdown: shutdown.clone(),
         };
         let clock: Arc<dyn crate::state::Clock> = Arc::new(crate::state::SystemClock);
+        let stores = crate::state::Stores::open(
+            &crate::state::StateConfig {
+                redis_url: cfg.redis_url.clone(),
+                redis_prefix: cfg.redis_key_prefix.clone(),
+                redis_pool_size: cfg.redis_pool_size,
+                redis_timeout: Duration::from_millis(cfg.redis_timeout_ms),
+                session_ttl: Duration::from_secs(cfg.session_timeout_secs),
+                max_sessions: cfg.max_sessions,
+                max_sessions_per_user: cfg.max_sessions_per_user,
+            },
+            clock.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let workflows = Arc::new(crate::workflows::Workflows::new(
             crate::workflows::WorkflowConfig {
                 ttl_ms: (cfg.workflow_ttl as i64).saturating_mul(1000),
@@ -184,6 +197,7 @@ impl Gateway {
                 default_message_ttl_ms: (cfg.workflow_ttl as i64).saturating_mul(1000),
             },
             clock.clone(),
+            stores.redis.clone(),
         ));
         let header = |h: &str| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes());
         let pipeline = Arc::new(Pipeline {
@@ -221,19 +235,6 @@ impl Gateway {
         });
         // The classifier's one-off work (embedding the intents' examples).
         pipeline.models.prepare(&*pipeline).await;
-        let stores = crate::state::Stores::open(
-            &crate::state::StateConfig {
-                redis_url: cfg.redis_url.clone(),
-                redis_prefix: cfg.redis_key_prefix.clone(),
-                redis_pool_size: cfg.redis_pool_size,
-                redis_timeout: Duration::from_millis(cfg.redis_timeout_ms),
-                session_ttl: Duration::from_secs(cfg.session_timeout_secs),
-                max_sessions: cfg.max_sessions,
-                max_sessions_per_user: cfg.max_sessions_per_user,
-            },
-            clock,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let route = Arc::new(RouteApi::new(
             pipeline.clone(),
             stores,
@@ -266,7 +267,7 @@ impl Gateway {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => workflows.sweep(),
+                        _ = tick.tick() => workflows.sweep().await,
                         _ = shutdown.cancelled() => return,
                     }
                 }

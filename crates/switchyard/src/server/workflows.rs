@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::error::ApiError;
 use crate::request::workflow::check_id;
+use crate::state::StateError;
 use crate::workflows::queue::Draft;
 use crate::workflows::{Recipients, SendError};
 
@@ -27,33 +28,47 @@ fn not_found(id: &str) -> Response {
         .into_response()
 }
 
-fn status_of(st: &AppState, id: &str, detailed: bool) -> Response {
+/// The answer when the shared store (Redis) fails: 503, the detail only in the log.
+fn store_down(e: &StateError) -> ApiError {
+    tracing::warn!(error = %e, "workflow store unavailable");
+    ApiError::unavailable(
+        "workflow_store_unavailable",
+        "The workflow store is unavailable; try again shortly".to_string(),
+        1,
+    )
+}
+
+async fn status_of(st: &AppState, id: &str, detailed: bool) -> Response {
     if let Err(e) = check_id(id, "workflow_id") {
         return e.into_response();
     }
-    match st.pipeline.workflows.status(id, detailed) {
-        Some(v) => Json(v).into_response(),
-        None => not_found(id),
+    match st.pipeline.workflows.status(id, detailed).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => not_found(id),
+        Err(e) => store_down(&e).into_response(),
     }
 }
 
 /// `GET /v1/workflows/{id}/status`.
 pub async fn status(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    status_of(&st, &id, false)
+    status_of(&st, &id, false).await
 }
 
 /// `GET /workflows/{id}` on the admin listener: the status with worker URLs.
 pub async fn admin_status(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    status_of(&st, &id, true)
+    status_of(&st, &id, true).await
 }
 
 /// `GET /v1/workflows/stats`.
-pub async fn stats(State(st): State<Arc<AppState>>) -> Json<Value> {
-    let mut v = st.pipeline.workflows.stats(10);
+pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
+    let mut v = match st.pipeline.workflows.stats(10).await {
+        Ok(v) => v,
+        Err(e) => return store_down(&e).into_response(),
+    };
     let (migrations, splits) = st.workers.workflow_moves();
     v["migrations"] = json!(migrations);
     v["splits"] = json!(splits);
-    Json(v)
+    Json(v).into_response()
 }
 
 /// `DELETE /v1/workflows/{id}`.
@@ -61,10 +76,11 @@ pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> 
     if let Err(e) = check_id(&id, "workflow_id") {
         return e.into_response();
     }
-    if st.pipeline.workflows.delete(&id) {
-        Json(json!({"success": true, "message": format!("Workflow {id} ended")})).into_response()
-    } else {
-        not_found(&id)
+    match st.pipeline.workflows.delete(&id).await {
+        Ok(true) => Json(json!({"success": true, "message": format!("Workflow {id} ended")}))
+            .into_response(),
+        Ok(false) => not_found(&id),
+        Err(e) => store_down(&e).into_response(),
     }
 }
 
@@ -155,6 +171,7 @@ fn send_error(e: SendError) -> ApiError {
             );
             e
         }
+        SendError::Store(e) => store_down(&StateError(e)),
         SendError::Disabled => ApiError::conflict(
             "Messaging is off for this workflow (context_sharing_strategy: none)",
         ),
@@ -183,6 +200,7 @@ pub async fn send_to_agent(
             .pipeline
             .workflows
             .send(&Arc::from(id.as_str()), Recipients::One(&agent), d)
+            .await
             .map_err(send_error)?;
         let (_, message_id, expires_at) = sent.into_iter().next().expect("one recipient");
         Ok::<_, ApiError>(
@@ -234,6 +252,7 @@ pub async fn send_to_workflow(
             .pipeline
             .workflows
             .send(&Arc::from(id.as_str()), recipients, d)
+            .await
             .map_err(send_error)?;
         let messages: Vec<Value> = sent
             .into_iter()
@@ -298,7 +317,11 @@ pub async fn receive(
             let arrival = workflows.arrival();
             tokio::pin!(arrival);
             arrival.as_mut().enable();
-            let Some(messages) = workflows.receive(&id, &agent, limit, consume) else {
+            let Some(messages) = workflows
+                .receive(&id, &agent, limit, consume)
+                .await
+                .map_err(|e| store_down(&e))?
+            else {
                 return Ok(not_found(&id));
             };
             if !messages.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -311,9 +334,14 @@ pub async fn receive(
                 .into_response());
             }
             let _waiting = workflows.waiting();
+            // With Redis, other replicas' sends are seen by looking again every poll.
+            let look_again = match workflows.is_shared() {
+                true => deadline.min(tokio::time::Instant::now() + crate::workflows::SHARED_POLL),
+                false => deadline,
+            };
             tokio::select! {
                 _ = arrival => {}
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(look_again) => {}
             }
         }
     };

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::state::{random_id, rfc3339};
@@ -20,7 +20,7 @@ pub struct Draft {
 }
 
 /// A queued message.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Message {
     pub message_id: String,
     pub from_agent: Option<Arc<str>>,
@@ -49,6 +49,8 @@ pub enum SendError {
     Strategy(&'static str),
     /// The payload is over the limit (413).
     TooLarge(usize),
+    /// The shared store (Redis) failed (503).
+    Store(String),
 }
 
 #[derive(Default)]
