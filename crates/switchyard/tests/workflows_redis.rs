@@ -61,45 +61,52 @@ fn agent_request(wf: &str, agent: &str, turn: usize) -> Value {
 async fn two_replicas_share_a_workflows_worker_registry_and_queues() {
     let keys = RedisKeys::new(REDIS_DB, "shared");
     let sims = sims(4).await;
-    // B lists the workers in the opposite order, so that left alone the two would
-    // break the cache-aware tie between idle workers differently.
-    let mut reversed = sims.urls();
-    reversed.reverse();
     let a = Replica::start(sims.urls(), &keys, |_| {}).await;
-    let b = Replica::start(reversed, &keys, |_| {}).await;
-    // The agents' calls alternate between the replicas; all land on one worker.
-    let mut n = 0;
-    for turn in 0..2 {
-        for agent in ["planner", "coder", "critic"] {
-            let replica = if n % 2 == 0 { &a } else { &b };
-            n += 1;
-            let (s, body) = replica
-                .post("/v1/chat/completions", &agent_request("wf-r", agent, turn))
-                .await;
-            assert_eq!(s, 200, "{body}");
+    let b = Replica::start(sims.urls(), &keys, |_| {}).await;
+    // Three workflows whose agents' calls alternate between the replicas. Left alone,
+    // each replica would place each workflow by its own cost (ties broken at random).
+    let workflows = ["wf-r", "wf-s", "wf-t"];
+    for wf in workflows {
+        let mut n = 0;
+        for turn in 0..2 {
+            for agent in ["planner", "coder", "critic"] {
+                let replica = if n % 2 == 0 { &a } else { &b };
+                n += 1;
+                let (s, body) = replica
+                    .post("/v1/chat/completions", &agent_request(wf, agent, turn))
+                    .await;
+                assert_eq!(s, 200, "{body}");
+            }
         }
     }
-    let served = per_server(&sims);
-    assert_eq!(
-        served.iter().filter(|n| **n > 0).count(),
-        1,
-        "one worker for both replicas: {served:?}"
-    );
-    // One registry: both replicas report the six requests of three agents.
+    assert_eq!(per_server(&sims).iter().sum::<u64>(), 18);
+    // One registry: both replicas report each workflow's six requests, all on one
+    // worker.
     for r in [&a, &b] {
-        eventually("both replicas to see every request", || async {
-            r.get("/v1/workflows/wf-r/status").await.1["totals"]["requests"] == 6
-        })
-        .await;
-        let (_, status) = r.get("/v1/workflows/wf-r/status").await;
-        assert_eq!(status["agents"]["coder"]["requests"], 2, "{status}");
-        assert_eq!(status["workers"].as_array().unwrap().len(), 1, "{status}");
+        for wf in workflows {
+            let path = format!("/v1/workflows/{wf}/status");
+            eventually("both replicas to see every request", || async {
+                r.get(&path).await.1["totals"]["requests"] == 6
+            })
+            .await;
+            let (_, status) = r.get(&path).await;
+            assert_eq!(status["agents"]["coder"]["requests"], 2, "{status}");
+            assert_eq!(
+                status["workers"].as_array().unwrap().len(),
+                1,
+                "one worker for both replicas: {status}"
+            );
+        }
         let (_, stats) = r.get("/v1/workflows/stats").await;
-        assert_eq!(stats["active_workflows"], 1, "{stats}");
-        assert_eq!(stats["created_workflows"], 1, "{stats}");
-        assert_eq!(stats["requests"], 6, "{stats}");
-        assert_eq!(stats["top_workflows"][0]["workflow_id"], "wf-r", "{stats}");
-        assert_eq!(stats["agent_roles"]["critic"]["requests"], 2, "{stats}");
+        assert_eq!(stats["active_workflows"], 3, "{stats}");
+        assert_eq!(stats["created_workflows"], 3, "{stats}");
+        assert_eq!(stats["requests"], 18, "{stats}");
+        assert_eq!(
+            stats["top_workflows"].as_array().unwrap().len(),
+            3,
+            "{stats}"
+        );
+        assert_eq!(stats["agent_roles"]["critic"]["requests"], 6, "{stats}");
     }
     // One set of queues: sent through A, read (and consumed) through B.
     let (s, sent) = a

@@ -16,12 +16,14 @@
 //! home worker run four requests (plus four per request on the lightest) ahead of
 //! the lightest before the workflow moves.
 //!
-//! Beyond the bound the workflow **splits** if it is itself the load — at least two of
-//! its own requests are in flight on its home (a fan-out burst): the request goes to a
-//! second worker chosen by the cache-aware cost, which the workflow keeps as its
-//! overflow while that worker is within the bound; the home stays. Otherwise the
-//! workflow **migrates**: the cache-aware choice becomes its home. A home that is no
-//! longer a candidate (failed, draining, removed) is a migration too. Requests without
+//! Beyond the bound the request goes where the cache-aware cost is lowest, the home
+//! included: the home still wins when the prompt it holds outweighs its queue (moving
+//! would recompute the workflow's context elsewhere). When another worker is cheaper,
+//! the workflow **splits** if it is itself the load — at least two of its own requests
+//! are in flight on its home (a fan-out burst): the request goes to that worker, which
+//! the workflow keeps as its overflow while it is within the bound; the home stays.
+//! Otherwise the workflow **migrates**: the cheaper worker becomes its home. A home
+//! that is no longer a candidate (failed, draining, removed) is a migration too. Requests without
 //! a workflow are placed by the cache-aware cost.
 
 use std::collections::HashMap;
@@ -173,35 +175,43 @@ impl Policy for WorkflowAware {
                         reason: "workflow_home",
                     });
                 }
-                // Over the bound: a burst of the workflow's own splits, else it moves.
+                // Over the bound, the workflow leaves only for a worker where the
+                // request costs less even counting the prompt it must compute there
+                // (the cache-aware cost, home included): a burst of the workflow's own
+                // splits to it, anything else moves there.
+                let pick = self.cache.pick(candidates, req, ctx)?;
+                if pick.index == i {
+                    return Some(Pick {
+                        index: i,
+                        reason: "workflow_home",
+                    });
+                }
                 let own = p.in_flight.get(&p.home).copied().unwrap_or(0);
                 if own >= 2 {
-                    if let Some(j) = p.overflow.as_ref().and_then(at) {
-                        if self.within(&candidates[j], candidates) {
-                            self.splits.fetch_add(1, Ordering::Relaxed);
-                            return Some(Pick {
-                                index: j,
-                                reason: "workflow_overflow",
-                            });
-                        }
-                    }
-                    let others: Vec<Arc<Worker>> = candidates
-                        .iter()
-                        .filter(|w| w.id != p.home)
-                        .cloned()
-                        .collect();
-                    if let Some(pick) = self.cache.pick(&others, req, ctx) {
-                        let id = others[pick.index].id.clone();
-                        p.overflow = Some(id.clone());
-                        self.splits.fetch_add(1, Ordering::Relaxed);
-                        return Some(Pick {
-                            index: at(&id).expect("from the candidates"),
-                            reason: "workflow_split",
-                        });
-                    }
+                    let j = match p.overflow.as_ref().and_then(at) {
+                        Some(j) if self.within(&candidates[j], candidates) => j,
+                        _ => pick.index,
+                    };
+                    p.overflow = Some(candidates[j].id.clone());
+                    self.splits.fetch_add(1, Ordering::Relaxed);
+                    return Some(Pick {
+                        index: j,
+                        reason: if j == pick.index {
+                            "workflow_split"
+                        } else {
+                            "workflow_overflow"
+                        },
+                    });
                 }
+                p.home = candidates[pick.index].id.clone();
+                p.overflow = None;
+                self.migrations.fetch_add(1, Ordering::Relaxed);
+                return Some(Pick {
+                    index: pick.index,
+                    reason: "workflow_migrated",
+                });
             }
-            // The home is gone, or over the bound without a burst: move.
+            // The home is gone: move.
             let pick = self.cache.pick(candidates, req, ctx)?;
             p.home = candidates[pick.index].id.clone();
             p.overflow = None;
@@ -346,6 +356,26 @@ mod tests {
         // The new home holds.
         let next = p.pick(&ws, &req, &c).unwrap();
         assert_eq!((next.index, next.reason), (moved.index, "workflow_home"));
+    }
+
+    #[test]
+    fn beyond_the_bound_a_home_that_holds_the_prompt_stays_while_it_is_cheaper() {
+        let p = policy(0.5); // k = 1
+        let c = ctx();
+        let ws = vec![test_worker(1), test_worker(2), test_worker(3)];
+        let req = of("wf");
+        let home = p.pick(&ws, &req, &c).unwrap().index;
+        c.prefix.record(&req.prefix_blocks, &ws[home].id);
+        // Two requests queued on the home: beyond the bound (2 > 0 + 1), but its cost
+        // (0 uncached blocks + 2 queued) is below any other's (4 uncached + 0 queued).
+        let _two: Vec<_> = (0..2).map(|_| ws[home].begin()).collect();
+        let stay = p.pick(&ws, &req, &c).unwrap();
+        assert_eq!((stay.index, stay.reason), (home, "workflow_home"));
+        // Five queued: now the idle workers are cheaper (4 < 5), and it moves.
+        let _three: Vec<_> = (0..3).map(|_| ws[home].begin()).collect();
+        let moved = p.pick(&ws, &req, &c).unwrap();
+        assert_eq!(moved.reason, "workflow_migrated");
+        assert_eq!(p.moves(), (1, 0));
     }
 
     #[test]
