@@ -5,6 +5,11 @@
 #
 #   bench/workflows.sh                                   # 4 agents, 1 workflow/s
 #   AGENTS=8 RATE=3 NAME=workflows-heavy bench/workflows.sh   # bigger bursts, busier engines
+#   REPLICAS=2 NAME=workflows-replicas bench/workflows.sh     # two gateways per policy
+#
+# With REPLICAS=2 every policy runs as two gateway replicas sharing the local Redis
+# (127.0.0.1:6379, database 15, keys under a prefix of this run, removed on exit), and the
+# client sends requests to them in turn, as a load balancer without affinity would.
 #
 # 4 simulated engines whose prefix caches cannot hold every workflow's briefing at once
 # (1500 blocks of 16 tokens each, 32 workflows × 4096-token briefings), 4× faster than
@@ -21,6 +26,14 @@ REPS=${REPS:-3}
 AGENTS=${AGENTS:-4}
 RATE=${RATE:-1}
 NAME=${NAME:-workflows}
+REPLICAS=${REPLICAS:-1}
+REDIS_URL=redis://127.0.0.1:6379/15
+REDIS_PREFIX=switchyard-bench-$DATE-$$
+if [ "$REPLICAS" -gt 1 ]; then
+  redis-cli -u "$REDIS_URL" ping > /dev/null || { echo "REPLICAS>1 needs Redis at $REDIS_URL" >&2; exit 1; }
+  clear_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_PREFIX*" | xargs -r redis-cli -u "$REDIS_URL" del > /dev/null; }
+  trap 'cleanup; clear_keys' EXIT INT TERM
+fi
 SCALE=4
 . bench/lib.sh
 
@@ -40,14 +53,21 @@ done
 URLS=${URLS#,}
 TARGET_ARGS=(); PID_ARGS=(); k=0
 for policy in workflow_aware cache_aware consistent_hash round_robin; do
-  port=$((GW_PORT + k))
-  start "gw-$policy" $BIN/switchyard serve --worker-urls "$URLS" --policy $policy --port $port \
-    --prometheus-port $((port + 50)) --admin-port $((port + 80)) --log-level warn
-  eval "pid=\$PID_gw_$policy"
-  TARGET_ARGS+=(--target "$policy=http://127.0.0.1:$port"); PID_ARGS+=(--pid "$policy=$pid")
-  k=$((k + 1))
+  replicas=""
+  for r in $(seq 1 "$REPLICAS"); do
+    port=$((GW_PORT + k))
+    shared=()
+    [ "$REPLICAS" -gt 1 ] && shared=(--redis-url "$REDIS_URL" --redis-key-prefix "$REDIS_PREFIX-$policy")
+    start "gw-$policy-$r" $BIN/switchyard serve --worker-urls "$URLS" --policy $policy --port $port \
+      --prometheus-port $((port + 50)) --admin-port $((port + 80)) --log-level warn "${shared[@]}"
+    wait_ready "http://127.0.0.1:$port/v1/models"
+    replicas="$replicas,http://127.0.0.1:$port"
+    k=$((k + 1))
+  done
+  TARGET_ARGS+=(--target "$policy=${replicas#,}")
+  # CPU and memory are reported for a target of one process only.
+  if [ "$REPLICAS" -eq 1 ]; then eval "pid=\$PID_gw_${policy}_1"; PID_ARGS+=(--pid "$policy=$pid"); fi
 done
-for k in 0 1 2 3; do wait_ready "http://127.0.0.1:$((GW_PORT + k))/v1/models"; done
 sleep 2
 REPORT=$OUT/$DATE-$NAME.md
 {
@@ -58,6 +78,7 @@ REPORT=$OUT/$DATE-$NAME.md
   echo "2 rounds of ($AGENTS turns one after another, then the $AGENTS agents at once), 64-token questions and"
   echo "answers; workflows start at $RATE per second (Poisson). Latencies are client-side real time;"
   echo "multiply by $SCALE for simulated time. $REPS repetitions, targets rotated; caches reset before each."
+  [ "$REPLICAS" -gt 1 ] && echo "Each policy runs as $REPLICAS gateway replicas sharing Redis; requests go to them in turn."
   echo
 } > "$REPORT"
 $BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PID_ARGS[@]}" --quiet \

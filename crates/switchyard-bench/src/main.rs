@@ -28,6 +28,8 @@ enum Workload {
 #[command(name = "switchyard-bench", version, about)]
 struct Args {
     /// A target as NAME=URL (repeatable); the first is the baseline of the ratios.
+    /// NAME=URL1,URL2,… is one target of several replicas, sent requests in turn (a load
+    /// balancer without affinity).
     #[arg(long = "target", required = true, value_parser = parse_target)]
     targets: Vec<(String, String)>,
     /// Attribute CPU time and peak RSS to a target's local process: NAME=PID.
@@ -140,10 +142,14 @@ fn parse_target(s: &str) -> Result<(String, String), String> {
     if name.is_empty() {
         return Err("empty target name".into());
     }
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("{url:?} is not an http(s) URL"));
+    let mut urls = Vec::new();
+    for u in url.split(',') {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(format!("{u:?} is not an http(s) URL"));
+        }
+        urls.push(u.trim_end_matches('/'));
     }
-    Ok((name.to_string(), url.trim_end_matches('/').to_string()))
+    Ok((name.to_string(), urls.join(",")))
 }
 
 fn parse_pid(s: &str) -> Result<(String, u32), String> {

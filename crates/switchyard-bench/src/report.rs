@@ -78,12 +78,14 @@ async fn scrape_all(
 
 /// Checks that a target answers at all before a run starts.
 pub async fn check_reachable(client: &reqwest::Client, t: &Target) -> anyhow::Result<()> {
-    client
-        .get(format!("{}/v1/models", t.url))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("target {} ({}) is unreachable: {e}", t.name, t.url))?;
+    for url in t.url.split(',') {
+        client
+            .get(format!("{url}/v1/models"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("target {} ({url}) is unreachable: {e}", t.name))?;
+    }
     Ok(())
 }
 

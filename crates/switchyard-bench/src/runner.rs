@@ -79,6 +79,9 @@ struct Shared {
     errors: AtomicUsize,
     samples: Mutex<Vec<Sample>>,
     session_secs: Mutex<Vec<f64>>,
+    /// The target's replicas (`url` split at commas), used in turn.
+    urls: Vec<String>,
+    next_url: AtomicUsize,
 }
 
 impl Shared {
@@ -105,6 +108,8 @@ pub async fn run(cfg: RunConfig, sessions: Arc<Vec<Session>>) -> RunOutput {
         errors: AtomicUsize::new(0),
         samples: Mutex::new(Vec::new()),
         session_secs: Mutex::new(Vec::new()),
+        urls: cfg.url.split(',').map(str::to_string).collect(),
+        next_url: AtomicUsize::new(0),
     });
     let mut tasks = tokio::task::JoinSet::new();
     match cfg.arrivals {
@@ -268,7 +273,10 @@ async fn send(shared: &Shared, spec: &RequestSpec, messages: Vec<Value>) -> (Sam
     };
     let mut req = shared
         .client
-        .post(format!("{}/v1/chat/completions", cfg.url))
+        .post(format!(
+            "{}/v1/chat/completions",
+            shared.urls[shared.next_url.fetch_add(1, Ordering::Relaxed) % shared.urls.len()]
+        ))
         .json(&body);
     for (k, v) in &spec.headers {
         req = req.header(k, v);

@@ -163,6 +163,7 @@ async fn an_unreachable_target_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflows_run_times_whole_workflows() {
     let sims = sims_with(SimConfig {
+        engines: 2,
         time_scale: 50.0,
         ..SimConfig::default()
     })
@@ -185,8 +186,9 @@ async fn a_workflows_run_times_whole_workflows() {
     assert_eq!(extra["workflow_metadata"]["agent_id"], "agent-1");
     let cfg = CompareConfig {
         targets: vec![Target {
+            // Two replicas of one target, sent requests in turn.
             name: "sim".into(),
-            url: sims.url(),
+            url: sims.urls().join(","),
             pid: None,
         }],
         engines: vec![],
@@ -204,4 +206,6 @@ async fn a_workflows_run_times_whole_workflows() {
     assert_eq!(r.session_e2e.count, 3, "every workflow ran to the end");
     // A workflow takes longer than any one of its requests.
     assert!(r.session_e2e.p50 > r.e2e.p50, "{r:?}");
+    let served: Vec<u64> = sims.servers().iter().map(|s| s.requests()).collect();
+    assert_eq!(served, [12, 12], "requests alternate between the replicas");
 }
