@@ -38,7 +38,7 @@ pub struct CompareConfig {
 }
 
 /// One target's results in one repetition.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct TargetResult {
     pub name: String,
     pub url: String,
@@ -195,20 +195,20 @@ fn summarize_run(
     }
 }
 
-/// Mean of each target's numbers over its repetitions, in target order.
+/// The median of each target's numbers over its repetitions (the mean of the middle
+/// two for an even count), in target order; counts are summed, peak RSS is the peak.
 pub fn aggregate(results: &[TargetResult], targets: &[Target]) -> Vec<TargetResult> {
     targets
         .iter()
         .filter_map(|t| {
             let rs: Vec<&TargetResult> = results.iter().filter(|r| r.name == t.name).collect();
-            let n = rs.len() as f64;
             let first = (*rs.first()?).clone();
-            let mean = |f: &dyn Fn(&TargetResult) -> f64| rs.iter().map(|r| f(r)).sum::<f64>() / n;
+            let mid = |f: &dyn Fn(&TargetResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
             let msum = |f: &dyn Fn(&TargetResult) -> Summary| Summary {
-                p50: mean(&|r| f(r).p50),
-                p90: mean(&|r| f(r).p90),
-                p99: mean(&|r| f(r).p99),
-                mean: mean(&|r| f(r).mean),
+                p50: mid(&|r| f(r).p50),
+                p90: mid(&|r| f(r).p90),
+                p99: mid(&|r| f(r).p99),
+                mean: mid(&|r| f(r).mean),
                 count: rs.iter().map(|r| f(r).count).sum(),
             };
             let mut by_status = BTreeMap::new();
@@ -222,22 +222,22 @@ pub fn aggregate(results: &[TargetResult], targets: &[Target]) -> Vec<TargetResu
                 ok: rs.iter().map(|r| r.ok).sum(),
                 by_status,
                 cut: rs.iter().map(|r| r.cut).sum(),
-                wall_secs: mean(&|r| r.wall_secs),
-                req_per_sec: mean(&|r| r.req_per_sec),
-                output_tok_per_sec: mean(&|r| r.output_tok_per_sec),
+                wall_secs: mid(&|r| r.wall_secs),
+                req_per_sec: mid(&|r| r.req_per_sec),
+                output_tok_per_sec: mid(&|r| r.output_tok_per_sec),
                 ttft: msum(&|r| r.ttft),
                 itl: msum(&|r| r.itl),
                 e2e: msum(&|r| r.e2e),
                 session_e2e: msum(&|r| r.session_e2e),
                 engine_hit_rate: first
                     .engine_hit_rate
-                    .map(|_| mean(&|r| r.engine_hit_rate.unwrap_or(0.0))),
-                oracle_hit_rate: mean(&|r| r.oracle_hit_rate),
+                    .map(|_| mid(&|r| r.engine_hit_rate.unwrap_or(0.0))),
+                oracle_hit_rate: mid(&|r| r.oracle_hit_rate),
                 engine_share: (0..first.engine_share.len())
-                    .map(|i| mean(&|r| r.engine_share.get(i).copied().unwrap_or(0.0)))
+                    .map(|i| mid(&|r| r.engine_share.get(i).copied().unwrap_or(0.0)))
                     .collect(),
                 process: first.process.map(|_| ProcUsage {
-                    cpu_secs: mean(&|r| r.process.map_or(0.0, |p| p.cpu_secs)),
+                    cpu_secs: mid(&|r| r.process.map_or(0.0, |p| p.cpu_secs)),
                     peak_rss_mb: rs
                         .iter()
                         .filter_map(|r| r.process)
@@ -248,6 +248,15 @@ pub fn aggregate(results: &[TargetResult], targets: &[Target]) -> Vec<TargetResu
             })
         })
         .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn ms(s: f64) -> String {
@@ -333,4 +342,42 @@ pub fn markdown(title: &str, rows: &[TargetResult]) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetitions_aggregate_to_their_median() {
+        let rep = |rps: f64, p90: f64, ok: u64| TargetResult {
+            name: "a".into(),
+            req_per_sec: rps,
+            ttft: Summary {
+                p90,
+                count: 10,
+                ..Summary::default()
+            },
+            engine_hit_rate: Some(rps / 100.0),
+            ok,
+            ..TargetResult::default()
+        };
+        let target = Target {
+            name: "a".into(),
+            url: "http://x".into(),
+            pid: None,
+        };
+        // One outlier run does not move the figure (a mean would say 4.33 and 0.37).
+        let rows = aggregate(
+            &[rep(1.0, 0.1, 5), rep(10.0, 0.9, 5), rep(2.0, 0.11, 5)],
+            std::slice::from_ref(&target),
+        );
+        assert_eq!(rows[0].req_per_sec, 2.0);
+        assert_eq!(rows[0].ttft.p90, 0.11);
+        assert_eq!(rows[0].engine_hit_rate, Some(0.02));
+        assert_eq!((rows[0].ok, rows[0].ttft.count), (15, 30));
+        // An even count takes the middle two.
+        let rows = aggregate(&[rep(1.0, 0.1, 1), rep(3.0, 0.3, 1)], &[target]);
+        assert_eq!(rows[0].req_per_sec, 2.0);
+    }
 }

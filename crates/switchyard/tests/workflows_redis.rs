@@ -220,6 +220,22 @@ async fn a_full_queue_refuses_through_every_replica_and_nothing_is_dropped() {
     .await;
     let (_, stats) = b.get("/v1/workflows/stats").await;
     assert_eq!(stats["messages"]["expired"], 1, "{stats}");
+    // One nobody reads expires too: the sweep finds it (stats and metrics only read
+    // the counts).
+    let (s, _) = a
+        .post(
+            "/v1/workflows/wf-t/agents/idle/messages",
+            &json!({"from_agent": "y", "payload": "unread", "ttl_secs": 1}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    eventually("the unread message to expire", || async {
+        let (_, stats) = b.get("/v1/workflows/stats").await;
+        stats["messages"]["expired"] == 2
+    })
+    .await;
+    let (_, stats) = a.get("/v1/workflows/stats").await;
+    assert_eq!(stats["messages"]["queued"], 2, "the two of wf-o: {stats}");
 }
 
 #[tokio::test]

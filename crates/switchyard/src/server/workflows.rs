@@ -172,6 +172,9 @@ fn send_error(e: SendError) -> ApiError {
             e
         }
         SendError::Store(e) => store_down(&StateError(e)),
+        SendError::Ended => ApiError::not_found_named(
+            "The workflow ended while the message was being sent; nothing was queued".to_string(),
+        ),
         SendError::Disabled => ApiError::conflict(
             "Messaging is off for this workflow (context_sharing_strategy: none)",
         ),

@@ -73,11 +73,31 @@ impl Pool {
 
     /// Runs one command or pipeline on a pooled connection, within the timeout. A
     /// connection found dead (Redis restarted) is replaced and the command tried once
-    /// more on the new one.
+    /// more on the new one: for commands that may safely run twice.
     pub async fn query<T: redis::FromRedisValue>(
         &self,
         what: &str,
         op: Op<'_>,
+    ) -> Result<T, StateError> {
+        self.run(what, op, 2).await
+    }
+
+    /// `query` without the second try, for commands that must not run twice (additions,
+    /// queue pushes and pops): a connection that died after Redis ran one but before its
+    /// reply came back would otherwise repeat it.
+    pub async fn query_once<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        op: Op<'_>,
+    ) -> Result<T, StateError> {
+        self.run(what, op, 1).await
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        op: Op<'_>,
+        max_tries: u32,
     ) -> Result<T, StateError> {
         if self.is_down() {
             return Err(StateError(format!("redis is down ({what} not tried)")));
@@ -95,7 +115,8 @@ impl Pool {
             };
             match tokio::time::timeout(self.timeout, sent).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if tries == 1 && (e.is_connection_dropped() || e.is_io_error()) => {}
+                Ok(Err(e))
+                    if tries < max_tries && (e.is_connection_dropped() || e.is_io_error()) => {}
                 Ok(Err(e)) => break format!("redis {what}: {e}"),
                 Err(_) => {
                     break format!(

@@ -49,6 +49,9 @@ pub enum SendError {
     Strategy(&'static str),
     /// The payload is over the limit (413).
     TooLarge(usize),
+    /// The workflow ended (deleted, expired, evicted) while the message was being sent
+    /// through another replica (404).
+    Ended,
     /// The shared store (Redis) failed (503).
     Store(String),
 }

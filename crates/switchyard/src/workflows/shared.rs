@@ -43,91 +43,128 @@ const GRACE_MS: i64 = 60_000;
 
 const ROLES: [WorkerRole; 3] = [WorkerRole::Regular, WorkerRole::Prefill, WorkerRole::Decode];
 
-/// Drops a queue's expired items; how many. Shared by the scripts below.
-const PURGE: &str = r"
+/// Shared by the scripts below, whose first two keys are always the counts and the
+/// due set (queue → its earliest expiry, so that the sweep finds expired messages
+/// nobody reads): `purge` drops a queue's expired items (counted) and keeps its entry
+/// in the due set right; `live` says whether a workflow is active; `drop_queues` frees
+/// every agent queue of a workflow hash.
+const PRELUDE: &str = r"
 local function purge(k, now)
   local items = redis.call('LRANGE', k, 0, -1)
-  local kept, gone = {}, 0
+  local kept, gone, due = {}, 0, false
   for _, m in ipairs(items) do
-    if tonumber(string.sub(m, 1, 13)) > now then kept[#kept + 1] = m else gone = gone + 1 end
+    local e = tonumber(string.sub(m, 1, 13))
+    if e > now then
+      kept[#kept + 1] = m
+      if not due or e < due then due = e end
+    else
+      gone = gone + 1
+    end
   end
   if gone > 0 then
     local ttl = redis.call('PTTL', k)
     redis.call('DEL', k)
     for _, m in ipairs(kept) do redis.call('RPUSH', k, m) end
     if ttl > 0 and #kept > 0 then redis.call('PEXPIRE', k, ttl) end
+    redis.call('HINCRBY', KEYS[1], 'messages_expired', gone)
+    redis.call('HINCRBY', KEYS[1], 'queued', -gone)
   end
+  if due then redis.call('ZADD', KEYS[2], due, k) else redis.call('ZREM', KEYS[2], k) end
   return gone
 end
-local function expired(counts, gone)
-  if gone > 0 then
-    redis.call('HINCRBY', counts, 'messages_expired', gone)
-    redis.call('HINCRBY', counts, 'queued', -gone)
+local function live(active, id, cutoff)
+  local s = redis.call('ZSCORE', active, id)
+  return s and tonumber(s) > tonumber(cutoff)
+end
+local function drop_queues(hash)
+  local q = 0
+  for _, f in ipairs(redis.call('HKEYS', hash)) do
+    if string.sub(f, 1, 2) == 'a:' and string.sub(f, -9) == ':requests' then
+      local k = hash .. ':q:' .. string.sub(f, 3, -10)
+      q = q + redis.call('LLEN', k)
+      redis.call('DEL', k)
+      redis.call('ZREM', KEYS[2], k)
+    end
   end
+  return q
 end
 ";
 
-/// KEYS: counts, queue...; ARGV: now, max depth, queue TTL, item per queue. Returns 0
-/// when every item was queued, else the 1-based index of the full queue (nothing
-/// queued).
+/// KEYS: counts, due, active, hash, queue…; ARGV: now, max depth, queue TTL, id, hash
+/// TTL, oldest live activity, then one agent per queue, then one item per queue.
+/// Returns 0 when every item was queued, -1 when the workflow has ended meanwhile, else
+/// the 1-based index of the full queue (nothing queued).
 const SEND: &str = r"
 local now, max, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 2, #KEYS do
-  if redis.call('LLEN', KEYS[i]) >= max then
-    expired(KEYS[1], purge(KEYS[i], now))
-    if redis.call('LLEN', KEYS[i]) >= max then
+if not live(KEYS[3], ARGV[4], ARGV[6]) then return -1 end
+local n = #KEYS - 4
+for i = 1, n do
+  local k = KEYS[i + 4]
+  if redis.call('LLEN', k) >= max then
+    purge(k, now)
+    if redis.call('LLEN', k) >= max then
       redis.call('HINCRBY', KEYS[1], 'messages_rejected', 1)
-      return i - 1
+      return i
     end
   end
 end
-for i = 2, #KEYS do
-  redis.call('RPUSH', KEYS[i], ARGV[i + 2])
-  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 1, n do
+  local k, item = KEYS[i + 4], ARGV[6 + n + i]
+  redis.call('HINCRBY', KEYS[4], 'a:' .. ARGV[6 + i] .. ':requests', 0)
+  redis.call('RPUSH', k, item)
+  if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
+  redis.call('ZADD', KEYS[2], 'LT', tonumber(string.sub(item, 1, 13)), k)
 end
-redis.call('HINCRBY', KEYS[1], 'messages_sent', #KEYS - 1)
-redis.call('HINCRBY', KEYS[1], 'queued', #KEYS - 1)
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'messages_sent', n)
+redis.call('HINCRBY', KEYS[1], 'queued', n)
 return 0
 ";
 
-/// KEYS: counts, queue; ARGV: now, limit, consume (1/0). The items, oldest first.
+/// KEYS: counts, due, active, hash, queue; ARGV: now, limit, consume (1/0), id, oldest
+/// live activity, hash TTL. '0' when the workflow is gone, else '1' and the items,
+/// oldest first. Consuming is activity.
 const RECEIVE: &str = r"
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-expired(KEYS[1], purge(KEYS[2], now))
-local items = redis.call('LRANGE', KEYS[2], 0, limit - 1)
-if ARGV[3] == '1' and #items > 0 then
-  redis.call('LTRIM', KEYS[2], #items, -1)
-  redis.call('HINCRBY', KEYS[1], 'messages_delivered', #items)
-  redis.call('HINCRBY', KEYS[1], 'queued', -#items)
+if not live(KEYS[3], ARGV[4], ARGV[5]) then return {'0'} end
+purge(KEYS[5], now)
+local items = redis.call('LRANGE', KEYS[5], 0, limit - 1)
+if ARGV[3] == '1' then
+  if #items > 0 then
+    redis.call('LTRIM', KEYS[5], #items, -1)
+    redis.call('HINCRBY', KEYS[1], 'messages_delivered', #items)
+    redis.call('HINCRBY', KEYS[1], 'queued', -#items)
+    purge(KEYS[5], now)
+  end
+  redis.call('ZADD', KEYS[3], 'XX', now, ARGV[4])
+  redis.call('HSET', KEYS[4], 'last_activity', now)
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
 end
+table.insert(items, 1, '1')
 return items
 ";
 
-/// KEYS: counts, queue...; ARGV: now. Each queue's depth once its expired items are
-/// gone.
+/// KEYS: counts, due, queue…; ARGV: now. Each queue's depth once its expired items
+/// are gone (the sweep uses it on the due queues).
 const DEPTHS: &str = r"
 local out = {}
-for i = 2, #KEYS do
-  expired(KEYS[1], purge(KEYS[i], tonumber(ARGV[1])))
+for i = 3, #KEYS do
+  purge(KEYS[i], tonumber(ARGV[1]))
   out[#out + 1] = redis.call('LLEN', KEYS[i])
 end
 return out
 ";
 
-/// KEYS: counts, active, traffic, hash, queue...; ARGV: id, the count to add ('' for
-/// none), the latest activity that may be dropped ('+inf': any). 1 if dropped here.
+/// KEYS: counts, due, active, traffic, hash; ARGV: id, the count to add ('' for none),
+/// the latest activity that may be dropped ('+inf': any). 1 if dropped here.
 const DROP: &str = r"
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not score then return 0 end
 if ARGV[3] ~= '+inf' and tonumber(score) > tonumber(ARGV[3]) then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-local q = 0
-for i = 5, #KEYS do
-  q = q + redis.call('LLEN', KEYS[i])
-  redis.call('DEL', KEYS[i])
-end
-redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local q = drop_queues(KEYS[5])
+redis.call('DEL', KEYS[5])
 if q > 0 then redis.call('HINCRBY', KEYS[1], 'queued', -q) end
 if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
 return 1
@@ -140,12 +177,13 @@ pub struct Shared {
     traffic: String,
     counts: String,
     roles: String,
+    due: String,
 }
 
 /// `EVAL` of `body` (with the shared functions) on `keys` and `args`.
 fn eval(body: &str, keys: &[String], args: &[String]) -> redis::Cmd {
     let mut c = redis::cmd("EVAL");
-    c.arg(format!("{PURGE}{body}"))
+    c.arg(format!("{PRELUDE}{body}"))
         .arg(keys.len())
         .arg(keys)
         .arg(args);
@@ -168,6 +206,7 @@ impl Shared {
             traffic: pool.key("wf:traffic"),
             counts: pool.key("wf:counts"),
             roles: pool.key("wf:roles"),
+            due: pool.key("wf:due"),
             pool,
             cfg,
         }
@@ -196,6 +235,7 @@ impl Shared {
     pub async fn arrive(&self, wf: &Workflow, now: i64) -> Result<Homes, StateError> {
         let h = self.hash(&wf.id);
         let mut p = redis::pipe();
+        p.atomic();
         self.join(&mut p, &wf.id, wf.agent.as_deref(), now);
         if let Some(s) = wf.sharing {
             p.cmd("HSET")
@@ -255,10 +295,11 @@ impl Shared {
     /// Evicts the `n` least recently active workflows other than `keep`.
     async fn evict(&self, keep: &str, n: usize) -> Result<(), StateError> {
         let mut c = redis::cmd("ZRANGE");
-        c.arg(&self.active).arg(0).arg(n as i64);
-        let oldest: Vec<String> = self.pool.query("workflow eviction", Op::Cmd(&c)).await?;
-        for id in oldest.iter().filter(|id| *id != keep).take(n) {
-            self.drop_workflow(id, "evicted", "+inf").await?;
+        c.arg(&self.active).arg(0).arg(n as i64).arg("WITHSCORES");
+        let oldest: Vec<(String, f64)> = self.pool.query("workflow eviction", Op::Cmd(&c)).await?;
+        for (id, last) in oldest.iter().filter(|(id, _)| id != keep).take(n) {
+            // Only as idle as it was when read: one that became active meanwhile stays.
+            self.drop_workflow(id, "evicted", &last.to_string()).await?;
         }
         Ok(())
     }
@@ -275,22 +316,13 @@ impl Shared {
     /// Drops `id` with its queues, adding to the count `why` ('' for none), if its last
     /// activity is at most `until` ("+inf": whatever it is). Whether this call dropped it.
     async fn drop_workflow(&self, id: &str, why: &str, until: &str) -> Result<bool, StateError> {
-        let h = self.hash(id);
-        let mut c = redis::cmd("HKEYS");
-        c.arg(&h);
-        let fields: Vec<String> = self.pool.query("workflow fields", Op::Cmd(&c)).await?;
-        let mut keys = vec![
+        let keys = [
             self.counts.clone(),
+            self.due.clone(),
             self.active.clone(),
             self.traffic.clone(),
-            h,
+            self.hash(id),
         ];
-        keys.extend(
-            fields
-                .iter()
-                .filter_map(|k| k.strip_prefix("a:")?.strip_suffix(":requests"))
-                .map(|a| self.queue(id, a)),
-        );
         let args = [id.to_string(), why.to_string(), until.to_string()];
         let dropped: i64 = self
             .pool
@@ -319,6 +351,25 @@ impl Shared {
             self.drop_workflow(&id, "expired", &cutoff.to_string())
                 .await?;
         }
+        // Messages past their TTL in queues nobody reads.
+        let mut c = redis::cmd("ZRANGEBYSCORE");
+        c.arg(&self.due)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(100);
+        let due: Vec<String> = self.pool.query("workflow sweep", Op::Cmd(&c)).await?;
+        if !due.is_empty() {
+            let mut keys = vec![self.counts.clone(), self.due.clone()];
+            keys.extend(due);
+            self.pool
+                .query::<Vec<usize>>(
+                    "workflow sweep",
+                    Op::Cmd(&eval(DEPTHS, &keys, &[now.to_string()])),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -345,9 +396,10 @@ impl Shared {
         let h = self.hash(&wf.id);
         let deltas = Usage::deltas(r);
         let role = role_of(wf);
+        // As in memory, a request that settles after its workflow ended starts it again.
         let mut p = redis::pipe();
-        p.cmd("HSETNX").arg(&h).arg("created_at").arg(now).ignore();
-        p.cmd("HSET").arg(&h).arg("last_activity").arg(now).ignore();
+        p.atomic();
+        self.join(&mut p, &wf.id, wf.agent.as_deref(), now);
         let mut scopes = vec!["t:".to_string()];
         if let Some(a) = &wf.agent {
             scopes.push(format!("a:{a}:"));
@@ -377,12 +429,6 @@ impl Shared {
             .arg(format!("wid:{label}"))
             .arg(&**api)
             .ignore();
-        p.cmd("PEXPIRE").arg(&h).arg(self.key_ttl()).ignore();
-        p.cmd("ZADD")
-            .arg(&self.active)
-            .arg(now)
-            .arg(&*wf.id)
-            .ignore();
         p.cmd("ZINCRBY")
             .arg(&self.traffic)
             .arg(1)
@@ -400,7 +446,12 @@ impl Shared {
             .arg(format!("{role}:last_seen"))
             .arg(now)
             .ignore();
-        self.pool.query("workflow record", Op::Pipe(&p)).await
+        // Additions: sent once, never replayed after a lost reply.
+        let (created, active): (i64, usize) = self
+            .pool
+            .query_once("workflow record", Op::Pipe(&p))
+            .await?;
+        self.joined(&wf.id, created, active).await
     }
 
     /// The workflow's hash, if it is active (not idle past the TTL).
@@ -454,7 +505,7 @@ impl Shared {
             .map(|(a, f)| (a, Usage::from_fields(f.into_iter())))
             .collect();
         let names: Vec<&str> = agents.iter().map(|(a, _)| *a).collect();
-        let mut keys = vec![self.counts.clone()];
+        let mut keys = vec![self.counts.clone(), self.due.clone()];
         keys.extend(names.iter().map(|a| self.queue(id, a)));
         let depths: Vec<usize> = self
             .pool
@@ -569,6 +620,7 @@ impl Shared {
         let h = self.hash(id);
         // The workflow joins (or stays) active, and its sender is one of its agents.
         let mut p = redis::pipe();
+        p.atomic();
         self.join(&mut p, id, d.from_agent.as_deref(), now);
         p.cmd("HGETALL").arg(&h);
         let (created, active, fields): (i64, usize, HashMap<String, String>) =
@@ -590,14 +642,24 @@ impl Shared {
             return Ok(Vec::new());
         }
         let expires_at = now.saturating_add(ttl);
-        let mut keys = vec![self.counts.clone()];
+        let mut keys = vec![
+            self.counts.clone(),
+            self.due.clone(),
+            self.active.clone(),
+            h,
+        ];
         let mut args = vec![
             now.to_string(),
             self.cfg.max_queue.to_string(),
             ttl.max(self.cfg.ttl_ms)
                 .saturating_add(GRACE_MS)
                 .to_string(),
+            id.to_string(),
+            self.key_ttl().to_string(),
+            (now - self.cfg.ttl_ms).to_string(),
         ];
+        // The recipients become agents of the workflow (broadcasts and status see them).
+        args.extend(targets.iter().map(|a| a.to_string()));
         let mut out = Vec::new();
         for a in &targets {
             let m = Message {
@@ -615,25 +677,15 @@ impl Shared {
             ));
             out.push((a.to_string(), m.message_id, m.expires_at));
         }
-        // New recipients become agents of the workflow (so broadcasts and status see them).
-        let mut p = redis::pipe();
-        for a in &targets {
-            p.cmd("HINCRBY")
-                .arg(&h)
-                .arg(format!("a:{a}:requests"))
-                .arg(0)
-                .ignore();
-        }
-        self.pool
-            .query::<()>("workflow agents", Op::Pipe(&p))
-            .await?;
-        let full: usize = self
+        // Sent once: a replay after a lost reply would queue the messages twice.
+        let answer: i64 = self
             .pool
-            .query("workflow send", Op::Cmd(&eval(SEND, &keys, &args)))
+            .query_once("workflow send", Op::Cmd(&eval(SEND, &keys, &args)))
             .await?;
-        match full {
+        match answer {
             0 => Ok(out),
-            i => Err(SendError::Full(targets[i - 1].to_string())),
+            -1 => Err(SendError::Ended),
+            i => Err(SendError::Full(targets[i as usize - 1].to_string())),
         }
     }
 
@@ -646,39 +698,30 @@ impl Shared {
         consume: bool,
         now: i64,
     ) -> Result<Option<Vec<Message>>, StateError> {
-        let mut c = redis::cmd("ZSCORE");
-        c.arg(&self.active).arg(id);
-        let score: Option<f64> = self.pool.query("workflow read", Op::Cmd(&c)).await?;
-        if !self.live(score, now) {
-            return Ok(None);
-        }
-        let keys = [self.counts.clone(), self.queue(id, agent)];
+        let keys = [
+            self.counts.clone(),
+            self.due.clone(),
+            self.active.clone(),
+            self.hash(id),
+            self.queue(id, agent),
+        ];
         let args = [
             now.to_string(),
             limit.to_string(),
             u8::from(consume).to_string(),
+            id.to_string(),
+            (now - self.cfg.ttl_ms).to_string(),
+            self.key_ttl().to_string(),
         ];
-        let items: Vec<String> = self
+        // Sent once: a replay after a lost reply would consume the next messages too.
+        let mut items: Vec<String> = self
             .pool
-            .query("workflow receive", Op::Cmd(&eval(RECEIVE, &keys, &args)))
+            .query_once("workflow receive", Op::Cmd(&eval(RECEIVE, &keys, &args)))
             .await?;
-        if consume {
-            let mut p = redis::pipe();
-            p.cmd("ZADD")
-                .arg(&self.active)
-                .arg("XX")
-                .arg(now)
-                .arg(id)
-                .ignore();
-            p.cmd("HSET")
-                .arg(self.hash(id))
-                .arg("last_activity")
-                .arg(now)
-                .ignore();
-            self.pool
-                .query::<()>("workflow activity", Op::Pipe(&p))
-                .await?;
+        if items.first().map(String::as_str) != Some("1") {
+            return Ok(None);
         }
+        items.remove(0);
         Ok(Some(
             items
                 .iter()

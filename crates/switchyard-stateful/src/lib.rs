@@ -1,0 +1,4 @@
+//! Switchyard's stateful layer (docs/responses.md): the storage of the Responses and
+//! Conversations APIs, in SQLite (embedded default) or PostgreSQL (several replicas).
+
+pub mod store;
