@@ -95,51 +95,36 @@ pub struct StoreConfig {
 }
 
 /// A value bound to a statement's parameter (`$1`, `$2`, … in the SQL, for both
-/// backends).
+/// backends). A NULL keeps its type (`None` of a variant): PostgreSQL refuses a text
+/// NULL for a bigint column.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Val {
-    Null,
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    Text(String),
+    Int(Option<i64>),
+    Float(Option<f64>),
+    Bool(Option<bool>),
+    Text(Option<String>),
 }
 
-impl From<i64> for Val {
-    fn from(v: i64) -> Val {
-        Val::Int(v)
-    }
+macro_rules! val_from {
+    ($t:ty, $variant:ident, $conv:expr) => {
+        impl From<$t> for Val {
+            fn from(v: $t) -> Val {
+                Val::$variant(Some($conv(v)))
+            }
+        }
+        impl From<Option<$t>> for Val {
+            fn from(v: Option<$t>) -> Val {
+                Val::$variant(v.map($conv))
+            }
+        }
+    };
 }
 
-impl From<f64> for Val {
-    fn from(v: f64) -> Val {
-        Val::Float(v)
-    }
-}
-
-impl From<bool> for Val {
-    fn from(v: bool) -> Val {
-        Val::Bool(v)
-    }
-}
-
-impl From<&str> for Val {
-    fn from(v: &str) -> Val {
-        Val::Text(v.to_string())
-    }
-}
-
-impl From<String> for Val {
-    fn from(v: String) -> Val {
-        Val::Text(v)
-    }
-}
-
-impl<T: Into<Val>> From<Option<T>> for Val {
-    fn from(v: Option<T>) -> Val {
-        v.map_or(Val::Null, Into::into)
-    }
-}
+val_from!(i64, Int, |v| v);
+val_from!(f64, Float, |v| v);
+val_from!(bool, Bool, |v| v);
+val_from!(String, Text, |v| v);
+val_from!(&str, Text, |v: &str| v.to_string());
 
 /// One statement and its arguments.
 #[derive(Clone, Debug)]
@@ -176,7 +161,6 @@ fn bind<'q>(sql: &'q str, args: &[Val]) -> sqlx::query::Query<'q, Any, AnyArgume
     let mut q = sqlx::query(sql);
     for a in args {
         q = match a {
-            Val::Null => q.bind(None::<String>),
             Val::Int(v) => q.bind(*v),
             Val::Float(v) => q.bind(*v),
             Val::Bool(v) => q.bind(*v),
@@ -205,14 +189,25 @@ impl Store {
         let mut url = cfg.url.clone();
         let memory = url.starts_with("sqlite::memory:");
         if backend == Backend::Sqlite && !memory && !url.contains("mode=") {
-            url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
         }
         let mut opts = AnyPoolOptions::new()
-            .max_connections(if memory { 1 } else { cfg.max_connections.max(1) })
+            .max_connections(if memory {
+                1
+            } else {
+                cfg.max_connections.max(1)
+            })
             .acquire_timeout(cfg.acquire_timeout);
         if memory {
             // Every connection to `:memory:` is a database of its own: keep one forever.
-            opts = opts.min_connections(1).idle_timeout(None).max_lifetime(None);
+            opts = opts
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
         }
         if backend == Backend::Sqlite {
             opts = opts.after_connect(|conn, _| {
@@ -239,13 +234,19 @@ impl Store {
             writer,
         };
         let failed = store
-            .fail_abandoned(match backend {
-                Backend::Sqlite => i64::MAX,
-                Backend::Postgres => now,
-            }, now)
+            .fail_abandoned(
+                match backend {
+                    Backend::Sqlite => None,
+                    Backend::Postgres => Some(now),
+                },
+                now,
+            )
             .await?;
         if failed > 0 {
-            tracing::warn!(failed, "responses left running by a stopped gateway are marked failed");
+            tracing::warn!(
+                failed,
+                "responses left running by a stopped gateway are marked failed"
+            );
         }
         Ok(store)
     }
@@ -294,22 +295,28 @@ impl Store {
     }
 
     /// Marks `failed` (`server_restarted`) the queued and in-progress responses whose
-    /// lease ended before `lease_before`; how many.
-    pub async fn fail_abandoned(&self, lease_before: i64, now: i64) -> Result<u64, StoreError> {
+    /// lease ended before `lease_before` (`None`: all of them); how many.
+    pub async fn fail_abandoned(
+        &self,
+        lease_before: Option<i64>,
+        now: i64,
+    ) -> Result<u64, StoreError> {
         let error = serde_json::json!({
             "code": "server_restarted",
             "message": "The gateway running this response stopped before it finished",
         })
         .to_string();
-        let n = self
-            .write(Write::one(
-                "UPDATE responses SET status = 'failed', error = $1, updated_at = $2, \
-                 lease_until = NULL \
-                 WHERE status IN ('queued', 'in_progress') \
-                 AND (lease_until IS NULL OR lease_until < $3)",
-                vec![error.into(), now.into(), lease_before.into()],
-            ))
-            .await?;
+        const FAIL: &str = "UPDATE responses SET status = 'failed', error = $1, \
+                            updated_at = $2, lease_until = NULL \
+                            WHERE status IN ('queued', 'in_progress')";
+        let w = match lease_before {
+            None => Write::one(FAIL, vec![error.into(), now.into()]),
+            Some(t) => Write::one(
+                format!("{FAIL} AND (lease_until IS NULL OR lease_until < $3)"),
+                vec![error.into(), now.into(), t.into()],
+            ),
+        };
+        let n = self.write(w).await?;
         Ok(n.first().copied().unwrap_or(0))
     }
 
@@ -369,7 +376,12 @@ async fn apply(pool: &AnyPool, writes: &[Write]) -> Result<Vec<Vec<u64>>, StoreE
     for w in writes {
         let mut rows = Vec::with_capacity(w.0.len());
         for s in &w.0 {
-            rows.push(bind(&s.sql, &s.args).execute(&mut *tx).await?.rows_affected());
+            rows.push(
+                bind(&s.sql, &s.args)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+            );
         }
         out.push(rows);
     }
