@@ -1,0 +1,473 @@
+//! The Responses API's input items (docs/responses.md): parsed and checked, each error
+//! naming its `param` (`input[2].role`), and turned into the chat messages an engine
+//! takes.
+//!
+//! Items: messages (roles `user`, `assistant`, `system`, `developer`; content a string
+//! or parts `input_text`, `input_image` by URL, `input_file` by `file_id`, and for
+//! assistant messages given back `output_text` / `refusal`), `function_call`,
+//! `function_call_output`, `item_reference` (resolved by the caller against stored
+//! items), and `reasoning` (kept in the record, never sent to the engine).
+
+use serde_json::{Map, Value, json};
+
+/// A client error: 400 with the offending parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BadInput {
+    pub message: String,
+    pub param: String,
+}
+
+fn bad(param: impl Into<String>, message: impl Into<String>) -> BadInput {
+    BadInput {
+        message: message.into(),
+        param: param.into(),
+    }
+}
+
+/// A message's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+    Developer,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "system" => Role::System,
+            "developer" => Role::Developer,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+            Role::Developer => "developer",
+        }
+    }
+}
+
+/// One part of a message's content.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    /// `input_text` (or `output_text` / `refusal` in an assistant message).
+    Text(String),
+    /// `input_image` by URL (or data URL), with its `detail`.
+    Image { url: String, detail: Option<String> },
+    /// `input_file` by `file_id` (resolved once Files exist).
+    File { file_id: String },
+}
+
+/// One input item, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Message {
+        role: Role,
+        parts: Vec<Part>,
+    },
+    FunctionCall {
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    FunctionCallOutput {
+        call_id: String,
+        output: String,
+    },
+    Reference {
+        id: String,
+    },
+    Reasoning,
+}
+
+fn string_field<'a>(
+    item: &'a Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<&'a str, BadInput> {
+    match item.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(bad(
+            format!("{at}.{key}"),
+            format!("`{key}` must not be empty"),
+        )),
+        Some(_) => Err(bad(
+            format!("{at}.{key}"),
+            format!("`{key}` must be a string"),
+        )),
+        None => Err(bad(format!("{at}.{key}"), format!("`{key}` is required"))),
+    }
+}
+
+fn parts(content: &Value, role: Role, at: &str) -> Result<Vec<Part>, BadInput> {
+    let at = format!("{at}.content");
+    match content {
+        Value::String(s) => Ok(vec![Part::Text(s.clone())]),
+        Value::Array(list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| part(p, role, &format!("{at}[{i}]")))
+            .collect(),
+        Value::Array(_) => Err(bad(at, "`content` must not be empty")),
+        _ => Err(bad(
+            at,
+            "`content` must be a string or a list of content parts",
+        )),
+    }
+}
+
+fn part(p: &Value, role: Role, at: &str) -> Result<Part, BadInput> {
+    let Some(p) = p.as_object() else {
+        return Err(bad(at, "a content part must be an object"));
+    };
+    let kind = string_field(p, "type", at)?;
+    match (kind, role) {
+        ("input_text", _) | ("output_text", Role::Assistant) => match p.get("text") {
+            Some(Value::String(t)) => Ok(Part::Text(t.clone())),
+            _ => Err(bad(format!("{at}.text"), "`text` must be a string")),
+        },
+        ("refusal", Role::Assistant) => Ok(Part::Text(string_field(p, "refusal", at)?.to_string())),
+        ("input_image", Role::User) => {
+            let detail = match p.get("detail") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) if ["auto", "low", "high"].contains(&d.as_str()) => {
+                    Some(d.clone())
+                }
+                Some(_) => {
+                    return Err(bad(
+                        format!("{at}.detail"),
+                        "`detail` must be auto, low or high",
+                    ));
+                }
+            };
+            match (p.get("image_url"), p.get("file_id")) {
+                (Some(Value::String(url)), _) if !url.is_empty() => Ok(Part::Image {
+                    url: url.clone(),
+                    detail,
+                }),
+                (_, Some(Value::String(_))) => Err(bad(
+                    format!("{at}.file_id"),
+                    "images by `file_id` need the Files API; give `image_url`",
+                )),
+                _ => Err(bad(
+                    format!("{at}.image_url"),
+                    "`input_image` needs an `image_url`",
+                )),
+            }
+        }
+        ("input_file", Role::User) => Ok(Part::File {
+            file_id: string_field(p, "file_id", at)?.to_string(),
+        }),
+        (other, role) => Err(bad(
+            format!("{at}.type"),
+            format!(
+                "content part type `{other}` is not allowed in a `{}` message",
+                role.as_str()
+            ),
+        )),
+    }
+}
+
+/// One item of `input` (a list entry at `input[i]`).
+fn item(v: &Value, at: &str) -> Result<Item, BadInput> {
+    let Some(o) = v.as_object() else {
+        return Err(bad(at, "an input item must be an object"));
+    };
+    // A message may leave out `"type": "message"`.
+    let kind = match o.get("type") {
+        None => "message",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(bad(format!("{at}.type"), "`type` must be a string")),
+    };
+    match kind {
+        "message" => {
+            let role = string_field(o, "role", at)?;
+            let role = Role::parse(role).ok_or_else(|| {
+                bad(
+                    format!("{at}.role"),
+                    format!("`{role}` is not a role: use user, assistant, system or developer"),
+                )
+            })?;
+            let content = o
+                .get("content")
+                .ok_or_else(|| bad(format!("{at}.content"), "`content` is required"))?;
+            Ok(Item::Message {
+                role,
+                parts: parts(content, role, at)?,
+            })
+        }
+        "function_call" => Ok(Item::FunctionCall {
+            call_id: string_field(o, "call_id", at)?.to_string(),
+            name: string_field(o, "name", at)?.to_string(),
+            arguments: match o.get("arguments") {
+                Some(Value::String(s)) => s.clone(),
+                _ => {
+                    return Err(bad(
+                        format!("{at}.arguments"),
+                        "`arguments` must be a JSON string",
+                    ));
+                }
+            },
+        }),
+        "function_call_output" => Ok(Item::FunctionCallOutput {
+            call_id: string_field(o, "call_id", at)?.to_string(),
+            output: match o.get("output") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(""),
+                _ => {
+                    return Err(bad(
+                        format!("{at}.output"),
+                        "`output` must be a string or a list of text parts",
+                    ));
+                }
+            },
+        }),
+        "item_reference" => Ok(Item::Reference {
+            id: string_field(o, "id", at)?.to_string(),
+        }),
+        "reasoning" => Ok(Item::Reasoning),
+        other => Err(bad(
+            format!("{at}.type"),
+            format!(
+                "`{other}` is not an input item type: use message, function_call, \
+                 function_call_output, item_reference or reasoning"
+            ),
+        )),
+    }
+}
+
+/// `input`: a string (one user message) or a list of items.
+pub fn parse_input(input: &Value) -> Result<Vec<Item>, BadInput> {
+    match input {
+        Value::String(s) => Ok(vec![Item::Message {
+            role: Role::User,
+            parts: vec![Part::Text(s.clone())],
+        }]),
+        Value::Array(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| item(v, &format!("input[{i}]")))
+            .collect(),
+        _ => Err(bad(
+            "input",
+            "`input` must be a string or a list of input items",
+        )),
+    }
+}
+
+/// Checks that every `function_call_output` answers a `function_call` made earlier in
+/// the context (`context`: the stored history, then the new items, in order).
+pub fn check_call_ids(context: &[Item], new_from: usize) -> Result<(), BadInput> {
+    for (i, it) in context.iter().enumerate().skip(new_from) {
+        if let Item::FunctionCallOutput { call_id, .. } = it {
+            let called = context[..i]
+                .iter()
+                .any(|c| matches!(c, Item::FunctionCall { call_id: id, .. } if id == call_id));
+            if !called {
+                return Err(bad(
+                    format!("input[{}].call_id", i - new_from),
+                    format!("No tool call found for function call output with call_id {call_id}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The chat messages an engine takes for `instructions` and the items, in order.
+/// Consecutive function calls become one assistant message with several tool calls;
+/// reasoning items are left out; `developer` is sent as `system` (chat templates know
+/// it). References must have been resolved before.
+pub fn chat_messages(instructions: Option<&str>, items: &[Item]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    if let Some(text) = instructions {
+        out.push(json!({"role": "system", "content": text}));
+    }
+    for it in items {
+        match it {
+            Item::Message { role, parts } => {
+                let role = match role {
+                    Role::Developer => "system",
+                    r => r.as_str(),
+                };
+                let only_text = parts.iter().all(|p| matches!(p, Part::Text(_)));
+                let content = if only_text || role != "user" {
+                    json!(
+                        parts
+                            .iter()
+                            .filter_map(|p| match p {
+                                Part::Text(t) => Some(t.as_str()),
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>()
+                            .join("")
+                    )
+                } else {
+                    json!(
+                        parts
+                            .iter()
+                            .filter_map(|p| match p {
+                                Part::Text(t) => Some(json!({"type": "text", "text": t})),
+                                Part::Image { url, detail } => {
+                                    let mut image = json!({"url": url});
+                                    if let Some(d) = detail {
+                                        image["detail"] = json!(d);
+                                    }
+                                    Some(json!({"type": "image_url", "image_url": image}))
+                                }
+                                Part::File { .. } => None,
+                            })
+                            .collect::<Vec<_>>()
+                    )
+                };
+                out.push(json!({"role": role, "content": content}));
+            }
+            Item::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => {
+                let call = json!({"id": call_id, "type": "function",
+                                  "function": {"name": name, "arguments": arguments}});
+                let merged = out.last_mut().and_then(|m| {
+                    (m["role"] == "assistant" && m["content"].is_null())
+                        .then(|| m["tool_calls"].as_array_mut())
+                        .flatten()
+                });
+                match merged {
+                    Some(calls) => calls.push(call),
+                    None => out
+                        .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+                }
+            }
+            Item::FunctionCallOutput { call_id, output } => {
+                out.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
+            }
+            Item::Reference { .. } | Item::Reasoning => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_is_one_user_message() {
+        let items = parse_input(&json!("hi")).unwrap();
+        assert_eq!(
+            chat_messages(Some("be brief"), &items),
+            [
+                json!({"role": "system", "content": "be brief"}),
+                json!({"role": "user", "content": "hi"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn items_become_chat_messages_with_tool_calls_merged() {
+        let items = parse_input(&json!([
+            {"role": "developer", "content": "rules"},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "look: "},
+                {"type": "input_image", "image_url": "https://x/cat.png", "detail": "low"}
+            ]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{\"a\":1}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "one"},
+            {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "two"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "done", "annotations": []}]}
+        ]))
+        .unwrap();
+        check_call_ids(&items, 0).unwrap();
+        let m = chat_messages(None, &items);
+        assert_eq!(m[0], json!({"role": "system", "content": "rules"}));
+        assert_eq!(
+            m[1]["content"][1]["image_url"],
+            json!({"url": "https://x/cat.png", "detail": "low"})
+        );
+        assert_eq!(m[2]["tool_calls"].as_array().unwrap().len(), 2, "{}", m[2]);
+        assert_eq!(
+            m[3],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "one"})
+        );
+        assert_eq!(m[4]["content"], "two");
+        assert_eq!(m[5], json!({"role": "assistant", "content": "done"}));
+        assert_eq!(m.len(), 6);
+    }
+
+    #[test]
+    fn every_bad_item_names_its_param() {
+        let cases = [
+            (json!(3), "input"),
+            (json!([1]), "input[0]"),
+            (json!([{"type": "picture"}]), "input[0].type"),
+            (json!([{"role": "robot", "content": "x"}]), "input[0].role"),
+            (json!([{"role": "user"}]), "input[0].content"),
+            (json!([{"role": "user", "content": []}]), "input[0].content"),
+            (
+                json!([{"role": "user", "content": [{"type": "output_text", "text": "x"}]}]),
+                "input[0].content[0].type",
+            ),
+            (
+                json!([{"role": "assistant", "content": [{"type": "input_image", "image_url": "u"}]}]),
+                "input[0].content[0].type",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "input_image"}]}]),
+                "input[0].content[0].image_url",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "input_image", "image_url": "u", "detail": "max"}]}]),
+                "input[0].content[0].detail",
+            ),
+            (
+                json!([{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]),
+                "input[0].arguments",
+            ),
+            (
+                json!([{"type": "function_call", "name": "f", "arguments": "{}"}]),
+                "input[0].call_id",
+            ),
+            (
+                json!([{"type": "function_call_output", "call_id": "c", "output": 5}]),
+                "input[0].output",
+            ),
+            (json!([{"type": "item_reference", "id": ""}]), "input[0].id"),
+        ];
+        for (input, param) in cases {
+            let e = parse_input(&input).unwrap_err();
+            assert_eq!(e.param, param, "{input}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_tool_output_must_answer_an_earlier_call() {
+        let history = parse_input(&json!([
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+        ]))
+        .unwrap();
+        let new = parse_input(&json!([
+            {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+            {"type": "function_call_output", "call_id": "c9", "output": "?"}
+        ]))
+        .unwrap();
+        let all: Vec<Item> = history.iter().chain(&new).cloned().collect();
+        let e = check_call_ids(&all, history.len()).unwrap_err();
+        assert_eq!(e.param, "input[1].call_id");
+        assert!(e.message.contains("c9"));
+    }
+}

@@ -1,0 +1,388 @@
+//! Streaming: the engine's chat completion chunks, translated as they arrive into the
+//! Responses API's semantic events, each with its `sequence_number`. Nothing is held
+//! back: every chunk yields its events at once. The output items are built alongside,
+//! so that the stored response is the streamed one.
+
+use serde_json::{Value, json};
+
+use super::output::{Ids, Status, Usage, status_of};
+
+/// One server-sent event: its `event:` name and its `data:` (which repeats the name
+/// as `type`, with the `sequence_number`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub name: &'static str,
+    pub data: Value,
+}
+
+impl Event {
+    /// The event as SSE bytes.
+    pub fn sse(&self) -> String {
+        format!("event: {}\ndata: {}\n\n", self.name, self.data)
+    }
+}
+
+/// What an item being streamed is.
+#[derive(Debug)]
+enum Open {
+    Reasoning { text: String },
+    Text { text: String },
+    Call { args: String },
+}
+
+/// Renders the Response object for a status, the output so far and the usage.
+pub type Render = Box<dyn Fn(&Status, &[Value], Option<Usage>) -> Value + Send>;
+
+/// The translator of one response's stream.
+pub struct Translator {
+    seq: u64,
+    render: Render,
+    ids: Box<dyn Ids + Send>,
+    /// Finished items, in output order.
+    output: Vec<Value>,
+    /// The item being streamed, with its index in `output` once done.
+    open: Option<(Open, Value)>,
+    /// Tool call index in the chat stream → output index and item.
+    calls: Vec<(u64, usize)>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+}
+
+impl Translator {
+    pub fn new(render: Render, ids: Box<dyn Ids + Send>) -> Translator {
+        Translator {
+            seq: 0,
+            render,
+            ids,
+            output: Vec::new(),
+            open: None,
+            calls: Vec::new(),
+            finish_reason: None,
+            usage: None,
+        }
+    }
+
+    fn event(&mut self, name: &'static str, mut data: Value) -> Event {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        Event { name, data }
+    }
+
+    /// `response.created` and `response.in_progress`.
+    pub fn start(&mut self) -> Vec<Event> {
+        let r = (self.render)(&Status::InProgress, &[], None);
+        vec![
+            self.event("response.created", json!({"response": r.clone()})),
+            self.event("response.in_progress", json!({"response": r})),
+        ]
+    }
+
+    /// The output index the open item will take.
+    fn index(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Closes the open item, if any.
+    fn close(&mut self, out: &mut Vec<Event>) {
+        let Some((open, mut item)) = self.open.take() else {
+            return;
+        };
+        let index = self.index();
+        let id = item["id"].clone();
+        match open {
+            Open::Reasoning { text } => {
+                out.push(self.event(
+                    "response.reasoning_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),
+                ));
+                item["content"] = json!([{"type": "reasoning_text", "text": text}]);
+            }
+            Open::Text { text } => {
+                let part = json!({"type": "output_text", "text": text, "annotations": []});
+                out.push(self.event(
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "text": text, "logprobs": []}),
+                ));
+                out.push(self.event(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+                ));
+                item["content"] = json!([part]);
+                item["status"] = json!("completed");
+            }
+            Open::Call { args } => {
+                out.push(self.event(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": index, "arguments": args,
+                           "name": item["name"]}),
+                ));
+                item["arguments"] = json!(args);
+                item["status"] = json!("completed");
+            }
+        }
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        ));
+        self.output.push(item);
+    }
+
+    /// Opens a new item (closing the one before).
+    fn open(&mut self, open: Open, item: Value, out: &mut Vec<Event>) {
+        self.close(out);
+        let index = self.index();
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        if let Open::Text { .. } = open {
+            out.push(self.event(
+                "response.content_part.added",
+                json!({"item_id": item["id"], "output_index": index, "content_index": 0,
+                       "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ));
+        }
+        self.open = Some((open, item));
+    }
+
+    /// The events of one chat completion chunk.
+    pub fn chunk(&mut self, chunk: &Value) -> Vec<Event> {
+        let mut out = Vec::new();
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(Usage::from_chat(u));
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            return out;
+        };
+        if let Some(r) = choice["finish_reason"].as_str() {
+            self.finish_reason = Some(r.to_string());
+        }
+        let delta = &choice["delta"];
+        let reasoning = delta
+            .get("reasoning_content")
+            .or_else(|| delta.get("reasoning"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        if let Some(r) = reasoning {
+            if !matches!(self.open, Some((Open::Reasoning { .. }, _))) {
+                let item = json!({"type": "reasoning", "id": self.ids.id("rs_"), "summary": []});
+                self.open(
+                    Open::Reasoning {
+                        text: String::new(),
+                    },
+                    item,
+                    &mut out,
+                );
+            }
+            let index = self.index();
+            if let Some((Open::Reasoning { text }, item)) = &mut self.open {
+                text.push_str(r);
+                let id = item["id"].clone();
+                let e =
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": r});
+                out.push(self.event("response.reasoning_text.delta", e));
+            }
+        }
+        if let Some(t) = delta["content"].as_str().filter(|s| !s.is_empty()) {
+            if !matches!(self.open, Some((Open::Text { .. }, _))) {
+                let item = json!({"type": "message", "id": self.ids.id("msg_"), "status": "in_progress",
+                                  "role": "assistant", "content": []});
+                self.open(
+                    Open::Text {
+                        text: String::new(),
+                    },
+                    item,
+                    &mut out,
+                );
+            }
+            let index = self.index();
+            if let Some((Open::Text { text }, item)) = &mut self.open {
+                text.push_str(t);
+                let id = item["id"].clone();
+                let e = json!({"item_id": id, "output_index": index, "content_index": 0,
+                               "delta": t, "logprobs": []});
+                out.push(self.event("response.output_text.delta", e));
+            }
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let n = call["index"].as_u64().unwrap_or(0);
+            let known = self.calls.iter().any(|(i, _)| *i == n);
+            if !known {
+                let call_id = call["id"]
+                    .as_str()
+                    .map_or_else(|| self.ids.id("call_"), str::to_string);
+                let item = json!({"type": "function_call", "id": self.ids.id("fc_"), "call_id": call_id,
+                                  "name": call["function"]["name"].as_str().unwrap_or_default(),
+                                  "arguments": "", "status": "in_progress"});
+                self.open(
+                    Open::Call {
+                        args: String::new(),
+                    },
+                    item,
+                    &mut out,
+                );
+                let index = self.index();
+                self.calls.push((n, index));
+            }
+            if let Some(a) = call["function"]["arguments"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+            {
+                let index = self.index();
+                if let Some((Open::Call { args }, item)) = &mut self.open {
+                    args.push_str(a);
+                    let id = item["id"].clone();
+                    let e = json!({"item_id": id, "output_index": index, "delta": a});
+                    out.push(self.event("response.function_call_arguments.delta", e));
+                }
+            }
+        }
+        out
+    }
+
+    /// The closing events once the engine's stream ended (`failed`: it broke off), and
+    /// the final status and output.
+    pub fn finish(&mut self, failed: Option<(&str, &str)>) -> (Vec<Event>, Status, Vec<Value>) {
+        let mut out = Vec::new();
+        self.close(&mut out);
+        let status = match failed {
+            Some((code, message)) => Status::Failed {
+                code: code.to_string(),
+                message: message.to_string(),
+            },
+            None => status_of(self.finish_reason.as_deref()),
+        };
+        let r = (self.render)(&status, &self.output, self.usage);
+        let name = match status {
+            Status::Completed => "response.completed",
+            Status::Incomplete => "response.incomplete",
+            _ => "response.failed",
+        };
+        out.push(self.event(name, json!({"response": r})));
+        (out, status, self.output.clone())
+    }
+
+    /// Usage reported by the engine's final chunk.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Seq(u32);
+
+    impl Ids for Seq {
+        fn id(&mut self, prefix: &str) -> String {
+            self.0 += 1;
+            format!("{prefix}{}", self.0)
+        }
+    }
+
+    fn translator() -> Translator {
+        Translator::new(
+            Box::new(
+                |s, out, u| json!({"status": s.as_str(), "output": out, "usage": u.map(|u| u.json())}),
+            ),
+            Box::new(Seq(0)),
+        )
+    }
+
+    fn chunk(delta: Value, finish: Option<&str>) -> Value {
+        json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    #[test]
+    fn text_streams_as_semantic_events_in_sequence() {
+        let mut t = translator();
+        let mut events = t.start();
+        events.extend(t.chunk(&chunk(json!({"role": "assistant"}), None)));
+        events.extend(t.chunk(&chunk(json!({"content": "Hel"}), None)));
+        events.extend(t.chunk(&chunk(json!({"content": "lo"}), Some("stop"))));
+        events.extend(
+            t.chunk(&json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})),
+        );
+        let (end, status, output) = t.finish(None);
+        events.extend(end);
+        let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.data["sequence_number"], i as u64);
+            assert_eq!(e.data["type"], e.name);
+        }
+        assert_eq!(events[6].data["text"], "Hello");
+        assert_eq!(status, Status::Completed);
+        assert_eq!(output[0]["content"][0]["text"], "Hello");
+        assert_eq!(events[9].data["response"]["usage"]["total_tokens"], 5);
+        assert!(
+            events[4]
+                .sse()
+                .starts_with("event: response.output_text.delta\ndata: {")
+        );
+    }
+
+    #[test]
+    fn reasoning_then_tool_calls_and_a_cut_stream() {
+        let mut t = translator();
+        t.start();
+        let mut events = t.chunk(&chunk(json!({"reasoning_content": "hmm"}), None));
+        events.extend(t.chunk(&chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+            "function": {"name": "f", "arguments": "{\"x\""}}]}),
+            None,
+        )));
+        events.extend(t.chunk(&chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
+            None,
+        )));
+        events.extend(t.chunk(&chunk(
+            json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+            "function": {"name": "g", "arguments": "{}"}}]}),
+            Some("length"),
+        )));
+        let (end, status, output) = t.finish(None);
+        events.extend(end);
+        assert_eq!(status, Status::Incomplete);
+        assert_eq!(events.last().unwrap().name, "response.incomplete");
+        assert_eq!(output.len(), 3);
+        assert_eq!(output[0]["content"][0]["text"], "hmm");
+        assert_eq!(output[1]["arguments"], "{\"x\":1}");
+        assert_eq!(output[1]["call_id"], "call_a");
+        assert_eq!(output[2]["name"], "g");
+        let done: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.name == "response.function_call_arguments.done")
+            .collect();
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].data["output_index"], 1);
+
+        let mut t = translator();
+        t.start();
+        t.chunk(&chunk(json!({"content": "par"}), None));
+        let (end, status, output) = t.finish(Some(("server_error", "the engine stopped")));
+        assert!(matches!(status, Status::Failed { .. }));
+        assert_eq!(end.last().unwrap().name, "response.failed");
+        assert_eq!(
+            output[0]["content"][0]["text"], "par",
+            "what was streamed is kept"
+        );
+    }
+}
