@@ -197,18 +197,21 @@ pub fn status_of(finish_reason: Option<&str>) -> Status {
     }
 }
 
+/// Numbered ids (`msg_1`, `fc_2`, …), for tests.
+#[cfg(test)]
+pub(crate) struct Seq(pub u32);
+
+#[cfg(test)]
+impl Ids for Seq {
+    fn id(&mut self, prefix: &str) -> String {
+        self.0 += 1;
+        format!("{prefix}{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Seq(u32);
-
-    impl Ids for Seq {
-        fn id(&mut self, prefix: &str) -> String {
-            self.0 += 1;
-            format!("{prefix}{}", self.0)
-        }
-    }
 
     #[test]
     fn a_chat_message_becomes_reasoning_text_and_calls() {

@@ -272,16 +272,8 @@ impl Translator {
 
 #[cfg(test)]
 mod tests {
+    use super::super::output::Seq;
     use super::*;
-
-    struct Seq(u32);
-
-    impl Ids for Seq {
-        fn id(&mut self, prefix: &str) -> String {
-            self.0 += 1;
-            format!("{prefix}{}", self.0)
-        }
-    }
 
     fn translator() -> Translator {
         Translator::new(
