@@ -570,3 +570,73 @@ async fn structured_outputs_are_honoured_streaming_or_not() {
     assert_eq!(status, 400, "{r}");
     assert_error(&r, 400);
 }
+
+#[tokio::test]
+async fn offered_tools_are_called_deterministically_until_a_tool_answers() {
+    let http = Http::new();
+    for instant in [false, true] {
+        let sim = sims_with(SimConfig { instant, ..fast() }).await;
+        let tools = json!([{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+        let body = json!({"model": MODEL, "tools": tools, "max_tokens": 50,
+            "messages": [{"role": "user", "content": "weather in Oslo?"}]});
+        let (status, r) = http.post(&sim.url(), "/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{r}");
+        let choice = &r["choices"][0];
+        assert_eq!(
+            choice["finish_reason"], "tool_calls",
+            "instant={instant}: {r}"
+        );
+        assert_eq!(choice["message"]["content"], Value::Null);
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather");
+        assert_eq!(call["function"]["arguments"], r#"{"city":"sim"}"#);
+        let id = call["id"].as_str().unwrap().to_string();
+
+        // Streamed: the first delta names the call, the rest carry the arguments.
+        let mut stream = body.clone();
+        stream["stream"] = json!(true);
+        let (status, events) = http.sse(&sim.url(), "/v1/chat/completions", &stream).await;
+        assert_eq!(status, 200);
+        let chunks: Vec<Value> = events
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect();
+        let calls: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+            .collect();
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert!(calls[0]["id"].as_str().unwrap().starts_with("call"));
+        let args: String = calls
+            .iter()
+            .map(|c| c["function"]["arguments"].as_str().unwrap())
+            .collect();
+        assert_eq!(args, r#"{"city":"sim"}"#);
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+
+        // Once the tool has answered, the model answers in text.
+        let mut after = body.clone();
+        after["messages"] = json!([
+            {"role": "user", "content": "weather in Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": id, "content": "sunny"}
+        ]);
+        let (status, r) = http.post(&sim.url(), "/v1/chat/completions", &after).await;
+        assert_eq!(status, 200, "{r}");
+        assert!(r["choices"][0]["message"]["content"].is_string(), "{r}");
+        assert_ne!(r["choices"][0]["finish_reason"], "tool_calls");
+
+        // A bad tool is a 400.
+        let mut bad = body.clone();
+        bad["tools"] = json!([{"type": "function", "function": {}}]);
+        let (status, r) = http.post(&sim.url(), "/v1/chat/completions", &bad).await;
+        assert_eq!(status, 400, "{r}");
+        assert_error(&r, 400);
+    }
+}

@@ -15,6 +15,7 @@ use super::super::{ApiError, ServerState};
 use super::disagg::disaggregation;
 use super::response::{Output, complete_response, stream_response};
 use super::structured::forced_output;
+use super::tools::tool_call;
 use super::wire::GenRequest;
 use super::{now_unix, random_id};
 use crate::kv_cache::hash_block;
@@ -26,7 +27,15 @@ use crate::tokenizer::{self, Token};
 /// for measuring a gateway's own overhead. Usage reports no prompt tokens.
 pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<Response, ApiError> {
     let model = st.resolve_model(req.model.as_deref())?;
-    let forced = forced_output(&req, st.cfg.seed)?;
+    let tool = if chat {
+        tool_call(&req, st.cfg.seed)?
+    } else {
+        None
+    };
+    let forced = match &tool {
+        Some(t) => Some(t.pieces.clone()),
+        None => forced_output(&req, st.cfg.seed)?,
+    };
     let max = if chat {
         req.max_completion_tokens.or(req.max_tokens)
     } else {
@@ -42,9 +51,14 @@ pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<R
         created: now_unix(),
         model,
         target: n,
-        finish: FinishReason::Length,
+        finish: if n as usize == forced.as_ref().map_or(usize::MAX, Vec::len) {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        },
         kv: None,
         forced: None,
+        tool: tool.as_ref().map(|t| (t.id.clone(), t.name.clone())),
     };
     let tokens: Vec<&str> = match &forced {
         Some(pieces) => pieces[..n as usize].iter().map(String::as_str).collect(),
@@ -60,8 +74,8 @@ pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<R
             frames.push(out.chunk(None, true, None));
         }
         for (i, t) in tokens.iter().enumerate() {
-            let finish = (i + 1 == tokens.len()).then_some("length");
-            frames.push(out.chunk(Some(t), false, finish));
+            let finish = (i + 1 == tokens.len()).then(|| out.finish_str(out.finish));
+            frames.push(out.piece(i, t, finish));
         }
         if req
             .stream_options
@@ -79,10 +93,11 @@ pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<R
             .expect("static headers are valid"));
     }
     let text: String = tokens.concat();
+    let finish = out.finish_str(out.finish);
     let choice = if chat {
-        json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": "length"})
+        json!({"index": 0, "message": out.message(&text), "logprobs": null, "finish_reason": finish})
     } else {
-        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": "length"})
+        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
     };
     Ok(Json(
         json!({"id": out.id, "object": if chat { "chat.completion" } else { "text_completion" },
@@ -146,7 +161,11 @@ pub(super) async fn generate(
         None => hash_block(st.cfg.seed, &prompt),
     };
     let room_left = (st.cfg.max_model_len - prompt_len) as u32;
-    let forced = forced_output(&req, seed)?;
+    let tool = if chat { tool_call(&req, seed)? } else { None };
+    let forced = match &tool {
+        Some(t) => Some(t.pieces.clone()),
+        None => forced_output(&req, seed)?,
+    };
     let (target, finish) = match (max_tokens, &forced) {
         (m, Some(pieces)) => {
             let n = (pieces.len() as u32).min(room_left);
@@ -206,6 +225,7 @@ pub(super) async fn generate(
         finish,
         kv: disagg.return_kv_params.then(|| (st.clone(), rank)),
         forced,
+        tool: tool.map(|t| (t.id, t.name)),
     };
     if req.stream == Some(true) {
         let include_usage = req

@@ -18,6 +18,7 @@ mod multipart;
 mod response;
 mod speech;
 mod structured;
+mod tools;
 mod wire;
 
 use std::sync::Arc;

@@ -29,6 +29,9 @@ pub(super) struct Output {
     /// A structured-output answer, one piece per generated token (it replaces the
     /// tokens' text).
     pub(super) forced: Option<Vec<String>>,
+    /// The tool call the answer makes (id, function name); `forced` holds its
+    /// arguments.
+    pub(super) tool: Option<(String, String)>,
 }
 
 impl Output {
@@ -38,6 +41,44 @@ impl Output {
             Some(pieces) => pieces.get(i).map_or("", String::as_str),
             None => tokenizer::token_text(token),
         }
+    }
+
+    /// The `finish_reason` of an answer that ended with `f`.
+    pub(super) fn finish_str(&self, f: FinishReason) -> &'static str {
+        match (&self.tool, f) {
+            (Some(_), FinishReason::Stop) => "tool_calls",
+            _ => f.as_str(),
+        }
+    }
+
+    /// A chat answer's `message` for the generated `text`: the text, or the tool call
+    /// whose arguments it is.
+    pub(super) fn message(&self, text: &str) -> Value {
+        match &self.tool {
+            Some((id, name)) => json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": id, "type": "function", "function": {"name": name, "arguments": text}}]}),
+            None => json!({"role": "assistant", "content": text, "tool_calls": []}),
+        }
+    }
+
+    /// The chunk of the `i`-th generated piece: content, or a tool call's arguments
+    /// (the first piece also names the call).
+    pub(super) fn piece(&self, i: usize, text: &str, finish: Option<&str>) -> Bytes {
+        let Some((id, name)) = self.tool.as_ref().filter(|_| self.chat) else {
+            return self.chunk(Some(text), false, finish);
+        };
+        let call = if i == 0 {
+            json!({"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": text}})
+        } else {
+            json!({"index": 0, "function": {"arguments": text}})
+        };
+        self.event(json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "logprobs": null, "finish_reason": finish}],
+        }))
     }
 
     pub(super) fn usage(&self, s: &SeqSummary) -> Value {
@@ -129,10 +170,10 @@ pub(super) async fn complete_response(
             }
         }
     };
-    let finish = summary.finish_reason.as_str();
+    let finish = out.finish_str(summary.finish_reason);
     let choice = if out.chat {
-        json!({"index": 0, "message": {"role": "assistant", "content": text, "tool_calls": []},
-               "logprobs": null, "finish_reason": finish, "stop_reason": null})
+        json!({"index": 0, "message": out.message(&text), "logprobs": null, "finish_reason": finish,
+               "stop_reason": null})
     } else {
         json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish,
                "stop_reason": null, "prompt_logprobs": null})
@@ -194,8 +235,10 @@ pub(super) fn stream_response(
                     }
                     let text = s.out.text(s.emitted as usize, token).to_string();
                     s.emitted += 1;
-                    let finish = (s.emitted == s.out.target).then_some(s.out.finish.as_str());
-                    s.queue.push_back(s.out.chunk(Some(&text), false, finish));
+                    let finish =
+                        (s.emitted == s.out.target).then(|| s.out.finish_str(s.out.finish));
+                    s.queue
+                        .push_back(s.out.piece(s.emitted as usize - 1, &text, finish));
                 }
                 Some(SeqEvent::Done(summary)) => {
                     if s.include_usage {

@@ -101,7 +101,7 @@ fn schema_value(v: &Value, param: &str) -> Result<Value, ApiError> {
 }
 
 /// The text the choice rule reads: the last user message, or the completion prompt.
-fn steering_text(req: &GenRequest) -> String {
+pub(super) fn steering_text(req: &GenRequest) -> String {
     if let Some(msgs) = &req.messages {
         let last = msgs
             .iter()
@@ -124,7 +124,7 @@ fn steering_text(req: &GenRequest) -> String {
 }
 
 /// Whole-word, case-insensitive occurrences of `word` in `text`: (count, first offset).
-fn mentions(text: &str, word: &str) -> (usize, usize) {
+pub(super) fn mentions(text: &str, word: &str) -> (usize, usize) {
     let (t, w) = (text.to_lowercase(), word.to_lowercase());
     if w.is_empty() {
         return (0, usize::MAX);
@@ -154,7 +154,7 @@ fn pick(options: &[String], text: &str, seed: u64) -> String {
     }
 }
 
-fn instance(schema: &Value, text: &str, seed: u64) -> Value {
+pub(super) fn instance(schema: &Value, text: &str, seed: u64) -> Value {
     if let Some(c) = schema.get("const") {
         return c.clone();
     }

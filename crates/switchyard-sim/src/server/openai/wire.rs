@@ -54,6 +54,8 @@ pub(super) struct GenRequest {
     pub guided_choice: Option<Value>,
     pub guided_json: Option<Value>,
     pub structured_outputs: Option<Value>,
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
 }
 
 #[derive(Deserialize)]
