@@ -4,4 +4,5 @@
 pub mod input;
 pub mod output;
 pub mod request;
+pub mod service;
 pub mod stream;
