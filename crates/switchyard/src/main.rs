@@ -37,7 +37,12 @@ async fn run_demo(_: Config) -> anyhow::Result<()> {
     anyhow::bail!("this switchyard was built without the `demo` feature")
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Where `serve` keeps the Responses API's objects unless told otherwise.
+const DEFAULT_DATABASE_URL: &str = "sqlite://switchyard.db";
+
+async fn run(mut cfg: Config) -> anyhow::Result<()> {
+    cfg.database_url
+        .get_or_insert_with(|| DEFAULT_DATABASE_URL.to_string());
     // Handlers first: a SIGHUP that arrives once the gateway answers must reload it,
     // not end the process (the default action).
     let signals = Signals::new();

@@ -1067,6 +1067,8 @@ async fn sighup_reloads_the_running_binary() {
         std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args([
                 "serve",
+                "--database-url",
+                "sqlite::memory:",
                 "--config",
                 path.to_str().unwrap(),
                 "--log-level",

@@ -223,12 +223,18 @@ pub enum Created {
     Events(Pin<Box<dyn Stream<Item = String> + Send>>),
 }
 
+/// How long a replica's claim on a response it runs lasts unless renewed; `maintain`
+/// renews them every third of it.
+pub const LEASE_SECS: i64 = 60;
+
 /// The service.
 #[derive(Clone)]
 pub struct Responses {
     store: Arc<Store>,
     engine: Arc<dyn Engine>,
     now: fn() -> i64,
+    /// Responses this replica runs (their leases are renewed).
+    running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The context of a request: earlier items, and where they came from.
@@ -282,7 +288,47 @@ impl Responses {
             store,
             engine,
             now: unix_now,
+            running: Arc::default(),
         }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The periodic upkeep (every `LEASE_SECS / 3`): renews the leases of the
+    /// responses this replica runs, and fails those whose replica stopped renewing.
+    pub async fn maintain(&self) -> Result<(), StoreError> {
+        let now = (self.now)();
+        let ids: Vec<String> = self.running().iter().cloned().collect();
+        for chunk in ids.chunks(100) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let mut args: Vec<crate::store::Val> = vec![(now + LEASE_SECS).into()];
+            args.extend(chunk.iter().map(|id| id.as_str().into()));
+            self.store
+                .write(Write::one(
+                    format!(
+                        "UPDATE responses SET lease_until = $1 WHERE id IN ({}) \
+                         AND status IN ('queued', 'in_progress')",
+                        marks.join(", ")
+                    ),
+                    args,
+                ))
+                .await?;
+        }
+        let failed = self.store.fail_abandoned(Some(now), now).await?;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "responses of a stopped gateway replica are marked failed"
+            );
+        }
+        Ok(())
+    }
+
+    /// The store, for probes and metrics.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// Items of a stored response (`kind`: input or output), in order.
@@ -577,8 +623,8 @@ impl Responses {
     ) -> Result<(), ServiceError> {
         let mut w = Write::one(
             "INSERT INTO responses (id, owner, created_at, updated_at, status, model, \
-             previous_response_id, conversation_id, background, request) \
-             VALUES ($1, $2, $3, $3, 'in_progress', $4, $5, $6, $7, $8)",
+             previous_response_id, conversation_id, background, request, lease_until) \
+             VALUES ($1, $2, $3, $3, 'in_progress', $4, $5, $6, $7, $8, $9)",
             vec![
                 id.into(),
                 owner.into(),
@@ -588,6 +634,7 @@ impl Responses {
                 req.conversation.clone().into(),
                 req.background.into(),
                 body.to_string().into(),
+                (created_at + LEASE_SECS).into(),
             ],
         );
         for (seq, item) in input.iter().enumerate() {
@@ -603,6 +650,7 @@ impl Responses {
             );
         }
         self.store.write(w).await?;
+        self.running().insert(id.to_string());
         Ok(())
     }
 
@@ -635,6 +683,7 @@ impl Responses {
             _ => None,
         };
         let now = (self.now)();
+        self.running().remove(id);
         let mut w = Write::one(
             "UPDATE responses SET status = $1, response = $2, error = $3, updated_at = $4, \
              lease_until = NULL WHERE id = $5",

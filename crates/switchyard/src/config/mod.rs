@@ -159,6 +159,16 @@ pub struct Config {
     /// How `/route` classifies queries and detects a change of subject (YAML only).
     #[arg(skip)]
     pub use_case_routing: use_cases::UseCaseRouting,
+    /// Where the Responses and Conversations APIs store their objects:
+    /// `sqlite://PATH` (created if missing), `sqlite::memory:`, or `postgres://…` (shared
+    /// by replicas). `switchyard serve` defaults to `sqlite://switchyard.db`, the demo
+    /// and the library to memory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Delete stored responses and conversations older than this many days (off when
+    /// unset).
+    #[arg(long)]
+    pub store_retention_days: Option<u32>,
     /// Redis for state shared by replicas (`/route` sessions and stats), e.g.
     /// `redis://127.0.0.1:6379/0`. Unset: in memory.
     #[arg(long)]

@@ -101,6 +101,17 @@ impl Config {
                 ));
             }
         }
+        if let Some(url) = &self.database_url {
+            if switchyard_stateful::store::Backend::of(url).is_err() {
+                return Err(invalid(
+                    "database-url",
+                    "use sqlite://PATH, sqlite::memory: or postgres://user@host/db",
+                ));
+            }
+        }
+        if self.store_retention_days == Some(0) {
+            return Err(invalid("store-retention-days", "must be at least 1 day"));
+        }
         if !(self.priority_aging_secs.is_finite() && self.priority_aging_secs > 0.0) {
             return Err(invalid("priority-aging-secs", "must be a positive number"));
         }

@@ -26,6 +26,7 @@ pub mod admit;
 mod backend;
 mod chain;
 pub mod metadata;
+pub mod responses;
 pub mod route;
 pub mod settle;
 

@@ -14,6 +14,7 @@ pub mod health;
 pub mod layers;
 pub mod listener;
 pub mod openai;
+pub mod responses;
 pub mod route;
 pub mod router;
 pub mod selection;
@@ -243,9 +244,33 @@ impl Gateway {
                 max_query_bytes: cfg.route_max_query_bytes,
             },
         ));
+        // The stateful APIs' store (in memory unless --database-url says otherwise).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let store = Arc::new(
+            switchyard_stateful::store::Store::open(
+                &switchyard_stateful::store::StoreConfig {
+                    url: cfg
+                        .database_url
+                        .clone()
+                        .unwrap_or_else(|| "sqlite::memory:".into()),
+                    max_connections: 8,
+                    acquire_timeout: Duration::from_secs(5),
+                },
+                now,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let responses = Arc::new(switchyard_stateful::responses::service::Responses::new(
+            store.clone(),
+            Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
+        ));
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
             route,
+            responses: responses.clone(),
             pipeline,
             registry,
             workers: workers.clone(),
@@ -269,6 +294,40 @@ impl Gateway {
                     tokio::select! {
                         _ = tick.tick() => workflows.sweep().await,
                         _ = shutdown.cancelled() => return,
+                    }
+                }
+            });
+        }
+        {
+            // Leases of running responses, abandoned ones failed, and the retention purge.
+            let (shutdown, retention) = (shutdown.clone(), cfg.store_retention_days);
+            shutdown.clone().spawn(async move {
+                let every = Duration::from_secs(
+                    (switchyard_stateful::responses::service::LEASE_SECS / 3) as u64,
+                );
+                let mut tick = tokio::time::interval(every);
+                let mut last_purge: Option<std::time::Instant> = None;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    if let Err(e) = responses.maintain().await {
+                        tracing::warn!(error = %e, "response store upkeep failed");
+                    }
+                    let due = last_purge.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+                    if let (Some(days), true) = (retention, due) {
+                        last_purge = Some(std::time::Instant::now());
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs() as i64);
+                        match store.purge_before(now - i64::from(days) * 86_400).await {
+                            Ok((r, c)) if r + c > 0 => {
+                                tracing::info!(responses = r, conversations = c, "retention purge")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+                        }
                     }
                 }
             });

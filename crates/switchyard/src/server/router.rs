@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use http::HeaderValue;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use super::{AppState, health, layers, openai, route, selection, workflows};
+use super::{AppState, health, layers, openai, responses, route, selection, workflows};
 
 /// The data plane. Generation routes handle request ids, keys and admission inline
 /// (the pipeline's `admit` phase); the others get them from layers.
@@ -81,6 +81,20 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
             post(workflows::send_to_agent)
                 .get(workflows::receive)
                 .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/responses",
+            post(responses::create).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get)
+                .delete(responses::delete)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items).fallback(openai::method_not_allowed),
         )
         .route(
             "/sessions/{id}",

@@ -18,6 +18,8 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     /// `/route`, its sessions and stats.
     pub route: Arc<crate::pipeline::route::RouteApi>,
+    /// The Responses API's service (docs/responses.md).
+    pub responses: Arc<switchyard_stateful::responses::service::Responses>,
     pub registry: Arc<Registry>,
     pub workers: Arc<WorkerSelector>,
     pub enroller: Arc<Enroller>,

@@ -1,0 +1,104 @@
+//! The Responses API's engine (docs/responses.md): the chat completions the stateful
+//! layer builds run through this pipeline in-process, so selection, cache-aware
+//! routing, retries, fallbacks and metrics apply to them as to any client's. The
+//! client's admission permit is held by the API's handler; these run on its behalf.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+use switchyard_stateful::responses::service::{Answer, Engine, EngineError, sse_chunks};
+
+use super::admit::Admitted;
+use super::{Pipeline, RequestContext};
+use crate::request::Route;
+
+/// Largest non-streamed engine answer read.
+const ANSWER_LIMIT: usize = 64 << 20;
+
+pub struct PipelineEngine(pub Arc<Pipeline>);
+
+fn engine_error(status: u16, body: &[u8]) -> EngineError {
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    EngineError {
+        status,
+        code: v["error"]["code"]
+            .as_str()
+            .unwrap_or(if status >= 500 {
+                "server_error"
+            } else {
+                "invalid_request"
+            })
+            .to_string(),
+        message: v["error"]["message"]
+            .as_str()
+            .unwrap_or("The engine request failed")
+            .to_string(),
+    }
+}
+
+async fn read(body: Body) -> Result<Bytes, EngineError> {
+    Limited::new(body, ANSWER_LIMIT)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| EngineError {
+            status: 502,
+            code: "bad_gateway".into(),
+            message: format!("The engine's answer could not be read: {e}"),
+        })
+}
+
+impl Engine for PipelineEngine {
+    fn chat(
+        &self,
+        body: Value,
+        session: String,
+    ) -> BoxFuture<'static, Result<Answer, EngineError>> {
+        let pipeline = self.0.clone();
+        Box::pin(async move {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&session) {
+                headers.insert(HeaderName::from_static("x-session-id"), v);
+            }
+            let stream = body["stream"] == true;
+            let resp = pipeline
+                .run(RequestContext {
+                    route: Route::Chat,
+                    request_id: crate::state::random_id("req_"),
+                    start: Instant::now(),
+                    headers,
+                    body: Bytes::from(body.to_string()),
+                    admitted: Admitted::on_behalf(),
+                })
+                .await;
+            let status = resp.status().as_u16();
+            let body = resp.into_body();
+            if status != 200 {
+                return Err(engine_error(status, &read(body).await?));
+            }
+            if stream {
+                return Ok(Answer::Stream(sse_chunks(Box::pin(
+                    body.into_data_stream(),
+                ))));
+            }
+            let bytes = read(body).await?;
+            serde_json::from_slice(&bytes)
+                .map(Answer::Complete)
+                .map_err(|e| EngineError {
+                    status: 502,
+                    code: "bad_gateway".into(),
+                    message: format!("The engine's answer is not JSON: {e}"),
+                })
+        })
+    }
+}

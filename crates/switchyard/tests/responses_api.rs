@@ -1,0 +1,234 @@
+//! The Responses API over real HTTP through the gateway, in front of simulated
+//! engines: a response and its chain are served through the routing pipeline (a chain
+//! stays on one engine), streamed as semantic events, read back, listed and deleted;
+//! every bad input is a 4xx naming its field that never reaches an engine.
+
+use serde_json::{Value, json};
+use switchyard::PolicyKind;
+use switchyard_testkit::*;
+
+async fn bed() -> TestBed {
+    TestBed::with(sims(4).await, |c| c.policy = PolicyKind::CacheAware).await
+}
+
+fn text_of(r: &Value) -> String {
+    r["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .flat_map(|i| i["content"].as_array().unwrap().iter())
+        .filter_map(|c| c["text"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_chain_of_responses_is_served_stored_and_kept_on_one_engine() {
+    // The chain's root is its session key: a session-keyed policy keeps it on one
+    // engine even though the first turn's instructions are not sent with later ones.
+    let t = TestBed::with(sims(4).await, |c| c.policy = PolicyKind::ConsistentHash).await;
+    let briefing = prompt_text(3, 600);
+    let (s, r1) = t
+        .post(
+            "/v1/responses",
+            &json!({"model": MODEL, "instructions": briefing, "input": "Hello", "max_output_tokens": 16}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r1}");
+    assert_eq!(r1["object"], "response");
+    let mut prev = r1["id"].as_str().unwrap().to_string();
+    for turn in 0..4 {
+        let (s, r) = t
+            .post(
+                "/v1/responses",
+                &json!({"model": MODEL, "input": format!("Turn {turn}"), "previous_response_id": prev,
+                        "max_output_tokens": 16}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["previous_response_id"], prev.as_str());
+        prev = r["id"].as_str().unwrap().to_string();
+    }
+    let served = t.per_server();
+    assert_eq!(
+        served.iter().filter(|n| **n > 0).count(),
+        1,
+        "a chain stays on one engine: {served:?}"
+    );
+    // Later turns found the chain's context in that engine's cache.
+    let (_, last) = t.http.get(&format!("{}/v1/responses/{prev}", t.url)).await;
+    assert_eq!(last["status"], "incomplete");
+    assert!(
+        last["usage"]["input_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{last}"
+    );
+    let (s, items) = t
+        .http
+        .get(&format!(
+            "{}/v1/responses/{prev}/input_items?order=asc",
+            t.url
+        ))
+        .await;
+    assert_eq!(s, 200, "{items}");
+    assert_eq!(items["data"][0]["content"][0]["text"], "Turn 3");
+
+    // Deleted, it is gone.
+    let resp = t
+        .http
+        .0
+        .delete(format!("{}/v1/responses/{prev}", t.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["deleted"], true);
+    let (s, body) = t.http.get(&format!("{}/v1/responses/{prev}", t.url)).await;
+    assert_eq!(s, 404, "{body}");
+}
+
+#[tokio::test]
+async fn a_streamed_response_sends_semantic_events_and_is_stored_as_streamed() {
+    let t = bed().await;
+    let resp = t
+        .http
+        .0
+        .post(format!("{}/v1/responses", t.url))
+        .json(&json!({"model": MODEL, "input": "Tell me a story", "stream": true, "max_output_tokens": 24}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = resp.text().await.unwrap();
+    let events: Vec<(String, Value)> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut lines = e.lines();
+            let name = lines
+                .next()
+                .unwrap()
+                .strip_prefix("event: ")
+                .unwrap()
+                .to_string();
+            let data = serde_json::from_str(lines.next().unwrap().strip_prefix("data: ").unwrap())
+                .unwrap();
+            (name, data)
+        })
+        .collect();
+    assert_eq!(events[0].0, "response.created");
+    assert_eq!(events.last().unwrap().0, "response.incomplete");
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["sequence_number"], i as u64);
+        assert_eq!(data["type"], name.as_str());
+    }
+    let deltas: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    let id = events[0].1["response"]["id"].as_str().unwrap();
+    let (_, stored) = t.http.get(&format!("{}/v1/responses/{id}", t.url)).await;
+    assert_eq!(text_of(&stored), deltas);
+    assert_eq!(stored["usage"]["output_tokens"], 24);
+}
+
+#[tokio::test]
+async fn bad_responses_requests_are_4xx_naming_the_field_and_reach_no_engine() {
+    let t = TestBed::with(sims(2).await, |c| c.max_payload_size = 8192).await;
+    let cases = [
+        (json!({"input": "x"}), 400, Some("model")),
+        (json!({"model": MODEL}), 400, Some("input")),
+        (
+            json!({"model": MODEL, "input": [{"type": "nonsense"}]}),
+            400,
+            Some("input[0].type"),
+        ),
+        (
+            json!({"model": MODEL, "input": [{"role": "robot", "content": "x"}]}),
+            400,
+            Some("input[0].role"),
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": "resp_1", "conversation": "conv_1"}),
+            400,
+            Some("conversation"),
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": "resp_unknown"}),
+            404,
+            Some("previous_response_id"),
+        ),
+        (
+            json!({"model": MODEL, "input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}),
+            400,
+            Some("input[0].call_id"),
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": 7}}}}),
+            400,
+            Some("text.format.schema"),
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "temperature": 9}),
+            400,
+            Some("temperature"),
+        ),
+    ];
+    for (body, status, param) in cases {
+        let (s, e) = t.post("/v1/responses", &body).await;
+        assert_eq!(s, status, "{body}: {e}");
+        assert_eq!(e["error"]["param"].as_str(), param, "{body}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{e}"
+        );
+    }
+    // Not JSON; too large.
+    let resp = t
+        .http
+        .0
+        .post(format!("{}/v1/responses", t.url))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (s, e) = t
+        .post(
+            "/v1/responses",
+            &json!({"model": MODEL, "input": "x".repeat(10_000)}),
+        )
+        .await;
+    assert_eq!(s, 413, "{e}");
+    let (s, _) = t
+        .http
+        .get(&format!("{}/v1/responses/resp_missing", t.url))
+        .await;
+    assert_eq!(s, 404);
+    let (s, e) = t
+        .http
+        .get(&format!(
+            "{}/v1/responses/resp_missing/input_items?limit=0",
+            t.url
+        ))
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(
+        t.per_server().iter().sum::<u64>(),
+        0,
+        "no engine saw any of them"
+    );
+}
