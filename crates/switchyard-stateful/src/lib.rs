@@ -3,3 +3,4 @@
 
 pub mod responses;
 pub mod store;
+pub mod testing;

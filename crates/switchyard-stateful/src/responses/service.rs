@@ -260,12 +260,11 @@ fn with_id(mut item: Value, ids: &mut dyn Ids) -> Value {
         item["type"] = json!("message");
     }
     if let Some(Value::String(text)) = item.get("content") {
-        let kind = if item["role"] == "assistant" {
-            "output_text"
+        item["content"] = if item["role"] == "assistant" {
+            json!([{"type": "output_text", "text": text, "annotations": []}])
         } else {
-            "input_text"
+            json!([{"type": "input_text", "text": text}])
         };
-        item["content"] = json!([{"type": kind, "text": text}]);
     }
     if item.get("id").is_none_or(Value::is_null) {
         let prefix = match item["type"].as_str() {

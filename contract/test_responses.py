@@ -1,0 +1,114 @@
+"""The Responses API against the official OpenAI Python SDK, with strict response
+validation: every object the gateway returns must parse as the SDK's own types.
+
+Run by crates/switchyard/tests/sdk_contract.rs against a gateway in front of simulated
+engines: SWITCHYARD_URL is the gateway's base URL, SWITCHYARD_MODEL the model.
+"""
+
+import json
+import os
+import unittest
+
+import openai
+from openai import OpenAI
+
+URL = os.environ["SWITCHYARD_URL"]
+MODEL = os.environ["SWITCHYARD_MODEL"]
+
+client = OpenAI(base_url=URL + "/v1", api_key="unused", _strict_response_validation=True)
+
+TOOLS = [{
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"], "additionalProperties": False},
+    "strict": True,
+}]
+
+
+class Responses(unittest.TestCase):
+    def test_create_retrieve_list_delete(self):
+        r = client.responses.create(model=MODEL, input="Hello there", instructions="Be brief.",
+                                    max_output_tokens=16, metadata={"suite": "sdk"})
+        self.assertEqual(r.object, "response")
+        self.assertIn(r.status, ("completed", "incomplete"))
+        self.assertTrue(r.output_text)
+        self.assertEqual(r.metadata, {"suite": "sdk"})
+        self.assertEqual(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens)
+        got = client.responses.retrieve(r.id)
+        self.assertEqual(got.output_text, r.output_text)
+        items = client.responses.input_items.list(r.id)
+        self.assertEqual(items.data[0].type, "message")
+        deleted = client.responses.delete(r.id)
+        self.assertIsNone(deleted)
+        with self.assertRaises(openai.NotFoundError):
+            client.responses.retrieve(r.id)
+
+    def test_input_items_paginate(self):
+        r = client.responses.create(model=MODEL, max_output_tokens=16, input=[
+            {"role": "user", "content": "one"},
+            {"role": "user", "content": "two"},
+            {"role": "user", "content": "three"},
+        ])
+        page = client.responses.input_items.list(r.id, limit=2, order="asc")
+        self.assertTrue(page.has_more)
+        self.assertEqual(len(page.data), 2)
+        texts = [i.content[0].text for i in client.responses.input_items.list(r.id, order="asc")]
+        self.assertEqual(texts, ["one", "two", "three"])
+        after = client.responses.input_items.list(r.id, order="asc", after=page.data[-1].id)
+        self.assertEqual([i.content[0].text for i in after.data], ["three"])
+
+    def test_chaining_and_its_errors(self):
+        first = client.responses.create(model=MODEL, input="My name is Ada.", max_output_tokens=16)
+        second = client.responses.create(model=MODEL, input="What is my name?",
+                                         previous_response_id=first.id, max_output_tokens=16)
+        self.assertEqual(second.previous_response_id, first.id)
+        with self.assertRaises(openai.NotFoundError) as e:
+            client.responses.create(model=MODEL, input="x", previous_response_id="resp_nope")
+        self.assertEqual(e.exception.body["param"], "previous_response_id")
+        with self.assertRaises(openai.BadRequestError) as e:
+            client.responses.create(model=MODEL, input=[{"role": "robot", "content": "x"}])
+        self.assertEqual(e.exception.body["param"], "input[0].role")
+
+    def test_function_tool_round_trip(self):
+        r = client.responses.create(model=MODEL, input="What is the weather in Oslo?", tools=TOOLS)
+        calls = [o for o in r.output if o.type == "function_call"]
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(calls[0].name, "get_weather")
+        args = json.loads(calls[0].arguments)
+        self.assertIn("city", args)
+        answer = client.responses.create(
+            model=MODEL, tools=TOOLS, previous_response_id=r.id, max_output_tokens=16,
+            input=[{"type": "function_call_output", "call_id": calls[0].call_id,
+                    "output": json.dumps({"temperature": 12})}])
+        self.assertTrue(answer.output_text)
+
+    def test_streaming_with_the_sdk_helper(self):
+        deltas = []
+        # Without a token cap, so that it ends `completed` (the helper's final response).
+        with client.responses.stream(model=MODEL, input="Tell me a story") as stream:
+            for event in stream:
+                if event.type == "response.output_text.delta":
+                    deltas.append(event.delta)
+            final = stream.get_final_response()
+        self.assertEqual("".join(deltas), final.output_text)
+        stored = client.responses.retrieve(final.id)
+        self.assertEqual(stored.output_text, final.output_text)
+
+    def test_raw_stream_events(self):
+        events = list(client.responses.create(model=MODEL, input="Hi", stream=True,
+                                              max_output_tokens=16))
+        self.assertEqual(events[0].type, "response.created")
+        self.assertIn(events[-1].type, ("response.completed", "response.incomplete"))
+        self.assertEqual([e.sequence_number for e in events], list(range(len(events))))
+
+    def test_streamed_tool_call(self):
+        with client.responses.stream(model=MODEL, input="Weather in Oslo?", tools=TOOLS) as stream:
+            final = stream.get_final_response()
+        calls = [o for o in final.output if o.type == "function_call"]
+        self.assertEqual(calls[0].name, "get_weather")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
