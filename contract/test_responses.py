@@ -110,5 +110,51 @@ class Responses(unittest.TestCase):
         self.assertEqual(calls[0].name, "get_weather")
 
 
+class Conversations(unittest.TestCase):
+    def test_conversation_lifecycle_and_items(self):
+        conv = client.conversations.create(metadata={"topic": "demo"},
+                                           items=[{"type": "message", "role": "user",
+                                                   "content": "Remember: blue."}])
+        self.assertEqual(conv.object, "conversation")
+        self.assertEqual(conv.metadata, {"topic": "demo"})
+        self.assertEqual(client.conversations.retrieve(conv.id).id, conv.id)
+        updated = client.conversations.update(conv.id, metadata={"topic": "changed"})
+        self.assertEqual(updated.metadata, {"topic": "changed"})
+
+        # A response in the conversation reads it and appends to it.
+        r = client.responses.create(model=MODEL, input="What colour?", conversation=conv.id,
+                                    max_output_tokens=16)
+        self.assertEqual(r.conversation.id, conv.id)
+        items = client.conversations.items.list(conv.id, order="asc")
+        self.assertEqual([i.role for i in items.data], ["user", "user", "assistant"])
+        self.assertFalse(items.has_more)
+
+        added = client.conversations.items.create(conv.id, items=[
+            {"type": "message", "role": "user", "content": "One more thing."}])
+        item_id = added.data[0].id
+        self.assertEqual(client.conversations.items.retrieve(item_id, conversation_id=conv.id).id,
+                         item_id)
+        after = client.conversations.items.delete(item_id, conversation_id=conv.id)
+        self.assertEqual(after.id, conv.id)
+        with self.assertRaises(openai.NotFoundError):
+            client.conversations.items.retrieve(item_id, conversation_id=conv.id)
+
+        page = client.conversations.items.list(conv.id, limit=1)
+        self.assertEqual(len(page.data), 1)
+        self.assertTrue(page.has_more)
+
+        deleted = client.conversations.delete(conv.id)
+        self.assertTrue(deleted.deleted)
+        with self.assertRaises(openai.NotFoundError):
+            client.conversations.retrieve(conv.id)
+
+    def test_bad_conversation_input(self):
+        with self.assertRaises(openai.BadRequestError) as e:
+            client.conversations.create(items=[{"type": "message", "role": "robot", "content": "x"}])
+        self.assertEqual(e.exception.body["param"], "items[0].role")
+        with self.assertRaises(openai.NotFoundError):
+            client.responses.create(model=MODEL, input="x", conversation="conv_missing")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use switchyard_sim::SimConfig;
+use switchyard_stateful::responses::conversations::Conversations;
 use switchyard_stateful::responses::service::{
     Answer, Created, Engine, EngineError, Responses, sse_chunks,
 };
@@ -310,9 +311,9 @@ async fn responses_work(url: &str) {
     assert_eq!(text_of(&stored), streamed);
 
     // Conversations: each response adds its input and output; the next one sees them.
-    let conv = b
-        .svc
-        .create_conversation("default", &json!({"topic": "t"}))
+    let convs = Conversations::new(b.store.clone());
+    let conv = convs
+        .create(&json!({"metadata": {"topic": "t"}}), "default")
         .await
         .unwrap();
     let cid = conv["id"].as_str().unwrap();
@@ -323,6 +324,51 @@ async fn responses_work(url: &str) {
     assert_eq!(session, cid);
     assert_eq!(messages.len(), 3);
     assert_eq!(messages[0]["content"], "first");
+    // The conversation holds both turns' input and output, oldest first.
+    let items = convs
+        .list_items(cid, "default", None, None, Some("asc"))
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = items["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["role"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(kinds, ["user", "assistant", "user", "assistant"], "{items}");
+    // Items added by hand join the context; one deleted leaves it.
+    let added = convs
+        .add_items(
+            cid,
+            "default",
+            &json!({"items": [{"role": "user", "content": "noted"}]}),
+        )
+        .await
+        .unwrap();
+    let added_id = added["data"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        convs.get_item(cid, "default", &added_id).await.unwrap()["content"][0]["text"],
+        "noted"
+    );
+    convs.delete_item(cid, "default", &added_id).await.unwrap();
+    assert_eq!(
+        convs
+            .get_item(cid, "default", &added_id)
+            .await
+            .unwrap_err()
+            .status,
+        404
+    );
+    let e = convs
+        .add_items(
+            cid,
+            "default",
+            &json!({"items": [{"role": "robot", "content": "x"}]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("items[0].role"));
+    assert_eq!(convs.get(cid, "tenant-b").await.unwrap_err().status, 404);
     let e = b
         .svc
         .create(

@@ -249,6 +249,12 @@ fn item(v: &Value, at: &str) -> Result<Item, BadInput> {
 
 /// `input`: a string (one user message) or a list of items.
 pub fn parse_input(input: &Value) -> Result<Vec<Item>, BadInput> {
+    parse_items(input, "input")
+}
+
+/// Items under the parameter `name` (`input`, or a conversation's `items`): a string
+/// (one user message) or a list.
+pub fn parse_items(input: &Value, name: &str) -> Result<Vec<Item>, BadInput> {
     match input {
         Value::String(s) => Ok(vec![Item::Message {
             role: Role::User,
@@ -257,11 +263,11 @@ pub fn parse_input(input: &Value) -> Result<Vec<Item>, BadInput> {
         Value::Array(list) => list
             .iter()
             .enumerate()
-            .map(|(i, v)| item(v, &format!("input[{i}]")))
+            .map(|(i, v)| item(v, &format!("{name}[{i}]")))
             .collect(),
         _ => Err(bad(
-            "input",
-            "`input` must be a string or a list of input items",
+            name,
+            format!("`{name}` must be a string or a list of items"),
         )),
     }
 }

@@ -1,6 +1,7 @@
 //! The Responses API (docs/responses.md; in progress): input items and their
 //! translation into engine chat requests.
 
+pub mod conversations;
 pub mod input;
 pub mod output;
 pub mod request;

@@ -256,7 +256,8 @@ fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
     }
 }
 
-fn metadata(o: &Map<String, Value>) -> Result<Map<String, Value>, BadInput> {
+/// `metadata`: at most 16 string values, keys of at most 64 characters.
+pub(crate) fn metadata(o: &Map<String, Value>) -> Result<Map<String, Value>, BadInput> {
     match o.get("metadata") {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => {

@@ -138,7 +138,7 @@ pub struct ServiceError {
 }
 
 impl ServiceError {
-    fn invalid(b: BadInput) -> ServiceError {
+    pub(crate) fn invalid(b: BadInput) -> ServiceError {
         ServiceError {
             status: 400,
             kind: "invalid_request_error",
@@ -148,7 +148,7 @@ impl ServiceError {
         }
     }
 
-    fn not_found(param: &str, message: String) -> ServiceError {
+    pub(crate) fn not_found(param: &str, message: String) -> ServiceError {
         ServiceError {
             status: 404,
             kind: "invalid_request_error",
@@ -223,6 +223,14 @@ pub enum Created {
     Events(Pin<Box<dyn Stream<Item = String> + Send>>),
 }
 
+/// Appends an item to a conversation (`$1` conversation, `$2` item id, `$3` time,
+/// `$4` item JSON), after the last one, within the write's transaction.
+pub(crate) const APPEND_ITEM: &str = "INSERT INTO conversation_items \
+     (conversation_id, seq, item_id, owner, created_at, item) \
+     SELECT $1, COALESCE(MAX(i.seq), -1) + 1, $2, c.owner, $3, $4 \
+     FROM conversations c LEFT JOIN conversation_items i ON i.conversation_id = c.id \
+     WHERE c.id = $1 GROUP BY c.owner";
+
 /// How long a replica's claim on a response it runs lasts unless renewed; `maintain`
 /// renews them every third of it.
 pub const LEASE_SECS: i64 = 60;
@@ -244,14 +252,14 @@ struct Context {
     root: Option<String>,
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Gives a stored input item its id (the SDK lists input items by id).
-fn with_id(mut item: Value, ids: &mut dyn Ids) -> Value {
+pub(crate) fn with_id(mut item: Value, ids: &mut dyn Ids) -> Value {
     if item.is_string() {
         item = json!({"type": "message", "role": "user",
                       "content": [{"type": "input_text", "text": item}]});
@@ -709,20 +717,7 @@ impl Responses {
         if let Some(conv) = &req.conversation {
             if !matches!(status, Status::Failed { .. }) {
                 let input = self.items(id, "input").await?;
-                for item in input.iter().chain(output) {
-                    w = w.then(
-                        "INSERT INTO conversation_items (conversation_id, seq, item_id, owner, created_at, item) \
-                         SELECT $1, COALESCE(MAX(seq), -1) + 1, $2, c.owner, $3, $4 \
-                         FROM conversations c LEFT JOIN conversation_items i ON i.conversation_id = c.id \
-                         WHERE c.id = $1 GROUP BY c.owner",
-                        vec![
-                            conv.as_str().into(),
-                            item["id"].as_str().unwrap_or_default().into(),
-                            now.into(),
-                            item.to_string().into(),
-                        ],
-                    );
-                }
+                w = super::conversations::append_items(w, conv, input.iter().chain(output), now);
             }
         }
         self.store.write(w).await?;
@@ -799,72 +794,8 @@ impl Responses {
         limit: Option<i64>,
         order: Option<&str>,
     ) -> Result<Value, ServiceError> {
-        let limit = limit.unwrap_or(20);
-        if !(1..=100).contains(&limit) {
-            return Err(ServiceError::invalid(BadInput {
-                message: "`limit` must be from 1 to 100".into(),
-                param: "limit".into(),
-            }));
-        }
-        let desc = match order.unwrap_or("desc") {
-            "desc" => true,
-            "asc" => false,
-            _ => {
-                return Err(ServiceError::invalid(BadInput {
-                    message: "`order` must be asc or desc".into(),
-                    param: "order".into(),
-                }));
-            }
-        };
+        super::conversations::page_args(limit, order)?;
         self.get(id, owner).await?;
-        let mut items = self.items(id, "input").await?;
-        if desc {
-            items.reverse();
-        }
-        let start = match after {
-            None => 0,
-            Some(a) => match items.iter().position(|i| i["id"] == a) {
-                Some(p) => p + 1,
-                None => {
-                    return Err(ServiceError::invalid(BadInput {
-                        message: format!("No input item '{a}' in this response"),
-                        param: "after".into(),
-                    }));
-                }
-            },
-        };
-        let page: Vec<Value> = items
-            .iter()
-            .skip(start)
-            .take(limit as usize)
-            .cloned()
-            .collect();
-        let has_more = start + page.len() < items.len();
-        Ok(json!({
-            "object": "list",
-            "data": page,
-            "first_id": page.first().map(|i| i["id"].clone()),
-            "last_id": page.last().map(|i| i["id"].clone()),
-            "has_more": has_more,
-        }))
-    }
-
-    /// Creates a conversation (the Conversations API builds on this).
-    pub async fn create_conversation(
-        &self,
-        owner: &str,
-        metadata: &Value,
-    ) -> Result<Value, ServiceError> {
-        let id = random_id("conv_");
-        let created_at = (self.now)();
-        self.store
-            .write(Write::one(
-                "INSERT INTO conversations (id, owner, created_at, metadata) VALUES ($1, $2, $3, $4)",
-                vec![id.as_str().into(), owner.into(), created_at.into(), metadata.to_string().into()],
-            ))
-            .await?;
-        Ok(
-            json!({"id": id, "object": "conversation", "created_at": created_at, "metadata": metadata}),
-        )
+        super::conversations::page(&self.items(id, "input").await?, after, limit, order)
     }
 }

@@ -271,6 +271,9 @@ impl Gateway {
             cfg: cfg.clone(),
             route,
             responses: responses.clone(),
+            conversations: Arc::new(
+                switchyard_stateful::responses::conversations::Conversations::new(store.clone()),
+            ),
             pipeline,
             registry,
             workers: workers.clone(),

@@ -112,3 +112,104 @@ pub async fn input_items(
         Err(e) => failure(&e),
     }
 }
+
+/// A JSON body of a Conversations call (admitted like any API call, size-limited).
+async fn json_body(st: &AppState, req: Request) -> Result<serde_json::Value, Response> {
+    let (parts, body) = req.into_parts();
+    let bytes = st
+        .pipeline
+        .read_body(Route::Chat, &parts.headers, body)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    if bytes.is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("Invalid JSON in request body: {e}"), None).into_response()
+    })
+}
+
+fn answer(r: Result<serde_json::Value, ServiceError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => failure(&e),
+    }
+}
+
+/// `POST /v1/conversations`.
+pub async fn create_conversation(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    match json_body(&st, req).await {
+        Ok(body) => answer(st.conversations.create(&body, OWNER).await),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/conversations/{id}`.
+pub async fn get_conversation(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    answer(st.conversations.get(&id, OWNER).await)
+}
+
+/// `POST /v1/conversations/{id}`: new metadata.
+pub async fn update_conversation(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    match json_body(&st, req).await {
+        Ok(body) => answer(st.conversations.update(&id, OWNER, &body).await),
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /v1/conversations/{id}`.
+pub async fn delete_conversation(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Response {
+    answer(st.conversations.delete(&id, OWNER).await)
+}
+
+/// `GET /v1/conversations/{id}/items`.
+pub async fn list_items(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return ApiError::bad_request("limit must be an integer; after and order strings", None)
+            .into_response();
+    };
+    answer(
+        st.conversations
+            .list_items(&id, OWNER, q.after.as_deref(), q.limit, q.order.as_deref())
+            .await,
+    )
+}
+
+/// `POST /v1/conversations/{id}/items`.
+pub async fn add_items(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    match json_body(&st, req).await {
+        Ok(body) => answer(st.conversations.add_items(&id, OWNER, &body).await),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/conversations/{id}/items/{item_id}`.
+pub async fn get_item(
+    State(st): State<Arc<AppState>>,
+    Path((id, item)): Path<(String, String)>,
+) -> Response {
+    answer(st.conversations.get_item(&id, OWNER, &item).await)
+}
+
+/// `DELETE /v1/conversations/{id}/items/{item_id}`.
+pub async fn delete_item(
+    State(st): State<Arc<AppState>>,
+    Path((id, item)): Path<(String, String)>,
+) -> Response {
+    answer(st.conversations.delete_item(&id, OWNER, &item).await)
+}

@@ -97,6 +97,29 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
             get(responses::input_items).fallback(openai::method_not_allowed),
         )
         .route(
+            "/v1/conversations",
+            post(responses::create_conversation).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/conversations/{id}",
+            get(responses::get_conversation)
+                .post(responses::update_conversation)
+                .delete(responses::delete_conversation)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/conversations/{id}/items",
+            get(responses::list_items)
+                .post(responses::add_items)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/conversations/{id}/items/{item_id}",
+            get(responses::get_item)
+                .delete(responses::delete_item)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
             "/sessions/{id}",
             get(route::get_session)
                 .delete(route::delete_session)

@@ -20,6 +20,8 @@ pub struct AppState {
     pub route: Arc<crate::pipeline::route::RouteApi>,
     /// The Responses API's service (docs/responses.md).
     pub responses: Arc<switchyard_stateful::responses::service::Responses>,
+    /// The Conversations API's service.
+    pub conversations: Arc<switchyard_stateful::responses::conversations::Conversations>,
     pub registry: Arc<Registry>,
     pub workers: Arc<WorkerSelector>,
     pub enroller: Arc<Enroller>,
