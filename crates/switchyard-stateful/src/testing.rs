@@ -28,6 +28,16 @@ impl PgDatabase {
         PgDatabase { name }
     }
 
+    /// Drops the database now, closing every connection to it (a database that goes
+    /// away under a running gateway).
+    pub async fn remove(&self) {
+        let mut admin = sqlx::AnyConnection::connect(ADMIN_URL).await.unwrap();
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await
+            .unwrap();
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
     }

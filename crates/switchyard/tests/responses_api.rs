@@ -232,3 +232,36 @@ async fn bad_responses_requests_are_4xx_naming_the_field_and_reach_no_engine() {
         "no engine saw any of them"
     );
 }
+
+#[tokio::test]
+async fn readiness_follows_the_database() {
+    let db = switchyard_stateful::testing::PgDatabase::new("ready").await;
+    let url = db.url();
+    let t = TestBed::with(sims(1).await, |c| c.database_url = Some(url)).await;
+    for path in ["/readiness", "/ready"] {
+        let (s, r) = t.http.get(&format!("{}{path}", t.url)).await;
+        assert_eq!(s, 200, "{path}: {r}");
+        assert_eq!(r["database"]["backend"], "postgres");
+        assert_eq!(r["database"]["status"], "up");
+    }
+    let (s, _) = t.http.get(&format!("{}/live", t.url)).await;
+    assert_eq!(s, 200);
+    let (_, h) = t.http.get(&format!("{}/health", t.url)).await;
+    assert_eq!(h["database"]["status"], "up", "{h}");
+    // The database goes away: not ready, and a response cannot be stored (503, no
+    // address in the answer).
+    db.remove().await;
+    let (s, r) = t.http.get(&format!("{}/readiness", t.url)).await;
+    assert_eq!(s, 503, "{r}");
+    assert_eq!(r["status"], "not_ready");
+    assert_eq!(r["database"]["status"], "down");
+    let (s, e) = t
+        .post(
+            "/v1/responses",
+            &json!({"model": MODEL, "input": "x", "max_output_tokens": 16}),
+        )
+        .await;
+    assert_eq!(s, 503, "{e}");
+    assert_eq!(e["error"]["code"], "store_unavailable");
+    assert!(!e.to_string().contains("127.0.0.1"), "{e}");
+}

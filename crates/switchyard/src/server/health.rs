@@ -1,5 +1,7 @@
-//! Probes: `/liveness` (the process runs), `/readiness` (at least one healthy worker),
-//! `/health` (the gateway and each worker). These answer without a key, so a worker
+//! Probes: `/liveness` (alias `/live`: the process runs), `/readiness` (alias `/ready`:
+//! at least one healthy worker, and the Responses API's database answers; it is
+//! migrated before the gateway listens), `/health` (the gateway, the database and each
+//! worker). These answer without a key, so a worker
 //! appears by its opaque id only: its URL is shown on the admin listener.
 
 use std::sync::Arc;
@@ -43,17 +45,35 @@ pub async fn liveness() -> Json<serde_json::Value> {
     Json(json!({"status": "alive"}))
 }
 
+/// The Responses API's database: its backend and whether it answers (within a second,
+/// so a probe never hangs on a dead server).
+async fn database(st: &AppState) -> (bool, serde_json::Value) {
+    let store = st.responses.store();
+    let up = matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await,
+        Ok(Ok(()))
+    );
+    let (open, idle) = store.pool_use();
+    (
+        up,
+        json!({"backend": store.backend().as_str(), "status": if up { "up" } else { "down" },
+               "connections": open, "idle_connections": idle}),
+    )
+}
+
 pub async fn readiness(State(st): State<Arc<AppState>>) -> Response {
     let healthy = st.registry.healthy_count();
-    let status = if healthy > 0 {
+    let (db_up, db) = database(&st).await;
+    let ready = healthy > 0 && db_up;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let word = if healthy > 0 { "ready" } else { "not_ready" };
+    let word = if ready { "ready" } else { "not_ready" };
     (
         status,
-        Json(json!({"status": word, "healthy_workers": healthy})),
+        Json(json!({"status": word, "healthy_workers": healthy, "database": db})),
     )
         .into_response()
 }
@@ -78,6 +98,7 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Response {
             json!({"status": word, "healthy_workers": healthy, "workers": workers,
                     "models": super::selection::models(&st),
                     "bypass_router": super::route::bypass_router(&st).await,
+                    "database": database(&st).await.1,
                     "model_endpoints": super::route::model_endpoints(&st)}),
         ),
     )

@@ -133,7 +133,9 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
         .merge(v1)
         .route("/health", get(health::health))
         .route("/readiness", get(health::readiness))
+        .route("/ready", get(health::readiness))
         .route("/liveness", get(health::liveness))
+        .route("/live", get(health::liveness))
         .fallback(openai::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
