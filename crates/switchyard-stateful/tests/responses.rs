@@ -406,10 +406,16 @@ async fn responses_work(url: &str) {
     assert_eq!(e.status, 503);
     let failed = b
         .store
-        .fetch_all("SELECT error FROM responses WHERE status = 'failed'", &[])
+        .fetch_all("SELECT id FROM responses WHERE status = 'failed'", &[])
         .await
         .unwrap();
     assert_eq!(failed.len(), 1, "the failed response is stored as failed");
+    let id: String = sqlx::Row::get(&failed[0], "id");
+    let got = b.svc.get(&id, "default").await.unwrap();
+    assert_eq!(got["status"], "failed");
+    // The SDK's own code, and the gateway's reason beside it.
+    assert_eq!(got["error"]["code"], "server_error", "{got}");
+    assert!(got["error"]["reason"].is_string(), "{got}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,13 +126,23 @@ pub struct Envelope<'a> {
     pub usage: Option<Usage>,
 }
 
+/// A failed Response's `error`. Its `code` is one of those the OpenAI SDK accepts
+/// (`rate_limit_exceeded`, else `server_error`: a strict client would reject any other);
+/// the gateway's own reason (`server_restarted`, `no_healthy_worker`, …) is kept as
+/// `reason`.
+pub fn error_json(code: &str, message: &str) -> Value {
+    let sdk = match code {
+        "rate_limit_exceeded" | "rate_limited" => "rate_limit_exceeded",
+        _ => "server_error",
+    };
+    json!({"code": sdk, "message": message, "reason": code})
+}
+
 /// The Response object.
 pub fn response_json(env: &Envelope<'_>, output: &[Value]) -> Value {
     let r = env.request;
     let (error, incomplete) = match env.status {
-        Status::Failed { code, message } => {
-            (json!({"code": code, "message": message}), Value::Null)
-        }
+        Status::Failed { code, message } => (error_json(code, message), Value::Null),
         Status::Incomplete => (Value::Null, json!({"reason": "max_output_tokens"})),
         _ => (Value::Null, Value::Null),
     };
@@ -301,6 +311,24 @@ mod tests {
             &[],
         );
         assert_eq!(r["error"]["code"], "server_error");
+        // A gateway reason the SDK does not know is kept apart from the SDK's code.
+        let restarted = Status::Failed {
+            code: "server_restarted".into(),
+            message: "stopped".into(),
+        };
+        let r = response_json(
+            &Envelope {
+                id: "resp_3",
+                created_at: 5,
+                request: &req,
+                model: "m",
+                status: &restarted,
+                usage: None,
+            },
+            &[],
+        );
+        assert_eq!(r["error"]["code"], "server_error");
+        assert_eq!(r["error"]["reason"], "server_restarted");
         assert_eq!(r["usage"], Value::Null);
     }
 }

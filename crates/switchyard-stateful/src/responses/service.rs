@@ -762,7 +762,11 @@ impl Responses {
         // The row's status wins (recovery fails what a crash left running).
         v["status"] = json!(status);
         if let Some(e) = error.and_then(|e| serde_json::from_str::<Value>(&e).ok()) {
-            v["error"] = e;
+            let (code, message) = (
+                e["code"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or(""),
+            );
+            v["error"] = super::output::error_json(code, message);
         }
         Ok(v)
     }
