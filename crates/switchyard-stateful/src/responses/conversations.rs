@@ -218,10 +218,7 @@ impl Conversations {
                 &[id.into()],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| serde_json::from_str(&sqlx::Row::get::<String, _>(r, "item")).ok())
-            .collect())
+        Ok(crate::store::json_column(&rows, "item"))
     }
 
     /// `GET /v1/conversations/{id}/items?after=&limit=&order=`.

@@ -347,10 +347,7 @@ impl Responses {
                 &[id.into(), kind.into()],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| serde_json::from_str(&sqlx::Row::get::<String, _>(r, "item")).ok())
-            .collect())
+        Ok(crate::store::json_column(&rows, "item"))
     }
 
     /// The chain ending at `previous`: every response's input and output, oldest first.
@@ -409,10 +406,7 @@ impl Responses {
             )
             .await?;
         Ok(Context {
-            items: rows
-                .iter()
-                .filter_map(|r| serde_json::from_str(&sqlx::Row::get::<String, _>(r, "item")).ok())
-                .collect(),
+            items: crate::store::json_column(&rows, "item"),
             root: Some(id.to_string()),
         })
     }

@@ -346,6 +346,13 @@ impl Store {
     }
 }
 
+/// The JSON values of `column` in `rows` (rows whose text is not JSON are skipped).
+pub fn json_column(rows: &[AnyRow], column: &str) -> Vec<serde_json::Value> {
+    rows.iter()
+        .filter_map(|r| serde_json::from_str(&sqlx::Row::get::<String, _>(r, column)).ok())
+        .collect()
+}
+
 fn migrator(backend: Backend) -> Migrator {
     let set = match backend {
         Backend::Sqlite => SQLITE_MIGRATIONS,

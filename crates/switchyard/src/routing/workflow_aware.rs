@@ -102,6 +102,17 @@ impl WorkflowAware {
         )
     }
 
+    /// Makes `candidates[index]` the workflow's home (a migration, counted).
+    fn migrate(&self, p: &mut Placement, candidates: &[Arc<Worker>], index: usize) -> Pick {
+        p.home = candidates[index].id.clone();
+        p.overflow = None;
+        self.migrations.fetch_add(1, Ordering::Relaxed);
+        Pick {
+            index,
+            reason: "workflow_migrated",
+        }
+    }
+
     /// Drops idle workflows past the TTL, then the least recently active idle ones
     /// until at most `keep` remain.
     fn forget_old(&self, map: &mut HashMap<Arc<str>, Placement>, keep: usize) {
@@ -203,23 +214,11 @@ impl Policy for WorkflowAware {
                         },
                     });
                 }
-                p.home = candidates[pick.index].id.clone();
-                p.overflow = None;
-                self.migrations.fetch_add(1, Ordering::Relaxed);
-                return Some(Pick {
-                    index: pick.index,
-                    reason: "workflow_migrated",
-                });
+                return Some(self.migrate(p, candidates, pick.index));
             }
             // The home is gone: move.
             let pick = self.cache.pick(candidates, req, ctx)?;
-            p.home = candidates[pick.index].id.clone();
-            p.overflow = None;
-            self.migrations.fetch_add(1, Ordering::Relaxed);
-            return Some(Pick {
-                index: pick.index,
-                reason: "workflow_migrated",
-            });
+            return Some(self.migrate(p, candidates, pick.index));
         }
         let pick = self.cache.pick(candidates, req, ctx)?;
         self.forget_old(&mut map, self.cfg.max_workflows.max(1) - 1);
