@@ -2,11 +2,14 @@
 validation: every object the gateway returns must parse as the SDK's own types.
 
 Run by crates/switchyard/tests/sdk_contract.rs against a gateway in front of simulated
-engines: SWITCHYARD_URL is the gateway's base URL, SWITCHYARD_MODEL the model.
+engines: SWITCHYARD_URL is the gateway's base URL, SWITCHYARD_MODEL the model, and
+SWITCHYARD_HELD_MODEL a model whose engine holds every answer after its first events
+(a response on it runs until it is cancelled).
 """
 
 import json
 import os
+import time
 import unittest
 
 import openai
@@ -14,6 +17,7 @@ from openai import OpenAI
 
 URL = os.environ["SWITCHYARD_URL"]
 MODEL = os.environ["SWITCHYARD_MODEL"]
+HELD = os.environ["SWITCHYARD_HELD_MODEL"]
 
 client = OpenAI(base_url=URL + "/v1", api_key="unused", _strict_response_validation=True)
 
@@ -109,6 +113,19 @@ class Responses(unittest.TestCase):
         calls = [o for o in final.output if o.type == "function_call"]
         self.assertEqual(calls[0].name, "get_weather")
 
+    def test_input_tokens_count_what_a_response_would_send(self):
+        first = client.responses.create(model=MODEL, input="Hello there", max_output_tokens=16)
+        counted = client.responses.input_tokens.count(
+            model=MODEL, input="And now?", previous_response_id=first.id)
+        self.assertEqual(counted.object, "response.input_tokens")
+        sent = client.responses.create(model=MODEL, input="And now?",
+                                       previous_response_id=first.id, max_output_tokens=16)
+        self.assertEqual(counted.input_tokens, sent.usage.input_tokens)
+        with self.assertRaises(openai.NotFoundError) as e:
+            client.responses.input_tokens.count(model=MODEL, input="x",
+                                                 previous_response_id="resp_missing")
+        self.assertEqual(e.exception.body["param"], "previous_response_id")
+
 
 class Conversations(unittest.TestCase):
     def test_conversation_lifecycle_and_items(self):
@@ -154,6 +171,63 @@ class Conversations(unittest.TestCase):
         self.assertEqual(e.exception.body["param"], "items[0].role")
         with self.assertRaises(openai.NotFoundError):
             client.responses.create(model=MODEL, input="x", conversation="conv_missing")
+
+class Background(unittest.TestCase):
+    def settled(self, response_id):
+        # Polled until it leaves queued/in_progress (the Rust test bounds the run).
+        while True:
+            r = client.responses.retrieve(response_id)
+            if r.status not in ("queued", "in_progress"):
+                return r
+            time.sleep(0.05)
+
+    def test_background_runs_and_is_polled(self):
+        r = client.responses.create(model=MODEL, input="Tell me a story", background=True)
+        self.assertEqual(r.status, "queued")
+        self.assertTrue(r.background)
+        done = self.settled(r.id)
+        self.assertEqual(done.status, "completed")
+        self.assertTrue(done.output_text)
+
+    def test_cancel_stops_a_running_response(self):
+        r = client.responses.create(model=HELD, input="Never ends", background=True)
+        cancelled = client.responses.cancel(r.id)
+        self.assertEqual(cancelled.status, "cancelled")
+        self.assertEqual(client.responses.retrieve(r.id).status, "cancelled")
+        # Cancelling again answers the cancelled response.
+        self.assertEqual(client.responses.cancel(r.id).status, "cancelled")
+
+    def test_only_background_responses_cancel_or_stream_again(self):
+        r = client.responses.create(model=MODEL, input="x", max_output_tokens=16)
+        with self.assertRaises(openai.BadRequestError) as e:
+            client.responses.cancel(r.id)
+        self.assertEqual(e.exception.body["param"], "response_id")
+        with self.assertRaises(openai.BadRequestError) as e:
+            list(client.responses.retrieve(r.id, stream=True))
+        self.assertEqual(e.exception.body["param"], "stream")
+        with self.assertRaises(openai.NotFoundError):
+            client.responses.cancel("resp_missing")
+
+    def test_stream_resumes_after_a_sequence_number(self):
+        stream = client.responses.create(model=MODEL, input="Tell me a story",
+                                         background=True, stream=True)
+        first = []
+        for event in stream:
+            first.append(event)
+            if len(first) == 3:
+                break
+        stream.close()
+        self.assertEqual([e.type for e in first[:2]], ["response.created", "response.queued"])
+        rest = list(client.responses.retrieve(first[0].response.id, stream=True,
+                                              starting_after=2))
+        self.assertEqual(rest[0].sequence_number, 3)
+        self.assertEqual([e.sequence_number for e in rest], list(range(3, 3 + len(rest))))
+        self.assertEqual(rest[-1].type, "response.completed")
+        # The SDK's helper over the whole stored stream gives the stored response.
+        with client.responses.stream(response_id=first[0].response.id) as again:
+            final = again.get_final_response()
+        self.assertEqual(final.output_text,
+                         client.responses.retrieve(first[0].response.id).output_text)
 
 
 if __name__ == "__main__":

@@ -4,3 +4,22 @@
 pub mod responses;
 pub mod store;
 pub mod testing;
+
+/// What the stateful layer reports as it works; the gateway turns it into metrics.
+pub trait Observe: Send + Sync + 'static {
+    /// A storage operation (`read` or `write`) took `seconds`; `ok` unless it failed.
+    fn store_op(&self, op: &'static str, seconds: f64, ok: bool);
+    /// A response ended with `status` (`completed`, `incomplete`, `failed`, `cancelled`).
+    fn response_done(&self, status: &'static str, background: bool);
+    /// A response ended asking the client for `calls` function calls (one tool round).
+    fn tool_round(&self, calls: usize);
+}
+
+/// Reports nothing.
+pub struct Unobserved;
+
+impl Observe for Unobserved {
+    fn store_op(&self, _: &'static str, _: f64, _: bool) {}
+    fn response_done(&self, _: &'static str, _: bool) {}
+    fn tool_round(&self, _: usize) {}
+}

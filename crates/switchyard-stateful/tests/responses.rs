@@ -7,69 +7,14 @@
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use switchyard_sim::SimConfig;
 use switchyard_stateful::responses::conversations::Conversations;
-use switchyard_stateful::responses::service::{
-    Answer, Created, Engine, EngineError, Responses, sse_chunks,
-};
+use switchyard_stateful::responses::service::{Created, Responses};
 use switchyard_stateful::store::Store;
 
 mod common;
-use common::{PgDatabase, config};
-
-/// The simulator as the engine; every body it was sent, with its session key.
-struct SimEngine {
-    http: reqwest::Client,
-    url: String,
-    sent: Arc<Mutex<Vec<(Value, String)>>>,
-}
-
-impl Engine for SimEngine {
-    fn chat(
-        &self,
-        body: Value,
-        session: String,
-    ) -> BoxFuture<'static, Result<Answer, EngineError>> {
-        self.sent
-            .lock()
-            .unwrap()
-            .push((body.clone(), session.clone()));
-        let (http, url) = (self.http.clone(), self.url.clone());
-        Box::pin(async move {
-            let down = |e: reqwest::Error| EngineError {
-                status: 502,
-                code: "engine_unreachable".into(),
-                message: e.to_string(),
-            };
-            let resp = http
-                .post(format!("{url}/v1/chat/completions"))
-                .header("x-session-id", session)
-                .json(&body)
-                .send()
-                .await
-                .map_err(down)?;
-            let status = resp.status().as_u16();
-            if status != 200 {
-                let v: Value = resp.json().await.unwrap_or_default();
-                return Err(EngineError {
-                    status,
-                    code: v["error"]["code"]
-                        .as_str()
-                        .unwrap_or("engine_error")
-                        .to_string(),
-                    message: v["error"]["message"].as_str().unwrap_or("").to_string(),
-                });
-            }
-            if body["stream"] == true {
-                Ok(Answer::Stream(sse_chunks(Box::pin(resp.bytes_stream()))))
-            } else {
-                Ok(Answer::Complete(resp.json().await.map_err(down)?))
-            }
-        })
-    }
-}
+use common::{PgDatabase, SimEngine, config};
 
 struct Bed {
     svc: Responses,
@@ -114,11 +59,7 @@ impl Bed {
     }
 
     async fn create(&self, body: Value) -> Value {
-        match self.svc.create(&body, "default").await {
-            Ok(Created::Json(v)) => v,
-            Ok(Created::Events(_)) => panic!("a stream for {body}"),
-            Err(e) => panic!("{body}: {e:?}"),
-        }
+        common::create_json(&self.svc, &body).await
     }
 
     /// The messages of the last chat completion the engine received, and its session.

@@ -295,6 +295,23 @@ pub fn assert_error(body: &Value, code: impl Into<Value>) {
     assert!(e.get("param").is_some(), "{body}");
 }
 
+/// A process of the test's own, killed (SIGKILL) and reaped when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Child {
+    /// Kills it now, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// How often [`eventually`] looks again: a poll interval, not a time window.
 const POLL_EVERY: Duration = Duration::from_millis(100);
 

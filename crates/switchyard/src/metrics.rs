@@ -204,6 +204,59 @@ pub struct Metrics {
     pub route_context_changes: Family<ReasonLabel, Counter>,
     pub route_session_degraded: Counter,
     pub route_session_evictions: Counter,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub response_tool_rounds: Counter,
+    pub response_tool_calls: Counter,
+    pub store_ops: Hist<StoreOpLabels>,
+    pub store_pool: Family<PoolLabel, Gauge>,
+}
+
+/// Responses API answers by final status, and whether they ran in the background.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub status: &'static str,
+    pub background: &'static str,
+}
+
+/// Storage operations (`read`, `write`) by outcome (`ok`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOpLabels {
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
+/// Database connections by state (`in_use`, `idle`, `max`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub state: &'static str,
+}
+
+fn storage_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0,
+    ])
+}
+
+impl switchyard_stateful::Observe for Metrics {
+    fn store_op(&self, op: &'static str, seconds: f64, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.store_ops
+            .get_or_create(&StoreOpLabels { op, outcome })
+            .observe(seconds);
+    }
+
+    fn response_done(&self, status: &'static str, background: bool) {
+        let background = if background { "true" } else { "false" };
+        self.responses
+            .get_or_create(&ResponseLabels { status, background })
+            .inc();
+    }
+
+    fn tool_round(&self, calls: usize) {
+        self.response_tool_rounds.inc();
+        self.response_tool_calls.inc_by(calls as u64);
+    }
 }
 
 /// `/route` requests by use case, routing path (`bypass`, `full`) and status.
@@ -271,6 +324,11 @@ impl Metrics {
             route_context_changes: Family::default(),
             route_session_degraded: Counter::default(),
             route_session_evictions: Counter::default(),
+            responses: Family::default(),
+            response_tool_rounds: Counter::default(),
+            response_tool_calls: Counter::default(),
+            store_ops: Family::new_with_constructor(storage_histogram),
+            store_pool: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -438,6 +496,31 @@ impl Metrics {
             "route_session_evictions",
             "/route sessions evicted by max_sessions_per_user",
             m.route_session_evictions.clone(),
+        );
+        r.register(
+            "responses",
+            "Responses API answers by final status (completed, incomplete, failed, cancelled) and background",
+            m.responses.clone(),
+        );
+        r.register(
+            "response_tool_rounds",
+            "Responses that ended asking the client to run function calls (one tool-call round each)",
+            m.response_tool_rounds.clone(),
+        );
+        r.register(
+            "response_tool_calls",
+            "Function calls the Responses API asked clients to run",
+            m.response_tool_calls.clone(),
+        );
+        r.register(
+            "store_operation_duration_seconds",
+            "Latency of the response store's operations (op: read, write; outcome: ok, error)",
+            m.store_ops.clone(),
+        );
+        r.register(
+            "store_pool_connections",
+            "The response store's database connections (state: in_use, idle, max)",
+            m.store_pool.clone(),
         );
         Metrics { registry: r, ..m }
     }

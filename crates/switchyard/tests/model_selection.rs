@@ -1045,15 +1045,6 @@ async fn reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
 }
 
 /// Kills the child process when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {

@@ -226,11 +226,115 @@ async fn bad_responses_requests_are_4xx_naming_the_field_and_reach_no_engine() {
         ))
         .await;
     assert_eq!(s, 400, "{e}");
+    // Stream-again arguments, a cancel and a count of what does not exist, and counts
+    // of bad requests.
+    for (path, param) in [
+        ("/v1/responses/resp_x?stream=maybe", "stream"),
+        (
+            "/v1/responses/resp_x?stream=true&starting_after=-1",
+            "starting_after",
+        ),
+        ("/v1/responses/resp_x?starting_after=3", "starting_after"),
+    ] {
+        let (s, e) = t.http.get(&format!("{}{path}", t.url)).await;
+        assert_eq!(s, 400, "{path}: {e}");
+        assert_eq!(e["error"]["param"], param, "{path}: {e}");
+    }
+    let (s, e) = t
+        .post("/v1/responses/resp_missing/cancel", &json!({}))
+        .await;
+    assert_eq!(
+        (s, e["error"]["param"].as_str()),
+        (404, Some("response_id"))
+    );
+    for (body, param) in [
+        (json!({"input": "x"}), "model"),
+        (
+            json!({"model": MODEL, "input": [{"type": "nonsense"}]}),
+            "input[0].type",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": "resp_unknown"}),
+            "previous_response_id",
+        ),
+    ] {
+        let (s, e) = t.post("/v1/responses/input_tokens", &body).await;
+        assert!(s == 400 || s == 404, "{body}: {e}");
+        assert_eq!(e["error"]["param"], param, "{body}: {e}");
+    }
     assert_eq!(
         t.per_server().iter().sum::<u64>(),
         0,
         "no engine saw any of them"
     );
+}
+
+/// Responses by status, tool-call rounds, storage latencies and the pool, on the
+/// gateway's metrics.
+#[tokio::test]
+async fn responses_are_counted_on_the_metrics() {
+    let t = TestBed::with(sims(1).await, |_| {}).await;
+    let (s, r) = t
+        .post(
+            "/v1/responses",
+            &json!({"model": MODEL, "input": "Hello", "max_output_tokens": 16}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let tools = json!([{"type": "function", "name": "get_weather",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let (s, r) = t
+        .post(
+            "/v1/responses",
+            &json!({"model": MODEL, "input": "Weather in Oslo?", "tools": tools}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["output"][0]["type"], "function_call", "{r}");
+    let labels = |status| [("status", status), ("background", "false")];
+    assert_eq!(
+        t.metric("switchyard_responses_total", &labels("incomplete"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        t.metric("switchyard_responses_total", &labels("completed"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        t.metric("switchyard_response_tool_rounds_total", &[]).await,
+        1.0
+    );
+    assert_eq!(
+        t.metric("switchyard_response_tool_calls_total", &[]).await,
+        1.0
+    );
+    let (s, _) = t
+        .http
+        .get(&format!(
+            "{}/v1/responses/{}",
+            t.url,
+            r["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, 200);
+    // Two writes each (accepted, finished); one read.
+    for (op, least) in [("read", 1.0), ("write", 4.0)] {
+        let n = t
+            .metric(
+                "switchyard_store_operation_duration_seconds_count",
+                &[("op", op), ("outcome", "ok")],
+            )
+            .await;
+        assert!(n >= least, "{op}: {n}");
+    }
+    eventually("the pool is reported", || async {
+        t.metric("switchyard_store_pool_connections", &[("state", "max")])
+            .await
+            == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -264,4 +368,80 @@ async fn readiness_follows_the_database() {
     assert_eq!(s, 503, "{e}");
     assert_eq!(e["error"]["code"], "store_unavailable");
     assert!(!e.to_string().contains("127.0.0.1"), "{e}");
+}
+
+/// The gateway binary on `port`, storing in `db`, in front of `workers`.
+#[cfg(unix)]
+fn gateway_process(dir: &std::path::Path, db: &str, workers: &[String], port: u16) -> Child {
+    let run = std::fs::read_dir(dir).map_or(0, |d| d.count());
+    Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "--database-url", db, "--log-level", "warn"])
+            .args(["--worker-urls", &workers.join(",")])
+            .args(["--port", &port.to_string()])
+            .args(["--admin-port", &free_port().to_string()])
+            .args(["--prometheus-port", &free_port().to_string()])
+            .stdout(std::fs::File::create(dir.join(format!("out.{run}"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("err.{run}"))).unwrap())
+            .spawn()
+            .expect("the binary starts"),
+    )
+}
+
+/// A background response whose gateway process is killed while it runs is `failed`
+/// (`server_restarted`) when the gateway starts again on the same database, and its
+/// input is kept: no half-written response.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_background_response_cut_short_by_a_crash_is_failed_at_restart() {
+    let held = serving("held-model", 1).await;
+    set_faults_everywhere(
+        &held,
+        &switchyard_sim::Faults {
+            stall_after_chunks: Some(3),
+            ..Default::default()
+        },
+    );
+    let dir = std::env::temp_dir().join(format!("switchyard-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}", dir.join("state.db").display());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = Http::new();
+    let ready = || async {
+        matches!(http.0.get(format!("{url}/readiness")).send().await, Ok(r) if r.status() == 200)
+    };
+    let mut first = gateway_process(&dir, &db, &held.urls(), port);
+    eventually("the gateway is ready", ready).await;
+    let (s, r) = http
+        .post(
+            &url,
+            "/v1/responses",
+            &json!({"model": "held-model", "input": "a long task", "background": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["status"], "queued");
+    let id = r["id"].as_str().unwrap().to_string();
+    // The engine has it (and holds it).
+    eventually("the response runs", || async {
+        http.get(&format!("{url}/v1/responses/{id}")).await.1["status"] == "in_progress"
+    })
+    .await;
+    first.kill();
+
+    let _second = gateway_process(&dir, &db, &held.urls(), port);
+    eventually("the gateway is ready again", ready).await;
+    let (s, after) = http.get(&format!("{url}/v1/responses/{id}")).await;
+    assert_eq!(s, 200, "{after}");
+    assert_eq!(after["status"], "failed", "{after}");
+    assert_eq!(after["error"]["code"], "server_error");
+    assert_eq!(after["error"]["reason"], "server_restarted");
+    let (s, items) = http
+        .get(&format!("{url}/v1/responses/{id}/input_items"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(items["data"][0]["content"][0]["text"], "a long task");
+    let _ = std::fs::remove_dir_all(&dir);
 }

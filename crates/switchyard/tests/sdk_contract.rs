@@ -10,6 +10,8 @@ use switchyard::PolicyKind;
 use switchyard_stateful::testing::PgDatabase;
 use switchyard_testkit::*;
 
+const HELD: &str = "held-model";
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -27,9 +29,20 @@ fn python() -> String {
 }
 
 async fn suite(python: &str, database_url: String) {
+    // An engine that holds every answer after its first events: a response on its
+    // model runs until it is cancelled.
+    let held = serving(HELD, 1).await;
+    set_faults_everywhere(
+        &held,
+        &switchyard_sim::Faults {
+            stall_after_chunks: Some(3),
+            ..Default::default()
+        },
+    );
     let t = TestBed::with(sims(2).await, |c| {
         c.policy = PolicyKind::ConsistentHash;
         c.database_url = Some(database_url.clone());
+        c.worker_urls.extend(held.urls());
     })
     .await;
     let python = python.to_string();
@@ -39,6 +52,7 @@ async fn suite(python: &str, database_url: String) {
             .arg(root().join("contract/test_responses.py"))
             .env("SWITCHYARD_URL", url)
             .env("SWITCHYARD_MODEL", MODEL)
+            .env("SWITCHYARD_HELD_MODEL", HELD)
             .output()
             .expect("python runs")
     })

@@ -230,6 +230,7 @@ fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .merge(generation)
         .route("/v1/models", get(openai::models))
+        .route("/tokenize", post(openai::tokenize))
         .route("/health", get(admin::health))
         .route("/load", get(admin::load))
         .route("/metrics", get(admin::metrics))

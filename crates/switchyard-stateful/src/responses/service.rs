@@ -16,10 +16,10 @@ use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-use super::input::{BadInput, chat_messages, check_call_ids, parse_input};
+use super::input::{BadInput, Item, chat_messages, check_call_ids, parse_input};
 use super::output::{Envelope, Ids, Status, Usage, output_items, response_json, status_of};
-use super::request::ResponseRequest;
-use super::stream::{Event, Translator};
+use super::request::{ResponseRequest, Truncation};
+use super::stream::{End, Event, Translator};
 use crate::store::{Store, StoreError, Write};
 
 /// Chat completion chunks, parsed.
@@ -39,10 +39,35 @@ pub struct EngineError {
     pub message: String,
 }
 
-/// Sends a chat completion body, with the routing session key, and answers.
+/// A token count from the engine's tokenizer, and the model's context length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenCount {
+    pub count: u64,
+    pub max_model_len: Option<u64>,
+}
+
+impl TokenCount {
+    /// From vLLM's `/tokenize` answer (`count`, `max_model_len`).
+    pub fn from_tokenize(v: &Value) -> Option<TokenCount> {
+        Some(TokenCount {
+            count: v["count"].as_u64()?,
+            max_model_len: v["max_model_len"].as_u64(),
+        })
+    }
+}
+
+/// The engines, as the Responses service uses them.
 pub trait Engine: Send + Sync + 'static {
+    /// Sends a chat completion body, with the routing session key, and answers.
     fn chat(&self, body: Value, session: String)
     -> BoxFuture<'static, Result<Answer, EngineError>>;
+
+    /// Counts the tokens of a chat body's `messages` (vLLM's `/tokenize`, chat form).
+    fn count_tokens(
+        &self,
+        body: Value,
+        session: String,
+    ) -> BoxFuture<'static, Result<TokenCount, EngineError>>;
 }
 
 /// The chunks of a chat completion's server-sent events, parsed as they arrive (an
@@ -170,6 +195,21 @@ impl ServiceError {
     }
 
     fn engine(e: EngineError) -> ServiceError {
+        // An engine's "too long for the context" (vLLM words it a few ways): the input.
+        let lower = e.message.to_ascii_lowercase();
+        if e.status == 400
+            && ["context length", "maximum model length", "max_model_len"]
+                .iter()
+                .any(|w| lower.contains(w))
+        {
+            return ServiceError {
+                status: 400,
+                kind: "invalid_request_error",
+                code: Some("context_length_exceeded".into()),
+                message: e.message,
+                param: Some("input".into()),
+            };
+        }
         ServiceError {
             status: e.status,
             kind: if e.status >= 500 {
@@ -220,7 +260,7 @@ pub fn random_id(prefix: &str) -> String {
 pub enum Created {
     Json(Value),
     /// Server-sent events (`event:` + `data:`), ending when the response ends.
-    Events(Pin<Box<dyn Stream<Item = String> + Send>>),
+    Events(EventStream),
 }
 
 /// Appends an item to a conversation (`$1` conversation, `$2` item id, `$3` time,
@@ -243,6 +283,215 @@ pub struct Responses {
     now: fn() -> i64,
     /// Responses this replica runs (their leases are renewed).
     running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Background responses this replica runs, by id.
+    live: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Live>>>>,
+    observer: Arc<dyn crate::Observe>,
+}
+
+/// A background response while this replica runs it: its events so far (when it is
+/// streamed), for the readers that follow it, and its cancel signal.
+pub(crate) struct Live {
+    events: std::sync::Mutex<Vec<String>>,
+    /// (events so far, finished and stored).
+    progress: tokio::sync::watch::Sender<(usize, bool)>,
+    cancel: tokio::sync::Notify,
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+impl Live {
+    fn new() -> Arc<Live> {
+        Arc::new(Live {
+            events: Default::default(),
+            progress: tokio::sync::watch::Sender::new((0, false)),
+            cancel: tokio::sync::Notify::new(),
+            cancelled: Default::default(),
+        })
+    }
+
+    fn push(&self, events: &[String]) {
+        let mut all = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        all.extend_from_slice(events);
+        let n = all.len();
+        drop(all);
+        self.progress.send_modify(|p| p.0 = n);
+    }
+
+    fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cancel.notify_one();
+    }
+
+    /// Resolves once the response is cancelled.
+    async fn cancelled(&self) {
+        if !self.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            self.cancel.notified().await;
+        }
+    }
+
+    /// The events after the first `from`, as they come, until the response is stored.
+    fn follow(self: Arc<Live>, from: usize) -> EventStream {
+        let rx = self.progress.subscribe();
+        Box::pin(futures_util::stream::unfold(
+            (self, rx, from, std::collections::VecDeque::new()),
+            |(live, mut rx, mut next, mut buf)| async move {
+                loop {
+                    if let Some(e) = buf.pop_front() {
+                        return Some((e, (live, rx, next, buf)));
+                    }
+                    let (count, done) = *rx.borrow_and_update();
+                    if next < count {
+                        let all = live.events.lock().unwrap_or_else(|e| e.into_inner());
+                        buf.extend(all[next..count].iter().cloned());
+                        next = count;
+                        continue;
+                    }
+                    if done || rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            },
+        ))
+    }
+}
+
+/// Server-sent events, as text.
+pub type EventStream = Pin<Box<dyn Stream<Item = String> + Send>>;
+
+/// Where a running response's events go.
+enum Sink {
+    /// A client's stream: the client going away cancels the response.
+    Client(tokio::sync::mpsc::Sender<String>),
+    /// A background response's readers; `store` keeps the events (with their sequence
+    /// numbers) for resuming readers, flushed in batches.
+    Background {
+        live: Arc<Live>,
+        store: bool,
+        pending: Vec<(u64, String)>,
+    },
+}
+
+impl Sink {
+    /// Sends events on; false once the client is gone.
+    async fn send(&mut self, events: Vec<Event>) -> bool {
+        match self {
+            Sink::Client(tx) => {
+                for e in events {
+                    if tx.send(e.sse()).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+            Sink::Background {
+                live,
+                store,
+                pending,
+            } => {
+                if *store {
+                    let sse: Vec<String> = events.iter().map(Event::sse).collect();
+                    live.push(&sse);
+                    for (e, text) in events.iter().zip(sse) {
+                        pending.push((e.data["sequence_number"].as_u64().unwrap_or(0), text));
+                    }
+                }
+                true
+            }
+        }
+    }
+}
+
+/// Writes a background stream's events (`response_events`).
+fn store_events(mut w: Option<Write>, id: &str, events: &[(u64, String)]) -> Option<Write> {
+    for (seq, event) in events {
+        let sql = "INSERT INTO response_events (response_id, seq, event) VALUES ($1, $2, $3)";
+        let args = vec![id.into(), (*seq as i64).into(), event.as_str().into()];
+        w = Some(match w {
+            Some(w) => w.then(sql, args),
+            None => Write::one(sql, args),
+        });
+    }
+    w
+}
+
+/// A request checked and its context read: the items to send (`all`; the new input
+/// from `new_from`), the new input items as stored, and the chain's or conversation's
+/// root.
+struct Prepared {
+    req: ResponseRequest,
+    input: Vec<Value>,
+    all: Vec<Item>,
+    new_from: usize,
+    root: Option<String>,
+}
+
+/// The items without their first `n`, and without function call outputs whose call
+/// went with them.
+fn dropped(items: &[Item], n: usize) -> Vec<Item> {
+    let kept = &items[n.min(items.len())..];
+    let calls: std::collections::HashSet<&str> = kept
+        .iter()
+        .filter_map(|i| match i {
+            Item::FunctionCall { call_id, .. } => Some(call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    kept.iter()
+        .filter(|i| match i {
+            Item::FunctionCallOutput { call_id, .. } => calls.contains(call_id.as_str()),
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// The input does not fit the model's context (even truncated).
+fn too_long(max: u64, output: Option<u64>) -> ServiceError {
+    ServiceError {
+        status: 400,
+        kind: "invalid_request_error",
+        code: Some("context_length_exceeded".into()),
+        message: format!(
+            "The input does not fit the model's context of {max} tokens{}",
+            output.map_or(String::new(), |o| format!(" with {o} output tokens"))
+        ),
+        param: Some("input".into()),
+    }
+}
+
+/// A checked request, ready to run.
+struct Accepted<'a> {
+    id: String,
+    req: ResponseRequest,
+    body: &'a Value,
+    input: Vec<Value>,
+    created_at: i64,
+    owner: &'a str,
+    messages: Vec<Value>,
+    session: String,
+}
+
+/// How a response ended, as stored.
+struct Outcome<'a> {
+    status: &'a Status,
+    output: &'a [Value],
+    usage: Option<Usage>,
+    model: &'a str,
+    /// A background stream's events not yet stored.
+    events: &'a [(u64, String)],
+}
+
+impl<'a> Outcome<'a> {
+    /// An end without output.
+    fn bare(status: &'a Status, model: &'a str) -> Outcome<'a> {
+        Outcome {
+            status,
+            output: &[],
+            usage: None,
+            model,
+            events: &[],
+        }
+    }
 }
 
 /// The context of a request: earlier items, and where they came from.
@@ -296,7 +545,53 @@ impl Responses {
             engine,
             now: unix_now,
             running: Arc::default(),
+            live: Arc::default(),
+            observer: Arc::new(crate::Unobserved),
         }
+    }
+
+    /// Reports ends of responses (and, through the store, storage operations) to
+    /// `observer`.
+    pub fn observed(mut self, observer: Arc<dyn crate::Observe>) -> Responses {
+        self.store.observe(observer.clone());
+        self.observer = observer;
+        self
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Live>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the background responses this replica runs that were cancelled or deleted
+    /// through another replica. Called every second or so; a
+    /// replica running none does not query.
+    pub async fn poll_cancels(&self) -> Result<(), StoreError> {
+        let ids: Vec<String> = self.live().keys().cloned().collect();
+        for chunk in ids.chunks(100) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+            let args: Vec<crate::store::Val> = chunk.iter().map(|id| id.as_str().into()).collect();
+            let rows = self
+                .store
+                .fetch_all(
+                    &format!(
+                        "SELECT id FROM responses WHERE status <> 'cancelled' AND id IN ({})",
+                        marks.join(", ")
+                    ),
+                    &args,
+                )
+                .await?;
+            let going: std::collections::HashSet<String> = rows
+                .iter()
+                .map(|r| sqlx::Row::get::<String, _>(r, "id"))
+                .collect();
+            // Cancelled, or deleted, through another replica.
+            for id in chunk.iter().filter(|id| !going.contains(*id)) {
+                if let Some(live) = self.live().get(id) {
+                    live.cancel();
+                }
+            }
+        }
+        Ok(())
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
@@ -452,8 +747,9 @@ impl Responses {
         Ok(out)
     }
 
-    /// `POST /v1/responses`.
-    pub async fn create(&self, body: &Value, owner: &str) -> Result<Created, ServiceError> {
+    /// A request checked, its context read and its input resolved (with ids), all of
+    /// it parsed, and the function call outputs matched to calls.
+    async fn prepare(&self, body: &Value, owner: &str) -> Result<Prepared, ServiceError> {
         let req = ResponseRequest::parse(body).map_err(ServiceError::invalid)?;
         let context = match (&req.previous_response_id, &req.conversation) {
             (Some(p), _) => self.chain(p, owner).await?,
@@ -480,14 +776,122 @@ impl Responses {
         let new_from = all.len();
         all.extend(parse_input(&Value::Array(input.clone())).map_err(ServiceError::invalid)?);
         check_call_ids(&all, new_from).map_err(ServiceError::invalid)?;
+        Ok(Prepared {
+            req,
+            input,
+            all,
+            new_from,
+            root: context.root,
+        })
+    }
+
+    /// The engine's token count of these items as a chat request.
+    async fn count(
+        &self,
+        req: &ResponseRequest,
+        items: &[Item],
+        session: &str,
+    ) -> Result<TokenCount, ServiceError> {
+        let mut body = json!({
+            "model": req.model,
+            "messages": chat_messages(req.instructions.as_deref(), items),
+            "add_generation_prompt": true,
+        });
+        if !req.tools.is_empty() {
+            body["tools"] = json!(req.tools);
+        }
+        self.engine
+            .count_tokens(body, session.to_string())
+            .await
+            .map_err(ServiceError::engine)
+    }
+
+    /// `truncation: auto`: drops the oldest items of the context (never the new input
+    /// or the instructions) until the prompt and `max_output_tokens` fit the model's
+    /// context, as the engine's tokenizer counts it (a binary search over how many to
+    /// drop). A function call output left without its call goes with it.
+    async fn truncate(
+        &self,
+        req: &ResponseRequest,
+        all: &mut Vec<Item>,
+        new_from: usize,
+        session: &str,
+    ) -> Result<(), ServiceError> {
+        let whole = self.count(req, all, session).await?;
+        let Some(max) = whole.max_model_len else {
+            return Ok(());
+        };
+        let budget = max.saturating_sub(req.max_output_tokens.unwrap_or(1));
+        if whole.count <= budget {
+            return Ok(());
+        }
+        let (mut lo, mut hi) = (1, new_from);
+        let mut fits = self.count(req, &dropped(all, hi), session).await?.count <= budget;
+        if !fits {
+            return Err(too_long(max, req.max_output_tokens));
+        }
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            fits = self.count(req, &dropped(all, mid), session).await?.count <= budget;
+            if fits {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        *all = dropped(all, hi);
+        Ok(())
+    }
+
+    /// `POST /v1/responses/input_tokens`: the token count of a would-be request, context
+    /// included, from the engine's tokenizer.
+    pub async fn input_tokens(&self, body: &Value, owner: &str) -> Result<Value, ServiceError> {
+        let p = self.prepare(body, owner).await?;
+        let session = p
+            .req
+            .prompt_cache_key
+            .clone()
+            .or(p.root)
+            .unwrap_or_default();
+        let n = self.count(&p.req, &p.all, &session).await?;
+        Ok(json!({"object": "response.input_tokens", "input_tokens": n.count}))
+    }
+
+    /// `POST /v1/responses`.
+    pub async fn create(&self, body: &Value, owner: &str) -> Result<Created, ServiceError> {
+        let Prepared {
+            req,
+            input,
+            mut all,
+            new_from,
+            root,
+        } = self.prepare(body, owner).await?;
         let id = random_id("resp_");
         let created_at = (self.now)();
         let session = req
             .prompt_cache_key
             .clone()
-            .or(context.root.clone())
+            .or(root)
             .unwrap_or_else(|| id.clone());
+        if req.truncation == Truncation::Auto {
+            self.truncate(&req, &mut all, new_from, &session).await?;
+        }
         let messages = chat_messages(req.instructions.as_deref(), &all);
+        let mut ids = RandomIds;
+        if req.background {
+            return self
+                .start_background(Accepted {
+                    id,
+                    req,
+                    body,
+                    input,
+                    created_at,
+                    owner,
+                    messages,
+                    session,
+                })
+                .await;
+        }
         let stream = req.stream;
         let chat = req.chat_body(messages, stream);
         if req.store {
@@ -502,8 +906,10 @@ impl Responses {
                     message: e.message.clone(),
                 };
                 if req.store {
-                    self.finish(&id, &req, created_at, &status, &[], None, &req.model)
+                    self.finish(&id, &req, created_at, Outcome::bare(&status, &req.model))
                         .await?;
+                } else {
+                    self.ended(&req, &status, &[]);
                 }
                 return Err(ServiceError::engine(e));
             }
@@ -516,8 +922,16 @@ impl Responses {
                 let usage = c.get("usage").map(Usage::from_chat);
                 let model = c["model"].as_str().unwrap_or(&req.model).to_string();
                 if req.store {
-                    self.finish(&id, &req, created_at, &status, &output, usage, &model)
-                        .await?;
+                    let outcome = Outcome {
+                        status: &status,
+                        output: &output,
+                        usage,
+                        model: &model,
+                        events: &[],
+                    };
+                    self.finish(&id, &req, created_at, outcome).await?;
+                } else {
+                    self.ended(&req, &status, &output);
                 }
                 let env = Envelope {
                     id: &id,
@@ -533,6 +947,84 @@ impl Responses {
         }
     }
 
+    /// The translator of a response's stream, rendering its Response object.
+    fn translator(&self, id: &str, req: &ResponseRequest, created_at: i64) -> Translator {
+        let (req, id) = (req.clone(), id.to_string());
+        let render = Box::new(
+            move |status: &Status, output: &[Value], usage: Option<Usage>| {
+                let env = Envelope {
+                    id: &id,
+                    created_at,
+                    request: &req,
+                    model: &req.model,
+                    status,
+                    usage,
+                };
+                response_json(&env, output)
+            },
+        );
+        Translator::new(render, Box::new(RandomIds))
+    }
+
+    /// Feeds the engine's chunks through the translator to the sink until the stream
+    /// ends, the client goes away or the response is cancelled; a background stream's
+    /// events are stored every 200 ms meanwhile. Whether it was cancelled, and how the
+    /// engine's stream failed, if it did.
+    async fn drive(
+        &self,
+        id: &str,
+        t: &mut Translator,
+        mut chunks: ChunkStream,
+        sink: &mut Sink,
+    ) -> (bool, Option<EngineError>) {
+        let live = match sink {
+            Sink::Background { live, .. } => Some(live.clone()),
+            Sink::Client(_) => None,
+        };
+        let cancelled = async {
+            match &live {
+                Some(l) => l.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cancelled);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => return (true, None),
+                _ = tick.tick() => self.flush_events(id, sink).await,
+                c = chunks.next() => match c {
+                    Some(Ok(c)) => {
+                        if !sink.send(t.chunk(&c)).await {
+                            return (true, None);
+                        }
+                    }
+                    Some(Err(e)) => return (false, Some(e)),
+                    None => return (false, None),
+                },
+            }
+        }
+    }
+
+    /// Stores a background stream's pending events (kept for the final write if the
+    /// store fails now).
+    async fn flush_events(&self, id: &str, sink: &mut Sink) {
+        let Sink::Background { pending, .. } = sink else {
+            return;
+        };
+        let Some(w) = store_events(None, id, pending) else {
+            return;
+        };
+        match self.store.write(w).await {
+            Ok(_) => pending.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, "a background response's events wait to be stored")
+            }
+        }
+    }
+
     /// The events of a streamed response, sent as they are translated; the response
     /// is stored when it ends. A client that goes away cancels the engine request (its
     /// stream is dropped) and the response is stored as `cancelled` with what was
@@ -542,74 +1034,156 @@ impl Responses {
         id: String,
         req: ResponseRequest,
         created_at: i64,
-        mut chunks: ChunkStream,
-    ) -> Pin<Box<dyn Stream<Item = String> + Send>> {
+        chunks: ChunkStream,
+    ) -> EventStream {
         let this = self.clone();
-        let (req2, id2) = (req.clone(), id.clone());
-        let render = Box::new(
-            move |status: &Status, output: &[Value], usage: Option<Usage>| {
-                let env = Envelope {
-                    id: &id2,
-                    created_at,
-                    request: &req2,
-                    model: &req2.model,
-                    status,
-                    usage,
-                };
-                response_json(&env, output)
-            },
-        );
-        let mut t = Translator::new(render, Box::new(RandomIds));
+        let mut t = self.translator(&id, &req, created_at);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(32);
         tokio::spawn(async move {
-            let send_all = |events: Vec<Event>| {
-                let tx = tx.clone();
-                async move {
-                    for e in events {
-                        if tx.send(e.sse()).await.is_err() {
-                            return false;
-                        }
-                    }
-                    true
-                }
+            let mut sink = Sink::Client(tx);
+            let (gone, failed) = if sink.send(t.start()).await {
+                this.drive(&id, &mut t, chunks, &mut sink).await
+            } else {
+                (true, None)
             };
-            let mut gone = !send_all(t.start()).await;
-            let mut failed: Option<(String, String)> = None;
-            while !gone {
-                match chunks.next().await {
-                    Some(Ok(c)) => gone = !send_all(t.chunk(&c)).await,
-                    Some(Err(e)) => {
-                        failed = Some((e.code, e.message));
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            drop(chunks);
-            let (end, status, output) =
-                t.finish(failed.as_ref().map(|(c, m)| (c.as_str(), m.as_str())));
-            let status = if gone { Status::Cancelled } else { status };
+            let end = match (&failed, gone) {
+                (_, true) => End::Cancelled,
+                (Some(e), _) => End::Failed(&e.code, &e.message),
+                (None, _) => End::Done,
+            };
+            let (events, status, output) = t.finish(end);
             if req.store {
-                if let Err(e) = this
-                    .finish(
-                        &id,
-                        &req,
-                        created_at,
-                        &status,
-                        &output,
-                        t.usage(),
-                        &req.model,
-                    )
-                    .await
-                {
+                let outcome = Outcome {
+                    status: &status,
+                    output: &output,
+                    usage: t.usage(),
+                    model: &req.model,
+                    events: &[],
+                };
+                if let Err(e) = this.finish(&id, &req, created_at, outcome).await {
                     tracing::error!(error = ?e, "a streamed response was not stored");
                 }
+            } else {
+                this.ended(&req, &status, &output);
             }
             if !gone {
-                send_all(end).await;
+                sink.send(events).await;
             }
         });
         Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    /// Stores a background response as `queued` and starts it in this replica; answers
+    /// at once, with the queued Response or, when streamed, its events as they come.
+    async fn start_background(&self, a: Accepted<'_>) -> Result<Created, ServiceError> {
+        let Accepted {
+            id,
+            req,
+            body,
+            input,
+            created_at,
+            owner,
+            messages,
+            session,
+        } = a;
+        self.begin(&id, &req, body, &input, created_at, owner)
+            .await?;
+        let live = Live::new();
+        self.live().insert(id.clone(), live.clone());
+        let mut t = self.translator(&id, &req, created_at);
+        let mut sink = Sink::Background {
+            live: live.clone(),
+            store: req.stream,
+            pending: Vec::new(),
+        };
+        sink.send(t.start_queued()).await;
+        let chat = req.chat_body(messages, true);
+        let this = self.clone();
+        let (id2, req2) = (id.clone(), req.clone());
+        tokio::spawn(async move {
+            this.run_background(id2, req2, created_at, chat, session, t, sink)
+                .await
+        });
+        if req.stream {
+            return Ok(Created::Events(live.follow(0)));
+        }
+        let env = Envelope {
+            id: &id,
+            created_at,
+            request: &req,
+            model: &req.model,
+            status: &Status::Queued,
+            usage: None,
+        };
+        Ok(Created::Json(response_json(&env, &[])))
+    }
+
+    /// Runs a background response to its end (or its cancel) and stores it.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_background(
+        self,
+        id: String,
+        req: ResponseRequest,
+        created_at: i64,
+        chat: Value,
+        session: String,
+        mut t: Translator,
+        mut sink: Sink,
+    ) {
+        let Sink::Background { live, .. } = &sink else {
+            return;
+        };
+        let live = live.clone();
+        let started = Write::one(
+            "UPDATE responses SET status = 'in_progress', updated_at = $1              WHERE id = $2 AND status = 'queued'",
+            vec![(self.now)().into(), id.as_str().into()],
+        );
+        if let Err(e) = self.store.write(started).await {
+            tracing::warn!(error = %e, "a background response's start was not stored");
+        }
+        let answer = tokio::select! {
+            a = self.engine.chat(chat, session) => Some(a),
+            _ = live.cancelled() => None,
+        };
+        let (cancelled, failed) = match answer {
+            None => (true, None),
+            Some(Err(e)) => (false, Some(e)),
+            Some(Ok(Answer::Stream(chunks))) => {
+                sink.send(t.in_progress()).await;
+                self.drive(&id, &mut t, chunks, &mut sink).await
+            }
+            Some(Ok(Answer::Complete(_))) => (
+                false,
+                Some(EngineError {
+                    status: 502,
+                    code: "bad_gateway".into(),
+                    message: "The engine answered a streamed request whole".into(),
+                }),
+            ),
+        };
+        let end = match (&failed, cancelled) {
+            (_, true) => End::Cancelled,
+            (Some(e), _) => End::Failed(&e.code, &e.message),
+            (None, _) => End::Done,
+        };
+        let (events, status, output) = t.finish(end);
+        sink.send(events).await;
+        let pending = match &mut sink {
+            Sink::Background { pending, .. } => std::mem::take(pending),
+            Sink::Client(_) => Vec::new(),
+        };
+        let outcome = Outcome {
+            status: &status,
+            output: &output,
+            usage: t.usage(),
+            model: &req.model,
+            events: &pending,
+        };
+        if let Err(e) = self.finish(&id, &req, created_at, outcome).await {
+            tracing::error!(error = ?e, "a background response was not stored");
+        }
+        self.live().remove(&id);
+        live.progress.send_modify(|p| p.1 = true);
     }
 
     /// Stores an accepted response as `in_progress`, with its input items.
@@ -625,7 +1199,7 @@ impl Responses {
         let mut w = Write::one(
             "INSERT INTO responses (id, owner, created_at, updated_at, status, model, \
              previous_response_id, conversation_id, background, request, lease_until) \
-             VALUES ($1, $2, $3, $3, 'in_progress', $4, $5, $6, $7, $8, $9)",
+             VALUES ($1, $2, $3, $3, $10, $4, $5, $6, $7, $8, $9)",
             vec![
                 id.into(),
                 owner.into(),
@@ -636,6 +1210,12 @@ impl Responses {
                 req.background.into(),
                 body.to_string().into(),
                 (created_at + LEASE_SECS).into(),
+                if req.background {
+                    "queued"
+                } else {
+                    "in_progress"
+                }
+                .into(),
             ],
         );
         for (seq, item) in input.iter().enumerate() {
@@ -655,29 +1235,39 @@ impl Responses {
         Ok(())
     }
 
-    /// Stores the end of a response: its status, Response object and output items, and
-    /// appends its input and output to its conversation.
-    #[allow(clippy::too_many_arguments)]
+    /// Reports a response's end.
+    fn ended(&self, req: &ResponseRequest, status: &Status, output: &[Value]) {
+        self.observer.response_done(status.as_str(), req.background);
+        let calls = output
+            .iter()
+            .filter(|i| i["type"] == "function_call")
+            .count();
+        if calls > 0 {
+            self.observer.tool_round(calls);
+        }
+    }
+
+    /// Stores the end of a response: its status, Response object and output items (and a
+    /// background stream's last events), and appends its input and output to its
+    /// conversation. A response cancelled meanwhile (through another replica) stays
+    /// cancelled.
     async fn finish(
         &self,
         id: &str,
         req: &ResponseRequest,
         created_at: i64,
-        status: &Status,
-        output: &[Value],
-        usage: Option<Usage>,
-        model: &str,
+        o: Outcome<'_>,
     ) -> Result<(), ServiceError> {
         let env = Envelope {
             id,
             created_at,
             request: req,
-            model,
-            status,
-            usage,
+            model: o.model,
+            status: o.status,
+            usage: o.usage,
         };
-        let response = response_json(&env, output);
-        let error = match status {
+        let response = response_json(&env, o.output);
+        let error = match o.status {
             Status::Failed { code, message } => {
                 Some(json!({"code": code, "message": message}).to_string())
             }
@@ -685,18 +1275,20 @@ impl Responses {
         };
         let now = (self.now)();
         self.running().remove(id);
+        self.ended(req, o.status, o.output);
         let mut w = Write::one(
-            "UPDATE responses SET status = $1, response = $2, error = $3, updated_at = $4, \
-             lease_until = NULL WHERE id = $5",
+            "UPDATE responses SET \
+             status = CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE $1 END, \
+             response = $2, error = $3, updated_at = $4, lease_until = NULL WHERE id = $5",
             vec![
-                status.as_str().into(),
+                o.status.as_str().into(),
                 response.to_string().into(),
                 error.into(),
                 now.into(),
                 id.into(),
             ],
         );
-        for (seq, item) in output.iter().enumerate() {
+        for (seq, item) in o.output.iter().enumerate() {
             w = w.then(
                 "INSERT INTO response_items (response_id, seq, kind, item_id, item) \
                  VALUES ($1, $2, 'output', $3, $4)",
@@ -708,10 +1300,11 @@ impl Responses {
                 ],
             );
         }
+        let mut w = store_events(Some(w), id, o.events).expect("a write");
         if let Some(conv) = &req.conversation {
-            if !matches!(status, Status::Failed { .. }) {
+            if !matches!(o.status, Status::Failed { .. }) {
                 let input = self.items(id, "input").await?;
-                w = super::conversations::append_items(w, conv, input.iter().chain(output), now);
+                w = super::conversations::append_items(w, conv, input.iter().chain(o.output), now);
             }
         }
         self.store.write(w).await?;
@@ -765,6 +1358,163 @@ impl Responses {
         Ok(v)
     }
 
+    /// A stored response's request: whether it runs in the background, and streams.
+    async fn mode(&self, id: &str, owner: &str) -> Result<(bool, bool, String), ServiceError> {
+        let row = self
+            .store
+            .fetch_optional(
+                "SELECT request, status FROM responses WHERE id = $1 AND owner = $2",
+                &[id.into(), owner.into()],
+            )
+            .await?
+            .ok_or_else(|| {
+                ServiceError::not_found(
+                    "response_id",
+                    format!("Response with id '{id}' not found."),
+                )
+            })?;
+        let request: String = sqlx::Row::get(&row, "request");
+        let request: Value = serde_json::from_str(&request).unwrap_or_default();
+        Ok((
+            request["background"] == true,
+            request["stream"] == true,
+            sqlx::Row::get(&row, "status"),
+        ))
+    }
+
+    /// `GET /v1/responses/{id}?stream=true&starting_after=N`: a background stream's
+    /// events after sequence number N (all when absent), then the rest as they come.
+    pub async fn events(
+        &self,
+        id: &str,
+        owner: &str,
+        starting_after: Option<u64>,
+    ) -> Result<EventStream, ServiceError> {
+        let (background, stream, _) = self.mode(id, owner).await?;
+        if !(background && stream) {
+            return Err(ServiceError::invalid(BadInput {
+                message: "Only a response created with `background: true` and `stream: true` \
+                          can be streamed again"
+                    .into(),
+                param: "stream".into(),
+            }));
+        }
+        let from = starting_after.map_or(0, |n| n.saturating_add(1));
+        let local = self.live().get(id).cloned();
+        if let Some(live) = local {
+            return Ok(live.follow(usize::try_from(from).unwrap_or(usize::MAX)));
+        }
+        Ok(self.follow_stored(id.to_string(), from))
+    }
+
+    /// A background stream's stored events from sequence number `from`, and those
+    /// stored later while another replica runs it (looked for every 200 ms), until it
+    /// is finished: its final status and last events are stored together.
+    fn follow_stored(&self, id: String, from: u64) -> EventStream {
+        let (store, now) = (self.store.clone(), self.now);
+        let read = move |store: Arc<Store>, id: String, next: u64| async move {
+            let rows = store
+                .fetch_all(
+                    "SELECT seq, event FROM response_events \
+                     WHERE response_id = $1 AND seq >= $2 ORDER BY seq LIMIT 1000",
+                    &[id.as_str().into(), (next as i64).into()],
+                )
+                .await?;
+            Ok::<_, StoreError>(
+                rows.iter()
+                    .map(|r| {
+                        let seq: i64 = sqlx::Row::get(r, "seq");
+                        (seq as u64, sqlx::Row::get::<String, _>(r, "event"))
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        Box::pin(futures_util::stream::unfold(
+            (store, id, from, std::collections::VecDeque::new(), false),
+            move |(store, id, mut next, mut buf, mut done)| async move {
+                loop {
+                    if let Some(e) = buf.pop_front() {
+                        return Some((e, (store, id, next, buf, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    let events = match read(store.clone(), id.clone(), next).await {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a resumed stream could not be read");
+                            return None;
+                        }
+                    };
+                    if let Some((seq, _)) = events.last() {
+                        next = seq + 1;
+                        buf.extend(events.into_iter().map(|(_, e)| e));
+                        continue;
+                    }
+                    // Running while its runner vouches for it and has not stored its
+                    // end (a response cancelled through another replica is `cancelled`
+                    // before its runner stops and stores its last events).
+                    let state = store
+                        .fetch_optional(
+                            "SELECT CASE WHEN response IS NOT NULL OR lease_until IS NULL \
+                             OR lease_until < $2 THEN 'over' ELSE 'running' END AS state \
+                             FROM responses WHERE id = $1",
+                            &[id.as_str().into(), now().into()],
+                        )
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|r| sqlx::Row::get::<String, _>(&r, "state"));
+                    match state.as_deref() {
+                        Some("running") => {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                        }
+                        // Over (or gone): what was stored with the end is the rest.
+                        _ => done = true,
+                    }
+                    if done {
+                        if let Ok(events) = read(store.clone(), id.clone(), next).await {
+                            buf.extend(events.into_iter().map(|(_, e)| e));
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    /// `POST /v1/responses/{id}/cancel`: stops a background response (in this replica,
+    /// or through the store for the replica that runs it) and answers with it; a
+    /// finished one is answered as it is.
+    pub async fn cancel(&self, id: &str, owner: &str) -> Result<Value, ServiceError> {
+        let (background, _, status) = self.mode(id, owner).await?;
+        if !background {
+            return Err(ServiceError::invalid(BadInput {
+                message: "Only responses created with `background: true` can be cancelled".into(),
+                param: "response_id".into(),
+            }));
+        }
+        if matches!(status.as_str(), "queued" | "in_progress") {
+            let local = self.live().get(id).cloned();
+            match local {
+                Some(live) => {
+                    live.cancel();
+                    let mut rx = live.progress.subscribe();
+                    let _ = rx.wait_for(|p| p.1).await;
+                }
+                None => {
+                    self.store
+                        .write(Write::one(
+                            "UPDATE responses SET status = 'cancelled', updated_at = $1 \
+                             WHERE id = $2 AND status IN ('queued', 'in_progress')",
+                            vec![(self.now)().into(), id.into()],
+                        ))
+                        .await?;
+                }
+            }
+        }
+        self.get(id, owner).await
+    }
+
     /// `DELETE /v1/responses/{id}`.
     pub async fn delete(&self, id: &str, owner: &str) -> Result<Value, ServiceError> {
         let n = self
@@ -779,6 +1529,10 @@ impl Responses {
                 "response_id",
                 format!("Response with id '{id}' not found."),
             ));
+        }
+        // A background response deleted while it runs stops.
+        if let Some(live) = self.live().get(id) {
+            live.cancel();
         }
         Ok(json!({"id": id, "object": "response.deleted", "deleted": true}))
     }

@@ -30,6 +30,17 @@ enum Open {
     Call { args: String },
 }
 
+/// How a response's stream ended.
+#[derive(Clone, Copy, Debug)]
+pub enum End<'a> {
+    /// The engine finished.
+    Done,
+    /// The engine's stream broke off (`code`, `message`).
+    Failed(&'a str, &'a str),
+    /// The client or a cancel request stopped it.
+    Cancelled,
+}
+
 /// Renders the Response object for a status, the output so far and the usage.
 pub type Render = Box<dyn Fn(&Status, &[Value], Option<Usage>) -> Value + Send>;
 
@@ -76,6 +87,22 @@ impl Translator {
             self.event("response.created", json!({"response": r.clone()})),
             self.event("response.in_progress", json!({"response": r})),
         ]
+    }
+
+    /// A background response's first events: `response.created` and `response.queued`
+    /// (then [`Translator::in_progress`] once an engine takes it).
+    pub fn start_queued(&mut self) -> Vec<Event> {
+        let r = (self.render)(&Status::Queued, &[], None);
+        vec![
+            self.event("response.created", json!({"response": r.clone()})),
+            self.event("response.queued", json!({"response": r})),
+        ]
+    }
+
+    /// `response.in_progress`.
+    pub fn in_progress(&mut self) -> Vec<Event> {
+        let r = (self.render)(&Status::InProgress, &[], None);
+        vec![self.event("response.in_progress", json!({"response": r}))]
     }
 
     /// The output index the open item will take.
@@ -242,22 +269,24 @@ impl Translator {
         out
     }
 
-    /// The closing events once the engine's stream ended (`failed`: it broke off), and
-    /// the final status and output.
-    pub fn finish(&mut self, failed: Option<(&str, &str)>) -> (Vec<Event>, Status, Vec<Value>) {
+    /// The closing events once the engine's stream ended, and the final status and
+    /// output. A cancelled response has no event of its own in the API: its stream ends
+    /// with `response.incomplete` carrying `status: cancelled` and the output so far.
+    pub fn finish(&mut self, end: End<'_>) -> (Vec<Event>, Status, Vec<Value>) {
         let mut out = Vec::new();
         self.close(&mut out);
-        let status = match failed {
-            Some((code, message)) => Status::Failed {
+        let status = match end {
+            End::Failed(code, message) => Status::Failed {
                 code: code.to_string(),
                 message: message.to_string(),
             },
-            None => status_of(self.finish_reason.as_deref()),
+            End::Cancelled => Status::Cancelled,
+            End::Done => status_of(self.finish_reason.as_deref()),
         };
         let r = (self.render)(&status, &self.output, self.usage);
         let name = match status {
             Status::Completed => "response.completed",
-            Status::Incomplete => "response.incomplete",
+            Status::Incomplete | Status::Cancelled => "response.incomplete",
             _ => "response.failed",
         };
         out.push(self.event(name, json!({"response": r})));
@@ -298,7 +327,7 @@ mod tests {
         events.extend(
             t.chunk(&json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})),
         );
-        let (end, status, output) = t.finish(None);
+        let (end, status, output) = t.finish(End::Done);
         events.extend(end);
         let names: Vec<&str> = events.iter().map(|e| e.name).collect();
         assert_eq!(
@@ -350,7 +379,7 @@ mod tests {
             "function": {"name": "g", "arguments": "{}"}}]}),
             Some("length"),
         )));
-        let (end, status, output) = t.finish(None);
+        let (end, status, output) = t.finish(End::Done);
         events.extend(end);
         assert_eq!(status, Status::Incomplete);
         assert_eq!(events.last().unwrap().name, "response.incomplete");
@@ -369,7 +398,7 @@ mod tests {
         let mut t = translator();
         t.start();
         t.chunk(&chunk(json!({"content": "par"}), None));
-        let (end, status, output) = t.finish(Some(("server_error", "the engine stopped")));
+        let (end, status, output) = t.finish(End::Failed("server_error", "the engine stopped"));
         assert!(matches!(status, Status::Failed { .. }));
         assert_eq!(end.last().unwrap().name, "response.failed");
         assert_eq!(

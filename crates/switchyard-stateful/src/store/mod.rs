@@ -178,6 +178,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite's single writer.
     writer: Option<mpsc::UnboundedSender<(Write, Reply)>>,
+    /// Where operation latencies are reported.
+    observer: std::sync::OnceLock<std::sync::Arc<dyn crate::Observe>>,
 }
 
 impl Store {
@@ -232,6 +234,7 @@ impl Store {
             pool,
             backend,
             writer,
+            observer: Default::default(),
         };
         let failed = store
             .fail_abandoned(
@@ -256,7 +259,29 @@ impl Store {
     }
 
     /// Applies `w` (all or nothing); the rows each statement touched.
+    /// Reports each operation's latency to `observer` from now on (once).
+    pub fn observe(&self, observer: std::sync::Arc<dyn crate::Observe>) {
+        let _ = self.observer.set(observer);
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = std::time::Instant::now();
+        let out = f.await;
+        if let Some(o) = self.observer.get() {
+            o.store_op(op, start.elapsed().as_secs_f64(), out.is_ok());
+        }
+        out
+    }
+
     pub async fn write(&self, w: Write) -> Result<Vec<u64>, StoreError> {
+        self.timed("write", self.write_now(w)).await
+    }
+
+    async fn write_now(&self, w: Write) -> Result<Vec<u64>, StoreError> {
         match &self.writer {
             Some(tx) => {
                 let (reply, answer) = oneshot::channel();
@@ -271,7 +296,10 @@ impl Store {
 
     /// Every row `sql` returns.
     pub async fn fetch_all(&self, sql: &str, args: &[Val]) -> Result<Vec<AnyRow>, StoreError> {
-        Ok(bind(sql, args).fetch_all(&self.pool).await?)
+        self.timed("read", async {
+            Ok(bind(sql, args).fetch_all(&self.pool).await?)
+        })
+        .await
     }
 
     /// The row `sql` returns, if any.
@@ -280,7 +308,10 @@ impl Store {
         sql: &str,
         args: &[Val],
     ) -> Result<Option<AnyRow>, StoreError> {
-        Ok(bind(sql, args).fetch_optional(&self.pool).await?)
+        self.timed("read", async {
+            Ok(bind(sql, args).fetch_optional(&self.pool).await?)
+        })
+        .await
     }
 
     /// Whether the database answers (readiness).
@@ -292,6 +323,11 @@ impl Store {
     /// Connections open and idle (metrics).
     pub fn pool_use(&self) -> (u32, usize) {
         (self.pool.size(), self.pool.num_idle())
+    }
+
+    /// The most connections the pool opens.
+    pub fn pool_max(&self) -> u32 {
+        self.pool.options().get_max_connections()
     }
 
     /// Marks `failed` (`server_restarted`) the queued and in-progress responses whose

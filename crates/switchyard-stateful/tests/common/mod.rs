@@ -2,9 +2,17 @@
 //! library) a PostgreSQL database of its own per test, removed when the test ends.
 #![allow(dead_code)]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use switchyard_stateful::responses::service::{
+    Answer, Created, Engine, EngineError, Responses, TokenCount, sse_chunks,
+};
+
 use switchyard_stateful::store::StoreConfig;
+#[allow(unused_imports)]
 pub use switchyard_stateful::testing::PgDatabase;
 
 pub fn config(url: &str) -> StoreConfig {
@@ -35,5 +43,91 @@ impl SqliteFile {
 impl Drop for SqliteFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The simulator as the engine; every body it was sent, with its session key.
+pub struct SimEngine {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub sent: Arc<Mutex<Vec<(Value, String)>>>,
+}
+
+impl Engine for SimEngine {
+    fn chat(
+        &self,
+        body: Value,
+        session: String,
+    ) -> BoxFuture<'static, Result<Answer, EngineError>> {
+        self.sent
+            .lock()
+            .unwrap()
+            .push((body.clone(), session.clone()));
+        let (http, url) = (self.http.clone(), self.url.clone());
+        Box::pin(async move {
+            let down = |e: reqwest::Error| EngineError {
+                status: 502,
+                code: "engine_unreachable".into(),
+                message: e.to_string(),
+            };
+            let resp = http
+                .post(format!("{url}/v1/chat/completions"))
+                .header("x-session-id", session)
+                .json(&body)
+                .send()
+                .await
+                .map_err(down)?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                let v: Value = resp.json().await.unwrap_or_default();
+                return Err(EngineError {
+                    status,
+                    code: v["error"]["code"]
+                        .as_str()
+                        .unwrap_or("engine_error")
+                        .to_string(),
+                    message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+                });
+            }
+            if body["stream"] == true {
+                Ok(Answer::Stream(sse_chunks(Box::pin(resp.bytes_stream()))))
+            } else {
+                Ok(Answer::Complete(resp.json().await.map_err(down)?))
+            }
+        })
+    }
+
+    fn count_tokens(
+        &self,
+        body: Value,
+        _session: String,
+    ) -> BoxFuture<'static, Result<TokenCount, EngineError>> {
+        let (http, url) = (self.http.clone(), self.url.clone());
+        Box::pin(async move {
+            let v: Value = http
+                .post(format!("{url}/tokenize"))
+                .json(&body)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| EngineError {
+                    status: 502,
+                    code: "engine_unreachable".into(),
+                    message: e.to_string(),
+                })?
+                .json()
+                .await
+                .unwrap_or_default();
+            Ok(TokenCount::from_tokenize(&v).expect("a count"))
+        })
+    }
+}
+
+/// A non-streamed response created for the `default` owner.
+pub async fn create_json(svc: &Responses, body: &Value) -> Value {
+    match svc.create(body, "default").await {
+        Ok(Created::Json(v)) => v,
+        Ok(Created::Events(_)) => panic!("a stream for {body}"),
+        Err(e) => panic!("{body}: {e:?}"),
     }
 }

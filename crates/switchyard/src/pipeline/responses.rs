@@ -12,7 +12,9 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
-use switchyard_stateful::responses::service::{Answer, Engine, EngineError, sse_chunks};
+use switchyard_stateful::responses::service::{
+    Answer, Engine, EngineError, TokenCount, sse_chunks,
+};
 
 use super::admit::Admitted;
 use super::{Pipeline, RequestContext};
@@ -54,6 +56,49 @@ async fn read(body: Body) -> Result<Bytes, EngineError> {
         })
 }
 
+impl PipelineEngine {
+    /// Runs one JSON body through the pipeline on `route`, with the routing session.
+    async fn send(
+        pipeline: Arc<Pipeline>,
+        route: Route,
+        body: &Value,
+        session: &str,
+    ) -> Result<Body, EngineError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(session) {
+            headers.insert(HeaderName::from_static("x-session-id"), v);
+        }
+        let resp = pipeline
+            .run(RequestContext {
+                route,
+                request_id: crate::state::random_id("req_"),
+                start: Instant::now(),
+                headers,
+                body: Bytes::from(body.to_string()),
+                admitted: Admitted::on_behalf(),
+            })
+            .await;
+        let status = resp.status().as_u16();
+        let body = resp.into_body();
+        if status != 200 {
+            return Err(engine_error(status, &read(body).await?));
+        }
+        Ok(body)
+    }
+}
+
+fn not_json(e: serde_json::Error) -> EngineError {
+    EngineError {
+        status: 502,
+        code: "bad_gateway".into(),
+        message: format!("The engine's answer is not JSON: {e}"),
+    }
+}
+
 impl Engine for PipelineEngine {
     fn chat(
         &self,
@@ -62,43 +107,33 @@ impl Engine for PipelineEngine {
     ) -> BoxFuture<'static, Result<Answer, EngineError>> {
         let pipeline = self.0.clone();
         Box::pin(async move {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&session) {
-                headers.insert(HeaderName::from_static("x-session-id"), v);
-            }
-            let stream = body["stream"] == true;
-            let resp = pipeline
-                .run(RequestContext {
-                    route: Route::Chat,
-                    request_id: crate::state::random_id("req_"),
-                    start: Instant::now(),
-                    headers,
-                    body: Bytes::from(body.to_string()),
-                    admitted: Admitted::on_behalf(),
-                })
-                .await;
-            let status = resp.status().as_u16();
-            let body = resp.into_body();
-            if status != 200 {
-                return Err(engine_error(status, &read(body).await?));
-            }
-            if stream {
+            let body_out = Self::send(pipeline, Route::Chat, &body, &session).await?;
+            if body["stream"] == true {
                 return Ok(Answer::Stream(sse_chunks(Box::pin(
-                    body.into_data_stream(),
+                    body_out.into_data_stream(),
                 ))));
             }
-            let bytes = read(body).await?;
+            let bytes = read(body_out).await?;
             serde_json::from_slice(&bytes)
                 .map(Answer::Complete)
-                .map_err(|e| EngineError {
-                    status: 502,
-                    code: "bad_gateway".into(),
-                    message: format!("The engine's answer is not JSON: {e}"),
-                })
+                .map_err(not_json)
+        })
+    }
+
+    fn count_tokens(
+        &self,
+        body: Value,
+        session: String,
+    ) -> BoxFuture<'static, Result<TokenCount, EngineError>> {
+        let pipeline = self.0.clone();
+        Box::pin(async move {
+            let out = Self::send(pipeline, Route::Tokenize, &body, &session).await?;
+            let v: Value = serde_json::from_slice(&read(out).await?).map_err(not_json)?;
+            TokenCount::from_tokenize(&v).ok_or_else(|| EngineError {
+                status: 502,
+                code: "bad_gateway".into(),
+                message: "The engine's /tokenize answer has no `count`".into(),
+            })
         })
     }
 }

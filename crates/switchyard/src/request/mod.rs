@@ -27,6 +27,8 @@ pub enum Route {
     /// `multipart/form-data` with the audio file.
     Transcriptions,
     Speech,
+    /// vLLM's `/tokenize` (chat form): the Responses API's token counts.
+    Tokenize,
 }
 
 impl Route {
@@ -37,6 +39,7 @@ impl Route {
             Route::Embeddings => "/v1/embeddings",
             Route::Transcriptions => "/v1/audio/transcriptions",
             Route::Speech => "/v1/audio/speech",
+            Route::Tokenize => "/tokenize",
         }
     }
 
@@ -56,6 +59,7 @@ impl Route {
             Route::Embeddings => "embeddings",
             Route::Transcriptions => "transcriptions",
             Route::Speech => "speech",
+            Route::Tokenize => "tokenize",
         }
     }
 }
@@ -237,7 +241,7 @@ fn feed_prompt<S: PromptSink>(route: Route, wire: &Wire<'_>, sink: &mut S) -> Re
         )
     };
     match route {
-        Route::Chat => {
+        Route::Chat | Route::Tokenize => {
             let Some(messages) = &wire.messages else {
                 return Err(missing("messages"));
             };

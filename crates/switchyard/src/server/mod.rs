@@ -36,7 +36,7 @@ use crate::fleet::{
     BreakerConfig, Enroller, HostGuard, ProbeConfig, Prober, Registry, Worker, WorkerRole,
     WorkerSettings,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolLabel};
 use crate::pipeline::route::{RouteApi, RouteSettings};
 use crate::pipeline::{Admission, AdmissionConfig, EntryConfig, Pipeline};
 use crate::request::SessionHeaders;
@@ -263,10 +263,13 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
-        let responses = Arc::new(switchyard_stateful::responses::service::Responses::new(
-            store.clone(),
-            Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
-        ));
+        let responses = Arc::new(
+            switchyard_stateful::responses::service::Responses::new(
+                store.clone(),
+                Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
+            )
+            .observed(metrics.clone()),
+        );
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
             route,
@@ -279,7 +282,7 @@ impl Gateway {
             workers: workers.clone(),
             enroller: enroller.clone(),
             jobs: Default::default(),
-            metrics,
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         });
 
@@ -302,18 +305,36 @@ impl Gateway {
             });
         }
         {
-            // Leases of running responses, abandoned ones failed, and the retention purge.
+            // Every second, background responses cancelled through another replica
+            // stop; every third of a lease, leases of running responses are renewed and
+            // abandoned ones failed; hourly, the retention purge.
             let (shutdown, retention) = (shutdown.clone(), cfg.store_retention_days);
+            let metrics = metrics.clone();
             shutdown.clone().spawn(async move {
-                let every = Duration::from_secs(
-                    (switchyard_stateful::responses::service::LEASE_SECS / 3) as u64,
-                );
-                let mut tick = tokio::time::interval(every);
+                let lease_every = (switchyard_stateful::responses::service::LEASE_SECS / 3) as u64;
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
                 let mut last_purge: Option<std::time::Instant> = None;
-                loop {
+                for n in 0u64.. {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = shutdown.cancelled() => return,
+                    }
+                    if let Err(e) = responses.poll_cancels().await {
+                        tracing::warn!(error = %e, "response store upkeep failed");
+                    }
+                    let (open, idle) = store.pool_use();
+                    for (state, n) in [
+                        ("in_use", open as i64 - idle as i64),
+                        ("idle", idle as i64),
+                        ("max", i64::from(store.pool_max())),
+                    ] {
+                        metrics
+                            .store_pool
+                            .get_or_create(&PoolLabel { state })
+                            .set(n);
+                    }
+                    if n % lease_every != 0 {
+                        continue;
                     }
                     if let Err(e) = responses.maintain().await {
                         tracing::warn!(error = %e, "response store upkeep failed");

@@ -2,6 +2,7 @@
 //! layer's service. Every object belongs to an owner (the tenant; `default` until
 //! tenancy lands).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -11,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
-use switchyard_stateful::responses::service::{Created, ServiceError};
+use switchyard_stateful::responses::service::{Created, EventStream, ServiceError};
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::pipeline::admit::Admitted;
 use crate::request::Route;
 
 /// The owner of every stored object until tenancy.
@@ -54,28 +56,77 @@ pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
     };
     match st.responses.create(&v, OWNER).await {
         Ok(Created::Json(r)) => Json(r).into_response(),
-        Ok(Created::Events(events)) => {
-            // The client's permit lives as long as its stream.
-            let body = events.map(move |e| {
-                let _held = &admitted;
-                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(e))
-            });
-            Response::builder()
-                .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
-                .header(header::CACHE_CONTROL, "no-cache")
-                .body(Body::from_stream(body))
-                .expect("static headers are valid")
-        }
+        // The client's permit lives as long as its stream.
+        Ok(Created::Events(events)) => sse(events, Some(admitted)),
         Err(e) => failure(&e),
     }
 }
 
-/// `GET /v1/responses/{id}`.
-pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match st.responses.get(&id, OWNER).await {
-        Ok(r) => Json(r).into_response(),
+/// `POST /v1/responses/input_tokens`.
+pub async fn input_tokens(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    match json_body(&st, req).await {
+        Ok(body) => answer(st.responses.input_tokens(&body, OWNER).await),
+        Err(r) => r,
+    }
+}
+
+/// A stream of server-sent events, holding `permit` until it ends.
+fn sse(events: EventStream, permit: Option<Admitted>) -> Response {
+    let body = events.map(move |e| {
+        let _held = &permit;
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(e))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .expect("static headers are valid")
+}
+
+fn bad_query(message: &str, param: &str) -> Response {
+    ApiError::bad_request(message.to_string(), Some(param)).into_response()
+}
+
+/// `GET /v1/responses/{id}`, and with `?stream=true` (`&starting_after=N`) a
+/// background stream's events again.
+pub async fn get(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return bad_query("the query string is malformed", "stream");
+    };
+    let stream = match q.get("stream").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return bad_query("`stream` must be true or false", "stream"),
+    };
+    let starting_after = match q.get("starting_after").map(|n| n.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return bad_query(
+                "`starting_after` must be a sequence number (an integer, 0 or more)",
+                "starting_after",
+            );
+        }
+    };
+    if !stream {
+        if starting_after.is_some() {
+            return bad_query("`starting_after` needs `stream=true`", "starting_after");
+        }
+        return answer(st.responses.get(&id, OWNER).await);
+    }
+    match st.responses.events(&id, OWNER, starting_after).await {
+        Ok(events) => sse(events, None),
         Err(e) => failure(&e),
     }
+}
+
+/// `POST /v1/responses/{id}/cancel`.
+pub async fn cancel(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    answer(st.responses.cancel(&id, OWNER).await)
 }
 
 /// `DELETE /v1/responses/{id}`.

@@ -97,6 +97,14 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
             get(responses::input_items).fallback(openai::method_not_allowed),
         )
         .route(
+            "/v1/responses/input_tokens",
+            post(responses::input_tokens).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/responses/{id}/cancel",
+            post(responses::cancel).fallback(openai::method_not_allowed),
+        )
+        .route(
             "/v1/conversations",
             post(responses::create_conversation).fallback(openai::method_not_allowed),
         )

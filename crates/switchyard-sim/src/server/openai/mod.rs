@@ -212,6 +212,51 @@ pub(super) fn token_ids(items: &[Value]) -> Option<Vec<Token>> {
         .collect()
 }
 
+/// `POST /tokenize` (vLLM's): the token ids of `messages` (rendered by the chat
+/// template, as a chat completion would be) or of `prompt`, their `count`, and the
+/// model's `max_model_len`.
+pub async fn tokenize(
+    State(st): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}"), None))?;
+    let tokens = match (v.get("messages"), v.get("prompt")) {
+        (Some(Value::Array(messages)), _) => {
+            if let Some(i) = messages
+                .iter()
+                .position(|m| !m.get("role").is_some_and(Value::is_string))
+            {
+                let p = format!("messages[{i}].role");
+                return Err(ApiError::bad_request(
+                    format!("`{p}` is required and must be a string"),
+                    Some(&p),
+                ));
+            }
+            tokenizer::encode(&tokenizer::render_chat(messages))
+        }
+        (Some(_), _) => {
+            return Err(ApiError::bad_request(
+                "`messages` must be an array",
+                Some("messages"),
+            ));
+        }
+        (None, Some(p)) => prompt_tokens(p)?,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "Field required: `messages` or `prompt`",
+                Some("messages"),
+            ));
+        }
+    };
+    Ok(Json(json!({
+        "count": tokens.len(),
+        "max_model_len": st.cfg.max_model_len,
+        "tokens": tokens,
+        "token_strs": null,
+    })))
+}
+
 /// `GET /v1/models`.
 pub async fn models(State(st): State<Arc<ServerState>>) -> Json<Value> {
     let created = now_unix();
