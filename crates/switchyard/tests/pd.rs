@@ -518,3 +518,38 @@ async fn a_workflow_keeps_its_prefill_and_decode_workers() {
         assert_eq!(served.iter().sum::<u64>(), 9, "{side}: {served:?}");
     }
 }
+
+/// The Responses API on a disaggregated fleet: a response is prefilled then decoded,
+/// and a token count (`input_tokens`, `truncation: auto`) goes to one prefill worker
+/// alone.
+#[tokio::test]
+async fn responses_and_token_counts_run_on_a_disaggregated_fleet() {
+    let http = Http::new();
+    let prefill = role(Role::Prefill, 1).await;
+    let decode = role(Role::Decode, 1).await;
+    let gw = gateway(pd_config(&prefill, &decode, PdMode::Vllm)).await;
+    let (s, counted) = http
+        .post(
+            &gw.url(),
+            "/v1/responses/input_tokens",
+            &json!({"model": MODEL, "input": "How long is this?"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{counted}");
+    assert_eq!(
+        (per_server(&prefill)[0], per_server(&decode)[0]),
+        (0, 0),
+        "a count generates nothing"
+    );
+    let (s, r) = http
+        .post(
+            &gw.url(),
+            "/v1/responses",
+            &json!({"model": MODEL, "input": "How long is this?", "truncation": "auto",
+                    "max_output_tokens": 16}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["usage"]["input_tokens"], counted["input_tokens"]);
+    assert_eq!((per_server(&prefill)[0], per_server(&decode)[0]), (1, 1));
+}

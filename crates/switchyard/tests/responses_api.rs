@@ -445,3 +445,39 @@ async fn a_background_response_cut_short_by_a_crash_is_failed_at_restart() {
     assert_eq!(items["data"][0]["content"][0]["text"], "a long task");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Input longer than the model's context: with `truncation: disabled` (the default) the
+/// engine's refusal is a 400 `context_length_exceeded` naming `input`; with `auto`, the
+/// chain's oldest turn is left out and the response is served.
+#[tokio::test]
+async fn input_too_long_is_400_naming_input_unless_truncated() {
+    let sims = sims_with(switchyard_sim::SimConfig {
+        engines: 1,
+        time_scale: 100.0,
+        max_model_len: 400,
+        ..Default::default()
+    })
+    .await;
+    let t = TestBed::with(sims, |_| {}).await;
+    let (s, first) = t
+        .post(
+            "/v1/responses",
+            &json!({"model": MODEL, "input": prompt_text(1, 150), "max_output_tokens": 16}),
+        )
+        .await;
+    assert_eq!(s, 200, "{first}");
+    let next = |truncation: &str| {
+        json!({"model": MODEL, "input": prompt_text(2, 150), "previous_response_id": first["id"],
+               "max_output_tokens": 16, "truncation": truncation})
+    };
+    let (s, e) = t.post("/v1/responses", &next("disabled")).await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["error"]["code"], "context_length_exceeded");
+    assert_eq!(e["error"]["param"], "input");
+    let (s, r) = t.post("/v1/responses", &next("auto")).await;
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        r["usage"]["input_tokens"].as_u64().unwrap() + 16 <= 400,
+        "{r}"
+    );
+}

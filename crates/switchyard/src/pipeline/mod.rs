@@ -475,6 +475,14 @@ impl Pipeline {
                     .await?;
                 Ok(Target::One(a))
             }
+            // A token count needs no decode: a prefill worker has the same tokenizer
+            // and context length.
+            Strategy::Disaggregated(_) if view.route == Route::Tokenize => {
+                let a = self
+                    .select_role(model, WorkerRole::Prefill, view, avoid, wait)
+                    .await?;
+                Ok(Target::One(a))
+            }
             Strategy::Disaggregated(mode) => {
                 let prefill = self
                     .select_role(model, WorkerRole::Prefill, view, avoid, wait)
