@@ -11,7 +11,10 @@
 //!   prompts (`switchyard-bench classify`).
 //! - [`sessions`]: conversations through `POST /route`: bypass rate, topic changes
 //!   caught and missed, routing time (`--workload sessions`).
+//! - [`chain`]: long conversations through the Responses API (`previous_response_id`)
+//!   or as chat completions resending their history (`switchyard-bench chain`).
 
+pub mod chain;
 pub mod classify;
 pub mod engines;
 pub mod oracle;

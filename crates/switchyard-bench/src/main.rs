@@ -208,6 +208,74 @@ async fn classify(a: ClassifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `switchyard-bench chain`: conversations of many turns through the Responses API
+/// (`previous_response_id`), or as chat completions resending their whole history.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-bench chain")]
+struct ChainArgs {
+    /// The gateway's base URL.
+    #[arg(long)]
+    target: String,
+    /// Engine base URLs (their /metrics: hit rate, which engines a conversation used;
+    /// their caches are reset first).
+    #[arg(long = "engine")]
+    engines: Vec<String>,
+    #[arg(long, value_enum, default_value_t = switchyard_bench::chain::Mode::Responses)]
+    mode: switchyard_bench::chain::Mode,
+    #[arg(long, default_value = "switchyard/sim-8b")]
+    model: String,
+    /// Conversations, one after another.
+    #[arg(long, default_value_t = 16)]
+    conversations: usize,
+    #[arg(long, default_value_t = 20)]
+    turns: usize,
+    /// Tokens of the first turn's briefing.
+    #[arg(long, default_value_t = 1024)]
+    first_len: usize,
+    /// Tokens of each later turn.
+    #[arg(long, default_value_t = 64)]
+    turn_len: usize,
+    #[arg(long, default_value_t = 32)]
+    output_len: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 120)]
+    request_timeout: u64,
+    /// Write OUT.json and OUT.md (default: print the Markdown only).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+async fn chain(a: ChainArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for e in &a.engines {
+        switchyard_bench::engines::reset(&http, e).await?;
+    }
+    let p = switchyard_bench::chain::ChainParams {
+        mode: a.mode,
+        model: a.model,
+        conversations: a.conversations,
+        turns: a.turns.max(1),
+        first_len: a.first_len,
+        turn_len: a.turn_len,
+        output_len: a.output_len,
+        seed: a.seed,
+        timeout: Duration::from_secs(a.request_timeout),
+    };
+    let report = switchyard_bench::chain::run(&a.target, &a.engines, &p).await?;
+    let md = report.markdown();
+    println!("{md}");
+    if let Some(out) = a.out {
+        std::fs::write(out.with_extension("md"), &md)?;
+        let json = serde_json::json!({"params": p, "report": report});
+        std::fs::write(
+            out.with_extension("json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+    }
+    Ok(())
+}
+
 /// `--workload sessions`: every target in turn (they share nothing, so no rotation).
 async fn run_sessions(a: &Args) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&a.topic_change_rate) || !(0.0..=1.0).contains(&a.on_subject_rate) {
@@ -249,6 +317,14 @@ async fn main() {
     if std::env::args().nth(1).as_deref() == Some("classify") {
         let args = ClassifyArgs::parse_from(std::env::args().skip(1));
         if let Err(e) = classify(args).await {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("chain") {
+        let args = ChainArgs::parse_from(std::env::args().skip(1));
+        if let Err(e) = chain(args).await {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
