@@ -230,5 +230,57 @@ class Background(unittest.TestCase):
                          client.responses.retrieve(first[0].response.id).output_text)
 
 
+class Files(unittest.TestCase):
+    def test_upload_list_retrieve_content_delete(self):
+        data = "Switchyard keeps files. Ünïcödé too.\n".encode() * 200
+        f = client.files.create(file=("notes.txt", data), purpose="assistants")
+        self.assertEqual((f.object, f.bytes, f.filename, f.purpose),
+                         ("file", len(data), "notes.txt", "assistants"))
+        self.assertIsNone(f.expires_at)
+        self.assertEqual(client.files.retrieve(f.id).id, f.id)
+        self.assertEqual(client.files.content(f.id).read(), data)
+        self.assertIn(f.id, [x.id for x in client.files.list(purpose="assistants")])
+        deleted = client.files.delete(f.id)
+        self.assertTrue(deleted.deleted)
+        with self.assertRaises(openai.NotFoundError):
+            client.files.retrieve(f.id)
+        with self.assertRaises(openai.NotFoundError):
+            client.files.content(f.id)
+
+    def test_list_pages_through_every_file(self):
+        ids = [client.files.create(file=(f"page{i}.md", f"# Page {i}".encode()),
+                                   purpose="user_data").id for i in range(3)]
+        seen = [f.id for f in client.files.list(purpose="user_data", limit=1)]
+        for i in ids:
+            self.assertIn(i, seen)
+        newest = client.files.list(purpose="user_data", limit=1, order="desc")
+        self.assertEqual(newest.data[0].id, ids[-1])
+        self.assertTrue(newest.has_more)
+
+    def test_expiry(self):
+        f = client.files.create(file=("a.md", b"# hi"), purpose="user_data",
+                                expires_after={"anchor": "created_at", "seconds": 3600})
+        self.assertEqual(f.expires_at, f.created_at + 3600)
+
+    def test_bad_uploads_name_their_param(self):
+        cases = [
+            (("model.bin", b"\x00\x01"), "assistants", "file", "supported"),
+            (("empty.txt", b""), "assistants", "file", "empty"),
+            (("latin.txt", b"caf\xe9"), "assistants", "file", "UTF-8"),
+            (("ok.txt", b"fine"), "nope", "purpose", "purpose"),
+        ]
+        for file, purpose, param, words in cases:
+            with self.assertRaises(openai.BadRequestError) as e:
+                client.files.create(file=file, purpose=purpose)
+            self.assertEqual(e.exception.body["param"], param, file)
+            self.assertIn(words, e.exception.body["message"])
+        with self.assertRaises(openai.BadRequestError) as e:
+            client.files.create(file=("a.md", b"x"), purpose="user_data",
+                                expires_after={"anchor": "created_at", "seconds": 5})
+        self.assertEqual(e.exception.body["param"], "expires_after.seconds")
+        with self.assertRaises(openai.NotFoundError):
+            client.files.retrieve("file-missing")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -31,16 +31,30 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 256;
 
 /// The SQL of the embedded migrations, per backend, in version order.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "responses",
-    include_str!("../../migrations/sqlite/0001_responses.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "responses",
-    include_str!("../../migrations/postgres/0001_responses.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "responses",
+        include_str!("../../migrations/sqlite/0001_responses.sql"),
+    ),
+    (
+        2,
+        "files",
+        include_str!("../../migrations/sqlite/0002_files.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "responses",
+        include_str!("../../migrations/postgres/0001_responses.sql"),
+    ),
+    (
+        2,
+        "files",
+        include_str!("../../migrations/postgres/0002_files.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -169,6 +169,15 @@ pub struct Config {
     /// unset).
     #[arg(long)]
     pub store_retention_days: Option<u32>,
+    /// Where uploaded files' bytes are kept (a local directory, created if missing).
+    /// `switchyard serve` defaults to `switchyard-files`; the demo and the library use a
+    /// directory of their own under the system's temporary directory, removed when the
+    /// gateway is dropped.
+    #[arg(long)]
+    pub files_dir: Option<std::path::PathBuf>,
+    /// Largest file upload, in bytes (413 beyond).
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    pub max_file_size: u64,
     /// Redis for state shared by replicas (`/route` sessions and stats), e.g.
     /// `redis://127.0.0.1:6379/0`. Unset: in memory.
     #[arg(long)]

@@ -109,6 +109,9 @@ impl Config {
                 ));
             }
         }
+        if self.max_file_size == 0 {
+            return Err(invalid("max-file-size", "must be at least 1 byte"));
+        }
         if self.store_retention_days == Some(0) {
             return Err(invalid("store-retention-days", "must be at least 1 day"));
         }

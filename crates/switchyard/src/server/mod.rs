@@ -10,6 +10,7 @@
 //! - [`state`]: what handlers share.
 
 pub mod admin;
+pub mod files;
 pub mod health;
 pub mod layers;
 pub mod listener;
@@ -263,6 +264,15 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
+        let (files_dir, scratch_files) = match &cfg.files_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let d = std::env::temp_dir().join(
+                    switchyard_stateful::responses::service::random_id("switchyard-files-"),
+                );
+                (d.clone(), Some(state::ScratchDir(d)))
+            }
+        };
         let responses = Arc::new(
             switchyard_stateful::responses::service::Responses::new(
                 store.clone(),
@@ -277,6 +287,15 @@ impl Gateway {
             conversations: Arc::new(
                 switchyard_stateful::responses::conversations::Conversations::new(store.clone()),
             ),
+            files: Arc::new(switchyard_stateful::files::Files::new(
+                store.clone(),
+                Arc::new(
+                    switchyard_stateful::files::blobs::LocalBlobs::new(&files_dir)
+                        .map_err(|e| anyhow::anyhow!("--files-dir {}: {e}", files_dir.display()))?,
+                ),
+                cfg.max_file_size,
+            )),
+            scratch_files,
             pipeline,
             registry,
             workers: workers.clone(),
@@ -306,10 +325,11 @@ impl Gateway {
         }
         {
             // Every second, background responses cancelled through another replica
-            // stop; every third of a lease, leases of running responses are renewed and
+            // stop; every minute, expired files go; every third of a lease, leases of running responses are renewed and
             // abandoned ones failed; hourly, the retention purge.
             let (shutdown, retention) = (shutdown.clone(), cfg.store_retention_days);
             let metrics = metrics.clone();
+            let files = state.files.clone();
             shutdown.clone().spawn(async move {
                 let lease_every = (switchyard_stateful::responses::service::LEASE_SECS / 3) as u64;
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -332,6 +352,13 @@ impl Gateway {
                             .store_pool
                             .get_or_create(&PoolLabel { state })
                             .set(n);
+                    }
+                    if n % 60 == 0 {
+                        match files.purge_expired().await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(files = n, "expired files deleted"),
+                            Err(e) => tracing::warn!(error = ?e, "expired files purge failed"),
+                        }
                     }
                     if n % lease_every != 0 {
                         continue;

@@ -22,7 +22,7 @@ use crate::request::Route;
 /// The owner of every stored object until tenancy.
 pub const OWNER: &str = "default";
 
-fn failure(e: &ServiceError) -> Response {
+pub(super) fn failure(e: &ServiceError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (status, Json(e.json())).into_response();
     if e.status == 503 || e.status == 429 {

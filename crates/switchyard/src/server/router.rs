@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use http::HeaderValue;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use super::{AppState, health, layers, openai, responses, route, selection, workflows};
+use super::{AppState, files, health, layers, openai, responses, route, selection, workflows};
 
 /// The data plane. Generation routes handle request ids, keys and admission inline
 /// (the pipeline's `admit` phase); the others get them from layers.
@@ -103,6 +103,23 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
         .route(
             "/v1/responses/{id}/cancel",
             post(responses::cancel).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/files",
+            post(files::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable())
+                .get(files::list)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(files::get)
+                .delete(files::delete)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/files/{id}/content",
+            get(files::content).fallback(openai::method_not_allowed),
         )
         .route(
             "/v1/conversations",

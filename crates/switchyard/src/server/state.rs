@@ -22,6 +22,10 @@ pub struct AppState {
     pub responses: Arc<switchyard_stateful::responses::service::Responses>,
     /// The Conversations API's service.
     pub conversations: Arc<switchyard_stateful::responses::conversations::Conversations>,
+    /// The Files API's service.
+    pub files: Arc<switchyard_stateful::files::Files>,
+    /// A files directory of the gateway's own (no `--files-dir`), removed with it.
+    pub scratch_files: Option<ScratchDir>,
     pub registry: Arc<Registry>,
     pub workers: Arc<WorkerSelector>,
     pub enroller: Arc<Enroller>,
@@ -101,5 +105,14 @@ impl AppState {
                 w
             },
         }
+    }
+}
+
+/// A directory removed when dropped.
+pub struct ScratchDir(pub std::path::PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
