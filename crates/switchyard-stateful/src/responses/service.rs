@@ -401,6 +401,65 @@ impl Sink {
     }
 }
 
+/// Inserts `items` of a response (`kind`: input or output) in order, a few hundred
+/// rows per statement.
+fn item_rows(mut w: Write, id: &str, kind: &'static str, items: &[Value]) -> Write {
+    for (n, part) in items.chunks(200).enumerate() {
+        let mut values = Vec::with_capacity(part.len());
+        let mut args: Vec<crate::store::Val> = vec![id.into(), kind.into()];
+        for (i, item) in part.iter().enumerate() {
+            let at = args.len();
+            values.push(format!("($1, ${}, $2, ${}, ${})", at + 1, at + 2, at + 3));
+            args.push(((n * 200 + i) as i64).into());
+            args.push(item["id"].as_str().unwrap_or_default().into());
+            args.push(item.to_string().into());
+        }
+        w = w.then(
+            format!(
+                "INSERT INTO response_items (response_id, seq, kind, item_id, item) VALUES {}",
+                values.join(", ")
+            ),
+            args,
+        );
+    }
+    w
+}
+
+/// The statements that store an accepted response as `in_progress` (`queued` in the
+/// background), with its input items and a lease.
+fn begin_write(
+    id: &str,
+    req: &ResponseRequest,
+    body: &Value,
+    input: &[Value],
+    created_at: i64,
+    owner: &str,
+) -> Write {
+    let w = Write::one(
+        "INSERT INTO responses (id, owner, created_at, updated_at, status, model, \
+         previous_response_id, conversation_id, background, request, lease_until) \
+         VALUES ($1, $2, $3, $3, $10, $4, $5, $6, $7, $8, $9)",
+        vec![
+            id.into(),
+            owner.into(),
+            created_at.into(),
+            req.model.as_str().into(),
+            req.previous_response_id.clone().into(),
+            req.conversation.clone().into(),
+            req.background.into(),
+            body.to_string().into(),
+            (created_at + LEASE_SECS).into(),
+            if req.background {
+                "queued"
+            } else {
+                "in_progress"
+            }
+            .into(),
+        ],
+    );
+    item_rows(w, id, "input", input)
+}
+
 /// Writes a background stream's events (`response_events`).
 fn store_events(mut w: Option<Write>, id: &str, events: &[(u64, String)]) -> Option<Write> {
     for (seq, event) in events {
@@ -894,10 +953,13 @@ impl Responses {
         }
         let stream = req.stream;
         let chat = req.chat_body(messages, stream);
-        if req.store {
+        // A streamed response is stored as soon as its id is out (its first event); one
+        // answered whole is stored once, when it ends.
+        if req.store && stream {
             self.begin(&id, &req, body, &input, created_at, owner)
                 .await?;
         }
+        let whole = (id.as_str(), &req, body, input.as_slice(), created_at, owner);
         let answer = match self.engine.chat(chat, session).await {
             Ok(a) => a,
             Err(e) => {
@@ -905,11 +967,11 @@ impl Responses {
                     code: e.code.clone(),
                     message: e.message.clone(),
                 };
-                if req.store {
-                    self.finish(&id, &req, created_at, Outcome::bare(&status, &req.model))
-                        .await?;
-                } else {
-                    self.ended(&req, &status, &[]);
+                let outcome = Outcome::bare(&status, &req.model);
+                match (req.store, stream) {
+                    (true, true) => self.finish(&id, &req, created_at, outcome).await?,
+                    (true, false) => self.store_whole(whole, outcome).await?,
+                    (false, _) => self.ended(&req, &status, &[]),
                 }
                 return Err(ServiceError::engine(e));
             }
@@ -929,7 +991,7 @@ impl Responses {
                         model: &model,
                         events: &[],
                     };
-                    self.finish(&id, &req, created_at, outcome).await?;
+                    self.store_whole(whole, outcome).await?;
                 } else {
                     self.ended(&req, &status, &output);
                 }
@@ -1186,7 +1248,8 @@ impl Responses {
         live.progress.send_modify(|p| p.1 = true);
     }
 
-    /// Stores an accepted response as `in_progress`, with its input items.
+    /// Stores an accepted response as `in_progress` (`queued` in the background), with
+    /// its input items, and holds its lease.
     async fn begin(
         &self,
         id: &str,
@@ -1196,41 +1259,9 @@ impl Responses {
         created_at: i64,
         owner: &str,
     ) -> Result<(), ServiceError> {
-        let mut w = Write::one(
-            "INSERT INTO responses (id, owner, created_at, updated_at, status, model, \
-             previous_response_id, conversation_id, background, request, lease_until) \
-             VALUES ($1, $2, $3, $3, $10, $4, $5, $6, $7, $8, $9)",
-            vec![
-                id.into(),
-                owner.into(),
-                created_at.into(),
-                req.model.as_str().into(),
-                req.previous_response_id.clone().into(),
-                req.conversation.clone().into(),
-                req.background.into(),
-                body.to_string().into(),
-                (created_at + LEASE_SECS).into(),
-                if req.background {
-                    "queued"
-                } else {
-                    "in_progress"
-                }
-                .into(),
-            ],
-        );
-        for (seq, item) in input.iter().enumerate() {
-            w = w.then(
-                "INSERT INTO response_items (response_id, seq, kind, item_id, item) \
-                 VALUES ($1, $2, 'input', $3, $4)",
-                vec![
-                    id.into(),
-                    (seq as i64).into(),
-                    item["id"].as_str().unwrap_or_default().into(),
-                    item.to_string().into(),
-                ],
-            );
-        }
-        self.store.write(w).await?;
+        self.store
+            .write(begin_write(id, req, body, input, created_at, owner))
+            .await?;
         self.running().insert(id.to_string());
         Ok(())
     }
@@ -1258,6 +1289,38 @@ impl Responses {
         created_at: i64,
         o: Outcome<'_>,
     ) -> Result<(), ServiceError> {
+        let w = self.finish_write(id, req, created_at, &o, None).await?;
+        self.store.write(w).await?;
+        Ok(())
+    }
+
+    /// Stores a response that ended before anything of it was stored (not streamed,
+    /// not in the background: nobody knew its id), all in one transaction.
+    async fn store_whole(
+        &self,
+        a: (&str, &ResponseRequest, &Value, &[Value], i64, &str),
+        o: Outcome<'_>,
+    ) -> Result<(), ServiceError> {
+        let (id, req, body, input, created_at, owner) = a;
+        let end = self
+            .finish_write(id, req, created_at, &o, Some(input))
+            .await?;
+        self.store
+            .write(begin_write(id, req, body, input, created_at, owner).and(end))
+            .await?;
+        Ok(())
+    }
+
+    /// The statements of [`Responses::finish`]; the input items to append to a
+    /// conversation are read back unless given.
+    async fn finish_write(
+        &self,
+        id: &str,
+        req: &ResponseRequest,
+        created_at: i64,
+        o: &Outcome<'_>,
+        input: Option<&[Value]>,
+    ) -> Result<Write, ServiceError> {
         let env = Envelope {
             id,
             created_at,
@@ -1276,7 +1339,7 @@ impl Responses {
         let now = (self.now)();
         self.running().remove(id);
         self.ended(req, o.status, o.output);
-        let mut w = Write::one(
+        let w = Write::one(
             "UPDATE responses SET \
              status = CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE $1 END, \
              response = $2, error = $3, updated_at = $4, lease_until = NULL WHERE id = $5",
@@ -1288,27 +1351,22 @@ impl Responses {
                 id.into(),
             ],
         );
-        for (seq, item) in o.output.iter().enumerate() {
-            w = w.then(
-                "INSERT INTO response_items (response_id, seq, kind, item_id, item) \
-                 VALUES ($1, $2, 'output', $3, $4)",
-                vec![
-                    id.into(),
-                    (seq as i64).into(),
-                    item["id"].as_str().unwrap_or_default().into(),
-                    item.to_string().into(),
-                ],
-            );
-        }
+        let w = item_rows(w, id, "output", o.output);
         let mut w = store_events(Some(w), id, o.events).expect("a write");
         if let Some(conv) = &req.conversation {
             if !matches!(o.status, Status::Failed { .. }) {
-                let input = self.items(id, "input").await?;
+                let stored;
+                let input = match input {
+                    Some(i) => i,
+                    None => {
+                        stored = self.items(id, "input").await?;
+                        &stored
+                    }
+                };
                 w = super::conversations::append_items(w, conv, input.iter().chain(o.output), now);
             }
         }
-        self.store.write(w).await?;
-        Ok(())
+        Ok(w)
     }
 
     /// `GET /v1/responses/{id}`.

@@ -169,6 +169,12 @@ impl Write {
         self.0.push(Stmt::new(sql, args));
         self
     }
+
+    /// This write's statements, then `other`'s, in one transaction.
+    pub fn and(mut self, other: Write) -> Write {
+        self.0.extend(other.0);
+        self
+    }
 }
 
 fn bind<'q>(sql: &'q str, args: &[Val]) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
