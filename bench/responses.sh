@@ -81,7 +81,7 @@ if [ "$MODE" = overhead ]; then
     echo
     echo "2 instant simulated engines; one gateway (round_robin) per backend: SQLite (a file)"
     echo "and PostgreSQL 15 (127.0.0.1). The same short request sent as \`POST /v1/responses\`"
-    echo "(store: true: accepted and finished rows, input and output items written) and as a"
+    echo "(store: true: the response row, its input and output items, one transaction) and as a"
     echo "chat completion, alternating (bench/responses-load.lua). Throughput: wrk -t2 -c64 -d8s;"
     echo "latency: wrk -t1 -c1 -d5s. $REPS reps; medians. Gateway CPU: its user + system time per"
     echo "request during the throughput run."

@@ -704,36 +704,42 @@ impl Responses {
         Ok(crate::store::json_column(&rows, "item"))
     }
 
-    /// The chain ending at `previous`: every response's input and output, oldest first.
+    /// The chain ending at `previous`: every response's input and output, oldest first,
+    /// read in two queries whatever its length (a recursive walk of the chain's ids,
+    /// then all their items).
     async fn chain(&self, previous: &str, owner: &str) -> Result<Context, ServiceError> {
-        let mut ids = Vec::new();
-        let mut next = Some(previous.to_string());
-        while let Some(id) = next {
-            let row = self
-                .store
-                .fetch_optional(
-                    "SELECT previous_response_id FROM responses WHERE id = $1 AND owner = $2",
-                    &[id.as_str().into(), owner.into()],
-                )
-                .await?;
-            let Some(row) = row else {
-                return Err(ServiceError::not_found(
+        const CHAIN: &str = "WITH RECURSIVE chain(id, prev, depth) AS ( \
+             SELECT id, previous_response_id, 0 FROM responses WHERE id = $1 AND owner = $2 \
+             UNION ALL \
+             SELECT r.id, r.previous_response_id, c.depth + 1 \
+             FROM responses r JOIN chain c ON r.id = c.prev WHERE r.owner = $2)";
+        let root = self
+            .store
+            .fetch_optional(
+                &format!("{CHAIN} SELECT id FROM chain ORDER BY depth DESC LIMIT 1"),
+                &[previous.into(), owner.into()],
+            )
+            .await?
+            .ok_or_else(|| {
+                ServiceError::not_found(
                     "previous_response_id",
                     format!("Previous response with id '{previous}' not found."),
-                ));
-            };
-            next = sqlx::Row::get::<Option<String>, _>(&row, "previous_response_id");
-            ids.push(id);
-        }
-        ids.reverse();
-        let mut items = Vec::new();
-        for id in &ids {
-            items.extend(self.items(id, "input").await?);
-            items.extend(self.items(id, "output").await?);
-        }
+                )
+            })?;
+        let rows = self
+            .store
+            .fetch_all(
+                &format!(
+                    "{CHAIN} SELECT i.item FROM chain c \
+                     JOIN response_items i ON i.response_id = c.id \
+                     ORDER BY c.depth DESC, CASE i.kind WHEN 'input' THEN 0 ELSE 1 END, i.seq"
+                ),
+                &[previous.into(), owner.into()],
+            )
+            .await?;
         Ok(Context {
-            items,
-            root: ids.first().cloned(),
+            items: crate::store::json_column(&rows, "item"),
+            root: Some(sqlx::Row::get(&root, "id")),
         })
     }
 
