@@ -262,6 +262,26 @@ class Files(unittest.TestCase):
                                 expires_after={"anchor": "created_at", "seconds": 3600})
         self.assertEqual(f.expires_at, f.created_at + 3600)
 
+    def test_a_file_as_response_input(self):
+        f = client.files.create(file=("facts.md", b"# Facts\nThe sky is green here.\n" * 20),
+                                purpose="user_data")
+        content = [{"type": "input_text", "text": "What colour is the sky?"},
+                   {"type": "input_file", "file_id": f.id}]
+        with_file = client.responses.input_tokens.count(
+            model=MODEL, input=[{"role": "user", "content": content}])
+        without = client.responses.input_tokens.count(
+            model=MODEL, input=[{"role": "user", "content": content[:1]}])
+        self.assertGreater(with_file.input_tokens, without.input_tokens + 50)
+        r = client.responses.create(model=MODEL, input=[{"role": "user", "content": content}],
+                                    max_output_tokens=16)
+        self.assertEqual(r.usage.input_tokens, with_file.input_tokens)
+        items = client.responses.input_items.list(r.id)
+        self.assertEqual(items.data[0].content[1].type, "input_file")
+        with self.assertRaises(openai.NotFoundError) as e:
+            client.responses.create(model=MODEL, input=[{"role": "user", "content": [
+                {"type": "input_file", "file_id": "file-missing"}]}])
+        self.assertEqual(e.exception.body["param"], "input[0].content[0].file_id")
+
     def test_bad_uploads_name_their_param(self):
         cases = [
             (("model.bin", b"\x00\x01"), "assistants", "file", "supported"),

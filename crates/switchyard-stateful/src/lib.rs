@@ -5,6 +5,7 @@ pub mod files;
 pub mod responses;
 pub mod store;
 pub mod testing;
+pub mod vector;
 
 /// What the stateful layer reports as it works; the gateway turns it into metrics.
 pub trait Observe: Send + Sync + 'static {

@@ -322,6 +322,48 @@ impl Files {
         Ok((sqlx::Row::get(&row, "filename"), bytes))
     }
 
+    /// A file's name and its text (parsed by its type: PDF, HTML, or UTF-8 text), for a
+    /// prompt; files over `max_bytes` are refused (400 naming `param`).
+    pub async fn text(
+        &self,
+        id: &str,
+        owner: &str,
+        max_bytes: u64,
+        param: &str,
+    ) -> Result<(String, String), ServiceError> {
+        let row = self.row(id, owner).await.map_err(|mut e| {
+            e.param = Some(param.to_string());
+            e
+        })?;
+        let (filename, size, blob): (String, i64, String) = (
+            sqlx::Row::get(&row, "filename"),
+            sqlx::Row::get(&row, "bytes"),
+            sqlx::Row::get(&row, "blob"),
+        );
+        if size as u64 > max_bytes {
+            return Err(bad(
+                param,
+                format!("'{filename}' is larger than the {max_bytes} bytes a prompt takes"),
+            ));
+        }
+        let mut stream = self.blobs.open(&blob).await.map_err(blob_failure)?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            bytes.extend_from_slice(&chunk.map_err(|e| blob_failure(e.into()))?);
+        }
+        let ext = FileMeta {
+            filename: filename.clone(),
+            purpose: String::new(),
+            expires_after: None,
+        }
+        .extension();
+        let text = tokio::task::spawn_blocking(move || crate::vector::parse::to_text(&ext, &bytes))
+            .await
+            .map_err(|_| bad(param, "the file could not be read"))?
+            .map_err(|e| bad(param, format!("'{filename}': {e}")))?;
+        Ok((filename, text))
+    }
+
     /// `GET /v1/files?purpose=&after=&limit=&order=`: newest first by default; `limit`
     /// 1–10000 (default 10000).
     pub async fn list(

@@ -61,7 +61,7 @@ pub enum Part {
     Text(String),
     /// `input_image` by URL (or data URL), with its `detail`.
     Image { url: String, detail: Option<String> },
-    /// `input_file` by `file_id` (resolved once Files exist).
+    /// `input_file` by `file_id` (its text is put in its place before the chat request).
     File { file_id: String },
 }
 

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-use super::input::{BadInput, Item, chat_messages, check_call_ids, parse_input};
+use super::input::{BadInput, Item, Part, chat_messages, check_call_ids, parse_input};
 use super::output::{Envelope, Ids, Status, Usage, output_items, response_json, status_of};
 use super::request::{ResponseRequest, Truncation};
 use super::stream::{End, Event, Translator};
@@ -286,7 +286,12 @@ pub struct Responses {
     /// Background responses this replica runs, by id.
     live: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Live>>>>,
     observer: Arc<dyn crate::Observe>,
+    /// Where `input_file` parts are read from.
+    files: Option<crate::files::Files>,
 }
+
+/// Largest file put in a prompt as an `input_file`.
+const INPUT_FILE_MAX: u64 = 8 << 20;
 
 /// A background response while this replica runs it: its events so far (when it is
 /// streamed), for the readers that follow it, and its cancel signal.
@@ -606,7 +611,49 @@ impl Responses {
             running: Arc::default(),
             live: Arc::default(),
             observer: Arc::new(crate::Unobserved),
+            files: None,
         }
+    }
+
+    /// Reads `input_file` parts from `files`.
+    pub fn with_files(mut self, files: crate::files::Files) -> Responses {
+        self.files = Some(files);
+        self
+    }
+
+    /// Puts the text of every `input_file` part in its place, as a text part headed by
+    /// the file's name. A file of the new input that is not there is a 404 naming it; one
+    /// of the context that has gone since is said to be gone.
+    async fn inline_files(
+        &self,
+        all: &mut [Item],
+        new_from: usize,
+        owner: &str,
+    ) -> Result<(), ServiceError> {
+        for (i, item) in all.iter_mut().enumerate() {
+            let Item::Message { parts, .. } = item else {
+                continue;
+            };
+            for (j, part) in parts.iter_mut().enumerate() {
+                let Part::File { file_id } = part else {
+                    continue;
+                };
+                let param = format!("input[{}].content[{j}].file_id", i.saturating_sub(new_from));
+                let read = match &self.files {
+                    Some(files) => files.text(file_id, owner, INPUT_FILE_MAX, &param).await,
+                    None => Err(ServiceError::not_found(
+                        &param,
+                        format!("No such File object: {file_id}"),
+                    )),
+                };
+                *part = match read {
+                    Ok((name, text)) => Part::Text(format!("[{name}]\n{text}\n")),
+                    Err(e) if i >= new_from => return Err(e),
+                    Err(_) => Part::Text(format!("[file {file_id} is no longer available]\n")),
+                };
+            }
+        }
+        Ok(())
     }
 
     /// Reports ends of responses (and, through the store, storage operations) to
@@ -841,6 +888,7 @@ impl Responses {
         let new_from = all.len();
         all.extend(parse_input(&Value::Array(input.clone())).map_err(ServiceError::invalid)?);
         check_call_ids(&all, new_from).map_err(ServiceError::invalid)?;
+        self.inline_files(&mut all, new_from, owner).await?;
         Ok(Prepared {
             req,
             input,

@@ -273,12 +273,21 @@ impl Gateway {
                 (d.clone(), Some(state::ScratchDir(d)))
             }
         };
+        let files = switchyard_stateful::files::Files::new(
+            store.clone(),
+            Arc::new(
+                switchyard_stateful::files::blobs::LocalBlobs::new(&files_dir)
+                    .map_err(|e| anyhow::anyhow!("--files-dir {}: {e}", files_dir.display()))?,
+            ),
+            cfg.max_file_size,
+        );
         let responses = Arc::new(
             switchyard_stateful::responses::service::Responses::new(
                 store.clone(),
                 Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
             )
-            .observed(metrics.clone()),
+            .observed(metrics.clone())
+            .with_files(files.clone()),
         );
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
@@ -287,14 +296,7 @@ impl Gateway {
             conversations: Arc::new(
                 switchyard_stateful::responses::conversations::Conversations::new(store.clone()),
             ),
-            files: Arc::new(switchyard_stateful::files::Files::new(
-                store.clone(),
-                Arc::new(
-                    switchyard_stateful::files::blobs::LocalBlobs::new(&files_dir)
-                        .map_err(|e| anyhow::anyhow!("--files-dir {}: {e}", files_dir.display()))?,
-                ),
-                cfg.max_file_size,
-            )),
+            files: Arc::new(files),
             scratch_files,
             pipeline,
             registry,
