@@ -258,3 +258,36 @@ async fn a_replica_follows_and_cancels_what_another_runs() {
     }
     stall(&sim, None);
 }
+
+/// A replica runs at most its limit of background responses: one more is a 429 naming
+/// `background`, and stores nothing; a place frees when one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_responses_are_limited_per_replica() {
+    let (sim, model) = sim().await;
+    let svc = service("sqlite::memory:", &sim)
+        .await
+        .with_max_background(1);
+    let (id, _events) = held_with_text(&svc, &sim, &model).await;
+    let body = json!({"model": model, "input": "one more", "background": true});
+    let e = svc.create(&body, "default").await.err().unwrap();
+    assert_eq!(
+        (e.status, e.code.as_deref(), e.param.as_deref()),
+        (
+            429,
+            Some("too_many_background_responses"),
+            Some("background")
+        )
+    );
+    let stored = svc
+        .store()
+        .fetch_all("SELECT id FROM responses", &[])
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "the refused one left nothing");
+    assert_eq!(
+        svc.cancel(&id, "default").await.unwrap()["status"],
+        "cancelled"
+    );
+    stall(&sim, None);
+    assert!(matches!(create(&svc, body).await, Created::Json(_)));
+}

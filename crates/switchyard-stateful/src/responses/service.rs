@@ -288,6 +288,8 @@ pub struct Responses {
     observer: Arc<dyn crate::Observe>,
     /// Where `input_file` parts are read from.
     files: Option<crate::files::Files>,
+    /// Most background responses this replica runs at once.
+    max_background: usize,
 }
 
 /// Largest file put in a prompt as an `input_file`.
@@ -612,7 +614,14 @@ impl Responses {
             live: Arc::default(),
             observer: Arc::new(crate::Unobserved),
             files: None,
+            max_background: 256,
         }
+    }
+
+    /// Runs at most `n` background responses at once in this replica (more are a 429).
+    pub fn with_max_background(mut self, n: usize) -> Responses {
+        self.max_background = n.max(1);
+        self
     }
 
     /// Reads `input_file` parts from `files`.
@@ -1202,10 +1211,28 @@ impl Responses {
             messages,
             session,
         } = a;
-        self.begin(&id, &req, body, &input, created_at, owner)
-            .await?;
+        // A place among the background responses, taken before anything is stored.
         let live = Live::new();
-        self.live().insert(id.clone(), live.clone());
+        {
+            let mut running = self.live();
+            if running.len() >= self.max_background {
+                return Err(ServiceError {
+                    status: 429,
+                    kind: "rate_limit_error",
+                    code: Some("too_many_background_responses".into()),
+                    message: format!(
+                        "This gateway runs {} background responses already; try again shortly",
+                        self.max_background
+                    ),
+                    param: Some("background".into()),
+                });
+            }
+            running.insert(id.clone(), live.clone());
+        }
+        if let Err(e) = self.begin(&id, &req, body, &input, created_at, owner).await {
+            self.live().remove(&id);
+            return Err(e);
+        }
         let mut t = self.translator(&id, &req, created_at);
         let mut sink = Sink::Background {
             live: live.clone(),

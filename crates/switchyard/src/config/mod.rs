@@ -169,6 +169,10 @@ pub struct Config {
     /// unset).
     #[arg(long)]
     pub store_retention_days: Option<u32>,
+    /// Most background responses (`background: true`) one gateway runs at once; more
+    /// are answered 429 `too_many_background_responses`.
+    #[arg(long, default_value_t = 256)]
+    pub max_background_responses: usize,
     /// Where uploaded files' bytes are kept (a local directory, created if missing).
     /// `switchyard serve` defaults to `switchyard-files`; the demo and the library use a
     /// directory of their own under the system's temporary directory, removed when the

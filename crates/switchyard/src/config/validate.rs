@@ -109,6 +109,9 @@ impl Config {
                 ));
             }
         }
+        if self.max_background_responses == 0 {
+            return Err(invalid("max-background-responses", "must be at least 1"));
+        }
         if self.max_file_size == 0 {
             return Err(invalid("max-file-size", "must be at least 1 byte"));
         }

@@ -287,7 +287,8 @@ impl Gateway {
                 Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
             )
             .observed(metrics.clone())
-            .with_files(files.clone()),
+            .with_files(files.clone())
+            .with_max_background(cfg.max_background_responses),
         );
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
