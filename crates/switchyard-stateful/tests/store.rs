@@ -248,3 +248,39 @@ async fn postgres_fails_only_responses_whose_replica_stopped_renewing_the_lease(
     assert_eq!(other.fail_abandoned(Some(2001), 2001).await.unwrap(), 1);
     assert_eq!(status(&store, "resp_live").await.unwrap().0, "failed");
 }
+
+/// SQLite has vector search compiled in (sqlite-vec, on every connection the pool
+/// opens) and full-text search (FTS5); a PostgreSQL without pgvector opens anyway and
+/// says what to install.
+#[tokio::test]
+async fn vector_search_is_there_or_says_what_is_missing() {
+    let file = SqliteFile::new("vectors");
+    let store = Store::open(&config(&file.url()), 0).await.unwrap();
+    let version = store.vectors().unwrap();
+    assert!(version.starts_with('v'), "{version}");
+    let row = store
+        .fetch_optional(
+            "SELECT vec_distance_cosine(vec_f32('[1, 0]'), vec_f32('[0, 1]')) AS d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let d: f64 = sqlx::Row::get(&row, "d");
+    assert!((d - 1.0).abs() < 1e-6, "{d}");
+    store
+        .write(Write::one(
+            "CREATE VIRTUAL TABLE probe_fts USING fts5(text)",
+            vec![],
+        ))
+        .await
+        .unwrap();
+
+    // The shared PostgreSQL of these machines has no pgvector.
+    let db = PgDatabase::new("vectors").await;
+    let pg = Store::open(&config(&db.url()), 0).await.unwrap();
+    match pg.vectors() {
+        Ok(v) => assert!(!v.is_empty()),
+        Err(why) => assert!(why.contains("pgvector") && why.contains("CREATE EXTENSION")),
+    }
+}

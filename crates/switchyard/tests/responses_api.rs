@@ -352,6 +352,12 @@ async fn readiness_follows_the_database() {
     assert_eq!(s, 200);
     let (_, h) = t.http.get(&format!("{}/health", t.url)).await;
     assert_eq!(h["database"]["status"], "up", "{h}");
+    // Whether vector search is there, and if not, why (this PostgreSQL has no pgvector).
+    let vectors = &h["database"]["vectors"];
+    assert!(
+        vectors["available"] == true || vectors["reason"].as_str().unwrap().contains("pgvector"),
+        "{h}"
+    );
     // The database goes away: not ready, and a response cannot be stored (503, no
     // address in the answer).
     db.remove().await;

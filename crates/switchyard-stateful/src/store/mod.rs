@@ -200,6 +200,8 @@ pub struct Store {
     writer: Option<mpsc::UnboundedSender<(Write, Reply)>>,
     /// Where operation latencies are reported.
     observer: std::sync::OnceLock<std::sync::Arc<dyn crate::Observe>>,
+    /// Vector search in this database: the extension's version, or why it is missing.
+    vectors: Result<String, String>,
 }
 
 impl Store {
@@ -243,6 +245,9 @@ impl Store {
                 })
             });
         }
+        if backend == Backend::Sqlite {
+            register_sqlite_vec();
+        }
         let pool = opts.connect(&url).await?;
         migrator(backend).run(&pool).await?;
         let writer = (backend == Backend::Sqlite).then(|| {
@@ -255,6 +260,11 @@ impl Store {
             backend,
             writer,
             observer: Default::default(),
+            vectors: Err(String::new()),
+        };
+        let store = Store {
+            vectors: store.find_vectors().await,
+            ..store
         };
         let failed = store
             .fail_abandoned(
@@ -345,6 +355,48 @@ impl Store {
         (self.pool.size(), self.pool.num_idle())
     }
 
+    /// Vector search here: the extension's version (sqlite-vec, compiled in; pgvector,
+    /// created at open when the server has it), or what to install.
+    pub fn vectors(&self) -> Result<&str, &str> {
+        self.vectors.as_deref().map_err(String::as_str)
+    }
+
+    async fn find_vectors(&self) -> Result<String, String> {
+        let version = |sql: &'static str| async move {
+            let row = bind(sql, &[]).fetch_one(&self.pool).await?;
+            Ok::<String, sqlx::Error>(sqlx::Row::get(&row, 0))
+        };
+        match self.backend {
+            Backend::Sqlite => version("SELECT vec_version()")
+                .await
+                .map_err(|e| format!("sqlite-vec did not load: {e}")),
+            Backend::Postgres => {
+                // Replicas starting together may race to create it: what counts is
+                // whether it is there afterwards.
+                let created = bind("CREATE EXTENSION IF NOT EXISTS vector", &[])
+                    .execute(&self.pool)
+                    .await;
+                let there =
+                    version("SELECT extversion::text FROM pg_extension WHERE extname = 'vector'")
+                        .await;
+                match (there, created) {
+                    (Ok(v), _) => Ok(v),
+                    (Err(e), Ok(_)) | (Err(_), Err(e)) => {
+                        let why = format!(
+                            "PostgreSQL has no usable pgvector ({e}); vector stores need it: \
+                             install pgvector 0.5 or later on the server (the \
+                             postgresql-<version>-pgvector package from apt.postgresql.org, or \
+                             a build of github.com/pgvector/pgvector) and let this user run \
+                             CREATE EXTENSION vector"
+                        );
+                        tracing::warn!("{why}");
+                        Err(why)
+                    }
+                }
+            }
+        }
+    }
+
     /// The most connections the pool opens.
     pub fn pool_max(&self) -> u32 {
         self.pool.options().get_max_connections()
@@ -407,6 +459,29 @@ pub fn json_column(rows: &[AnyRow], column: &str) -> Vec<serde_json::Value> {
     rows.iter()
         .filter_map(|r| serde_json::from_str(&sqlx::Row::get::<String, _>(r, column)).ok())
         .collect()
+}
+
+/// Makes sqlite-vec's functions and `vec0` tables part of every SQLite connection
+/// opened from now on (once per process; the extension is compiled into the binary).
+fn register_sqlite_vec() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `sqlite3_vec_init` is the extension's entry point, which has
+        // SQLite's xEntryPoint signature; the crate declares it without arguments, so it
+        // is cast to what `sqlite3_auto_extension` takes (the crate's documented use).
+        unsafe {
+            libsqlite3_sys::sqlite3_auto_extension(Some(std::mem::transmute::<
+                *const (),
+                unsafe extern "C" fn(
+                    *mut libsqlite3_sys::sqlite3,
+                    *mut *mut std::os::raw::c_char,
+                    *const libsqlite3_sys::sqlite3_api_routines,
+                ) -> std::os::raw::c_int,
+            >(
+                sqlite_vec::sqlite3_vec_init as *const (),
+            )));
+        }
+    });
 }
 
 fn migrator(backend: Backend) -> Migrator {

@@ -57,7 +57,11 @@ async fn database(st: &AppState) -> (bool, serde_json::Value) {
     (
         up,
         json!({"backend": store.backend().as_str(), "status": if up { "up" } else { "down" },
-               "connections": open, "idle_connections": idle}),
+        "connections": open, "idle_connections": idle,
+        "vectors": match store.vectors() {
+            Ok(version) => json!({"available": true, "version": version}),
+            Err(why) => json!({"available": false, "reason": why}),
+        }}),
     )
 }
 
