@@ -7,7 +7,6 @@
 //! test needs it running.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -80,16 +79,15 @@ async fn create(svc: &Responses, body: Value) -> Created {
         .unwrap_or_else(|e| panic!("{body}: {e:?}"))
 }
 
-/// Polls until the response leaves `queued`/`in_progress` (bounded by the test
-/// harness, not by a time window).
+/// The response once it has ended and is stored (awaited, not polled).
 async fn settled(svc: &Responses, id: &str) -> Value {
-    loop {
-        let r = svc.get(id, "default").await.unwrap();
-        if !matches!(r["status"].as_str(), Some("queued" | "in_progress")) {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    svc.until_done(id).await;
+    let r = svc.get(id, "default").await.unwrap();
+    assert!(
+        !matches!(r["status"].as_str(), Some("queued" | "in_progress")),
+        "{r}"
+    );
+    r
 }
 
 /// A streamed background response that the engine holds once it has produced some

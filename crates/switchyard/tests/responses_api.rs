@@ -229,6 +229,10 @@ async fn bad_responses_requests_are_4xx_naming_the_field_and_reach_no_engine() {
     // Stream-again arguments, a cancel and a count of what does not exist, and counts
     // of bad requests.
     for (path, param) in [
+        ("/v1/responses/resp_x/input_items?limit=many", "limit"),
+        ("/v1/conversations/conv_x/items?limit=many", "limit"),
+        ("/v1/files?limit=many", "limit"),
+        ("/v1/files?purpose=nope", "purpose"),
         ("/v1/responses/resp_x?stream=maybe", "stream"),
         (
             "/v1/responses/resp_x?stream=true&starting_after=-1",

@@ -77,6 +77,23 @@ pub(crate) fn append_items<'a>(
     w
 }
 
+/// Deletes the row `id` of `owner` from `table` (what belongs to it goes by cascade);
+/// whether there was one.
+pub(crate) async fn delete_owned(
+    store: &Store,
+    table: &'static str,
+    id: &str,
+    owner: &str,
+) -> Result<bool, ServiceError> {
+    let n = store
+        .write(Write::one(
+            format!("DELETE FROM {table} WHERE id = $1 AND owner = $2"),
+            vec![id.into(), owner.into()],
+        ))
+        .await?;
+    Ok(n.first().copied().unwrap_or(0) > 0)
+}
+
 /// A list call's `limit` (1–100, default 20) and whether `order` is descending (the
 /// default), checked before anything is looked up.
 pub fn page_args(limit: Option<i64>, order: Option<&str>) -> Result<(i64, bool), ServiceError> {
@@ -196,14 +213,7 @@ impl Conversations {
 
     /// `DELETE /v1/conversations/{id}` (its items with it).
     pub async fn delete(&self, id: &str, owner: &str) -> Result<Value, ServiceError> {
-        let n = self
-            .store
-            .write(Write::one(
-                "DELETE FROM conversations WHERE id = $1 AND owner = $2",
-                vec![id.into(), owner.into()],
-            ))
-            .await?;
-        if n[0] == 0 {
+        if !delete_owned(&self.store, "conversations", id, owner).await? {
             return Err(not_found(id));
         }
         Ok(json!({"id": id, "object": "conversation.deleted", "deleted": true}))

@@ -677,6 +677,15 @@ impl Responses {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Resolves once the background response `id` that this replica runs has ended and
+    /// is stored (at once when it runs nowhere here).
+    pub async fn until_done(&self, id: &str) {
+        let live = self.live().get(id).cloned();
+        if let Some(live) = live {
+            let _ = live.progress.subscribe().wait_for(|p| p.1).await;
+        }
+    }
+
     /// Stops the background responses this replica runs that were cancelled or deleted
     /// through another replica. Called every second or so; a
     /// replica running none does not query.
@@ -1656,14 +1665,7 @@ impl Responses {
 
     /// `DELETE /v1/responses/{id}`.
     pub async fn delete(&self, id: &str, owner: &str) -> Result<Value, ServiceError> {
-        let n = self
-            .store
-            .write(Write::one(
-                "DELETE FROM responses WHERE id = $1 AND owner = $2",
-                vec![id.into(), owner.into()],
-            ))
-            .await?;
-        if n.first().copied().unwrap_or(0) == 0 {
+        if !super::conversations::delete_owned(&self.store, "responses", id, owner).await? {
             return Err(ServiceError::not_found(
                 "response_id",
                 format!("Response with id '{id}' not found."),

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +14,7 @@ use switchyard_stateful::files::FileMeta;
 use switchyard_stateful::files::blobs::Staged;
 
 use super::AppState;
-use super::responses::{OWNER, failure};
+use super::responses::{OWNER, answer, bad_list_query, failure};
 use crate::error::ApiError;
 
 fn form_error(e: impl std::fmt::Display) -> Response {
@@ -95,10 +94,7 @@ pub async fn upload(
             }
         }
     };
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => failure(&e),
-    }
+    answer(result)
 }
 
 #[derive(Deserialize)]
@@ -115,11 +111,7 @@ pub async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return ApiError::bad_request(
-            "limit must be an integer; purpose, after and order strings",
-            Some("limit"),
-        )
-        .into_response();
+        return bad_list_query();
     };
     let r = st
         .files
@@ -131,18 +123,12 @@ pub async fn list(
             q.order.as_deref(),
         )
         .await;
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => failure(&e),
-    }
+    answer(r)
 }
 
 /// `GET /v1/files/{id}`.
 pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match st.files.get(&id, OWNER).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => failure(&e),
-    }
+    answer(st.files.get(&id, OWNER).await)
 }
 
 /// `GET /v1/files/{id}/content`: the bytes, streamed.
@@ -176,8 +162,5 @@ pub async fn content(State(st): State<Arc<AppState>>, Path(id): Path<String>) ->
 
 /// `DELETE /v1/files/{id}`.
 pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match st.files.delete(&id, OWNER).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => failure(&e),
-    }
+    answer(st.files.delete(&id, OWNER).await)
 }

@@ -469,5 +469,10 @@ impl Drop for Gateway {
     /// A gateway dropped without a shutdown stops anyway: its threads and tasks end.
     fn drop(&mut self) {
         self.shutdown.trigger();
+        // Its files directory of its own goes with it, even while tasks still hold the
+        // state.
+        if let Some(dir) = &self.state.scratch_files {
+            let _ = std::fs::remove_dir_all(&dir.0);
+        }
     }
 }

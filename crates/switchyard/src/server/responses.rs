@@ -83,6 +83,14 @@ fn sse(events: EventStream, permit: Option<Admitted>) -> Response {
         .expect("static headers are valid")
 }
 
+/// A list's query string that does not parse (`limit` is the only number in it).
+pub(super) fn bad_list_query() -> Response {
+    bad_query(
+        "`limit` must be an integer; `after`, `order` and `purpose` strings",
+        "limit",
+    )
+}
+
 fn bad_query(message: &str, param: &str) -> Response {
     ApiError::bad_request(message.to_string(), Some(param)).into_response()
 }
@@ -131,10 +139,7 @@ pub async fn cancel(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> 
 
 /// `DELETE /v1/responses/{id}`.
 pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match st.responses.delete(&id, OWNER).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => failure(&e),
-    }
+    answer(st.responses.delete(&id, OWNER).await)
 }
 
 #[derive(Deserialize)]
@@ -151,17 +156,13 @@ pub async fn input_items(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return ApiError::bad_request("limit must be an integer; after and order strings", None)
-            .into_response();
+        return bad_list_query();
     };
-    match st
-        .responses
-        .input_items(&id, OWNER, q.after.as_deref(), q.limit, q.order.as_deref())
-        .await
-    {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => failure(&e),
-    }
+    answer(
+        st.responses
+            .input_items(&id, OWNER, q.after.as_deref(), q.limit, q.order.as_deref())
+            .await,
+    )
 }
 
 /// A JSON body of a Conversations call (admitted like any API call, size-limited).
@@ -180,7 +181,7 @@ async fn json_body(st: &AppState, req: Request) -> Result<serde_json::Value, Res
     })
 }
 
-fn answer(r: Result<serde_json::Value, ServiceError>) -> Response {
+pub(super) fn answer(r: Result<serde_json::Value, ServiceError>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => failure(&e),
@@ -227,8 +228,7 @@ pub async fn list_items(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return ApiError::bad_request("limit must be an integer; after and order strings", None)
-            .into_response();
+        return bad_list_query();
     };
     answer(
         st.conversations
