@@ -1,6 +1,6 @@
 //! Multi-agent workflows over real HTTP against simulated engines: affinity across
 //! agents, the normal policy for requests without a workflow, migration when the home
-//! fails, the registry's status and stats, agent message queues (send, receive,
+//! fails or is overloaded, the registry's status and stats, agent message queues (send, receive,
 //! consume, broadcast, selective, none, TTL, overflow, long poll), expiry and eviction,
 //! and every bad input.
 
@@ -166,6 +166,85 @@ async fn a_workflow_whose_worker_fails_migrates() {
         .get(&format!("{}/v1/workflows/wf-m/status", t.url))
         .await;
     assert_eq!(status["workers"].as_array().unwrap().len(), 2, "{status}");
+}
+
+#[tokio::test]
+async fn a_workflow_whose_home_is_overloaded_migrates() {
+    // k = 1: the home stays while its load ≤ 1 + 2·min; queued work outweighs any
+    // prompt, so beyond the bound the idle worker is the cheaper one.
+    let t = bed(2, |c| {
+        c.batching_preference = 0.5;
+        c.cache_queue_weight = 1000.0;
+        c.health_failure_threshold = 1;
+    })
+    .await;
+    let (s, _) = t
+        .post("/v1/chat/completions", &agent_request("wf-o", "a", 0))
+        .await;
+    assert_eq!(s, 200);
+    let home = t.per_server().iter().position(|n| *n == 1).unwrap();
+    let other = 1 - home;
+
+    // Other traffic piles up on the home while the other worker is out of service.
+    t.sims.servers()[other]
+        .set_faults(switchyard_sim::Faults {
+            health_fail: true,
+            ..switchyard_sim::Faults::default()
+        })
+        .unwrap();
+    eventually("the other worker to be marked unhealthy", || async {
+        let (_, h) = t.http.get(&format!("{}/health", t.url)).await;
+        h["healthy_workers"] == 1
+    })
+    .await;
+    t.sims.servers()[home].set_faults(stalled()).unwrap();
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut r = t
+            .http
+            .0
+            .post(format!("{}/v1/completions", t.url))
+            .json(&json!({"model": MODEL, "prompt": format!("other work {i}"), "max_tokens": 20, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        r.chunk().await.unwrap();
+        held.push(r);
+    }
+    assert_eq!(t.per_server()[home], 3);
+    t.sims.servers()[other]
+        .set_faults(switchyard_sim::Faults::default())
+        .unwrap();
+    eventually("the other worker to be back", || async {
+        let (_, h) = t.http.get(&format!("{}/health", t.url)).await;
+        h["healthy_workers"] == 2
+    })
+    .await;
+
+    // Two in flight on the home against none: beyond the bound, so the workflow moves.
+    let (s, body) = t
+        .post("/v1/chat/completions", &agent_request("wf-o", "a", 1))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(t.per_server()[other], 1, "{:?}", t.per_server());
+    let (_, stats) = t.http.get(&format!("{}/v1/workflows/stats", t.url)).await;
+    assert_eq!(stats["migrations"], 1, "{stats}");
+    // The new home keeps the workflow, though the old one is no longer busy.
+    t.sims.servers()[home]
+        .set_faults(switchyard_sim::Faults::default())
+        .unwrap();
+    for r in held {
+        r.bytes().await.unwrap();
+    }
+    let (s, _) = t
+        .post("/v1/chat/completions", &agent_request("wf-o", "b", 2))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(t.per_server()[other], 2, "{:?}", t.per_server());
+    assert_eq!(
+        t.metric("switchyard_workflow_migrations_total", &[]).await,
+        1.0
+    );
 }
 
 async fn send(t: &TestBed, path: &str, body: Value) -> (u16, Value) {
