@@ -45,6 +45,14 @@ fn bad(param: &str, message: impl Into<String>) -> ServiceError {
     }
 }
 
+/// The lowercased extension of `filename` ("" without one).
+pub fn extension_of(filename: &str) -> String {
+    match filename.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
 /// The metadata of an upload, checked.
 #[derive(Clone, Debug)]
 pub struct FileMeta {
@@ -124,10 +132,7 @@ impl FileMeta {
 
     /// The lowercased extension of the filename ("" without one).
     pub fn extension(&self) -> String {
-        match self.filename.rsplit_once('.') {
-            Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
-            _ => String::new(),
-        }
+        extension_of(&self.filename)
     }
 
     /// Whether the file is for file search (its type must be one it reads).
@@ -351,12 +356,7 @@ impl Files {
         while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
             bytes.extend_from_slice(&chunk.map_err(|e| blob_failure(e.into()))?);
         }
-        let ext = FileMeta {
-            filename: filename.clone(),
-            purpose: String::new(),
-            expires_after: None,
-        }
-        .extension();
+        let ext = extension_of(&filename);
         let text = tokio::task::spawn_blocking(move || crate::vector::parse::to_text(&ext, &bytes))
             .await
             .map_err(|_| bad(param, "the file could not be read"))?

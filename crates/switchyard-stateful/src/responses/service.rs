@@ -194,7 +194,7 @@ impl ServiceError {
         }
     }
 
-    fn engine(e: EngineError) -> ServiceError {
+    pub(crate) fn from_engine(e: EngineError) -> ServiceError {
         // An engine's "too long for the context" (vLLM words it a few ways): the input.
         let lower = e.message.to_ascii_lowercase();
         if e.status == 400
@@ -934,7 +934,7 @@ impl Responses {
         self.engine
             .count_tokens(body, session.to_string())
             .await
-            .map_err(ServiceError::engine)
+            .map_err(ServiceError::from_engine)
     }
 
     /// `truncation: auto`: drops the oldest items of the context (never the new input
@@ -1045,7 +1045,7 @@ impl Responses {
                     (true, false) => self.store_whole(whole, outcome).await?,
                     (false, _) => self.ended(&req, &status, &[]),
                 }
-                return Err(ServiceError::engine(e));
+                return Err(ServiceError::from_engine(e));
             }
         };
         match answer {

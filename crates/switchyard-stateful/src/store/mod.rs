@@ -42,6 +42,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "files",
         include_str!("../../migrations/sqlite/0002_files.sql"),
     ),
+    (
+        3,
+        "vector_stores",
+        include_str!("../../migrations/sqlite/0003_vector_stores.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -53,6 +58,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "files",
         include_str!("../../migrations/postgres/0002_files.sql"),
+    ),
+    (
+        3,
+        "vector_stores",
+        include_str!("../../migrations/postgres/0003_vector_stores.sql"),
     ),
 ];
 
@@ -117,6 +127,7 @@ pub enum Val {
     Float(Option<f64>),
     Bool(Option<bool>),
     Text(Option<String>),
+    Blob(Option<Vec<u8>>),
 }
 
 macro_rules! val_from {
@@ -139,6 +150,7 @@ val_from!(f64, Float, |v| v);
 val_from!(bool, Bool, |v| v);
 val_from!(String, Text, |v| v);
 val_from!(&str, Text, |v: &str| v.to_string());
+val_from!(Vec<u8>, Blob, |v| v);
 
 /// One statement and its arguments.
 #[derive(Clone, Debug)]
@@ -185,6 +197,7 @@ fn bind<'q>(sql: &'q str, args: &[Val]) -> sqlx::query::Query<'q, Any, AnyArgume
             Val::Float(v) => q.bind(*v),
             Val::Bool(v) => q.bind(*v),
             Val::Text(v) => q.bind(v.clone()),
+            Val::Blob(v) => q.bind(v.clone()),
         };
     }
     q
@@ -380,7 +393,18 @@ impl Store {
                     version("SELECT extversion::text FROM pg_extension WHERE extname = 'vector'")
                         .await;
                 match (there, created) {
-                    (Ok(v), _) => Ok(v),
+                    (Ok(v), _) => {
+                        // The chunks' vectors (see migration 0003).
+                        bind(
+                            "ALTER TABLE vector_store_chunks \
+                             ADD COLUMN IF NOT EXISTS embedding vector",
+                            &[],
+                        )
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| format!("pgvector: adding the embedding column: {e}"))?;
+                        Ok(v)
+                    }
                     (Err(e), Ok(_)) | (Err(_), Err(e)) => {
                         let why = format!(
                             "PostgreSQL has no usable pgvector ({e}); vector stores need it: \

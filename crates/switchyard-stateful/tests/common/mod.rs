@@ -131,3 +131,60 @@ pub async fn create_json(svc: &Responses, body: &Value) -> Value {
         Err(e) => panic!("{body}: {e:?}"),
     }
 }
+
+/// The simulator's `/v1/embeddings` as the embedding model. While `gate` is closed
+/// (`Some` with no permits) every request waits for a permit: a test holds ingestion in
+/// the middle of a file for as long as it needs.
+pub struct SimEmbedder {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub model: String,
+    pub calls: Arc<std::sync::atomic::AtomicUsize>,
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl SimEmbedder {
+    pub fn new(url: &str, model: &str) -> SimEmbedder {
+        SimEmbedder {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+            model: model.to_string(),
+            calls: Default::default(),
+            gate: None,
+        }
+    }
+}
+
+impl switchyard_stateful::vector::embed::Embedder for SimEmbedder {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'static, Result<Vec<Vec<f32>>, EngineError>> {
+        let (http, url, model) = (self.http.clone(), self.url.clone(), self.model.clone());
+        let calls = self.calls.clone();
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            if let Some(g) = gate {
+                g.acquire().await.unwrap().forget();
+            }
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let n = texts.len();
+            let v: Value = http
+                .post(format!("{url}/v1/embeddings"))
+                .json(&serde_json::json!({"model": model, "input": texts}))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| EngineError {
+                    status: 502,
+                    code: "engine_unreachable".into(),
+                    message: e.to_string(),
+                })?
+                .json()
+                .await
+                .unwrap_or_default();
+            switchyard_stateful::vector::embed::from_answer(&v, n)
+        })
+    }
+}
