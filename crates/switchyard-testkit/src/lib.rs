@@ -408,3 +408,64 @@ impl Drop for RedisKeys {
         }
     }
 }
+
+/// The boundary of [`multipart_form`]'s bodies.
+pub const MULTIPART_BOUNDARY: &str = "switchyard-test-boundary";
+
+/// A multipart body of `(name, filename, bytes)` parts.
+pub fn multipart_form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, filename, bytes) in parts {
+        body.extend_from_slice(format!("--{MULTIPART_BOUNDARY}\r\n").as_bytes());
+        let disposition = match filename {
+            Some(f) => format!("form-data; name=\"{name}\"; filename=\"{f}\""),
+            None => format!("form-data; name=\"{name}\""),
+        };
+        body.extend_from_slice(format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{MULTIPART_BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// The content type of [`multipart_form`]'s bodies.
+pub fn multipart_type() -> String {
+    format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}")
+}
+
+/// `POST /v1/files` with `body`: the status and the JSON answer.
+pub async fn upload_form(
+    http: &Http,
+    url: &str,
+    body: Vec<u8>,
+    content_type: &str,
+) -> (u16, Value) {
+    let resp = http
+        .0
+        .post(format!("{url}/v1/files"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+/// Uploads `bytes` as `filename` for `purpose`; the file's id.
+pub async fn upload_file(
+    http: &Http,
+    url: &str,
+    filename: &str,
+    purpose: &str,
+    bytes: &[u8],
+) -> String {
+    let body = multipart_form(&[
+        ("purpose", None, purpose.as_bytes()),
+        ("file", Some(filename), bytes),
+    ]);
+    let (status, f) = upload_form(http, url, body, &multipart_type()).await;
+    assert_eq!(status, 200, "{f}");
+    f["id"].as_str().expect("a file id").to_string()
+}

@@ -97,6 +97,9 @@ async fn run_demo(mut cfg: Config) -> anyhow::Result<()> {
     })
     .await?;
     cfg.worker_urls = sims.urls();
+    // Vector stores embed with the simulated engines' embeddings.
+    cfg.embedding_model
+        .get_or_insert_with(|| "switchyard/sim-8b".into());
     let signals = Signals::new();
     let gw = Gateway::start(cfg).await?;
     let url = gw.url();

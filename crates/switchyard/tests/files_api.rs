@@ -7,42 +7,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchyard_testkit::*;
 
-const BOUNDARY: &str = "switchyard-test-boundary";
-
-/// A multipart body of `(name, filename, bytes)` parts.
-fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (name, filename, bytes) in parts {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-        let disposition = match filename {
-            Some(f) => format!("form-data; name=\"{name}\"; filename=\"{f}\""),
-            None => format!("form-data; name=\"{name}\""),
-        };
-        body.extend_from_slice(format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes());
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    body
-}
-
-async fn upload(http: &Http, url: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
-    let resp = http
-        .0
-        .post(format!("{url}/v1/files"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or_default())
-}
-
-fn multipart() -> String {
-    format!("multipart/form-data; boundary={BOUNDARY}")
-}
-
 /// Files left in the directory (staging included).
 fn stored(dir: &std::path::Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
@@ -73,14 +37,14 @@ async fn files_are_streamed_to_disk_kept_limited_and_deleted() {
 
     // Kept: its bytes in the directory under its id, with their SHA-256.
     let data: Vec<u8> = "a line of a document\n".repeat(2000).into_bytes();
-    let (s, f) = upload(
+    let (s, f) = upload_form(
         &http,
         &t.url,
-        form(&[
+        multipart_form(&[
             ("purpose", None, b"assistants"),
             ("file", Some("doc.txt"), &data),
         ]),
-        &multipart(),
+        &multipart_type(),
     )
     .await;
     assert_eq!(s, 200, "{f}");
@@ -99,14 +63,14 @@ async fn files_are_streamed_to_disk_kept_limited_and_deleted() {
 
     // Over the limit: 413, and nothing staged or kept.
     let big = vec![b'x'; 64 * 1024 + 1];
-    let (s, e) = upload(
+    let (s, e) = upload_form(
         &http,
         &t.url,
-        form(&[
+        multipart_form(&[
             ("purpose", None, b"assistants"),
             ("file", Some("big.txt"), &big),
         ]),
-        &multipart(),
+        &multipart_type(),
     )
     .await;
     assert_eq!(s, 413, "{e}");
@@ -117,18 +81,18 @@ async fn files_are_streamed_to_disk_kept_limited_and_deleted() {
     for (body, content_type, param) in [
         (b"{}".to_vec(), "application/json".to_string(), "file"),
         (
-            form(&[("purpose", None, b"assistants")]),
-            multipart(),
+            multipart_form(&[("purpose", None, b"assistants")]),
+            multipart_type(),
             "file",
         ),
         (
-            form(&[("file", Some("a.txt"), b"text")]),
-            multipart(),
+            multipart_form(&[("file", Some("a.txt"), b"text")]),
+            multipart_type(),
             "purpose",
         ),
-        (b"--nope".to_vec(), multipart(), "file"),
+        (b"--nope".to_vec(), multipart_type(), "file"),
     ] {
-        let (s, e) = upload(&http, &t.url, body, &content_type).await;
+        let (s, e) = upload_form(&http, &t.url, body, &content_type).await;
         assert_eq!(s, 400, "{e}");
         assert_eq!(e["error"]["param"], param, "{e}");
     }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Row;
-use tokio_util::sync::CancellationToken;
 
 use super::chunk::{Chunk, Chunking};
 use super::embed::{to_blob, to_text};
@@ -71,27 +70,24 @@ impl VectorStores {
         Ok(n[0])
     }
 
-    /// Runs `cfg.workers` ingestion workers until `stop`.
-    pub fn start_ingestion(&self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    /// Ingestion workers to run (`cfg.workers` of them), each a loop that never ends:
+    /// the caller stops them by dropping them (a job cut off is resumed, as after a
+    /// crash).
+    pub fn workers(&self) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
         (0..self.cfg.workers.max(1))
             .map(|_| {
                 let me = self.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
+                async move {
                     loop {
-                        if stop.is_cancelled() {
-                            return;
-                        }
                         if let Ok(true) = me.ingest_next().await {
                             continue;
                         }
                         tokio::select! {
                             _ = me.wake.notified() => {}
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = stop.cancelled() => return,
                         }
                     }
-                })
+                }
             })
             .collect()
     }

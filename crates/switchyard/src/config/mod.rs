@@ -182,6 +182,14 @@ pub struct Config {
     /// Largest file upload, in bytes (413 beyond).
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     pub max_file_size: u64,
+    /// The model that embeds vector stores' chunks and search queries: any model of
+    /// the fleet that serves `/v1/embeddings`, reached through this gateway's own
+    /// routing. Unset: files added to vector stores fail with a message saying so.
+    #[arg(long)]
+    pub embedding_model: Option<String>,
+    /// Files this gateway ingests into vector stores at once.
+    #[arg(long, default_value_t = 2)]
+    pub ingest_workers: usize,
     /// Redis for state shared by replicas (`/route` sessions and stats), e.g.
     /// `redis://127.0.0.1:6379/0`. Unset: in memory.
     #[arg(long)]

@@ -115,6 +115,12 @@ impl Config {
         if self.max_file_size == 0 {
             return Err(invalid("max-file-size", "must be at least 1 byte"));
         }
+        if self.ingest_workers == 0 {
+            return Err(invalid("ingest-workers", "must be at least 1"));
+        }
+        if self.embedding_model.as_deref() == Some("") {
+            return Err(invalid("embedding-model", "must name a model"));
+        }
         if self.store_retention_days == Some(0) {
             return Err(invalid("store-retention-days", "must be at least 1 day"));
         }

@@ -69,7 +69,7 @@ impl PipelineEngine {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Ok(v) = HeaderValue::from_str(session) {
+        if let (false, Ok(v)) = (session.is_empty(), HeaderValue::from_str(session)) {
             headers.insert(HeaderName::from_static("x-session-id"), v);
         }
         let resp = pipeline
@@ -134,6 +134,33 @@ impl Engine for PipelineEngine {
                 code: "bad_gateway".into(),
                 message: "The engine's /tokenize answer has no `count`".into(),
             })
+        })
+    }
+}
+
+/// Vector stores' embedding model (`--embedding-model`), served by the fleet through
+/// this pipeline: routing, retries and metrics apply as to any client's embeddings.
+pub struct PipelineEmbedder {
+    pub pipeline: Arc<Pipeline>,
+    pub model: String,
+}
+
+impl switchyard_stateful::vector::embed::Embedder for PipelineEmbedder {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'static, Result<Vec<Vec<f32>>, EngineError>> {
+        let pipeline = self.pipeline.clone();
+        let n = texts.len();
+        let body = serde_json::json!({
+            "model": self.model, "input": texts, "encoding_format": "float",
+        });
+        Box::pin(async move {
+            // No session key: embeddings share no prefix worth keeping together.
+            let out = PipelineEngine::send(pipeline, Route::Embeddings, &body, "").await?;
+            let v: Value = serde_json::from_slice(&read(out).await?).map_err(not_json)?;
+            switchyard_stateful::vector::embed::from_answer(&v, n)
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod route;
 pub mod router;
 pub mod selection;
 pub mod state;
+pub mod vector_stores;
 pub mod workflows;
 
 use std::net::SocketAddr;
@@ -290,6 +291,18 @@ impl Gateway {
             .with_files(files.clone())
             .with_max_background(cfg.max_background_responses),
         );
+        let embedder = cfg.embedding_model.clone().map(|model| {
+            Arc::new(crate::pipeline::responses::PipelineEmbedder {
+                pipeline: pipeline.clone(),
+                model,
+            }) as Arc<dyn switchyard_stateful::vector::embed::Embedder>
+        });
+        let vector_stores =
+            switchyard_stateful::vector::VectorStores::new(store.clone(), files.clone(), embedder)
+                .with_ingest(switchyard_stateful::vector::IngestConfig {
+                    workers: cfg.ingest_workers,
+                    ..Default::default()
+                });
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
             route,
@@ -298,6 +311,7 @@ impl Gateway {
                 switchyard_stateful::responses::conversations::Conversations::new(store.clone()),
             ),
             files: Arc::new(files),
+            vector_stores: vector_stores.clone(),
             scratch_files,
             pipeline,
             registry,
@@ -314,6 +328,17 @@ impl Gateway {
             crate::fleet::kubernetes::spawn(enroller, kube, discovery, &cfg, &shutdown);
         }
         shutdown.spawn(prober.clone().run_health(shutdown.clone()));
+        // Vector store ingestion: jobs an earlier run left (SQLite) resume now.
+        if store.vectors().is_ok() {
+            match vector_stores.resume_jobs().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(files = n, "vector store ingestion resumes"),
+                Err(e) => tracing::warn!(error = ?e, "vector store jobs were not resumed"),
+            }
+            for worker in vector_stores.workers() {
+                shutdown.spawn_until_shutdown(worker);
+            }
+        }
         {
             let (workflows, shutdown) = (workflows.clone(), shutdown.clone());
             shutdown.clone().spawn(async move {
@@ -328,11 +353,12 @@ impl Gateway {
         }
         {
             // Every second, background responses cancelled through another replica
-            // stop; every minute, expired files go; every third of a lease, leases of running responses are renewed and
+            // stop; every minute, expired files and vector stores go; every third of a lease, leases of running responses are renewed and
             // abandoned ones failed; hourly, the retention purge.
             let (shutdown, retention) = (shutdown.clone(), cfg.store_retention_days);
             let metrics = metrics.clone();
             let files = state.files.clone();
+            let vector_stores = state.vector_stores.clone();
             shutdown.clone().spawn(async move {
                 let lease_every = (switchyard_stateful::responses::service::LEASE_SECS / 3) as u64;
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -361,6 +387,15 @@ impl Gateway {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(files = n, "expired files deleted"),
                             Err(e) => tracing::warn!(error = ?e, "expired files purge failed"),
+                        }
+                        match vector_stores.purge_expired().await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::info!(vector_stores = n, "expired vector stores deleted")
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = ?e, "expired vector stores purge failed")
+                            }
                         }
                     }
                     if n % lease_every != 0 {

@@ -166,7 +166,7 @@ pub async fn input_items(
 }
 
 /// A JSON body of a Conversations call (admitted like any API call, size-limited).
-async fn json_body(st: &AppState, req: Request) -> Result<serde_json::Value, Response> {
+pub(super) async fn json_body(st: &AppState, req: Request) -> Result<serde_json::Value, Response> {
     let (parts, body) = req.into_parts();
     let bytes = st
         .pipeline

@@ -9,7 +9,9 @@ use axum::routing::{get, post};
 use http::HeaderValue;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use super::{AppState, files, health, layers, openai, responses, route, selection, workflows};
+use super::{
+    AppState, files, health, layers, openai, responses, route, selection, vector_stores, workflows,
+};
 
 /// The data plane. Generation routes handle request ids, keys and admission inline
 /// (the pipeline's `admit` phase); the others get them from layers.
@@ -120,6 +122,56 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
         .route(
             "/v1/files/{id}/content",
             get(files::content).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores",
+            post(vector_stores::create)
+                .get(vector_stores::list)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}",
+            get(vector_stores::get)
+                .post(vector_stores::modify)
+                .delete(vector_stores::delete)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}/search",
+            post(vector_stores::search).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}/files",
+            post(vector_stores::add_file)
+                .get(vector_stores::list_files)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}/files/{file_id}",
+            get(vector_stores::get_file)
+                .post(vector_stores::update_file)
+                .delete(vector_stores::delete_file)
+                .fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}/files/{file_id}/content",
+            get(vector_stores::file_content).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}/file_batches",
+            post(vector_stores::create_batch).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}/file_batches/{batch_id}",
+            get(vector_stores::get_batch).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}/file_batches/{batch_id}/cancel",
+            post(vector_stores::cancel_batch).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/vector_stores/{id}/file_batches/{batch_id}/files",
+            get(vector_stores::list_batch_files).fallback(openai::method_not_allowed),
         )
         .route(
             "/v1/conversations",

@@ -24,6 +24,7 @@ pub struct AppState {
     pub conversations: Arc<switchyard_stateful::responses::conversations::Conversations>,
     /// The Files API's service.
     pub files: Arc<switchyard_stateful::files::Files>,
+    pub vector_stores: switchyard_stateful::vector::VectorStores,
     /// A files directory of the gateway's own (no `--files-dir`), removed with it.
     pub scratch_files: Option<ScratchDir>,
     pub registry: Arc<Registry>,

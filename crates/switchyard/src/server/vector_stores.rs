@@ -1,0 +1,202 @@
+//! The Vector Stores API's endpoints (docs/files-and-vector-stores.md): thin handlers
+//! over the stateful layer's service.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::AppState;
+use super::responses::{OWNER, answer, bad_list_query, json_body};
+
+type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    before: Option<String>,
+    limit: Option<i64>,
+    order: Option<String>,
+    /// Files: their status.
+    filter: Option<String>,
+}
+
+/// `POST /v1/vector_stores`.
+pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    match json_body(&st, req).await {
+        Ok(b) => answer(st.vector_stores.create(OWNER, &b).await),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/vector_stores`.
+pub async fn list(State(st): State<Arc<AppState>>, q: Q<ListQuery>) -> Response {
+    let Ok(Query(q)) = q else {
+        return bad_list_query();
+    };
+    let r = st
+        .vector_stores
+        .list(
+            OWNER,
+            q.after.as_deref(),
+            q.before.as_deref(),
+            q.limit,
+            q.order.as_deref(),
+        )
+        .await;
+    answer(r)
+}
+
+/// `GET /v1/vector_stores/{id}`.
+pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    answer(st.vector_stores.get(OWNER, &id).await)
+}
+
+/// `POST /v1/vector_stores/{id}`: name, metadata, expiry.
+pub async fn modify(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    match json_body(&st, req).await {
+        Ok(b) => answer(st.vector_stores.modify(OWNER, &id, &b).await),
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /v1/vector_stores/{id}`.
+pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    answer(st.vector_stores.delete(OWNER, &id).await)
+}
+
+/// `POST /v1/vector_stores/{id}/search`.
+pub async fn search(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    match json_body(&st, req).await {
+        Ok(b) => answer(st.vector_stores.search_api(OWNER, &id, &b).await),
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/vector_stores/{id}/files`.
+pub async fn add_file(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    match json_body(&st, req).await {
+        Ok(b) => answer(st.vector_stores.add_file(OWNER, &id, &b).await),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/vector_stores/{id}/files`, and a batch's files.
+pub async fn list_files(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    q: Q<ListQuery>,
+) -> Response {
+    list_files_of(st, id, None, q).await
+}
+
+/// `GET /v1/vector_stores/{id}/file_batches/{batch_id}/files`.
+pub async fn list_batch_files(
+    State(st): State<Arc<AppState>>,
+    Path((id, batch)): Path<(String, String)>,
+    q: Q<ListQuery>,
+) -> Response {
+    list_files_of(st, id, Some(batch), q).await
+}
+
+async fn list_files_of(
+    st: Arc<AppState>,
+    id: String,
+    batch: Option<String>,
+    q: Q<ListQuery>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return bad_list_query();
+    };
+    let r = st
+        .vector_stores
+        .list_files(
+            OWNER,
+            &id,
+            batch.as_deref(),
+            q.filter.as_deref(),
+            q.after.as_deref(),
+            q.before.as_deref(),
+            q.limit,
+            q.order.as_deref(),
+        )
+        .await;
+    answer(r)
+}
+
+/// `GET /v1/vector_stores/{id}/files/{file_id}`.
+pub async fn get_file(
+    State(st): State<Arc<AppState>>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    answer(st.vector_stores.get_file(OWNER, &id, &file).await)
+}
+
+/// `POST /v1/vector_stores/{id}/files/{file_id}`: new attributes.
+pub async fn update_file(
+    State(st): State<Arc<AppState>>,
+    Path((id, file)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match json_body(&st, req).await {
+        Ok(b) => answer(st.vector_stores.update_file(OWNER, &id, &file, &b).await),
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /v1/vector_stores/{id}/files/{file_id}`.
+pub async fn delete_file(
+    State(st): State<Arc<AppState>>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    answer(st.vector_stores.delete_file(OWNER, &id, &file).await)
+}
+
+/// `GET /v1/vector_stores/{id}/files/{file_id}/content`: the parsed chunks.
+pub async fn file_content(
+    State(st): State<Arc<AppState>>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    answer(st.vector_stores.file_content(OWNER, &id, &file).await)
+}
+
+/// `POST /v1/vector_stores/{id}/file_batches`.
+pub async fn create_batch(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    match json_body(&st, req).await {
+        Ok(b) => answer(st.vector_stores.create_batch(OWNER, &id, &b).await),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/vector_stores/{id}/file_batches/{batch_id}`.
+pub async fn get_batch(
+    State(st): State<Arc<AppState>>,
+    Path((id, batch)): Path<(String, String)>,
+) -> Response {
+    answer(st.vector_stores.get_batch(OWNER, &id, &batch).await)
+}
+
+/// `POST /v1/vector_stores/{id}/file_batches/{batch_id}/cancel`.
+pub async fn cancel_batch(
+    State(st): State<Arc<AppState>>,
+    Path((id, batch)): Path<(String, String)>,
+) -> Response {
+    answer(st.vector_stores.cancel_batch(OWNER, &id, &batch).await)
+}
