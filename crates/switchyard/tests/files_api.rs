@@ -3,7 +3,6 @@
 //! upload over `--max-file-size` is a 413 that leaves nothing behind; malformed forms
 //! are 400s naming `file`. (The OpenAI SDK suite covers the API's shapes.)
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchyard_testkit::*;
 
