@@ -15,7 +15,7 @@ use super::super::{ApiError, ServerState};
 use super::disagg::disaggregation;
 use super::response::{Output, complete_response, stream_response};
 use super::structured::forced_output;
-use super::tools::tool_call;
+use super::tools::{quoting_answer, tool_call};
 use super::wire::GenRequest;
 use super::{now_unix, random_id};
 use crate::kv_cache::hash_block;
@@ -34,7 +34,7 @@ pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<R
     };
     let forced = match &tool {
         Some(t) => Some(t.pieces.clone()),
-        None => forced_output(&req, st.cfg.seed)?,
+        None => forced_output(&req, st.cfg.seed)?.or_else(|| quoting_answer(&req)),
     };
     let max = if chat {
         req.max_completion_tokens.or(req.max_tokens)
@@ -164,7 +164,7 @@ pub(super) async fn generate(
     let tool = if chat { tool_call(&req, seed)? } else { None };
     let forced = match &tool {
         Some(t) => Some(t.pieces.clone()),
-        None => forced_output(&req, seed)?,
+        None => forced_output(&req, seed)?.or_else(|| quoting_answer(&req)),
     };
     let (target, finish) = match (max_tokens, &forced) {
         (m, Some(pieces)) => {

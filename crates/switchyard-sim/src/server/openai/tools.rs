@@ -9,8 +9,12 @@
 //! - the tool called is the one whose name the last user message mentions most (as a
 //!   whole word), else the first offered;
 //! - its arguments are an instance of the function's `parameters` schema, built as for
-//!   structured outputs (`{}` without a schema); one call per answer, whatever
-//!   `parallel_tool_calls` says.
+//!   structured outputs (`{}` without a schema), except a function named `file_search`,
+//!   which is called with `{"queries": [the last user message]}`; one call per answer,
+//!   whatever `parallel_tool_calls` says;
+//! - an answer in text right after a tool result quotes it: `According to [1], "…"`
+//!   with the first sentence of the result numbered `[1]` (a search result list), else
+//!   `The tool returned: …` with the start of the result.
 //!
 //! The arguments stream in pieces of four characters, one per token, and the answer
 //! ends with `finish_reason: "tool_calls"` (`length` when `max_tokens` cuts it).
@@ -127,7 +131,9 @@ pub(super) fn tool_call(req: &GenRequest, seed: u64) -> Result<Option<ToolCall>,
         .find(|(n, _)| *n == name)
         .expect("a named tool")
         .1;
-    let args = if schema.is_null() {
+    let args = if name == "file_search" {
+        serde_json::json!({"queries": [text.trim()]}).to_string()
+    } else if schema.is_null() {
         "{}".to_string()
     } else {
         instance(schema, &text, seed).to_string()
@@ -138,6 +144,49 @@ pub(super) fn tool_call(req: &GenRequest, seed: u64) -> Result<Option<ToolCall>,
         name,
         pieces: chars.chunks(4).map(|c| c.iter().collect()).collect(),
     }))
+}
+
+/// The answer to a conversation whose last message is a tool result: a quote of it, in
+/// per-token pieces (`None` when the last message is not a tool result).
+pub(super) fn quoting_answer(req: &GenRequest) -> Option<Vec<String>> {
+    let last = req.messages.as_ref()?.last()?;
+    if last.get("role").and_then(Value::as_str) != Some("tool") {
+        return None;
+    }
+    let content = match last.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    };
+    // A result list: the text under the line that starts with "[1]".
+    let mut lines = content.lines();
+    let first = lines.by_ref().find(|l| l.starts_with("[1]")).map(|_| {
+        lines
+            .take_while(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let answer = match first {
+        Some(text) => {
+            let sentence = text
+                .split_inclusive(['.', '!', '?'])
+                .next()
+                .unwrap_or(&text)
+                .trim();
+            let quote: String = sentence.chars().take(300).collect();
+            format!("According to [1], \"{quote}\"")
+        }
+        None => {
+            let start: String = content.trim().chars().take(200).collect();
+            format!("The tool returned: {start}")
+        }
+    };
+    let chars: Vec<char> = answer.chars().collect();
+    Some(chars.chunks(4).map(|c| c.iter().collect()).collect())
 }
 
 #[cfg(test)]
@@ -192,6 +241,40 @@ mod tests {
         let c = call(json!({"messages": user, "tools": tools(),
                             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})).unwrap().unwrap();
         assert_eq!(c.name, "get_weather");
+    }
+
+    #[test]
+    fn file_search_is_called_with_the_question_and_its_results_are_quoted() {
+        let search = json!([{"type": "function", "function": {"name": "file_search", "parameters": {
+            "type": "object", "properties": {"queries": {"type": "array", "items": {"type": "string"}}}}}}]);
+        let user = json!([{"role": "user", "content": "How do glaciers move?"}]);
+        let c = call(json!({"messages": user, "tools": search}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.name, "file_search");
+        assert_eq!(
+            c.pieces.concat(),
+            r#"{"queries":["How do glaciers move?"]}"#
+        );
+        let req = |content: &str| -> GenRequest {
+            serde_json::from_value(json!({"messages": [
+                {"role": "user", "content": "q"},
+                {"role": "tool", "tool_call_id": "c", "content": content}]}))
+            .unwrap()
+        };
+        let listed = "Results:\n[1] ice.md (file-1)\nGlaciers flow downhill. They carve valleys.\n\n[2] b.md\nOther.";
+        assert_eq!(
+            quoting_answer(&req(listed)).unwrap().concat(),
+            r#"According to [1], "Glaciers flow downhill.""#
+        );
+        assert_eq!(
+            quoting_answer(&req("12:00")).unwrap().concat(),
+            "The tool returned: 12:00"
+        );
+        assert_eq!(
+            quoting_answer(&serde_json::from_value(json!({"messages": user})).unwrap()),
+            None
+        );
     }
 
     #[test]
