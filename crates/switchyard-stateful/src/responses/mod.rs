@@ -2,6 +2,7 @@
 //! translation into engine chat requests.
 
 pub mod conversations;
+pub mod file_search;
 pub mod input;
 pub mod output;
 pub mod request;

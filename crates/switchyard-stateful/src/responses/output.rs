@@ -54,6 +54,16 @@ impl Usage {
         }
     }
 
+    /// The sum of two rounds' usage.
+    pub fn plus(self, o: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens + o.input_tokens,
+            cached_tokens: self.cached_tokens + o.cached_tokens,
+            output_tokens: self.output_tokens + o.output_tokens,
+            reasoning_tokens: self.reasoning_tokens + o.reasoning_tokens,
+        }
+    }
+
     pub fn json(&self) -> Value {
         json!({
             "input_tokens": self.input_tokens,
@@ -157,7 +167,7 @@ pub fn response_json(env: &Envelope<'_>, output: &[Value]) -> Value {
             json!({"type": "json_schema", "name": name, "schema": schema, "strict": strict})
         }
     };
-    let tools: Vec<Value> = r
+    let mut tools: Vec<Value> = r
         .tools
         .iter()
         .map(|t| {
@@ -168,9 +178,17 @@ pub fn response_json(env: &Envelope<'_>, output: &[Value]) -> Value {
             })
         })
         .collect();
+    if let Some(fs) = &r.file_search {
+        tools.push(fs.echo.clone());
+    }
     let tool_choice = match &r.tool_choice {
         None => json!("auto"),
         Some(Value::String(s)) => json!(s),
+        Some(c)
+            if r.file_search.is_some() && c["function"]["name"] == super::file_search::FUNCTION =>
+        {
+            json!({"type": "file_search"})
+        }
         Some(c) => json!({"type": "function", "name": c["function"]["name"]}),
     };
     json!({

@@ -44,8 +44,13 @@ pub struct ResponseRequest {
     pub format: Format,
     /// Function tools in the chat API's shape.
     pub tools: Vec<Value>,
-    /// `tool_choice` in the chat API's shape.
+    /// `tool_choice` in the chat API's shape (`{"type": "file_search"}` is the search
+    /// function by name).
     pub tool_choice: Option<Value>,
+    /// The `file_search` tool, when offered.
+    pub file_search: Option<super::file_search::FileSearchTool>,
+    /// `max_tool_calls`: most built-in tool calls (searches) in the response.
+    pub max_tool_calls: Option<u64>,
     pub parallel_tool_calls: Option<bool>,
     pub truncation: Truncation,
     pub include: Vec<String>,
@@ -186,15 +191,36 @@ fn schema_is_sane(m: &Map<String, Value>) -> bool {
     type_ok && props_ok
 }
 
-/// Function tools, into the chat API's `{"type": "function", "function": {…}}`.
-fn tools(o: &Map<String, Value>) -> Result<Vec<Value>, BadInput> {
+type Tools = (Vec<Value>, Option<super::file_search::FileSearchTool>);
+
+/// Function tools, into the chat API's `{"type": "function", "function": {…}}`, and the
+/// `file_search` tool (at most one).
+fn tools(o: &Map<String, Value>) -> Result<Tools, BadInput> {
     let list = match o.get("tools") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
+        None | Some(Value::Null) => return Ok((Vec::new(), None)),
         Some(Value::Array(l)) => l,
         Some(_) => return Err(bad("tools", "`tools` must be a list")),
     };
-    list.iter()
+    let mut search = None;
+    for (i, t) in list.iter().enumerate() {
+        if t.get("type").and_then(Value::as_str) == Some("file_search") {
+            let at = format!("tools[{i}]");
+            if search.is_some() {
+                return Err(bad(
+                    &at,
+                    "offer one `file_search` tool (list every vector store in it)",
+                ));
+            }
+            let obj = t
+                .as_object()
+                .ok_or_else(|| bad(&at, "a tool must be an object"))?;
+            search = Some(super::file_search::FileSearchTool::parse(obj, &at)?);
+        }
+    }
+    let functions = list
+        .iter()
         .enumerate()
+        .filter(|(_, t)| t.get("type").and_then(Value::as_str) != Some("file_search"))
         .map(|(i, t)| {
             let at = format!("tools[{i}]");
             match t.get("type").and_then(Value::as_str) {
@@ -224,12 +250,26 @@ fn tools(o: &Map<String, Value>) -> Result<Vec<Value>, BadInput> {
                 }
                 Some(other) => Err(bad(
                     &format!("{at}.type"),
-                    format!("tool type `{other}` is not supported yet (function tools are)"),
+                    format!(
+                        "tool type `{other}` is not supported (function and file_search tools are)"
+                    ),
                 )),
                 None => Err(bad(&format!("{at}.type"), "a tool needs a `type`")),
             }
         })
-        .collect()
+        .collect::<Result<Vec<Value>, BadInput>>()?;
+    if search.is_some() {
+        if let Some(i) = list.iter().position(|t| {
+            t.get("type").and_then(Value::as_str) == Some("function")
+                && t.get("name").and_then(Value::as_str) == Some(super::file_search::FUNCTION)
+        }) {
+            return Err(bad(
+                &format!("tools[{i}].name"),
+                "a function cannot be named file_search alongside the file_search tool",
+            ));
+        }
+    }
+    Ok((functions, search))
 }
 
 fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
@@ -238,6 +278,9 @@ fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
         Some(Value::String(s)) if ["none", "auto", "required"].contains(&s.as_str()) => {
             Ok(Some(json!(s)))
         }
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("file_search") => Ok(Some(
+            json!({"type": "function", "function": {"name": super::file_search::FUNCTION}}),
+        )),
         Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
             match v.get("name").and_then(Value::as_str) {
                 Some(n) if !n.is_empty() => {
@@ -251,7 +294,7 @@ fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
         }
         Some(_) => Err(bad(
             "tool_choice",
-            "`tool_choice` must be none, auto, required or {\"type\": \"function\", \"name\"}",
+            "`tool_choice` must be none, auto, required, {\"type\": \"file_search\"} or {\"type\": \"function\", \"name\"}",
         )),
     }
 }
@@ -359,6 +402,34 @@ impl ResponseRequest {
                 "a background response must be stored (`store: true`)",
             ));
         }
+        let (tools, file_search) = tools(o)?;
+        let tool_choice = tool_choice(o)?;
+        let forced = tool_choice
+            .as_ref()
+            .and_then(|c| c["function"]["name"].as_str())
+            .map(str::to_string);
+        if let Some(name) = forced {
+            let offered = (name == super::file_search::FUNCTION && file_search.is_some())
+                || tools.iter().any(|t| t["function"]["name"] == name.as_str());
+            if !offered {
+                return Err(bad(
+                    "tool_choice",
+                    format!("`tool_choice` names `{name}`, which is not among the tools"),
+                ));
+            }
+        }
+        let max_tool_calls = match o.get("max_tool_calls") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => Some(n),
+                _ => {
+                    return Err(bad(
+                        "max_tool_calls",
+                        "`max_tool_calls` must be an integer of at least 1",
+                    ));
+                }
+            },
+        };
         Ok(ResponseRequest {
             model,
             input,
@@ -374,8 +445,10 @@ impl ResponseRequest {
             top_p: opt_number(o, "top_p", 0.0, 1.0)?,
             metadata: metadata(o)?,
             format: format(o)?,
-            tools: tools(o)?,
-            tool_choice: tool_choice(o)?,
+            tools,
+            tool_choice,
+            file_search,
+            max_tool_calls,
             parallel_tool_calls: opt_bool(o, "parallel_tool_calls")?,
             truncation,
             include,
@@ -414,8 +487,12 @@ impl ResponseRequest {
                 b["response_format"] = json!({"type": "json_schema", "json_schema": js});
             }
         }
-        if !self.tools.is_empty() {
-            b["tools"] = json!(self.tools);
+        let mut tools = self.tools.clone();
+        if self.file_search.is_some() {
+            tools.push(super::file_search::FileSearchTool::function());
+        }
+        if !tools.is_empty() {
+            b["tools"] = json!(tools);
             if let Some(c) = &self.tool_choice {
                 b["tool_choice"] = c.clone();
             }

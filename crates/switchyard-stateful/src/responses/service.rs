@@ -290,6 +290,52 @@ pub struct Responses {
     files: Option<crate::files::Files>,
     /// Most background responses this replica runs at once.
     max_background: usize,
+    /// What `file_search` tools search.
+    vector_stores: Option<crate::vector::VectorStores>,
+    /// Most built-in tool calls (searches) in one response, whatever it asks.
+    max_tool_calls: usize,
+}
+
+/// A response's file search loop: the rounds' chat body, and its bounds.
+pub(crate) struct Rounds {
+    tool: super::file_search::FileSearchTool,
+    owner: String,
+    include_results: bool,
+    limit: usize,
+    calls: usize,
+    chat: Value,
+    session: String,
+}
+
+impl Rounds {
+    /// The next round's chat body: the searches and their results appended; the search
+    /// no longer forced, and no longer offered once the calls reach the limit.
+    fn advance(&mut self, calls: Vec<Value>, results: Vec<Value>) {
+        self.calls += calls.len();
+        if let Some(m) = self.chat["messages"].as_array_mut() {
+            m.push(json!({"role": "assistant", "content": null, "tool_calls": calls}));
+            m.extend(results);
+        }
+        let forced = match &self.chat["tool_choice"] {
+            Value::String(s) => s == "required",
+            c => c["function"]["name"] == super::file_search::FUNCTION,
+        };
+        if forced {
+            self.chat["tool_choice"] = json!("auto");
+        }
+        if self.calls >= self.limit {
+            if let Some(tools) = self.chat["tools"].as_array_mut() {
+                tools.retain(|t| t["function"]["name"] != super::file_search::FUNCTION);
+                if tools.is_empty() {
+                    if let Some(o) = self.chat.as_object_mut() {
+                        o.remove("tools");
+                        o.remove("tool_choice");
+                        o.remove("parallel_tool_calls");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Largest file put in a prompt as an `input_file`.
@@ -615,6 +661,215 @@ impl Responses {
             observer: Arc::new(crate::Unobserved),
             files: None,
             max_background: 256,
+            vector_stores: None,
+            max_tool_calls: 8,
+        }
+    }
+
+    /// Searches `vector_stores` for `file_search` tools, in at most `max_tool_calls`
+    /// calls per response.
+    pub fn with_vector_stores(
+        mut self,
+        vector_stores: crate::vector::VectorStores,
+        max_tool_calls: usize,
+    ) -> Responses {
+        self.vector_stores = Some(vector_stores);
+        self.max_tool_calls = max_tool_calls.max(1);
+        self
+    }
+
+    /// A response's search loop, when it offers `file_search`.
+    fn rounds(
+        &self,
+        req: &ResponseRequest,
+        owner: &str,
+        chat: &Value,
+        session: &str,
+    ) -> Option<Rounds> {
+        let tool = req.file_search.clone()?;
+        Some(Rounds {
+            tool,
+            owner: owner.to_string(),
+            include_results: req.include.iter().any(|i| i == "file_search_call.results"),
+            limit: req.max_tool_calls.map_or(self.max_tool_calls, |n| {
+                (n as usize).min(self.max_tool_calls)
+            }),
+            calls: 0,
+            chat: chat.clone(),
+            session: session.to_string(),
+        })
+    }
+
+    /// Runs one `file_search` call: its item, the tool message answering it, and the
+    /// results shown (numbered from `first`).
+    async fn search(
+        &self,
+        r: &Rounds,
+        item_id: &str,
+        arguments: &str,
+        first: usize,
+    ) -> (Value, String, Vec<crate::vector::Hit>) {
+        use super::file_search::{call_item, queries_of, tool_message};
+        let Some(queries) = queries_of(arguments) else {
+            return (
+                call_item(item_id, "failed", &[], None),
+                "The call held no queries: call file_search with {\"queries\": [\"...\"]}.".into(),
+                Vec::new(),
+            );
+        };
+        let Some(vs) = &self.vector_stores else {
+            return (
+                call_item(item_id, "failed", &queries, None),
+                "File search is not available on this gateway.".into(),
+                Vec::new(),
+            );
+        };
+        match vs
+            .search(
+                &r.owner,
+                &r.tool.vector_store_ids,
+                &queries,
+                &r.tool.options,
+                &r.tool.param,
+            )
+            .await
+        {
+            Ok((used, hits)) => (
+                call_item(
+                    item_id,
+                    "completed",
+                    &used,
+                    r.include_results.then_some(&hits[..]),
+                ),
+                tool_message(&used, &hits, first),
+                hits,
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "file search failed");
+                (
+                    call_item(item_id, "failed", &queries, None),
+                    format!("The search failed: {}", e.message),
+                    Vec::new(),
+                )
+            }
+        }
+    }
+
+    /// The rounds of a response answered whole: while the model calls `file_search`
+    /// (and only it), search, answer the calls and ask again. The final completion, the
+    /// search calls' items, the results shown, and the usage of every round.
+    async fn complete_rounds(
+        &self,
+        mut c: Value,
+        rounds: &mut Option<Rounds>,
+    ) -> Result<(Value, Vec<Value>, Vec<crate::vector::Hit>, Option<Usage>), EngineError> {
+        let mut items = Vec::new();
+        let mut sources = Vec::new();
+        let mut usage = c.get("usage").map(Usage::from_chat);
+        let Some(r) = rounds.as_mut() else {
+            return Ok((c, items, sources, usage));
+        };
+        loop {
+            let calls: Vec<Value> = c["choices"][0]["message"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let (hosted, client): (Vec<Value>, Vec<Value>) = calls
+                .into_iter()
+                .partition(|t| t["function"]["name"] == super::file_search::FUNCTION);
+            if hosted.is_empty() {
+                return Ok((c, items, sources, usage));
+            }
+            let mut results = Vec::new();
+            for call in &hosted {
+                let call_id = call["id"].as_str().unwrap_or_default().to_string();
+                let args = call["function"]["arguments"].as_str().unwrap_or("{}");
+                let (item, message, hits) = self
+                    .search(r, &random_id("fs_"), args, sources.len() + 1)
+                    .await;
+                items.push(item);
+                sources.extend(hits);
+                results.push(json!({"role": "tool", "tool_call_id": call_id, "content": message}));
+            }
+            // A round that also calls the client's functions goes back to the client.
+            if !client.is_empty() {
+                return Ok((c, items, sources, usage));
+            }
+            r.advance(hosted, results);
+            c = match self.engine.chat(r.chat.clone(), r.session.clone()).await? {
+                Answer::Complete(next) => next,
+                Answer::Stream(_) => {
+                    return Err(EngineError {
+                        status: 502,
+                        code: "bad_gateway".into(),
+                        message: "The engine streamed an answer asked for whole".into(),
+                    });
+                }
+            };
+            let round = c.get("usage").map(Usage::from_chat);
+            usage = match (usage, round) {
+                (Some(a), Some(b)) => Some(a.plus(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+
+    /// A streamed response's rounds: the engine's stream through the translator, then,
+    /// while the model calls `file_search`, the search (its events sent as it runs) and
+    /// another round. Whether it was cancelled, and how a round failed, if one did.
+    async fn drive_rounds(
+        &self,
+        id: &str,
+        t: &mut Translator,
+        mut chunks: ChunkStream,
+        sink: &mut Sink,
+        mut rounds: Option<Rounds>,
+    ) -> (bool, Option<EngineError>) {
+        use super::file_search::{call_item, queries_of};
+        loop {
+            let (gone, failed) = self.drive(id, t, chunks, sink).await;
+            let Some(r) = rounds.as_mut().filter(|_| !gone && failed.is_none()) else {
+                return (gone, failed);
+            };
+            let (searches, client) = t.take_searches();
+            if searches.is_empty() {
+                return (false, None);
+            }
+            let (mut calls, mut results) = (Vec::new(), Vec::new());
+            for (call_id, args) in searches {
+                let item_id = random_id("fs_");
+                let queries = queries_of(&args).unwrap_or_default();
+                let started = t.search_started(call_item(&item_id, "in_progress", &queries, None));
+                if !sink.send(started).await {
+                    return (true, None);
+                }
+                let (item, message, hits) = self.search(r, &item_id, &args, t.sources() + 1).await;
+                t.add_sources(&hits);
+                if !sink.send(t.search_done(item)).await {
+                    return (true, None);
+                }
+                calls.push(json!({"id": call_id, "type": "function",
+                                  "function": {"name": super::file_search::FUNCTION, "arguments": args}}));
+                results.push(json!({"role": "tool", "tool_call_id": call_id, "content": message}));
+            }
+            if client {
+                return (false, None);
+            }
+            r.advance(calls, results);
+            chunks = match self.engine.chat(r.chat.clone(), r.session.clone()).await {
+                Ok(Answer::Stream(c)) => c,
+                Ok(Answer::Complete(_)) => {
+                    return (
+                        false,
+                        Some(EngineError {
+                            status: 502,
+                            code: "bad_gateway".into(),
+                            message: "The engine answered a streamed request whole".into(),
+                        }),
+                    );
+                }
+                Err(e) => return (false, Some(e)),
+            };
         }
     }
 
@@ -907,6 +1162,22 @@ impl Responses {
         all.extend(parse_input(&Value::Array(input.clone())).map_err(ServiceError::invalid)?);
         check_call_ids(&all, new_from).map_err(ServiceError::invalid)?;
         self.inline_files(&mut all, new_from, owner).await?;
+        if let Some(fs) = &req.file_search {
+            let vs = self.vector_stores.as_ref().ok_or_else(|| ServiceError {
+                status: 400,
+                kind: "invalid_request_error",
+                code: None,
+                message: "file_search is not available on this gateway".into(),
+                param: Some(fs.param.clone()),
+            })?;
+            vs.available()?;
+            for id in &fs.vector_store_ids {
+                vs.get(owner, id).await.map_err(|mut e| {
+                    e.param = Some(fs.param.clone());
+                    e
+                })?;
+            }
+        }
         Ok(Prepared {
             req,
             input,
@@ -1025,6 +1296,7 @@ impl Responses {
         }
         let stream = req.stream;
         let chat = req.chat_body(messages, stream);
+        let mut rounds = self.rounds(&req, owner, &chat, &session);
         // A streamed response is stored as soon as its id is out (its first event); one
         // answered whole is stored once, when it ends.
         if req.store && stream {
@@ -1049,11 +1321,42 @@ impl Responses {
             }
         };
         match answer {
-            Answer::Complete(c) => {
+            Answer::Complete(first) => {
+                let (c, mut output, sources, usage) =
+                    match self.complete_rounds(first, &mut rounds).await {
+                        Ok(done) => done,
+                        Err(e) => {
+                            let status = Status::Failed {
+                                code: e.code.clone(),
+                                message: e.message.clone(),
+                            };
+                            let outcome = Outcome::bare(&status, &req.model);
+                            if req.store {
+                                self.store_whole(whole, outcome).await?;
+                            } else {
+                                self.ended(&req, &status, &[]);
+                            }
+                            return Err(ServiceError::from_engine(e));
+                        }
+                    };
                 let message = &c["choices"][0]["message"];
-                let output = output_items(message, &mut ids);
+                output.extend(
+                    output_items(message, &mut ids)
+                        .into_iter()
+                        .filter(|i| {
+                            !(rounds.is_some()
+                                && i["type"] == "function_call"
+                                && i["name"] == super::file_search::FUNCTION)
+                        })
+                        .map(|mut i| {
+                            if let Some(text) = i["content"][0]["text"].as_str() {
+                                let a = super::file_search::citations(text, &sources);
+                                i["content"][0]["annotations"] = json!(a);
+                            }
+                            i
+                        }),
+                );
                 let status = status_of(c["choices"][0]["finish_reason"].as_str());
-                let usage = c.get("usage").map(Usage::from_chat);
                 let model = c["model"].as_str().unwrap_or(&req.model).to_string();
                 if req.store {
                     let outcome = Outcome {
@@ -1077,12 +1380,15 @@ impl Responses {
                 };
                 Ok(Created::Json(response_json(&env, &output)))
             }
-            Answer::Stream(chunks) => Ok(Created::Events(self.stream(id, req, created_at, chunks))),
+            Answer::Stream(chunks) => Ok(Created::Events(
+                self.stream(id, req, created_at, chunks, rounds),
+            )),
         }
     }
 
     /// The translator of a response's stream, rendering its Response object.
     fn translator(&self, id: &str, req: &ResponseRequest, created_at: i64) -> Translator {
+        let file_search = req.file_search.is_some();
         let (req, id) = (req.clone(), id.to_string());
         let render = Box::new(
             move |status: &Status, output: &[Value], usage: Option<Usage>| {
@@ -1097,7 +1403,12 @@ impl Responses {
                 response_json(&env, output)
             },
         );
-        Translator::new(render, Box::new(RandomIds))
+        let t = Translator::new(render, Box::new(RandomIds));
+        if file_search {
+            t.hosting(super::file_search::FUNCTION)
+        } else {
+            t
+        }
     }
 
     /// Feeds the engine's chunks through the translator to the sink until the stream
@@ -1169,6 +1480,7 @@ impl Responses {
         req: ResponseRequest,
         created_at: i64,
         chunks: ChunkStream,
+        rounds: Option<Rounds>,
     ) -> EventStream {
         let this = self.clone();
         let mut t = self.translator(&id, &req, created_at);
@@ -1176,7 +1488,8 @@ impl Responses {
         tokio::spawn(async move {
             let mut sink = Sink::Client(tx);
             let (gone, failed) = if sink.send(t.start()).await {
-                this.drive(&id, &mut t, chunks, &mut sink).await
+                this.drive_rounds(&id, &mut t, chunks, &mut sink, rounds)
+                    .await
             } else {
                 (true, None)
             };
@@ -1250,10 +1563,11 @@ impl Responses {
         };
         sink.send(t.start_queued()).await;
         let chat = req.chat_body(messages, true);
+        let rounds = self.rounds(&req, owner, &chat, &session);
         let this = self.clone();
         let (id2, req2) = (id.clone(), req.clone());
         tokio::spawn(async move {
-            this.run_background(id2, req2, created_at, chat, session, t, sink)
+            this.run_background(id2, req2, created_at, chat, session, t, sink, rounds)
                 .await
         });
         if req.stream {
@@ -1281,6 +1595,7 @@ impl Responses {
         session: String,
         mut t: Translator,
         mut sink: Sink,
+        rounds: Option<Rounds>,
     ) {
         let Sink::Background { live, .. } = &sink else {
             return;
@@ -1302,7 +1617,8 @@ impl Responses {
             Some(Err(e)) => (false, Some(e)),
             Some(Ok(Answer::Stream(chunks))) => {
                 sink.send(t.in_progress()).await;
-                self.drive(&id, &mut t, chunks, &mut sink).await
+                self.drive_rounds(&id, &mut t, chunks, &mut sink, rounds)
+                    .await
             }
             Some(Ok(Answer::Complete(_))) => (
                 false,
@@ -1690,5 +2006,60 @@ impl Responses {
         super::conversations::page_args(limit, order)?;
         self.get(id, owner).await?;
         super::conversations::page(&self.items(id, "input").await?, after, limit, order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rounds(limit: usize, chat: Value) -> Rounds {
+        let tool = super::super::file_search::FileSearchTool::parse(
+            json!({"vector_store_ids": ["vs_1"]}).as_object().unwrap(),
+            "tools[0]",
+        )
+        .unwrap();
+        Rounds {
+            tool,
+            owner: "o".into(),
+            include_results: false,
+            limit,
+            calls: 0,
+            chat,
+            session: "s".into(),
+        }
+    }
+
+    #[test]
+    fn rounds_stop_offering_the_search_at_the_limit_and_force_it_once() {
+        let search = super::super::file_search::FileSearchTool::function();
+        let f = json!({"type": "function", "function": {"name": "f"}});
+        let call = json!({"id": "c", "type": "function", "function": {"name": "file_search", "arguments": "{}"}});
+        let result = json!({"role": "tool", "tool_call_id": "c", "content": "r"});
+        let mut r = rounds(
+            2,
+            json!({"messages": [], "tools": [f, search], "tool_choice": "required"}),
+        );
+        r.advance(vec![call.clone()], vec![result.clone()]);
+        assert_eq!(r.chat["tool_choice"], "auto", "forced once");
+        assert_eq!(r.chat["tools"].as_array().unwrap().len(), 2);
+        assert_eq!(r.chat["messages"].as_array().unwrap().len(), 2);
+        r.advance(vec![call.clone()], vec![result.clone()]);
+        assert_eq!(
+            r.chat["tools"],
+            json!([f]),
+            "the limit is reached: no more searches"
+        );
+        // Without other tools, the request offers none.
+        let mut r = rounds(
+            1,
+            json!({"messages": [], "tools": [search], "tool_choice": {"type": "function", "function": {"name": "file_search"}}}),
+        );
+        r.advance(vec![call], vec![result]);
+        assert!(
+            r.chat.get("tools").is_none() && r.chat.get("tool_choice").is_none(),
+            "{}",
+            r.chat
+        );
     }
 }

@@ -57,6 +57,13 @@ pub struct Translator {
     calls: Vec<(u64, usize)>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
+    /// The function the gateway runs itself (file search): its calls are gathered for
+    /// [`Translator::take_searches`], not streamed as function calls.
+    hosted: Option<&'static str>,
+    /// Calls of the hosted function in this round: chat stream index, call id, arguments.
+    searches: Vec<(u64, String, String)>,
+    /// Results shown to the model so far, numbered from 1 (for citations).
+    sources: Vec<crate::vector::Hit>,
 }
 
 impl Translator {
@@ -70,7 +77,82 @@ impl Translator {
             calls: Vec::new(),
             finish_reason: None,
             usage: None,
+            hosted: None,
+            searches: Vec::new(),
+            sources: Vec::new(),
         }
+    }
+
+    /// Gathers the calls of `function` instead of streaming them (the gateway runs it).
+    pub fn hosting(mut self, function: &'static str) -> Translator {
+        self.hosted = Some(function);
+        self
+    }
+
+    /// The hosted function's calls of the round that just ended (call id, arguments),
+    /// and whether the round also called the client's functions. When it called only
+    /// the hosted one, the next round's chunks start afresh.
+    pub fn take_searches(&mut self) -> (Vec<(String, String)>, bool) {
+        let searches: Vec<(String, String)> = std::mem::take(&mut self.searches)
+            .into_iter()
+            .map(|(_, id, args)| (id, args))
+            .collect();
+        let client = !self.calls.is_empty();
+        if !searches.is_empty() && !client {
+            self.calls.clear();
+            self.finish_reason = None;
+        }
+        (searches, client)
+    }
+
+    /// Results shown to the model from now on (numbered after those before).
+    pub fn add_sources(&mut self, hits: &[crate::vector::Hit]) {
+        self.sources.extend_from_slice(hits);
+    }
+
+    /// How many results the model has been shown.
+    pub fn sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// A file search call starts: its item is added, `in_progress` then `searching`.
+    pub fn search_started(&mut self, item: Value) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.close(&mut out);
+        let index = self.index();
+        let id = item["id"].clone();
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        out.push(self.event(
+            "response.file_search_call.in_progress",
+            json!({"output_index": index, "item_id": id}),
+        ));
+        out.push(self.event(
+            "response.file_search_call.searching",
+            json!({"output_index": index, "item_id": id}),
+        ));
+        out
+    }
+
+    /// A file search call ended: `completed` (or failed), and its item is done.
+    pub fn search_done(&mut self, item: Value) -> Vec<Event> {
+        let index = self.index();
+        let id = item["id"].clone();
+        let mut out = Vec::new();
+        if item["status"] == "completed" {
+            out.push(self.event(
+                "response.file_search_call.completed",
+                json!({"output_index": index, "item_id": id}),
+            ));
+        }
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        ));
+        self.output.push(item);
+        out
     }
 
     fn event(&mut self, name: &'static str, mut data: Value) -> Event {
@@ -126,7 +208,15 @@ impl Translator {
                 item["content"] = json!([{"type": "reasoning_text", "text": text}]);
             }
             Open::Text { text } => {
-                let part = json!({"type": "output_text", "text": text, "annotations": []});
+                let annotations = super::file_search::citations(&text, &self.sources);
+                for (k, a) in annotations.iter().enumerate() {
+                    out.push(self.event(
+                        "response.output_text.annotation.added",
+                        json!({"item_id": id, "output_index": index, "content_index": 0,
+                               "annotation_index": k, "annotation": a}),
+                    ));
+                }
+                let part = json!({"type": "output_text", "text": text, "annotations": annotations});
                 out.push(self.event(
                     "response.output_text.done",
                     json!({"item_id": id, "output_index": index, "content_index": 0,
@@ -178,7 +268,9 @@ impl Translator {
     pub fn chunk(&mut self, chunk: &Value) -> Vec<Event> {
         let mut out = Vec::new();
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            self.usage = Some(Usage::from_chat(u));
+            // Rounds of a tool loop add up.
+            let round = Usage::from_chat(u);
+            self.usage = Some(self.usage.map_or(round, |before| before.plus(round)));
         }
         let Some(choice) = chunk["choices"].get(0) else {
             return out;
@@ -235,6 +327,19 @@ impl Translator {
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let n = call["index"].as_u64().unwrap_or(0);
+            let hosted = self.hosted.is_some() && call["function"]["name"].as_str() == self.hosted;
+            if let Some(s) = self.searches.iter_mut().find(|(i, ..)| *i == n) {
+                s.2.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+                continue;
+            }
+            if hosted {
+                let id = call["id"]
+                    .as_str()
+                    .map_or_else(|| self.ids.id("call_"), str::to_string);
+                let args = call["function"]["arguments"].as_str().unwrap_or_default();
+                self.searches.push((n, id, args.to_string()));
+                continue;
+            }
             let known = self.calls.iter().any(|(i, _)| *i == n);
             if !known {
                 let call_id = call["id"]

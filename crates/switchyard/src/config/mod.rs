@@ -190,6 +190,10 @@ pub struct Config {
     /// Files this gateway ingests into vector stores at once.
     #[arg(long, default_value_t = 2)]
     pub ingest_workers: usize,
+    /// Most built-in tool calls (file searches) one response makes, whatever its own
+    /// `max_tool_calls` says; past it the model is asked to answer without the tool.
+    #[arg(long, default_value_t = 8)]
+    pub max_tool_calls: usize,
     /// Redis for state shared by replicas (`/route` sessions and stats), e.g.
     /// `redis://127.0.0.1:6379/0`. Unset: in memory.
     #[arg(long)]

@@ -115,6 +115,9 @@ impl Config {
         if self.max_file_size == 0 {
             return Err(invalid("max-file-size", "must be at least 1 byte"));
         }
+        if self.max_tool_calls == 0 {
+            return Err(invalid("max-tool-calls", "must be at least 1"));
+        }
         if self.ingest_workers == 0 {
             return Err(invalid("ingest-workers", "must be at least 1"));
         }

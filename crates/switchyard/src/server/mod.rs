@@ -282,15 +282,6 @@ impl Gateway {
             ),
             cfg.max_file_size,
         );
-        let responses = Arc::new(
-            switchyard_stateful::responses::service::Responses::new(
-                store.clone(),
-                Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
-            )
-            .observed(metrics.clone())
-            .with_files(files.clone())
-            .with_max_background(cfg.max_background_responses),
-        );
         let embedder = cfg.embedding_model.clone().map(|model| {
             Arc::new(crate::pipeline::responses::PipelineEmbedder {
                 pipeline: pipeline.clone(),
@@ -303,6 +294,16 @@ impl Gateway {
                     workers: cfg.ingest_workers,
                     ..Default::default()
                 });
+        let responses = Arc::new(
+            switchyard_stateful::responses::service::Responses::new(
+                store.clone(),
+                Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
+            )
+            .observed(metrics.clone())
+            .with_files(files.clone())
+            .with_vector_stores(vector_stores.clone(), cfg.max_tool_calls)
+            .with_max_background(cfg.max_background_responses),
+        );
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
             route,
