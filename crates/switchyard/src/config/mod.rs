@@ -187,6 +187,12 @@ pub struct Config {
     /// routing. Unset: files added to vector stores fail with a message saying so.
     #[arg(long)]
     pub embedding_model: Option<String>,
+    /// Embed vector stores in this process with the sentence-transformers BERT model
+    /// in this directory (`config.json`, `tokenizer.json`, `model.safetensors`, e.g.
+    /// all-MiniLM-L6-v2) instead of `--embedding-model` (needs the `local-embeddings`
+    /// build feature).
+    #[arg(long)]
+    pub local_embedding_model: Option<std::path::PathBuf>,
     /// Files this gateway ingests into vector stores at once.
     #[arg(long, default_value_t = 2)]
     pub ingest_workers: usize,

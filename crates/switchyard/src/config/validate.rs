@@ -124,6 +124,18 @@ impl Config {
         if self.embedding_model.as_deref() == Some("") {
             return Err(invalid("embedding-model", "must name a model"));
         }
+        if self.local_embedding_model.is_some() && self.embedding_model.is_some() {
+            return Err(invalid(
+                "local-embedding-model",
+                "embed with --embedding-model or --local-embedding-model, not both",
+            ));
+        }
+        if self.local_embedding_model.is_some() && !cfg!(feature = "local-embeddings") {
+            return Err(invalid(
+                "local-embedding-model",
+                "this switchyard was built without the local-embeddings feature",
+            ));
+        }
         if self.store_retention_days == Some(0) {
             return Err(invalid("store-retention-days", "must be at least 1 day"));
         }

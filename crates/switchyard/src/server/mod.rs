@@ -282,12 +282,18 @@ impl Gateway {
             ),
             cfg.max_file_size,
         );
-        let embedder = cfg.embedding_model.clone().map(|model| {
+        let mut embedder = cfg.embedding_model.clone().map(|model| {
             Arc::new(crate::pipeline::responses::PipelineEmbedder {
                 pipeline: pipeline.clone(),
                 model,
             }) as Arc<dyn switchyard_stateful::vector::embed::Embedder>
         });
+        #[cfg(feature = "local-embeddings")]
+        if let Some(dir) = &cfg.local_embedding_model {
+            let local = crate::selection::classify::local::LocalEmbedder::load(dir)
+                .map_err(|e| anyhow::anyhow!("--local-embedding-model {}: {e}", dir.display()))?;
+            embedder = Some(Arc::new(local));
+        }
         let vector_stores =
             switchyard_stateful::vector::VectorStores::new(store.clone(), files.clone(), embedder)
                 .with_ingest(switchyard_stateful::vector::IngestConfig {

@@ -102,3 +102,49 @@ impl LocalModel {
         run().map_err(|e| err("forward", e))
     }
 }
+
+/// Vector stores' embeddings computed in this process (`--local-embedding-model`).
+pub struct LocalEmbedder {
+    model: std::sync::Arc<LocalModel>,
+    name: String,
+}
+
+impl LocalEmbedder {
+    /// Loads the model in `dir`; its name is `local:<directory name>`.
+    pub fn load(dir: &Path) -> Result<LocalEmbedder, String> {
+        let name = dir
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+        Ok(LocalEmbedder {
+            model: std::sync::Arc::new(LocalModel::load(dir)?),
+            name: format!("local:{name}"),
+        })
+    }
+}
+
+impl switchyard_stateful::vector::embed::Embedder for LocalEmbedder {
+    fn model(&self) -> &str {
+        &self.name
+    }
+
+    fn embed(
+        &self,
+        texts: Vec<String>,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<Vec<Vec<f32>>, switchyard_stateful::responses::service::EngineError>,
+    > {
+        let model = self.model.clone();
+        Box::pin(async move {
+            let failed = |message: String| switchyard_stateful::responses::service::EngineError {
+                status: 500,
+                code: "embedding_failed".into(),
+                message,
+            };
+            tokio::task::spawn_blocking(move || model.embed(&texts))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(failed)
+        })
+    }
+}
