@@ -13,6 +13,8 @@
 //!   caught and missed, routing time (`--workload sessions`).
 //! - [`chain`]: long conversations through the Responses API (`previous_response_id`)
 //!   or as chat completions resending their history (`switchyard-bench chain`).
+//! - [`vectors`]: vector store ingestion, search and file_search latency over HTTP
+//!   (`switchyard-bench vectors`).
 
 pub mod chain;
 pub mod classify;
@@ -22,4 +24,5 @@ pub mod report;
 pub mod runner;
 pub mod sessions;
 pub mod stats;
+pub mod vectors;
 pub mod workload;

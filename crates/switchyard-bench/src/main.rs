@@ -312,8 +312,72 @@ async fn run_sessions(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `switchyard-bench vectors`: vector store ingestion, search and file_search latency.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-bench vectors")]
+struct VectorArgs {
+    /// The gateway's base URL.
+    #[arg(long)]
+    target: String,
+    /// The row's label in the Markdown table.
+    #[arg(long, default_value = "gateway")]
+    label: String,
+    #[arg(long, default_value = "switchyard/sim-8b")]
+    model: String,
+    #[arg(long, default_value_t = 1000)]
+    docs: usize,
+    #[arg(long, default_value_t = 2000)]
+    doc_tokens: usize,
+    #[arg(long, default_value_t = 200)]
+    chunk_tokens: usize,
+    #[arg(long, default_value_t = 200)]
+    searches: usize,
+    #[arg(long, default_value_t = 100)]
+    responses: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
+    /// Write OUT.json and OUT.md (default: print the Markdown only).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+async fn vectors(a: VectorArgs) -> anyhow::Result<()> {
+    let p = switchyard_bench::vectors::VectorParams {
+        model: a.model,
+        docs: a.docs,
+        doc_tokens: a.doc_tokens,
+        chunk_tokens: a.chunk_tokens,
+        searches: a.searches,
+        responses: a.responses,
+        seed: a.seed,
+        timeout: Duration::from_secs(a.request_timeout),
+    };
+    let report = switchyard_bench::vectors::run(&reqwest::Client::new(), &a.target, &p).await?;
+    let row = report.markdown_row(&a.label);
+    println!("{row}");
+    if let Some(out) = &a.out {
+        std::fs::write(out.with_extension("md"), format!("{row}\n"))?;
+        let json = serde_json::json!({"workload": "vectors", "params": p, "report": report});
+        std::fs::write(
+            out.with_extension("json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("vectors") {
+        let args = VectorArgs::parse_from(std::env::args().skip(1));
+        if let Err(e) = vectors(args).await {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("classify") {
         let args = ClassifyArgs::parse_from(std::env::args().skip(1));
         if let Err(e) = classify(args).await {

@@ -122,6 +122,13 @@ Metrics: http://{metrics}/metrics   Health: {url}/health
   curl {url}/route -H 'Content-Type: application/json' \
     -d '{{"query": "Write a Python function that parses dates"}}'
 
+  # Documents, a vector store and file_search with citations
+  # (docs/files-and-vector-stores.md)
+  curl {url}/v1/files -F purpose=assistants -F file=@README.md
+  curl {url}/v1/vector_stores -H 'Content-Type: application/json' -d '{{"file_ids": ["<file id>"]}}'
+  curl {url}/v1/responses -H 'Content-Type: application/json' \
+    -d '{{"model": "switchyard/sim-8b", "input": "What is Switchyard?", "tools": [{{"type": "file_search", "vector_store_ids": ["<vector store id>"]}}]}}'
+
   # Python (pip install openai)
   from openai import OpenAI
   client = OpenAI(base_url="{url}/v1", api_key="unused")

@@ -260,6 +260,16 @@ impl Store {
         }
         if backend == Backend::Sqlite {
             register_sqlite_vec();
+        } else {
+            // pgvector ≥ 0.8: an HNSW search filtered by store goes on until it has its
+            // k rows, in distance order (older versions ignore the setting).
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET hnsw.iterative_scan = strict_order")
+                        .await?;
+                    Ok(())
+                })
+            });
         }
         let pool = opts.connect(&url).await?;
         migrator(backend).run(&pool).await?;

@@ -11,8 +11,8 @@
 //!   (1 − cosine distance, best over the queries).
 //! - `score_threshold` drops results below it; `max_num_results` (1–50) caps them.
 //! - `filters` select files by their attributes before ranking.
-//! - Only `completed` files are searched: a store still ingesting answers from what is
-//!   ready.
+//! - Only `completed` files are searched (only they have chunks): a store still
+//!   ingesting answers from what is ready.
 
 use std::collections::HashMap;
 
@@ -353,6 +353,24 @@ impl VectorStores {
     /// Renews the stores' activity (their expiry counts from it), at most once a minute.
     async fn touch(&self, ids: &[String]) {
         let now = (self.now)();
+        let due: Vec<&String> = {
+            let mut t = self.touched.lock().expect("touched");
+            if t.len() > 100_000 {
+                t.clear();
+            }
+            let due: Vec<&String> = ids
+                .iter()
+                .filter(|id| t.get(*id).is_none_or(|at| *at <= now - 60))
+                .collect();
+            for id in &due {
+                t.insert((*id).clone(), now);
+            }
+            due
+        };
+        if due.is_empty() {
+            return;
+        }
+        let ids = due;
         let w = crate::store::Write::one(
             format!(
                 "UPDATE vector_stores SET last_active_at = $1, expires_at = CASE WHEN \
@@ -416,11 +434,12 @@ impl VectorStores {
                 format!("(c.embedding::vector({dims}) <=> $2::vector({dims}))")
             }
         };
+        // Chunks exist only for completed files (ingestion writes them with the
+        // status; re-adding, cancelling or removing a file deletes them): no join, so
+        // PostgreSQL can walk the HNSW index.
         let mut sql = format!(
             "SELECT c.id, c.store_id, c.file_id, c.text, CAST({distance} AS DOUBLE PRECISION) AS d \
-             FROM vector_store_chunks c JOIN vector_store_files f \
-             ON f.store_id = c.store_id AND f.file_id = c.file_id \
-             WHERE c.store_id = $1 AND f.status = 'completed'"
+             FROM vector_store_chunks c WHERE c.store_id = $1"
         );
         if self.backend() == Backend::Postgres {
             sql.push_str(&format!(" AND c.dims = {dims}"));
@@ -472,19 +491,15 @@ impl VectorStores {
                  CAST(bm25(vector_store_chunks_fts) AS DOUBLE PRECISION) AS s \
                  FROM vector_store_chunks_fts JOIN vector_store_chunks c \
                  ON c.id = vector_store_chunks_fts.rowid \
-                 JOIN vector_store_files f ON f.store_id = c.store_id AND f.file_id = c.file_id \
-                 WHERE vector_store_chunks_fts MATCH $2 AND c.store_id = $1 \
-                 AND f.status = 'completed'"
+                 WHERE vector_store_chunks_fts MATCH $2 AND c.store_id = $1"
                     .to_string()
             }
             Backend::Postgres => {
                 args.push(t.join(" | ").into());
                 "SELECT c.id, c.store_id, c.file_id, c.text, \
                  CAST(-ts_rank_cd(c.tsv, to_tsquery('english', $2)) AS DOUBLE PRECISION) AS s \
-                 FROM vector_store_chunks c JOIN vector_store_files f \
-                 ON f.store_id = c.store_id AND f.file_id = c.file_id \
-                 WHERE c.tsv @@ to_tsquery('english', $2) AND c.store_id = $1 \
-                 AND f.status = 'completed'"
+                 FROM vector_store_chunks c \
+                 WHERE c.tsv @@ to_tsquery('english', $2) AND c.store_id = $1"
                     .to_string()
             }
         };

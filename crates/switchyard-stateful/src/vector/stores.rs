@@ -59,6 +59,9 @@ pub struct VectorStores {
     pub(crate) wake: Arc<Notify>,
     /// PostgreSQL: the dimensions whose HNSW index is known to exist.
     pub(crate) indexed: Arc<std::sync::Mutex<Vec<i64>>>,
+    /// When this gateway last recorded each store's activity (a search writes it at
+    /// most once a minute).
+    pub(crate) touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
 
 pub(crate) fn bad(param: &str, message: impl Into<String>) -> ServiceError {
@@ -153,6 +156,7 @@ impl VectorStores {
             now: unix_now,
             wake: Arc::new(Notify::new()),
             indexed: Default::default(),
+            touched: Default::default(),
         }
     }
 
@@ -509,11 +513,17 @@ impl VectorStores {
         Ok(())
     }
 
-    /// Rows that put `files` in store `id` as jobs (a file already there starts over).
+    /// Rows that put `files` in store `id` as jobs (a file already there starts over,
+    /// without its chunks: chunks exist only for `completed` files, so searches need
+    /// not look at the files' status).
     fn add_rows(&self, id: &str, files: &[NewFile], batch: Option<&str>) -> Write {
         let now = (self.now)();
         let mut w = Write::default();
         for (i, f) in files.iter().enumerate() {
+            w = w.then(
+                "DELETE FROM vector_store_chunks WHERE store_id = $1 AND file_id = $2",
+                vec![id.into(), f.file_id.as_str().into()],
+            );
             w = w.then(
                 "INSERT INTO vector_store_files (store_id, file_id, created_at, created_us, \
                  status, attributes, chunking, batch_id) \
