@@ -82,7 +82,7 @@ run() { # run NAME DOCS RESPONSES EMBEDDING-FLAGS... (backend from BACKEND)
   fi
   gateway "$url" "$@"
   $BIN/switchyard-bench vectors --target "http://127.0.0.1:$GW_PORT" --label "$name" \
-    --docs "$docs" --doc-tokens $DOC_WORDS --chunk-tokens 200 --searches 200 \
+    --docs "$docs" --doc-tokens $DOC_WORDS --chunk-tokens 200 --searches 100 \
     --responses "$responses" --out "$OUT/$DATE-vectors-$name"
   stop_gateway
   if [ "$BACKEND" = postgres ]; then stop_pgvector; fi
@@ -91,7 +91,7 @@ run() { # run NAME DOCS RESPONSES EMBEDDING-FLAGS... (backend from BACKEND)
 for rep in $(seq 1 "$REPS"); do
   for chunks in $SIZES; do
     for BACKEND in $BACKENDS; do
-      run "$BACKEND-$chunks-$rep" $((chunks / 10)) 100 --embedding-model switchyard/sim-8b
+      run "$BACKEND-$chunks-$rep" $((chunks / 10)) 50 --embedding-model switchyard/sim-8b
     done
   done
   if [ "$LOCAL_DOCS" -gt 0 ]; then

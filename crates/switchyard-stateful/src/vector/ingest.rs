@@ -365,7 +365,29 @@ impl VectorStores {
                 vec![sid.into(), fid.into()],
             );
         self.store.write(w).await.map_err(ServiceError::from)?;
+        self.refresh_statistics(chunks.len() as u64).await;
         Ok(())
+    }
+
+    /// PostgreSQL: `ANALYZE` the chunks after every 5000 stored here (autovacuum does
+    /// too, but only once the table has grown by a tenth and its next round comes).
+    async fn refresh_statistics(&self, added: u64) {
+        use std::sync::atomic::Ordering;
+        if self.backend() != Backend::Postgres {
+            return;
+        }
+        let before = self.unanalyzed.fetch_add(added, Ordering::Relaxed);
+        if before + added < 5000 {
+            return;
+        }
+        self.unanalyzed.store(0, Ordering::Relaxed);
+        if let Err(e) = self
+            .store
+            .write(Write::one("ANALYZE vector_store_chunks", vec![]))
+            .await
+        {
+            tracing::warn!(error = %e, "the chunks' statistics were not refreshed");
+        }
     }
 
     /// One embedding request, retried with backoff on 429 and 5xx.
@@ -404,6 +426,7 @@ impl VectorStores {
         if self.backend() != Backend::Postgres {
             return;
         }
+        let _one_at_a_time = self.indexing.lock().await;
         if self.indexed.lock().expect("index list").contains(&dims) {
             return;
         }

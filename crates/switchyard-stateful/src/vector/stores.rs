@@ -59,6 +59,12 @@ pub struct VectorStores {
     pub(crate) wake: Arc<Notify>,
     /// PostgreSQL: the dimensions whose HNSW index is known to exist.
     pub(crate) indexed: Arc<std::sync::Mutex<Vec<i64>>>,
+    /// Held while an index is created (the workers of one gateway do not race).
+    pub(crate) indexing: Arc<tokio::sync::Mutex<()>>,
+    /// PostgreSQL: chunks this gateway stored since it last refreshed the planner's
+    /// statistics (a bulk load leaves them stale, and the planner then scans instead
+    /// of walking the HNSW index).
+    pub(crate) unanalyzed: Arc<std::sync::atomic::AtomicU64>,
     /// When this gateway last recorded each store's activity (a search writes it at
     /// most once a minute).
     pub(crate) touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
@@ -156,7 +162,9 @@ impl VectorStores {
             now: unix_now,
             wake: Arc::new(Notify::new()),
             indexed: Default::default(),
+            indexing: Default::default(),
             touched: Default::default(),
+            unanalyzed: Default::default(),
         }
     }
 
