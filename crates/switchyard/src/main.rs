@@ -45,8 +45,10 @@ const DEFAULT_FILES_DIR: &str = "switchyard-files";
 async fn run(mut cfg: Config) -> anyhow::Result<()> {
     cfg.database_url
         .get_or_insert_with(|| DEFAULT_DATABASE_URL.to_string());
-    cfg.files_dir
-        .get_or_insert_with(|| DEFAULT_FILES_DIR.into());
+    if cfg.files_url.is_none() {
+        cfg.files_dir
+            .get_or_insert_with(|| DEFAULT_FILES_DIR.into());
+    }
     // Handlers first: a SIGHUP that arrives once the gateway answers must reload it,
     // not end the process (the default action).
     let signals = Signals::new();

@@ -128,3 +128,112 @@ async fn files_are_streamed_to_disk_kept_limited_and_deleted() {
     drop(t);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--files-url`: the gateway binary keeps uploads in S3-compatible object storage (an
+/// S3 server of the test's own, credentials from the `AWS_*` environment), ingests them
+/// into a vector store from there, serves their content, and deletes them.
+#[cfg(unix)]
+#[tokio::test]
+async fn files_can_live_in_object_storage() {
+    use futures_util::StreamExt;
+    use switchyard_stateful::files::blobs::{AmazonS3Builder, BlobError, Blobs, ObjectBlobs};
+
+    let s3 = tokio::task::spawn_blocking(switchyard_stateful::testing::S3Server::start)
+        .await
+        .unwrap();
+    let files_url = s3.files_url("gateway/files");
+    let sims = sims(1).await;
+    let dir = std::env::temp_dir().join(format!("switchyard-files-s3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _gateway = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "--log-level", "warn"])
+            .args([
+                "--database-url",
+                &format!("sqlite://{}", dir.join("state.db").display()),
+            ])
+            .args(["--files-url", &files_url])
+            .args(["--embedding-model", MODEL])
+            .args(["--worker-urls", &sims.urls().join(",")])
+            .args(["--port", &port.to_string()])
+            .args(["--admin-port", &free_port().to_string()])
+            .args(["--prometheus-port", &free_port().to_string()])
+            .env("AWS_ACCESS_KEY_ID", "switchyard-test")
+            .env("AWS_SECRET_ACCESS_KEY", "switchyard-secret")
+            .current_dir(&dir)
+            .stderr(std::fs::File::create(dir.join("err")).unwrap())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let http = Http::new();
+    eventually("the gateway is ready", || async {
+        matches!(http.0.get(format!("{url}/readiness")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+
+    let text = b"Lighthouses warn ships away from rocky coasts at night.";
+    let id = upload_file(&http, &url, "lights.txt", "assistants", text).await;
+    // The bytes are in the bucket under the prefix, not on local disk.
+    let bucket = ObjectBlobs::s3(
+        &files_url,
+        AmazonS3Builder::new()
+            .with_access_key_id("switchyard-test")
+            .with_secret_access_key("switchyard-secret"),
+    )
+    .unwrap();
+    let mut stored = Vec::new();
+    let mut stream = bucket.open(&id).await.expect("the upload is in the bucket");
+    while let Some(chunk) = stream.next().await {
+        stored.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(stored, text);
+    assert!(!dir.join("switchyard-files").exists());
+    let content = http
+        .0
+        .get(format!("{url}/v1/files/{id}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(content.bytes().await.unwrap().as_ref(), text);
+
+    // Ingested from the bucket and searchable.
+    let (s, vs) = http
+        .post(
+            &url,
+            "/v1/vector_stores",
+            &serde_json::json!({"file_ids": [id]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{vs}");
+    let store = format!("{url}/v1/vector_stores/{}", vs["id"].as_str().unwrap());
+    eventually("ingestion to finish", || async {
+        http.get(&store).await.1["status"] != "in_progress"
+    })
+    .await;
+    let (_, got) = http.get(&store).await;
+    assert_eq!(got["file_counts"]["completed"], 1, "{got}");
+    let (s, found) = http
+        .post(
+            &format!("{store}/search"),
+            "",
+            &serde_json::json!({"query": "lighthouses and ships"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{found}");
+    assert_eq!(found["data"][0]["file_id"], id.as_str(), "{found}");
+
+    // Deleted: the object too.
+    let resp = http
+        .0
+        .delete(format!("{url}/v1/files/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(matches!(bucket.open(&id).await, Err(BlobError::NotFound)));
+    drop(_gateway);
+    let _ = std::fs::remove_dir_all(&dir);
+}

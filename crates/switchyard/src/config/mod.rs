@@ -177,8 +177,15 @@ pub struct Config {
     /// `switchyard serve` defaults to `switchyard-files`; the demo and the library use a
     /// directory of their own under the system's temporary directory, removed when the
     /// gateway is dropped.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "files_url")]
     pub files_dir: Option<std::path::PathBuf>,
+    /// Keep uploaded files' bytes in S3-compatible object storage instead:
+    /// `s3://BUCKET/PREFIX`, with settings other than credentials as query parameters
+    /// (`?endpoint=https://minio.local:9000&region=eu-west-1`; object_store's names).
+    /// Credentials and the rest come from the standard `AWS_*` environment variables
+    /// (docs/files-and-vector-stores.md).
+    #[arg(long)]
+    pub files_url: Option<String>,
     /// Largest file upload, in bytes (413 beyond).
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     pub max_file_size: u64,

@@ -265,35 +265,49 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
-        let (files_dir, scratch_files) = match &cfg.files_dir {
-            Some(d) => (d.clone(), None),
-            None => {
-                let d = std::env::temp_dir().join(
-                    switchyard_stateful::responses::service::random_id("switchyard-files-"),
-                );
-                (d.clone(), Some(state::ScratchDir(d)))
-            }
-        };
-        let files = switchyard_stateful::files::Files::new(
-            store.clone(),
-            Arc::new(
-                switchyard_stateful::files::blobs::LocalBlobs::new(&files_dir)
-                    .map_err(|e| anyhow::anyhow!("--files-dir {}: {e}", files_dir.display()))?,
-            ),
-            cfg.max_file_size,
-        );
-        let mut embedder = cfg.embedding_model.clone().map(|model| {
+        let (blobs, scratch_files): (Arc<dyn switchyard_stateful::files::blobs::Blobs>, _) =
+            match (&cfg.files_url, &cfg.files_dir) {
+                (Some(url), _) => (
+                    Arc::new(
+                        switchyard_stateful::files::blobs::ObjectBlobs::from_env(url)
+                            .map_err(|e| anyhow::anyhow!("--files-url {e}"))?,
+                    ),
+                    None,
+                ),
+                (None, dir) => {
+                    let (dir, scratch) = match dir {
+                        Some(d) => (d.clone(), None),
+                        None => {
+                            let d = std::env::temp_dir().join(
+                                switchyard_stateful::responses::service::random_id(
+                                    "switchyard-files-",
+                                ),
+                            );
+                            (d.clone(), Some(state::ScratchDir(d)))
+                        }
+                    };
+                    let local = switchyard_stateful::files::blobs::LocalBlobs::new(&dir)
+                        .map_err(|e| anyhow::anyhow!("--files-dir {}: {e}", dir.display()))?;
+                    (Arc::new(local), scratch)
+                }
+            };
+        let files = switchyard_stateful::files::Files::new(store.clone(), blobs, cfg.max_file_size);
+        let embedder = cfg.embedding_model.clone().map(|model| {
             Arc::new(crate::pipeline::responses::PipelineEmbedder {
                 pipeline: pipeline.clone(),
                 model,
             }) as Arc<dyn switchyard_stateful::vector::embed::Embedder>
         });
         #[cfg(feature = "local-embeddings")]
-        if let Some(dir) = &cfg.local_embedding_model {
-            let local = crate::selection::classify::local::LocalEmbedder::load(dir)
-                .map_err(|e| anyhow::anyhow!("--local-embedding-model {}: {e}", dir.display()))?;
-            embedder = Some(Arc::new(local));
-        }
+        let embedder = match &cfg.local_embedding_model {
+            Some(dir) => Some(Arc::new(
+                crate::selection::classify::local::LocalEmbedder::load(dir).map_err(|e| {
+                    anyhow::anyhow!("--local-embedding-model {}: {e}", dir.display())
+                })?,
+            )
+                as Arc<dyn switchyard_stateful::vector::embed::Embedder>),
+            None => embedder,
+        };
         let vector_stores =
             switchyard_stateful::vector::VectorStores::new(store.clone(), files.clone(), embedder)
                 .with_ingest(switchyard_stateful::vector::IngestConfig {
