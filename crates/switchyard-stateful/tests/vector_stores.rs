@@ -14,6 +14,7 @@ use switchyard_stateful::files::{FileMeta, Files};
 use switchyard_stateful::store::Store;
 use switchyard_stateful::vector::VectorStores;
 use switchyard_stateful::vector::embed::Embedder;
+use switchyard_stateful::vector::search::{Mode, SearchOptions};
 
 mod common;
 use common::{PgDatabase, SimEmbedder, SqliteFile, config};
@@ -383,6 +384,173 @@ async fn ingest_and_search(b: Bed) {
     assert_eq!(deleted["deleted"], true);
     assert_eq!(b.chunks(&trains).await, 0);
     assert_eq!(b.vs.get(OWNER, other_id).await.unwrap_err().status, 404);
+}
+
+/// SQLite's nearest-neighbour search applies the attribute filter inside its scan: a
+/// file that passes the filter is found even when many closer chunks of other files
+/// do not pass it. And a database whose chunks predate the vec0 index gets one, built
+/// from the chunks, at its first search.
+#[tokio::test]
+async fn filters_apply_inside_the_nearest_neighbour_search() {
+    knn_filter(Bed::new("knn-filter").await).await;
+}
+
+/// The same on PostgreSQL: pgvector's iterative index scan keeps going until the
+/// filtered search has its k results.
+#[tokio::test]
+async fn filters_apply_inside_the_nearest_neighbour_search_on_postgres() {
+    let pg = tokio::task::spawn_blocking(switchyard_stateful::testing::PgVectorServer::start)
+        .await
+        .unwrap();
+    knn_filter(Bed::at(pg.url(), SqliteFile::new("pg-unused-knn"), "knn-pg").await).await;
+}
+
+async fn knn_filter(b: Bed) {
+    let lava = "Lava flows from the volcano after the eruption. ".repeat(1000);
+    let noise = b.text("lava.txt", &lava).await;
+    let target = b
+        .text("bread.txt", "Bakers feed the sourdough starter with flour.")
+        .await;
+    let vs = b.vs.create(OWNER, &json!({})).await.unwrap();
+    let id = vs["id"].as_str().unwrap().to_string();
+    let small = json!({"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 0}});
+    b.vs.add_file(
+        OWNER,
+        &id,
+        &json!({"file_id": noise, "chunking_strategy": small}),
+    )
+    .await
+    .unwrap();
+    b.vs.add_file(
+        OWNER,
+        &id,
+        &json!({"file_id": target, "attributes": {"kind": "kitchen"}}),
+    )
+    .await
+    .unwrap();
+    b.vs.ingest_all().await.unwrap();
+    assert!(
+        b.chunks(&noise).await > 60,
+        "more lava chunks than the search's depth"
+    );
+    let query = json!({
+        "query": "lava from the volcano eruption",
+        "max_num_results": 1,
+        "ranking_options": {"ranker": "none"},
+        "filters": {"type": "eq", "key": "kind", "value": "kitchen"},
+    });
+    assert_eq!(
+        file_ids(&b.search(&id, query.clone()).await),
+        vec![target.as_str()]
+    );
+
+    if b.store.backend() == switchyard_stateful::store::Backend::Postgres {
+        return;
+    }
+    // Without its index (a database from before it): rebuilt at the next search.
+    b.store
+        .write(switchyard_stateful::store::Write::one(
+            "DROP TABLE vector_store_vec_256",
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let embedder: Arc<dyn Embedder> = Arc::new(SimEmbedder::new(&b.sim_url, "embedder"));
+    let fresh = VectorStores::new(b.store.clone(), b.files.clone(), Some(embedder)).with_clock(now);
+    let found = fresh.search_api(OWNER, &id, &query).await.unwrap();
+    assert_eq!(file_ids(&found), vec![target.as_str()]);
+    let unfiltered = fresh
+        .search_api(OWNER, &id, &json!({"query": "lava from the volcano eruption", "ranking_options": {"ranker": "none"}}))
+        .await
+        .unwrap();
+    assert_eq!(file_ids(&unfiltered)[0], noise.as_str());
+}
+
+/// In a large table, keyword search leaves out the terms in more than half of the
+/// chunks (they weigh nothing in BM25, and matching them means ranking every chunk): a
+/// query of a common and a rare term matches the rare term's chunks only; a query of
+/// common terms alone keeps them. (The threshold is lowered to this test's 12 chunks.)
+#[tokio::test]
+async fn common_terms_are_left_out_of_keyword_search() {
+    common_terms(Bed::new("common-terms").await).await;
+}
+
+#[tokio::test]
+async fn common_terms_on_postgres() {
+    let pg = tokio::task::spawn_blocking(switchyard_stateful::testing::PgVectorServer::start)
+        .await
+        .unwrap();
+    common_terms(Bed::at(pg.url(), SqliteFile::new("pg-unused-common"), "common-pg").await).await;
+}
+
+async fn common_terms(b: Bed) {
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let rare = if i >= 10 {
+            " with a rare xylophone"
+        } else {
+            ""
+        };
+        ids.push(
+            b.text(
+                &format!("note{i}.txt"),
+                &format!("A common harbour note number {i}{rare}."),
+            )
+            .await,
+        );
+    }
+    let vs = b.vs.create(OWNER, &json!({"file_ids": ids})).await.unwrap();
+    let id = vs["id"].as_str().unwrap().to_string();
+    b.vs.ingest_all().await.unwrap();
+    // The planner's statistics are PostgreSQL's term counts (ingestion refreshes them
+    // every 5000 chunks).
+    if b.store.backend() == switchyard_stateful::store::Backend::Postgres {
+        b.store
+            .write(switchyard_stateful::store::Write::one(
+                "ANALYZE vector_store_chunks",
+                vec![],
+            ))
+            .await
+            .unwrap();
+    }
+    let embedder: Arc<dyn Embedder> = Arc::new(SimEmbedder::new(&b.sim_url, "embedder"));
+    let keyword = |vs: &VectorStores, q: &'static str| {
+        let vs = vs.clone();
+        let id = id.clone();
+        async move {
+            let opts = SearchOptions {
+                max_results: 50,
+                mode: Mode::Keyword,
+                ..SearchOptions::default()
+            };
+            let (_, hits) = vs
+                .search(OWNER, &[id], &[q.to_string()], &opts, "query")
+                .await
+                .unwrap();
+            let mut files: Vec<String> = hits.into_iter().map(|h| h.file_id).collect();
+            files.sort();
+            files
+        }
+    };
+    let mut rare = ids[10..].to_vec();
+    rare.sort();
+    let all = {
+        let mut all = ids.clone();
+        all.sort();
+        all
+    };
+    // The default threshold (10 000 chunks): every term counts.
+    assert_eq!(keyword(&b.vs, "harbour xylophone").await, all);
+    let large = VectorStores::new(b.store.clone(), b.files.clone(), Some(embedder))
+        .with_clock(now)
+        .with_common_terms_from(10);
+    assert_eq!(keyword(&large, "harbour xylophone").await, rare);
+    assert_eq!(keyword(&large, "xylophone").await, rare);
+    assert_eq!(
+        keyword(&large, "common harbour").await,
+        all,
+        "all common: kept"
+    );
 }
 
 #[tokio::test]

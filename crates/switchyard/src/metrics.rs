@@ -209,6 +209,22 @@ pub struct Metrics {
     pub response_tool_calls: Counter,
     pub store_ops: Hist<StoreOpLabels>,
     pub store_pool: Family<PoolLabel, Gauge>,
+    pub vector_searches: Hist<OutcomeLabel>,
+    pub vector_files: Family<StatusLabel, Counter>,
+    pub vector_chunks: Counter,
+    pub vector_ingest: Hist<StatusLabel>,
+}
+
+/// An operation's outcome (`ok`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// How a piece of work ended (`completed`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
 }
 
 /// Responses API answers by final status, and whether they ran in the background.
@@ -229,6 +245,13 @@ pub struct StoreOpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub state: &'static str,
+}
+
+/// Seconds to ingest a file: from a short note to a long PDF embedded remotely.
+fn ingest_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    ])
 }
 
 fn storage_histogram() -> Histogram {
@@ -256,6 +279,23 @@ impl switchyard_stateful::Observe for Metrics {
     fn tool_round(&self, calls: usize) {
         self.response_tool_rounds.inc();
         self.response_tool_calls.inc_by(calls as u64);
+    }
+
+    fn vector_search(&self, seconds: f64, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.vector_searches
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(seconds);
+    }
+
+    fn file_ingested(&self, status: &'static str, chunks: u64, seconds: f64) {
+        self.vector_files
+            .get_or_create(&StatusLabel { status })
+            .inc();
+        self.vector_chunks.inc_by(chunks);
+        self.vector_ingest
+            .get_or_create(&StatusLabel { status })
+            .observe(seconds);
     }
 }
 
@@ -329,6 +369,10 @@ impl Metrics {
             response_tool_calls: Counter::default(),
             store_ops: Family::new_with_constructor(storage_histogram),
             store_pool: Family::default(),
+            vector_searches: Family::new_with_constructor(storage_histogram),
+            vector_files: Family::default(),
+            vector_chunks: Counter::default(),
+            vector_ingest: Family::new_with_constructor(ingest_histogram),
             registry: Registry::default(),
         };
         r.register(
@@ -521,6 +565,26 @@ impl Metrics {
             "store_pool_connections",
             "The response store's database connections (state: in_use, idle, max)",
             m.store_pool.clone(),
+        );
+        r.register(
+            "vector_search_duration_seconds",
+            "Latency of vector store searches, the query's embedding included (outcome: ok, error)",
+            m.vector_searches.clone(),
+        );
+        r.register(
+            "vector_store_files_ingested",
+            "Files ingested into vector stores by how they ended (status: completed, failed)",
+            m.vector_files.clone(),
+        );
+        r.register(
+            "vector_store_chunks_ingested",
+            "Chunks stored in vector stores by ingestion",
+            m.vector_chunks.clone(),
+        );
+        r.register(
+            "vector_store_ingest_duration_seconds",
+            "Time to ingest one file into a vector store: parse, chunk, embed, store (status: completed, failed)",
+            m.vector_ingest.clone(),
         );
         Metrics { registry: r, ..m }
     }

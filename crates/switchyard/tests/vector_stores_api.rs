@@ -99,6 +99,28 @@ async fn files_are_ingested_through_the_fleet_and_searched() {
         .await;
     assert_eq!(r["data"].as_array().unwrap().len(), 1);
     assert_eq!(r["data"][0]["file_id"], b.as_str());
+    // Ingestion and search are on the metrics.
+    assert_eq!(
+        t.metric(
+            "switchyard_vector_store_files_ingested_total",
+            &[("status", "completed")]
+        )
+        .await,
+        2.0
+    );
+    assert!(
+        t.metric("switchyard_vector_store_chunks_ingested_total", &[])
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        t.metric(
+            "switchyard_vector_search_duration_seconds_count",
+            &[("outcome", "ok")]
+        )
+        .await,
+        2.0
+    );
 
     let (_, content) = t
         .http

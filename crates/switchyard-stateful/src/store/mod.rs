@@ -47,6 +47,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "vector_stores",
         include_str!("../../migrations/sqlite/0003_vector_stores.sql"),
     ),
+    (
+        4,
+        "keyword_index",
+        include_str!("../../migrations/sqlite/0004_keyword_index.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -311,10 +316,14 @@ impl Store {
         self.backend
     }
 
-    /// Applies `w` (all or nothing); the rows each statement touched.
     /// Reports each operation's latency to `observer` from now on (once).
     pub fn observe(&self, observer: std::sync::Arc<dyn crate::Observe>) {
         let _ = self.observer.set(observer);
+    }
+
+    /// Where this store's users report what they do (set by [`Store::observe`]).
+    pub fn observer(&self) -> Option<&std::sync::Arc<dyn crate::Observe>> {
+        self.observer.get()
     }
 
     async fn timed<T>(
@@ -330,6 +339,7 @@ impl Store {
         out
     }
 
+    /// Applies `w` (all or nothing); the rows each statement touched.
     pub async fn write(&self, w: Write) -> Result<Vec<u64>, StoreError> {
         self.timed("write", self.write_now(w)).await
     }

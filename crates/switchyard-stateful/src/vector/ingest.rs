@@ -137,6 +137,7 @@ impl VectorStores {
                 dims: r.get("dims"),
                 model: r.get("embedding_model"),
             };
+            let started = std::time::Instant::now();
             let stop = if r.get::<i64, _>("attempts") >= self.cfg.max_starts {
                 Err(Stop::Failed(
                     "server_error",
@@ -148,9 +149,19 @@ impl VectorStores {
             } else {
                 self.run(&job).await
             };
+            let seconds = started.elapsed().as_secs_f64();
+            let observer = self.store.observer();
             match stop {
-                Ok(()) | Err(Stop::Gone) => {}
+                Ok(chunks) => {
+                    if let Some(o) = observer {
+                        o.file_ingested("completed", chunks, seconds);
+                    }
+                }
+                Err(Stop::Gone) => {}
                 Err(Stop::Failed(code, message)) => {
+                    if let Some(o) = observer {
+                        o.file_ingested("failed", 0, seconds);
+                    }
                     tracing::info!(store = %job.store_id, file = %job.file_id, code, %message, "vector store file failed");
                     self.store
                         .write(Write::one(
@@ -211,7 +222,8 @@ impl VectorStores {
         if n[0] == 1 { Ok(()) } else { Err(Stop::Gone) }
     }
 
-    async fn run(&self, job: &Job) -> Result<(), Stop> {
+    /// Ingests the job's file: the chunks stored.
+    async fn run(&self, job: &Job) -> Result<u64, Stop> {
         let file = match self.files.get(&job.file_id, &job.owner).await {
             Ok(f) => f,
             Err(e) if e.status == 404 => {
@@ -350,6 +362,16 @@ impl VectorStores {
             }
             w = w.then(sql, args);
         }
+        if !pg {
+            w = w.then(
+                format!(
+                    "INSERT INTO vector_store_vec_{dims} (rowid, store_id, file_id, embedding) \
+                     SELECT id, store_id, file_id, embedding FROM vector_store_chunks \
+                     WHERE store_id = $1 AND file_id = $2"
+                ),
+                vec![sid.into(), fid.into()],
+            );
+        }
         w = w
             .then(
                 "UPDATE vector_store_files SET status = 'completed', usage_bytes = $1, \
@@ -366,7 +388,7 @@ impl VectorStores {
             );
         self.store.write(w).await.map_err(ServiceError::from)?;
         self.refresh_statistics(chunks.len() as u64).await;
-        Ok(())
+        Ok(chunks.len() as u64)
     }
 
     /// PostgreSQL: `ANALYZE` the chunks after every 5000 stored here (autovacuum does
@@ -420,24 +442,72 @@ impl VectorStores {
         }
     }
 
-    /// PostgreSQL: the HNSW index of the chunks of dimension `dims` (one partial index
-    /// per dimension; pgvector indexes vectors of one dimension).
-    async fn ensure_index(&self, dims: i64) {
-        if self.backend() != Backend::Postgres {
-            return;
-        }
+    /// The nearest-neighbour index of the chunks of dimension `dims`, made on first
+    /// use. PostgreSQL: a partial HNSW index per dimension (pgvector indexes vectors of
+    /// one dimension). SQLite: a sqlite-vec `vec0` table per dimension, partitioned by
+    /// store, holding a copy of the chunks' vectors next to their file (ingestion adds
+    /// them, a trigger removes them with their chunk); made from the chunks already
+    /// stored, so a database from before it gets one too.
+    pub(crate) async fn ensure_index(&self, dims: i64) {
         let _one_at_a_time = self.indexing.lock().await;
         if self.indexed.lock().expect("index list").contains(&dims) {
             return;
         }
-        let sql = format!(
-            "CREATE INDEX IF NOT EXISTS vector_store_chunks_hnsw_{dims} ON vector_store_chunks \
-             USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}"
-        );
-        match self.store.write(Write::one(sql, vec![])).await {
+        if self.backend() == Backend::Sqlite {
+            // Made already (by this database's earlier runs): nothing to fill in.
+            let made = self
+                .store
+                .fetch_optional(
+                    "SELECT 1 AS made FROM sqlite_master WHERE type = 'table' AND name = $1",
+                    &[format!("vector_store_vec_{dims}").into()],
+                )
+                .await;
+            if matches!(made, Ok(Some(_))) {
+                self.indexed.lock().expect("index list").push(dims);
+                return;
+            }
+        }
+        let w = match self.backend() {
+            Backend::Postgres => Write::one(
+                format!(
+                    "CREATE INDEX IF NOT EXISTS vector_store_chunks_hnsw_{dims} ON \
+                     vector_store_chunks USING hnsw ((embedding::vector({dims})) \
+                     vector_cosine_ops) WHERE dims = {dims}"
+                ),
+                vec![],
+            ),
+            Backend::Sqlite => Write::one(
+                format!(
+                    "CREATE VIRTUAL TABLE IF NOT EXISTS vector_store_vec_{dims} USING vec0(\
+                     store_id text partition key, file_id text, \
+                     embedding float[{dims}] distance_metric=cosine)"
+                ),
+                vec![],
+            )
+            .then(
+                format!(
+                    "CREATE TRIGGER IF NOT EXISTS vector_store_vec_{dims}_ad AFTER DELETE ON \
+                     vector_store_chunks WHEN length(old.embedding) = {bytes} BEGIN \
+                     DELETE FROM vector_store_vec_{dims} WHERE rowid = old.id; END",
+                    bytes = 4 * dims
+                ),
+                vec![],
+            )
+            .then(
+                format!(
+                    "INSERT INTO vector_store_vec_{dims} (rowid, store_id, file_id, embedding) \
+                     SELECT id, store_id, file_id, embedding FROM vector_store_chunks c \
+                     WHERE length(c.embedding) = {bytes} AND NOT EXISTS \
+                     (SELECT 1 FROM vector_store_vec_{dims} v WHERE v.rowid = c.id)",
+                    bytes = 4 * dims
+                ),
+                vec![],
+            ),
+        };
+        match self.store.write(w).await {
             Ok(_) => self.indexed.lock().expect("index list").push(dims),
             // Another replica creating it at the same moment: it exists either way.
-            Err(e) => tracing::warn!(error = %e, dims, "the HNSW index was not created"),
+            Err(e) => tracing::warn!(error = %e, dims, "the vector index was not created"),
         }
     }
 }

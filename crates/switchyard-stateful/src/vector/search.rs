@@ -184,6 +184,172 @@ pub fn rewrite(query: &str) -> String {
     }
 }
 
+/// Keyword search leaves out a query's terms that occur in more than half of the
+/// chunks, once there are this many chunks. BM25 gives such a term no weight (its
+/// inverse document frequency is at most zero; FTS5 clamps it to a millionth), so the
+/// ranking hardly changes, but matching it means ranking nearly every chunk. Small
+/// tables keep every term: there it costs nothing, and every match keeps its place in
+/// the fused ranking. A query whose terms are all common keeps them all.
+pub(crate) const COMMON_TERMS_FROM: i64 = 10_000;
+
+/// How long counts of chunks and terms are trusted (they move slowly).
+const COUNTS_TTL: i64 = 60;
+
+/// Remembered counts for leaving out common terms, with when each was read.
+#[derive(Default)]
+pub(crate) struct TermCounts {
+    /// SQLite: the chunks, all stores together (as BM25 counts them).
+    chunks: Option<(i64, i64)>,
+    /// SQLite: the chunks holding each term.
+    terms: HashMap<String, (i64, i64)>,
+    /// PostgreSQL: the lexemes in more than half of the chunks, from the planner's
+    /// statistics of the `tsv` column (empty below [`COMMON_TERMS_FROM`] chunks).
+    common: Option<(std::collections::HashSet<String>, i64)>,
+}
+
+/// A `tsquery` matching any of `lexemes`, quoted so they are taken as they are.
+fn lexeme_query(lexemes: &[String]) -> String {
+    lexemes
+        .iter()
+        .map(|l| format!("'{}'", l.replace('\\', "\\\\").replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+impl VectorStores {
+    /// SQLite: `terms` without those in more than half of the chunks (see
+    /// [`COMMON_TERMS_FROM`]), counted by FTS5's vocabulary table.
+    async fn uncommon(&self, terms: Vec<String>) -> Result<Vec<String>, ServiceError> {
+        let now = (self.now)();
+        let fresh = |at: i64| now - at < COUNTS_TTL;
+        let cached = self.term_counts.lock().expect("term counts").chunks;
+        let chunks = match cached {
+            Some((n, at)) if fresh(at) => n,
+            _ => {
+                let n: i64 = match self
+                    .store
+                    .fetch_optional("SELECT COUNT(*) AS n FROM vector_store_chunks", &[])
+                    .await?
+                {
+                    Some(r) => r.get("n"),
+                    None => 0,
+                };
+                self.term_counts.lock().expect("term counts").chunks = Some((n, now));
+                n
+            }
+        };
+        if chunks < self.common_terms_from {
+            return Ok(terms);
+        }
+        let missing: Vec<&String> = {
+            let c = self.term_counts.lock().expect("term counts");
+            terms
+                .iter()
+                .filter(|t| !c.terms.get(*t).is_some_and(|(_, at)| fresh(*at)))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let rows = self
+                .store
+                .fetch_all(
+                    "SELECT term, doc FROM vector_store_chunks_vocab \
+                     WHERE term IN (SELECT value FROM json_each($1))",
+                    &[json!(missing).to_string().into()],
+                )
+                .await?;
+            let found: HashMap<String, i64> =
+                rows.iter().map(|r| (r.get("term"), r.get("doc"))).collect();
+            let mut c = self.term_counts.lock().expect("term counts");
+            if c.terms.len() > 100_000 {
+                c.terms.clear();
+            }
+            for t in missing {
+                c.terms
+                    .insert(t.clone(), (found.get(t).copied().unwrap_or(0), now));
+            }
+        }
+        let c = self.term_counts.lock().expect("term counts");
+        let kept: Vec<String> = terms
+            .iter()
+            .filter(|t| c.terms.get(*t).map_or(0, |(n, _)| *n) * 2 <= chunks)
+            .cloned()
+            .collect();
+        Ok(if kept.is_empty() { terms } else { kept })
+    }
+
+    /// PostgreSQL: the lexemes of `terms` without the common ones (see
+    /// [`COMMON_TERMS_FROM`]), or `None` when none is left out.
+    async fn uncommon_lexemes(
+        &self,
+        terms: &[String],
+    ) -> Result<Option<Vec<String>>, ServiceError> {
+        let now = (self.now)();
+        let cached = self.term_counts.lock().expect("term counts").common.clone();
+        let common = match cached {
+            Some((set, at)) if now - at < COUNTS_TTL => set,
+            _ => {
+                let row = self
+                    .store
+                    .fetch_optional(
+                        "SELECT array_to_string(s.most_common_elems::text::text[], ' ') AS e, \
+                         array_to_string(s.most_common_elem_freqs, ' ') AS f, \
+                         CAST(c.reltuples AS BIGINT) AS n \
+                         FROM pg_stats s JOIN pg_class c ON c.oid = 'vector_store_chunks'::regclass \
+                         WHERE s.schemaname = current_schema() \
+                         AND s.tablename = 'vector_store_chunks' AND s.attname = 'tsv'",
+                        &[],
+                    )
+                    .await?;
+                let mut set = std::collections::HashSet::new();
+                if let Some(r) = row {
+                    let n: i64 = r.get("n");
+                    let e: Option<String> = r.get("e");
+                    let f: Option<String> = r.get("f");
+                    if n >= self.common_terms_from {
+                        if let (Some(e), Some(f)) = (e, f) {
+                            // Frequencies are fractions of the rows holding the lexeme.
+                            for (l, freq) in e.split(' ').zip(f.split(' ')) {
+                                if freq.parse::<f64>().is_ok_and(|x| x > 0.5) {
+                                    set.insert(l.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+                self.term_counts.lock().expect("term counts").common = Some((set.clone(), now));
+                set
+            }
+        };
+        if common.is_empty() {
+            return Ok(None);
+        }
+        let row = self
+            .store
+            .fetch_optional(
+                "SELECT array_to_string(tsvector_to_array(to_tsvector('english', $1)), ' ') AS l",
+                &[terms.join(" ").into()],
+            )
+            .await?;
+        let lexemes: Vec<String> = row
+            .and_then(|r| r.get::<Option<String>, _>("l"))
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        let kept: Vec<String> = lexemes
+            .iter()
+            .filter(|l| !common.contains(*l))
+            .cloned()
+            .collect();
+        Ok(if kept.is_empty() || kept.len() == lexemes.len() {
+            None
+        } else {
+            Some(kept)
+        })
+    }
+}
+
 /// A chunk's fused score, store, file and text.
 type Fused = (f64, String, String, String);
 
@@ -227,6 +393,24 @@ impl VectorStores {
         param: &str,
     ) -> Result<(Vec<String>, Vec<Hit>), ServiceError> {
         self.available()?;
+        let started = std::time::Instant::now();
+        let out = self
+            .search_now(owner, store_ids, queries, opts, param)
+            .await;
+        if let Some(o) = self.store.observer() {
+            o.vector_search(started.elapsed().as_secs_f64(), out.is_ok());
+        }
+        out
+    }
+
+    async fn search_now(
+        &self,
+        owner: &str,
+        store_ids: &[String],
+        queries: &[String],
+        opts: &SearchOptions,
+        param: &str,
+    ) -> Result<(Vec<String>, Vec<Hit>), ServiceError> {
         let used: Vec<String> = if opts.rewrite {
             queries.iter().map(|q| rewrite(q)).collect()
         } else {
@@ -423,35 +607,47 @@ impl VectorStores {
         files: Option<&[String]>,
         depth: usize,
     ) -> Result<Ranked, ServiceError> {
+        self.ensure_index(dims).await;
         let mut args: Vec<Val> = vec![store_id.into()];
-        let distance = match self.backend() {
+        let sql = match self.backend() {
+            // sqlite-vec's vec0 table of the dimension, partitioned by store: the store's
+            // vectors only, read in blocks, with the file filter applied inside the scan.
             Backend::Sqlite => {
                 args.push(to_blob(v).into());
-                "vec_distance_cosine(c.embedding, $2)".to_string()
+                let mut knn = format!(
+                    "SELECT rowid, distance FROM vector_store_vec_{dims} \
+                     WHERE embedding MATCH $2 AND k = {depth} AND store_id = $1"
+                );
+                if let Some(files) = files {
+                    args.push(json!(files).to_string().into());
+                    knn.push_str(&format!(" AND {}", self.in_json_list("file_id", 3)));
+                }
+                format!(
+                    "SELECT c.id, c.store_id, c.file_id, c.text, \
+                     CAST(k.distance AS DOUBLE PRECISION) AS d \
+                     FROM ({knn}) k JOIN vector_store_chunks c ON c.id = k.rowid \
+                     ORDER BY k.distance, c.id"
+                )
             }
+            // Chunks exist only for completed files (ingestion writes them with the
+            // status; re-adding, cancelling or removing a file deletes them): no join,
+            // so PostgreSQL can walk the HNSW index.
             Backend::Postgres => {
                 args.push(to_text(v).into());
-                format!("(c.embedding::vector({dims}) <=> $2::vector({dims}))")
+                let distance = format!("(c.embedding::vector({dims}) <=> $2::vector({dims}))");
+                let mut sql = format!(
+                    "SELECT c.id, c.store_id, c.file_id, c.text, \
+                     CAST({distance} AS DOUBLE PRECISION) AS d \
+                     FROM vector_store_chunks c WHERE c.store_id = $1 AND c.dims = {dims}"
+                );
+                if let Some(files) = files {
+                    args.push(json!(files).to_string().into());
+                    sql.push_str(&format!(" AND {}", self.in_json_list("c.file_id", 3)));
+                }
+                sql.push_str(&format!(" ORDER BY {distance} LIMIT {depth}"));
+                sql
             }
         };
-        // Chunks exist only for completed files (ingestion writes them with the
-        // status; re-adding, cancelling or removing a file deletes them): no join, so
-        // PostgreSQL can walk the HNSW index.
-        let mut sql = format!(
-            "SELECT c.id, c.store_id, c.file_id, c.text, CAST({distance} AS DOUBLE PRECISION) AS d \
-             FROM vector_store_chunks c WHERE c.store_id = $1"
-        );
-        if self.backend() == Backend::Postgres {
-            sql.push_str(&format!(" AND c.dims = {dims}"));
-        }
-        if let Some(files) = files {
-            args.push(json!(files).to_string().into());
-            sql.push_str(&format!(
-                " AND {}",
-                self.in_json_list("c.file_id", args.len())
-            ));
-        }
-        sql.push_str(&format!(" ORDER BY {distance} LIMIT {depth}"));
         let rows = self.store.fetch_all(&sql, &args).await?;
         Ok(Ranked {
             rows: rows
@@ -469,8 +665,9 @@ impl VectorStores {
         })
     }
 
-    /// The `depth` best keyword matches of a store (any of the query's terms), or none
-    /// for a query without search terms.
+    /// The `depth` best keyword matches of a store (any of the query's terms but the
+    /// common ones, see [`VectorStores::uncommon`]), or none for a query without search
+    /// terms.
     async fn keyword(
         &self,
         store_id: &str,
@@ -482,35 +679,66 @@ impl VectorStores {
         if t.is_empty() {
             return Ok(None);
         }
-        let mut args: Vec<Val> = vec![store_id.into()];
-        let mut sql = match self.backend() {
+        let (sql, args) = match self.backend() {
+            // The store is a column of the full-text index: without a file filter, the
+            // index alone ranks the store's matches, and only the best are read.
             Backend::Sqlite => {
-                let m: Vec<String> = t.iter().map(|w| format!("\"{w}\"")).collect();
-                args.push(m.join(" OR ").into());
-                "SELECT c.id, c.store_id, c.file_id, c.text, \
-                 CAST(bm25(vector_store_chunks_fts) AS DOUBLE PRECISION) AS s \
-                 FROM vector_store_chunks_fts JOIN vector_store_chunks c \
-                 ON c.id = vector_store_chunks_fts.rowid \
-                 WHERE vector_store_chunks_fts MATCH $2 AND c.store_id = $1"
-                    .to_string()
+                let kept: Vec<String> = self
+                    .uncommon(t)
+                    .await?
+                    .iter()
+                    .map(|w| format!("\"{w}\""))
+                    .collect();
+                let m = format!(
+                    "store_id : \"{store_id}\" AND text : ({})",
+                    kept.join(" OR ")
+                );
+                let score = "CAST(bm25(vector_store_chunks_fts, 1.0, 0.0) AS DOUBLE PRECISION)";
+                match files {
+                    None => (
+                        format!(
+                            "SELECT c.id, c.store_id, c.file_id, c.text, k.s FROM \
+                             (SELECT rowid AS id, {score} AS s FROM vector_store_chunks_fts \
+                             WHERE vector_store_chunks_fts MATCH $1 ORDER BY s, rowid \
+                             LIMIT {depth}) k JOIN vector_store_chunks c ON c.id = k.id \
+                             ORDER BY k.s, c.id"
+                        ),
+                        vec![m.into()],
+                    ),
+                    Some(files) => (
+                        format!(
+                            "SELECT c.id, c.store_id, c.file_id, c.text, {score} AS s \
+                             FROM vector_store_chunks_fts JOIN vector_store_chunks c \
+                             ON c.id = vector_store_chunks_fts.rowid \
+                             WHERE vector_store_chunks_fts MATCH $1 AND {} \
+                             ORDER BY s, c.id LIMIT {depth}",
+                            self.in_json_list("c.file_id", 2)
+                        ),
+                        vec![m.into(), json!(files).to_string().into()],
+                    ),
+                }
             }
             Backend::Postgres => {
-                args.push(t.join(" | ").into());
-                "SELECT c.id, c.store_id, c.file_id, c.text, \
-                 CAST(-ts_rank_cd(c.tsv, to_tsquery('english', $2)) AS DOUBLE PRECISION) AS s \
-                 FROM vector_store_chunks c \
-                 WHERE c.tsv @@ to_tsquery('english', $2) AND c.store_id = $1"
-                    .to_string()
+                // The query's lexemes without the common ones (already lexemes: cast,
+                // not parsed again), or its words as they are.
+                let (q, text) = match self.uncommon_lexemes(&t).await? {
+                    Some(lexemes) => ("$2::tsquery", lexeme_query(&lexemes)),
+                    None => ("to_tsquery('english', $2)", t.join(" | ")),
+                };
+                let mut sql = format!(
+                    "SELECT c.id, c.store_id, c.file_id, c.text, \
+                     CAST(-ts_rank_cd(c.tsv, {q}) AS DOUBLE PRECISION) AS s \
+                     FROM vector_store_chunks c WHERE c.tsv @@ {q} AND c.store_id = $1"
+                );
+                let mut args: Vec<Val> = vec![store_id.into(), text.into()];
+                if let Some(files) = files {
+                    args.push(json!(files).to_string().into());
+                    sql.push_str(&format!(" AND {}", self.in_json_list("c.file_id", 3)));
+                }
+                sql.push_str(&format!(" ORDER BY s, c.id LIMIT {depth}"));
+                (sql, args)
             }
         };
-        if let Some(files) = files {
-            args.push(json!(files).to_string().into());
-            sql.push_str(&format!(
-                " AND {}",
-                self.in_json_list("c.file_id", args.len())
-            ));
-        }
-        sql.push_str(&format!(" ORDER BY s, c.id LIMIT {depth}"));
         let rows = self.store.fetch_all(&sql, &args).await?;
         Ok(Some(Ranked {
             rows: rows

@@ -68,6 +68,10 @@ pub struct VectorStores {
     /// When this gateway last recorded each store's activity (a search writes it at
     /// most once a minute).
     pub(crate) touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// Counts for leaving common terms out of keyword search, and from how many chunks
+    /// on they are left out.
+    pub(crate) common_terms_from: i64,
+    pub(crate) term_counts: Arc<std::sync::Mutex<super::search::TermCounts>>,
 }
 
 pub(crate) fn bad(param: &str, message: impl Into<String>) -> ServiceError {
@@ -165,6 +169,8 @@ impl VectorStores {
             indexing: Default::default(),
             touched: Default::default(),
             unanalyzed: Default::default(),
+            term_counts: Default::default(),
+            common_terms_from: super::search::COMMON_TERMS_FROM,
         }
     }
 
@@ -176,6 +182,13 @@ impl VectorStores {
     /// Reads the time (unix seconds) from `now` (tests move it).
     pub fn with_clock(mut self, now: fn() -> i64) -> Self {
         self.now = now;
+        self
+    }
+
+    /// Leaves common terms out of keyword search from `chunks` chunks on (default
+    /// 10 000, docs/files-and-vector-stores.md; tests lower it).
+    pub fn with_common_terms_from(mut self, chunks: i64) -> Self {
+        self.common_terms_from = chunks;
         self
     }
 
