@@ -126,6 +126,17 @@ impl Bed {
         sqlx::Row::get(&r, "n")
     }
 
+    /// SQLite: the vectors in the vec0 index of the test embedder's dimension.
+    async fn vectors(&self) -> i64 {
+        let r = self
+            .store
+            .fetch_optional("SELECT COUNT(*) AS n FROM vector_store_vec_256", &[])
+            .await
+            .unwrap()
+            .unwrap();
+        sqlx::Row::get(&r, "n")
+    }
+
     async fn search(&self, store: &str, body: Value) -> Value {
         self.vs.search_api(OWNER, store, &body).await.unwrap()
     }
@@ -567,8 +578,10 @@ async fn deleting_a_file_removes_its_chunks_from_every_store() {
             .unwrap();
     b.vs.ingest_all().await.unwrap();
     assert!(b.chunks(&volcano).await >= 2);
+    assert_eq!(b.vectors().await, b.chunks(&volcano).await);
     b.files.delete(&volcano, OWNER).await.unwrap();
     assert_eq!(b.chunks(&volcano).await, 0);
+    assert_eq!(b.vectors().await, 0, "the vec0 index loses them too");
     for vs in [&one, &two] {
         let id = vs["id"].as_str().unwrap();
         let v = b.vs.get(OWNER, id).await.unwrap();

@@ -23,6 +23,53 @@ async fn until_completed(t: &TestBed, path: &str) -> Value {
     t.http.get(&url).await.1
 }
 
+/// A store still ingesting is searched (its completed files only) and the answer says
+/// how many files are not searched yet.
+#[tokio::test]
+async fn a_store_still_ingesting_is_searched_and_says_so() {
+    let sims = sims(1).await;
+    // The embedding model never answers: the file stays in progress.
+    set_faults_everywhere(
+        &sims,
+        &switchyard_sim::Faults {
+            hang_rate: 1.0,
+            ..Default::default()
+        },
+    );
+    let t = TestBed::with(sims, |c| {
+        c.embedding_model = Some(MODEL.into());
+    })
+    .await;
+    let f = upload_file(
+        &t.http,
+        &t.url,
+        "owls.txt",
+        "assistants",
+        b"Owls hunt at night.",
+    )
+    .await;
+    let (s, vs) = t.post("/v1/vector_stores", &json!({"file_ids": [f]})).await;
+    assert_eq!(s, 200, "{vs}");
+    let id = vs["id"].as_str().unwrap();
+    let resp = t
+        .http
+        .0
+        .post(format!("{}/v1/vector_stores/{id}/search", t.url))
+        .json(&json!({"query": "owls at night"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-switchyard-files-in-progress"],
+        "1",
+        "{:?}",
+        resp.headers()
+    );
+    let page: Value = resp.json().await.unwrap();
+    assert_eq!(page["data"], json!([]), "{page}");
+}
+
 #[tokio::test]
 async fn files_are_ingested_through_the_fleet_and_searched() {
     let t = bed().await;
@@ -99,6 +146,21 @@ async fn files_are_ingested_through_the_fleet_and_searched() {
         .await;
     assert_eq!(r["data"].as_array().unwrap().len(), 1);
     assert_eq!(r["data"][0]["file_id"], b.as_str());
+    // Every file is searched: no files-in-progress header.
+    let resp = t
+        .http
+        .0
+        .post(format!("{}/v1/vector_stores/{id}/search", t.url))
+        .json(&json!({"query": "bees"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()
+            .get("x-switchyard-files-in-progress")
+            .is_none()
+    );
     // Ingestion and search are on the metrics.
     assert_eq!(
         t.metric(
@@ -119,7 +181,7 @@ async fn files_are_ingested_through_the_fleet_and_searched() {
             &[("outcome", "ok")]
         )
         .await,
-        2.0
+        3.0
     );
 
     let (_, content) = t

@@ -369,6 +369,20 @@ impl VectorStores {
         self.store_json(owner, id).await
     }
 
+    /// How many of store `id`'s files are still being ingested (a search does not see
+    /// them yet).
+    pub async fn files_in_progress(&self, id: &str) -> Result<i64, ServiceError> {
+        let row = self
+            .store
+            .fetch_optional(
+                "SELECT COUNT(*) AS n FROM vector_store_files \
+                 WHERE store_id = $1 AND status = 'in_progress'",
+                &[id.into()],
+            )
+            .await?;
+        Ok(row.map_or(0, |r| r.get("n")))
+    }
+
     /// `POST /v1/vector_stores/{id}`: `name`, `metadata`, `expires_after`.
     pub async fn modify(&self, owner: &str, id: &str, body: &Value) -> Result<Value, ServiceError> {
         let o = object_body(body)?;

@@ -76,11 +76,27 @@ pub async fn search(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    match json_body(&st, req).await {
-        Ok(b) => answer(st.vector_stores.search_api(OWNER, &id, &b).await),
-        Err(r) => r,
+    let b = match json_body(&st, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let found = st.vector_stores.search_api(OWNER, &id, &b).await;
+    // A store still ingesting answers from its completed files: the header says how
+    // many are not searched yet.
+    let pending = match &found {
+        Ok(_) => st.vector_stores.files_in_progress(&id).await.unwrap_or(0),
+        Err(_) => 0,
+    };
+    let mut resp = answer(found);
+    if pending > 0 {
+        resp.headers_mut()
+            .insert(FILES_IN_PROGRESS, axum::http::HeaderValue::from(pending));
     }
+    resp
 }
+
+/// On a search's answer: files of the store still being ingested, so not searched.
+pub const FILES_IN_PROGRESS: &str = "x-switchyard-files-in-progress";
 
 /// `POST /v1/vector_stores/{id}/files`.
 pub async fn add_file(
