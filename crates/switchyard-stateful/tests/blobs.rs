@@ -34,31 +34,19 @@ async fn read(blobs: &ObjectBlobs, key: &str) -> Vec<u8> {
 
 /// A listing of the bucket by S3's own API: (object keys, multipart uploads in progress).
 async fn bucket(s3: &S3Server) -> (Vec<String>, usize) {
-    let http = reqwest::Client::new();
     let base = format!("{}/{}", s3.endpoint(), s3.bucket());
-    let objects = http
-        .get(format!("{base}?list-type=2"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let get = |query: &str| {
+        let url = format!("{base}?{query}");
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let objects = get("list-type=2").await;
     let mut keys: Vec<String> = objects
         .split("<Key>")
         .skip(1)
         .map(|k| k.split("</Key>").next().unwrap().to_string())
         .collect();
     keys.sort();
-    let uploads = http
-        .get(format!("{base}?uploads"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    (keys, uploads.matches("<UploadId>").count())
+    (keys, get("uploads").await.matches("<UploadId>").count())
 }
 
 fn sha256(data: &[u8]) -> String {

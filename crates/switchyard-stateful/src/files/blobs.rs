@@ -353,7 +353,6 @@ impl Blobs for ObjectBlobs {
                     meter.feed(&chunk)?;
                     writer.put(chunk).await?;
                 }
-                writer.shutdown().await?;
                 Ok(())
             }
             .await;
@@ -364,6 +363,10 @@ impl Blobs for ObjectBlobs {
                 }
                 return Err(e);
             }
+            // Sends what is buffered and completes the upload. Past this point the
+            // writer cannot be aborted: if completing fails, a multipart upload's parts
+            // stay until the bucket's lifecycle rule for incomplete uploads removes them.
+            writer.shutdown().await?;
             Ok(meter.finish(token))
         })
     }
