@@ -484,3 +484,63 @@ pub fn minilm_dir() -> std::path::PathBuf {
     );
     std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
+
+/// A redis-server of this test's own, on a free port, stopped on drop.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn start(port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt install redis-server)");
+        OwnRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn ready(&self) {
+        let url = format!("redis://127.0.0.1:{}/0", self.port);
+        eventually("redis-server to accept connections", || {
+            let url = url.clone();
+            async move {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .is_ok()
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -14,6 +14,8 @@ pub struct ApiError {
     /// Machine-readable reason, e.g. `model_not_found`.
     pub code: &'static str,
     pub retry_after_secs: Option<u64>,
+    /// Headers the answer carries besides `Retry-After` (the `x-ratelimit-*` ones).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             param: None,
             code,
             retry_after_secs: None,
+            headers: Vec::new(),
         }
     }
 
@@ -41,6 +44,13 @@ impl ApiError {
             "invalid_api_key",
             "Missing or invalid API key: send `Authorization: Bearer <key>`",
         )
+    }
+
+    /// 429 for a tenant, key or global limit (`code`: which).
+    pub fn limited(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        e.retry_after_secs = Some(retry_after_secs);
+        e
     }
 
     /// 404: unknown model.
@@ -191,6 +201,9 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value);
         }
         resp
     }

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod request;
 pub mod shutdown;
 pub mod state;
+pub mod tenancy;
 pub mod upstream;
 
 pub use config::{Config, ModelSettings, PolicyKind};

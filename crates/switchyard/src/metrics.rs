@@ -87,6 +87,30 @@ pub struct WorkerLabel {
     pub worker: Arc<str>,
 }
 
+/// A tenant's requests (the tenant label: a configured tenant, else `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: Arc<str>,
+    /// `ok`, `error` or `limited`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantTokenLabels {
+    pub tenant: Arc<str>,
+    /// `input`, `cached` or `output`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub tenant: Arc<str>,
+    /// `requests`, `tokens`, `concurrency` or `budget`.
+    pub limit: &'static str,
+    /// `key`, `tenant` or `global`.
+    pub scope: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -180,6 +204,11 @@ pub struct Metrics {
     pub worker_breaker: Family<WorkerLabel, Gauge>,
     pub retries: Family<ReasonLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
+    pub tenant_requests: Family<TenantLabels, Counter>,
+    pub tenant_tokens: Family<TenantTokenLabels, Counter>,
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub rate_limit_store_errors: Counter,
+    pub auth_failures: Family<ReasonLabel, Counter>,
     pub queue_depth: Gauge,
     pub queue_wait: Histogram,
     pub decisions: Family<DecisionLabels, Counter>,
@@ -340,6 +369,11 @@ impl Metrics {
             worker_breaker: Family::default(),
             retries: Family::default(),
             rejected: Family::default(),
+            tenant_requests: Family::default(),
+            tenant_tokens: Family::default(),
+            rate_limited: Family::default(),
+            rate_limit_store_errors: Counter::default(),
+            auth_failures: Family::default(),
             queue_depth: Gauge::default(),
             queue_wait: latency_histogram(),
             decisions: Family::default(),
@@ -421,6 +455,31 @@ impl Metrics {
             m.retries.clone(),
         );
         r.register("rejected", "Requests the gateway refused (rate_limited, queue_full, queue_timeout, no_worker, unauthorized, ...)", m.rejected.clone());
+        r.register(
+            "tenant_requests",
+            "Requests per tenant (configured tenants; others as `other`) by outcome: ok, error, limited",
+            m.tenant_requests.clone(),
+        );
+        r.register(
+            "tenant_tokens",
+            "Tokens per tenant from the engines' usage (kind: input, cached, output)",
+            m.tenant_tokens.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused by a tenant, key or global limit (limit: requests, tokens, concurrency, budget)",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "rate_limit_store_errors",
+            "Limit checks that could not reach Redis (then --rate-limit-on-store-error decides)",
+            m.rate_limit_store_errors.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Requests refused for their credentials (reason: invalid_key, locked_out)",
+            m.auth_failures.clone(),
+        );
         r.register(
             "queue_depth",
             "Requests waiting for a concurrency permit",

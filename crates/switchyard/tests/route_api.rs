@@ -849,61 +849,6 @@ async fn a_redis_session_expires_with_its_redis_ttl() {
     gw.gw.shutdown();
 }
 
-/// A redis-server of this test's own, on a free port, stopped on drop.
-struct OwnRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> OwnRedis {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server runs (apt install redis-server)");
-        OwnRedis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn ready(&self) {
-        let url = format!("redis://127.0.0.1:{}/0", self.port);
-        eventually("redis-server to accept connections", || {
-            let url = url.clone();
-            async move {
-                redis::Client::open(url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .is_ok()
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn with_redis_stopped_route_degrades_without_failing_and_recovers() {
     let fleet = Fleet::start().await;

@@ -59,14 +59,20 @@ impl TokenCount {
 /// The engines, as the Responses service uses them.
 pub trait Engine: Send + Sync + 'static {
     /// Sends a chat completion body, with the routing session key, and answers.
-    fn chat(&self, body: Value, session: String)
-    -> BoxFuture<'static, Result<Answer, EngineError>>;
+    /// `owner` is the tenant the response belongs to: its limits and usage apply.
+    fn chat(
+        &self,
+        body: Value,
+        session: String,
+        owner: String,
+    ) -> BoxFuture<'static, Result<Answer, EngineError>>;
 
     /// Counts the tokens of a chat body's `messages` (vLLM's `/tokenize`, chat form).
     fn count_tokens(
         &self,
         body: Value,
         session: String,
+        owner: String,
     ) -> BoxFuture<'static, Result<TokenCount, EngineError>>;
 }
 
@@ -796,7 +802,11 @@ impl Responses {
                 return Ok((c, items, sources, usage));
             }
             r.advance(hosted, results);
-            c = match self.engine.chat(r.chat.clone(), r.session.clone()).await? {
+            c = match self
+                .engine
+                .chat(r.chat.clone(), r.session.clone(), r.owner.clone())
+                .await?
+            {
                 Answer::Complete(next) => next,
                 Answer::Stream(_) => {
                     return Err(EngineError {
@@ -856,7 +866,11 @@ impl Responses {
                 return (false, None);
             }
             r.advance(calls, results);
-            chunks = match self.engine.chat(r.chat.clone(), r.session.clone()).await {
+            chunks = match self
+                .engine
+                .chat(r.chat.clone(), r.session.clone(), r.owner.clone())
+                .await
+            {
                 Ok(Answer::Stream(c)) => c,
                 Ok(Answer::Complete(_)) => {
                     return (
@@ -1193,6 +1207,7 @@ impl Responses {
         req: &ResponseRequest,
         items: &[Item],
         session: &str,
+        owner: &str,
     ) -> Result<TokenCount, ServiceError> {
         let mut body = json!({
             "model": req.model,
@@ -1203,7 +1218,7 @@ impl Responses {
             body["tools"] = json!(req.tools);
         }
         self.engine
-            .count_tokens(body, session.to_string())
+            .count_tokens(body, session.to_string(), owner.to_string())
             .await
             .map_err(ServiceError::from_engine)
     }
@@ -1218,8 +1233,9 @@ impl Responses {
         all: &mut Vec<Item>,
         new_from: usize,
         session: &str,
+        owner: &str,
     ) -> Result<(), ServiceError> {
-        let whole = self.count(req, all, session).await?;
+        let whole = self.count(req, all, session, owner).await?;
         let Some(max) = whole.max_model_len else {
             return Ok(());
         };
@@ -1228,13 +1244,21 @@ impl Responses {
             return Ok(());
         }
         let (mut lo, mut hi) = (1, new_from);
-        let mut fits = self.count(req, &dropped(all, hi), session).await?.count <= budget;
+        let mut fits = self
+            .count(req, &dropped(all, hi), session, owner)
+            .await?
+            .count
+            <= budget;
         if !fits {
             return Err(too_long(max, req.max_output_tokens));
         }
         while lo < hi {
             let mid = (lo + hi) / 2;
-            fits = self.count(req, &dropped(all, mid), session).await?.count <= budget;
+            fits = self
+                .count(req, &dropped(all, mid), session, owner)
+                .await?
+                .count
+                <= budget;
             if fits {
                 hi = mid;
             } else {
@@ -1255,7 +1279,7 @@ impl Responses {
             .clone()
             .or(p.root)
             .unwrap_or_default();
-        let n = self.count(&p.req, &p.all, &session).await?;
+        let n = self.count(&p.req, &p.all, &session, owner).await?;
         Ok(json!({"object": "response.input_tokens", "input_tokens": n.count}))
     }
 
@@ -1276,7 +1300,8 @@ impl Responses {
             .or(root)
             .unwrap_or_else(|| id.clone());
         if req.truncation == Truncation::Auto {
-            self.truncate(&req, &mut all, new_from, &session).await?;
+            self.truncate(&req, &mut all, new_from, &session, owner)
+                .await?;
         }
         let messages = chat_messages(req.instructions.as_deref(), &all);
         let mut ids = RandomIds;
@@ -1304,7 +1329,7 @@ impl Responses {
                 .await?;
         }
         let whole = (id.as_str(), &req, body, input.as_slice(), created_at, owner);
-        let answer = match self.engine.chat(chat, session).await {
+        let answer = match self.engine.chat(chat, session, owner.to_string()).await {
             Ok(a) => a,
             Err(e) => {
                 let status = Status::Failed {
@@ -1565,10 +1590,12 @@ impl Responses {
         let chat = req.chat_body(messages, true);
         let rounds = self.rounds(&req, owner, &chat, &session);
         let this = self.clone();
-        let (id2, req2) = (id.clone(), req.clone());
+        let (id2, req2, owner2) = (id.clone(), req.clone(), owner.to_string());
         tokio::spawn(async move {
-            this.run_background(id2, req2, created_at, chat, session, t, sink, rounds)
-                .await
+            this.run_background(
+                id2, req2, created_at, chat, session, owner2, t, sink, rounds,
+            )
+            .await
         });
         if req.stream {
             return Ok(Created::Events(live.follow(0)));
@@ -1593,6 +1620,7 @@ impl Responses {
         created_at: i64,
         chat: Value,
         session: String,
+        owner: String,
         mut t: Translator,
         mut sink: Sink,
         rounds: Option<Rounds>,
@@ -1609,7 +1637,7 @@ impl Responses {
             tracing::warn!(error = %e, "a background response's start was not stored");
         }
         let answer = tokio::select! {
-            a = self.engine.chat(chat, session) => Some(a),
+            a = self.engine.chat(chat, session, owner) => Some(a),
             _ = live.cancelled() => None,
         };
         let (cancelled, failed) = match answer {

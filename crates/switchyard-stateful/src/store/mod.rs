@@ -52,6 +52,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "keyword_index",
         include_str!("../../migrations/sqlite/0004_keyword_index.sql"),
     ),
+    (
+        5,
+        "tenancy",
+        include_str!("../../migrations/sqlite/0005_tenancy.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -68,6 +73,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "vector_stores",
         include_str!("../../migrations/postgres/0003_vector_stores.sql"),
+    ),
+    (
+        4,
+        "tenancy",
+        include_str!("../../migrations/postgres/0004_tenancy.sql"),
     ),
 ];
 

@@ -58,6 +58,7 @@ impl Engine for SimEngine {
         &self,
         body: Value,
         session: String,
+        _owner: String,
     ) -> BoxFuture<'static, Result<Answer, EngineError>> {
         self.sent
             .lock()
@@ -101,6 +102,7 @@ impl Engine for SimEngine {
         &self,
         body: Value,
         _session: String,
+        _owner: String,
     ) -> BoxFuture<'static, Result<TokenCount, EngineError>> {
         let (http, url) = (self.http.clone(), self.url.clone());
         Box::pin(async move {

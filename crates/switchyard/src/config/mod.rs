@@ -466,6 +466,38 @@ pub struct Config {
     /// Origins allowed by CORS (`*` for any); none: CORS headers are not sent.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+
+    // --- tenancy (docs/tenancy.md) ---
+    /// Static API keys and their tenants (YAML only: `api_keys: [{key, tenant}]`).
+    #[arg(skip)]
+    pub api_keys: Vec<crate::tenancy::directory::StaticKey>,
+    /// Tenants defined in the config (YAML only): `id`, `name`, `limits`,
+    /// `allowed_models`. Tenants can also be created through the admin API.
+    #[arg(skip)]
+    pub tenants: Vec<crate::tenancy::directory::TenantConfig>,
+    /// Limits of the whole gateway, over every tenant (YAML only).
+    #[arg(skip)]
+    pub global_limits: crate::tenancy::limits::Limits,
+    /// When Redis cannot be reached for a limit check: `open` enforces each limit
+    /// divided by --rate-limit-replicas in this replica; `closed` refuses limited
+    /// requests with 503.
+    #[arg(long, value_enum, default_value_t = crate::tenancy::limiter::OnStoreError::Open)]
+    pub rate_limit_on_store_error: crate::tenancy::limiter::OnStoreError,
+    /// Gateway replicas sharing the limits (each enforces its share when Redis is down).
+    #[arg(long, default_value_t = 1)]
+    pub rate_limit_replicas: u64,
+    /// Seconds between writes of usage counts to the database (a crash loses at most
+    /// this much).
+    #[arg(long, default_value_t = 5)]
+    pub usage_flush_secs: u64,
+    /// Completion tokens reserved against a tokens-per-minute limit for a request that
+    /// sets no `max_tokens`.
+    #[arg(long, default_value_t = 1024)]
+    pub default_max_tokens_estimate: u64,
+    /// Failed authentications one client address may make per minute before it is
+    /// refused for the rest of the minute (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    pub auth_failures_per_minute: u32,
 }
 
 fn default_request_id_headers() -> Vec<String> {

@@ -349,6 +349,44 @@ impl Config {
         if self.api_key.as_deref() == Some("") {
             return Err(invalid("api-key", "must not be empty"));
         }
+        let mut tenant_ids = std::collections::HashSet::new();
+        for t in &self.tenants {
+            if !crate::tenancy::directory::valid_tenant_id(&t.id) {
+                return Err(invalid(
+                    "tenants",
+                    format!(
+                        "{:?}: an id is 1 to 64 of A-Z, a-z, 0-9, `_`, `.`, `-`",
+                        t.id
+                    ),
+                ));
+            }
+            if !tenant_ids.insert(t.id.as_str()) {
+                return Err(invalid("tenants", format!("{:?} is defined twice", t.id)));
+            }
+            t.limits
+                .check()
+                .map_err(|e| invalid("tenants", format!("{}: {e}", t.id)))?;
+        }
+        for k in &self.api_keys {
+            if k.key.len() < 16 {
+                return Err(invalid("api_keys", "a key must be at least 16 characters"));
+            }
+            if !crate::tenancy::directory::valid_tenant_id(&k.tenant) {
+                return Err(invalid(
+                    "api_keys",
+                    format!("{:?} is not a tenant id", k.tenant),
+                ));
+            }
+        }
+        self.global_limits
+            .check()
+            .map_err(|e| invalid("global_limits", e))?;
+        if self.rate_limit_replicas == 0 {
+            return Err(invalid("rate-limit-replicas", "must be at least 1"));
+        }
+        if self.usage_flush_secs == 0 {
+            return Err(invalid("usage-flush-secs", "must be at least 1"));
+        }
         if !is_loopback(&self.admin_host) && self.admin_api_key.is_none() {
             return Err(invalid(
                 "admin-host",

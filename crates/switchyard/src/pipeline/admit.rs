@@ -1,4 +1,4 @@
-//! The `admit` phase: a request's id, its API key, and admission — a token-bucket rate
+//! The `admit` phase: a request's id, its caller (`crate::tenancy`), and admission — a token-bucket rate
 //! limit, then a concurrency limit with a bounded queue ordered by workflow priority
 //! with aging (FIFO among equals) and a queue timeout. The concurrency permit
 //! ([`Admitted`]) lives until the response body has been sent.
@@ -210,7 +210,6 @@ impl Gate {
 
 /// Admission control state.
 pub struct Admission {
-    api_key: Option<String>,
     bucket: Option<Mutex<TokenBucket>>,
     gate: Option<Arc<Gate>>,
     waiting: AtomicUsize,
@@ -221,8 +220,6 @@ pub struct Admission {
 
 /// Admission settings.
 pub struct AdmissionConfig {
-    /// `--api-key`.
-    pub api_key: Option<String>,
     pub rate: f64,
     pub max_concurrent: usize,
     pub queue_size: usize,
@@ -234,7 +231,6 @@ pub struct AdmissionConfig {
 impl Admission {
     pub fn new(cfg: AdmissionConfig, metrics: Arc<Metrics>) -> Self {
         Admission {
-            api_key: cfg.api_key,
             bucket: (cfg.rate > 0.0).then(|| Mutex::new(TokenBucket::new(cfg.rate))),
             gate: (cfg.max_concurrent > 0).then(|| {
                 Arc::new(Gate {
@@ -251,17 +247,6 @@ impl Admission {
             queue_size: cfg.queue_size,
             queue_timeout: cfg.queue_timeout,
             metrics,
-        }
-    }
-
-    /// Checks `Authorization: Bearer <--api-key>` when a key is configured.
-    pub fn check_key(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match &self.api_key {
-            Some(key) if !bearer_matches(headers, key) => {
-                self.metrics.reject("unauthorized");
-                Err(ApiError::unauthorized())
-            }
-            _ => Ok(()),
         }
     }
 
@@ -385,7 +370,6 @@ mod tests {
     async fn queued_requests_are_admitted_in_arrival_order_then_time_out() {
         let adm = Arc::new(Admission::new(
             AdmissionConfig {
-                api_key: None,
                 rate: 0.0,
                 max_concurrent: 1,
                 queue_size: 3,
@@ -446,7 +430,6 @@ mod tests {
     async fn admission_order(waiters: &[(f64, u64)]) -> Vec<usize> {
         let adm = Arc::new(Admission::new(
             AdmissionConfig {
-                api_key: None,
                 rate: 0.0,
                 max_concurrent: 1,
                 queue_size: 10,

@@ -39,6 +39,7 @@ impl Backend for Pipeline {
                         headers,
                         body,
                         admitted: Admitted::on_behalf(),
+                        caller: self.tenancy.internal(),
                     };
                     let resp = self.run(ctx).await;
                     let status = resp.status();

@@ -46,6 +46,7 @@ use crate::request::{RequestView, Route, SessionHeaders};
 use crate::routing::prefix::BlockHasher;
 use crate::routing::{Assignment, Selected, WorkerSelector};
 use crate::selection::ModelSelector;
+use crate::tenancy::{Caller, Tenancy};
 pub use admit::{Admission, AdmissionConfig, Admitted};
 use chain::Plan;
 use metadata::RoutingMetadata;
@@ -63,6 +64,8 @@ pub struct RequestContext {
     pub body: Bytes,
     /// The admission permit, held until the response body has been sent.
     pub admitted: Admitted,
+    /// Who sent it (its tenant's limits and usage apply).
+    pub caller: Arc<Caller>,
 }
 
 /// Settings of the entry steps.
@@ -91,6 +94,17 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// Live multi-agent workflows and their message queues.
     pub workflows: Arc<crate::workflows::Workflows>,
+    /// Keys, tenants, their limits and usage.
+    pub tenancy: Arc<Tenancy>,
+}
+
+/// The client address of a connection (set by the listener), for the failed-auth limit.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+/// The client address a request came from, when the listener recorded it.
+pub fn client_addr(ext: &http::Extensions) -> Option<std::net::IpAddr> {
+    ext.get::<ClientAddr>().map(|a| a.0)
 }
 
 /// An attempt that got response headers.
@@ -116,9 +130,18 @@ impl Pipeline {
         admit::request_id(&self.entry.request_id_headers, headers)
     }
 
-    /// The `admit` phase: API key, then rate limit and concurrency queue.
-    pub async fn admit(&self, headers: &HeaderMap) -> Result<Admitted, ApiError> {
-        self.admission.check_key(headers)?;
+    /// Who sent a request (the `admit` phase's first step).
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        ext: &http::Extensions,
+    ) -> Result<Arc<Caller>, ApiError> {
+        self.tenancy.authenticate(headers, client_addr(ext)).await
+    }
+
+    /// The `admit` phase's rate limit and concurrency queue, for a request already
+    /// authenticated.
+    pub async fn admit(&self) -> Result<Admitted, ApiError> {
         self.admission.admit(|| None).await
     }
 
@@ -130,9 +153,9 @@ impl Pipeline {
         let (parts, body) = req.into_parts();
         let request_id = self.request_id(&parts.headers);
         let echo = http::HeaderValue::from_str(&request_id).ok();
-        let mut resp = match self.admission.check_key(&parts.headers) {
+        let mut resp = match self.authenticate(&parts.headers, &parts.extensions).await {
             Err(e) => e.into_response(),
-            Ok(()) => match self.read_body(route, &parts.headers, body).await {
+            Ok(caller) => match self.read_body(route, &parts.headers, body).await {
                 Err(e) => {
                     // The rest of the body was not read: this connection cannot carry
                     // another request, and the client must know not to reuse it.
@@ -154,6 +177,7 @@ impl Pipeline {
                                 headers: parts.headers,
                                 body,
                                 admitted,
+                                caller,
                             };
                             self.run(ctx).await
                         }
@@ -218,6 +242,7 @@ impl Pipeline {
             headers,
             body,
             admitted,
+            caller,
         } = ctx;
         // Parse once; the prompt streams into the prefix hasher.
         let mut hasher = BlockHasher::new(self.workers.prefix_block_size());
@@ -227,6 +252,14 @@ impl Pipeline {
                 Err(e) => return self.reject(route, "", &request_id, e),
             };
         view.prefix_blocks = hasher.finish();
+        // Another tenant's workflow of the same name is another workflow.
+        if let Some(wf) = &view.workflow {
+            if caller.owner() != crate::tenancy::DEFAULT_TENANT {
+                let mut scoped = crate::request::workflow::Workflow::clone(wf);
+                scoped.id = Arc::from(crate::request::workflow::scoped_id(caller.owner(), &wf.id));
+                view.workflow = Some(Arc::new(scoped));
+            }
+        }
         // A workflow's request joins it; its metadata is the gateway's, not the engine's.
         let body = match &view.workflow {
             Some(wf) => {
@@ -255,11 +288,34 @@ impl Pipeline {
         };
 
         // select_model
-        let choice = match self.models.select(&view, &body, &self.registry, self).await {
+        let mut choice = match self.models.select(&view, &body, &self.registry, self).await {
             Ok(c) => c,
             Err(e) => return self.reject(route, "", &request_id, e),
         };
         view.intent = choice.classified.as_ref().map(|c| c.intent.clone());
+        // The caller's model list and limits (the chain keeps only models it may use).
+        if let Some(f) = &choice.fallbacks {
+            if f.iter().any(|m| !caller.may_use(m)) {
+                let kept: Vec<Arc<str>> = f.iter().filter(|m| caller.may_use(m)).cloned().collect();
+                choice.fallbacks = (!kept.is_empty()).then(|| kept.into());
+            }
+        }
+        let cost = self.tenancy.estimate(view.prompt_bytes, view.max_tokens);
+        let ticket = match self
+            .tenancy
+            .admit(&caller, &choice.model, cost, &request_id)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.tenancy.refused(
+                    &caller,
+                    &choice.model,
+                    e.status == StatusCode::TOO_MANY_REQUESTS,
+                );
+                return self.reject(route, &choice.key, &request_id, e);
+            }
+        };
         let mut plan = match Plan::new(&choice, view, &body) {
             Ok(p) => p,
             Err(e) => return self.reject(route, "", &request_id, e),
@@ -282,6 +338,9 @@ impl Pipeline {
                 let (mut parts, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 meta.set_header(&mut parts.headers);
+                for (name, value) in ticket.headers() {
+                    parts.headers.insert(name, value);
+                }
                 let inject = self.entry.metadata_in_body
                     && !plan.view.stream
                     && parts.status.is_success()
@@ -297,6 +356,7 @@ impl Pipeline {
                     metrics: self.metrics.clone(),
                     attempts,
                     workflows: self.workflows.clone(),
+                    ticket: Some(ticket),
                 };
                 let body = SettledBody::new(incoming, settle);
                 if inject {
@@ -304,8 +364,10 @@ impl Pipeline {
                 }
                 Response::from_parts(parts, Body::new(body))
             }
-            Err(e) => {
+            Err(mut e) => {
                 drop(admitted);
+                e.headers.extend(ticket.headers());
+                ticket.finish(&plan.view.model, None, false);
                 self.metrics.model_request(
                     &plan.view.model_key,
                     plan.view.intent.as_ref(),

@@ -63,6 +63,7 @@ impl PipelineEngine {
         route: Route,
         body: &Value,
         session: &str,
+        caller: Arc<crate::tenancy::Caller>,
     ) -> Result<Body, EngineError> {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -80,6 +81,7 @@ impl PipelineEngine {
                 headers,
                 body: Bytes::from(body.to_string()),
                 admitted: Admitted::on_behalf(),
+                caller,
             })
             .await;
         let status = resp.status().as_u16();
@@ -104,10 +106,12 @@ impl Engine for PipelineEngine {
         &self,
         body: Value,
         session: String,
+        owner: String,
     ) -> BoxFuture<'static, Result<Answer, EngineError>> {
         let pipeline = self.0.clone();
         Box::pin(async move {
-            let body_out = Self::send(pipeline, Route::Chat, &body, &session).await?;
+            let caller = pipeline.tenancy.on_behalf_of(&owner);
+            let body_out = Self::send(pipeline, Route::Chat, &body, &session, caller).await?;
             if body["stream"] == true {
                 return Ok(Answer::Stream(sse_chunks(Box::pin(
                     body_out.into_data_stream(),
@@ -124,10 +128,12 @@ impl Engine for PipelineEngine {
         &self,
         body: Value,
         session: String,
+        owner: String,
     ) -> BoxFuture<'static, Result<TokenCount, EngineError>> {
         let pipeline = self.0.clone();
         Box::pin(async move {
-            let out = Self::send(pipeline, Route::Tokenize, &body, &session).await?;
+            let caller = pipeline.tenancy.on_behalf_of(&owner);
+            let out = Self::send(pipeline, Route::Tokenize, &body, &session, caller).await?;
             let v: Value = serde_json::from_slice(&read(out).await?).map_err(not_json)?;
             TokenCount::from_tokenize(&v).ok_or_else(|| EngineError {
                 status: 502,
@@ -157,8 +163,10 @@ impl switchyard_stateful::vector::embed::Embedder for PipelineEmbedder {
             "model": self.model, "input": texts, "encoding_format": "float",
         });
         Box::pin(async move {
-            // No session key: embeddings share no prefix worth keeping together.
-            let out = PipelineEngine::send(pipeline, Route::Embeddings, &body, "").await?;
+            // No session key: embeddings share no prefix worth keeping together. The
+            // gateway's own work (ingestion, query embedding) is counted as `_gateway`.
+            let caller = pipeline.tenancy.internal();
+            let out = PipelineEngine::send(pipeline, Route::Embeddings, &body, "", caller).await?;
             let v: Value = serde_json::from_slice(&read(out).await?).map_err(not_json)?;
             switchyard_stateful::vector::embed::from_answer(&v, n)
         })

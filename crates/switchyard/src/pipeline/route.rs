@@ -69,6 +69,22 @@ struct Turned {
     worker: Option<String>,
 }
 
+/// The id a tenant's session is stored under: the `default` tenant's as the client
+/// names it, another's behind its tenant id and a `/` (which neither id may hold), so
+/// tenants never see, continue or overwrite each other's sessions.
+pub fn scoped_session(owner: &str, id: &str) -> String {
+    if owner == crate::tenancy::DEFAULT_TENANT {
+        id.to_string()
+    } else {
+        format!("{owner}/{id}")
+    }
+}
+
+/// The id a client knows a stored session by.
+pub fn unscoped_session(id: &str) -> &str {
+    id.rsplit_once('/').map_or(id, |(_, i)| i)
+}
+
 fn ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
@@ -143,7 +159,14 @@ impl RouteApi {
         let (parts, body) = req.into_parts();
         let request_id = self.pipeline.request_id(&parts.headers);
         let echo = HeaderValue::from_str(&request_id).ok();
-        let mut resp = self.serve(&parts.headers, body, request_id).await;
+        let mut resp = match self
+            .pipeline
+            .authenticate(&parts.headers, &parts.extensions)
+            .await
+        {
+            Ok(caller) => self.serve(&parts.headers, body, request_id, caller).await,
+            Err(e) => failure(&e, None, 0.0, &request_id),
+        };
         if let Some(id) = echo {
             resp.headers_mut()
                 .insert(HeaderName::from_static("x-request-id"), id);
@@ -156,9 +179,10 @@ impl RouteApi {
         headers: &HeaderMap,
         body: Body,
         request_id: String,
+        caller: Arc<crate::tenancy::Caller>,
     ) -> Response {
         let start = Instant::now();
-        let admitted = match self.pipeline.admit(headers).await {
+        let admitted = match self.pipeline.admit().await {
             Ok(a) => a,
             Err(e) => return failure(&e, None, 0.0, &request_id),
         };
@@ -177,7 +201,12 @@ impl RouteApi {
         let mut degraded = false;
         let mut existing: Option<Session> = None;
         if let Some(id) = &req.session_id {
-            match self.stores.sessions.get(id).await {
+            match self
+                .stores
+                .sessions
+                .get(&scoped_session(caller.owner(), id))
+                .await
+            {
                 // Another user's session is not this user's to continue.
                 Ok(Some(s)) if req.user_id.is_none() || s.user_id == req.user_id => {
                     existing = Some(s)
@@ -229,7 +258,7 @@ impl RouteApi {
 
         // The session this turn belongs to (none while the store is failing).
         let session_id = match (&existing, degraded) {
-            (Some(s), _) => Some(s.session_id.clone()),
+            (Some(_), _) => req.session_id.clone(),
             (None, true) => None,
             (None, false) => Some(req.session_id.clone().unwrap_or_else(|| random_id("sess_"))),
         };
@@ -254,6 +283,7 @@ impl RouteApi {
             degraded,
             start,
             request_id,
+            owner: caller.tenant.id.clone(),
         };
         let inference_start = Instant::now();
         let resp = self
@@ -265,6 +295,7 @@ impl RouteApi {
                 headers: h,
                 body,
                 admitted: Admitted::on_behalf(),
+                caller: caller.clone(),
             })
             .await;
         // The client's permit is held until the answer has been sent (a stream's end).
@@ -459,6 +490,8 @@ struct Pending {
     degraded: bool,
     start: Instant,
     request_id: String,
+    /// The caller's tenant: its sessions are stored under its namespace.
+    owner: Arc<str>,
 }
 
 impl Pending {
@@ -534,7 +567,7 @@ impl Pending {
             let mut s = self.existing.take().unwrap_or_else(|| {
                 created = true;
                 Session {
-                    session_id: id,
+                    session_id: scoped_session(&self.owner, &id),
                     user_id: self.req.user_id.clone(),
                     use_case: String::new(),
                     model_id: String::new(),

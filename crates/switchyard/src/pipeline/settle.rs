@@ -71,10 +71,12 @@ pub struct Settle {
     pub metrics: Arc<Metrics>,
     pub attempts: u32,
     pub workflows: Arc<crate::workflows::Workflows>,
+    /// The caller's limits and usage, settled with the request.
+    pub ticket: Option<crate::tenancy::Ticket>,
 }
 
 impl Settle {
-    fn finish(self, ending: Ending, ttft: Option<Instant>, tail: &[u8]) {
+    fn finish(mut self, ending: Ending, ttft: Option<Instant>, tail: &[u8]) {
         let worker = self.assignment.worker().clone();
         let verdict = match ending {
             Ending::ClientGone => Verdict::Excused,
@@ -128,6 +130,22 @@ impl Settle {
             m.upstream_errors
                 .get_or_create(&ReasonLabel { reason: "stream" })
                 .inc();
+        }
+        if let Some(ticket) = self.ticket.take() {
+            let get = |k: &str| {
+                usage
+                    .as_ref()?
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| *v)
+            };
+            let tokens = usage.as_ref().map(|_| crate::tenancy::TokenUsage {
+                input: get("prompt").unwrap_or(0),
+                cached: get("cached").unwrap_or(0),
+                output: get("completion").unwrap_or(0),
+            });
+            let ok = ending == Ending::Complete && self.status.is_success();
+            ticket.finish(&self.view.model, tokens, ok);
         }
         let ttft_ms = ttft.map(|f| f.duration_since(self.start).as_secs_f64() * 1e3);
         if let Some(wf) = &self.view.workflow {

@@ -81,6 +81,9 @@ pub struct RequestView {
     pub prefix_blocks: Vec<u64>,
     /// Length of the prompt text in bytes.
     pub prompt_bytes: usize,
+    /// Completion tokens the request may generate (`max_completion_tokens` or
+    /// `max_tokens`, times `n`), when it says.
+    pub max_tokens: Option<u64>,
     /// The intent that chose the model, when the client asked the gateway to choose.
     pub intent: Option<Arc<str>>,
     /// Where the `model` string's contents sit in the body, when they hold no escape:
@@ -167,6 +170,10 @@ impl RequestView {
             session_key: session_key(headers, session, wire.user),
             prefix_blocks: Vec::new(),
             prompt_bytes,
+            max_tokens: wire
+                .max_completion_tokens
+                .or(wire.max_tokens)
+                .map(|m| m.saturating_mul(wire.n.unwrap_or(1).max(1))),
             intent: None,
             model_span,
             workflow,
@@ -354,6 +361,7 @@ fn parse_multipart(
         session_key: session_key(headers, session, None),
         prefix_blocks: Vec::new(),
         prompt_bytes: 0,
+        max_tokens: None,
         intent: None,
         workflow: workflow::of(None, headers)?.map(Arc::new),
         has_workflow_metadata: false,

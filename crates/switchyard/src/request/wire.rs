@@ -24,9 +24,7 @@ pub(super) struct Wire<'a> {
     pub input: Option<Input<'a>>,
     #[serde(borrow)]
     pub user: Option<Cow<'a, str>>,
-    #[allow(dead_code)]
     pub max_tokens: Option<u64>,
-    #[allow(dead_code)]
     pub max_completion_tokens: Option<u64>,
     pub n: Option<u64>,
     pub temperature: Option<f64>,

@@ -173,6 +173,7 @@ pub(crate) mod tests {
             session_key: session.map(str::to_string),
             prefix_blocks: blocks,
             prompt_bytes: 1,
+            max_tokens: None,
             intent: None,
             model_span: None,
             workflow: None,

@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::tenancy::Caller;
+use axum::Extension;
+
 use axum::body::Body;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +17,7 @@ use switchyard_stateful::files::FileMeta;
 use switchyard_stateful::files::blobs::Staged;
 
 use super::AppState;
-use super::responses::{OWNER, answer, bad_list_query, failure};
+use super::responses::{answer, bad_list_query, failure};
 use crate::error::ApiError;
 
 fn form_error(e: impl std::fmt::Display) -> Response {
@@ -29,6 +32,7 @@ fn form_error(e: impl std::fmt::Display) -> Response {
 /// `expires_after[anchor]` and `expires_after[seconds]`.
 pub async fn upload(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
     let mut form = match form {
@@ -86,7 +90,7 @@ pub async fn upload(
                 anchor.as_deref(),
                 seconds.as_deref(),
             ) {
-                Ok(meta) => st.files.create(OWNER, &meta, staged).await,
+                Ok(meta) => st.files.create(caller.owner(), &meta, staged).await,
                 Err(e) => {
                     st.files.discard(&staged).await;
                     Err(e)
@@ -108,6 +112,7 @@ pub struct ListQuery {
 /// `GET /v1/files`.
 pub async fn list(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
@@ -116,7 +121,7 @@ pub async fn list(
     let r = st
         .files
         .list(
-            OWNER,
+            caller.owner(),
             q.purpose.as_deref(),
             q.after.as_deref(),
             q.limit,
@@ -127,13 +132,21 @@ pub async fn list(
 }
 
 /// `GET /v1/files/{id}`.
-pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    answer(st.files.get(&id, OWNER).await)
+pub async fn get(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    answer(st.files.get(&id, caller.owner()).await)
 }
 
 /// `GET /v1/files/{id}/content`: the bytes, streamed.
-pub async fn content(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match st.files.content(&id, OWNER).await {
+pub async fn content(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    match st.files.content(&id, caller.owner()).await {
         Ok((filename, bytes)) => {
             let mut resp = (StatusCode::OK, Body::from_stream(bytes)).into_response();
             let h = resp.headers_mut();
@@ -161,6 +174,10 @@ pub async fn content(State(st): State<Arc<AppState>>, Path(id): Path<String>) ->
 }
 
 /// `DELETE /v1/files/{id}`.
-pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    answer(st.files.delete(&id, OWNER).await)
+pub async fn delete(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    answer(st.files.delete(&id, caller.owner()).await)
 }

@@ -20,10 +20,18 @@ pub async fn request_id(State(st): State<Arc<AppState>>, req: Request, next: Nex
     resp
 }
 
-/// Requires `--api-key` when one is set.
-pub async fn api_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match st.pipeline.admission.check_key(req.headers()) {
-        Ok(()) => next.run(req).await,
+/// Authenticates the caller (a key once any is configured) and hands it to the
+/// handler as an extension: its tenant owns what the handler stores or reads.
+pub async fn api_key(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    match st
+        .pipeline
+        .authenticate(req.headers(), req.extensions())
+        .await
+    {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
@@ -69,10 +68,17 @@ async fn serve(listener: TcpListener, app: Router, shutdown: Shutdown, grace: Du
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
+                // Every request of the connection carries the client's address.
+                let addr = crate::pipeline::ClientAddr(peer.ip());
+                let app = app.clone();
+                let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(addr);
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                });
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+                    .serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -93,6 +99,7 @@ async fn serve(listener: TcpListener, app: Router, shutdown: Shutdown, grace: Du
 pub fn spawn_aux(listener: TcpListener, app: Router, shutdown: &Shutdown) {
     let stop = shutdown.clone();
     shutdown.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

@@ -202,50 +202,6 @@ impl Gateway {
             clock.clone(),
             stores.redis.clone(),
         ));
-        let header = |h: &str| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes());
-        let pipeline = Arc::new(Pipeline {
-            entry: EntryConfig {
-                request_id_headers: cfg
-                    .request_id_headers
-                    .iter()
-                    .map(|h| header(h))
-                    .collect::<Result<_, _>>()?,
-                session: SessionHeaders {
-                    extra: cfg.hash_header.as_deref().map(header).transpose()?,
-                },
-                max_payload_size: cfg.max_payload_size,
-                metadata_in_body: cfg.routing_metadata_in_body,
-                forward_workflow_metadata: cfg.forward_workflow_metadata,
-                forward_priority: cfg.forward_priority,
-            },
-            admission: Admission::new(
-                AdmissionConfig {
-                    api_key: cfg.api_key.clone(),
-                    rate: cfg.rate_limit_tokens_per_second,
-                    max_concurrent: cfg.max_concurrent_requests,
-                    queue_size: cfg.queue_size,
-                    queue_timeout: Duration::from_secs(cfg.queue_timeout_secs),
-                    aging_secs: cfg.priority_aging_secs,
-                },
-                metrics.clone(),
-            ),
-            models: ModelSelector::new(&cfg, metrics.clone())?,
-            workers: workers.clone(),
-            dispatcher,
-            registry: registry.clone(),
-            metrics: metrics.clone(),
-            workflows: workflows.clone(),
-        });
-        // The classifier's one-off work (embedding the intents' examples).
-        pipeline.models.prepare(&*pipeline).await;
-        let route = Arc::new(RouteApi::new(
-            pipeline.clone(),
-            stores,
-            RouteSettings {
-                history_messages: cfg.session_history_messages,
-                max_query_bytes: cfg.route_max_query_bytes,
-            },
-        ));
         // The stateful APIs' store (in memory unless --database-url says otherwise).
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -265,6 +221,83 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
+        // Keys, tenants and limits (docs/tenancy.md), over the same store.
+        let directory = crate::tenancy::directory::Directory::open(
+            store.clone(),
+            clock.clone(),
+            &cfg.tenants,
+            &cfg.api_keys,
+            cfg.api_key.as_deref(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("tenancy: {e}"))?;
+        let (tenancy, limit_settler) = crate::tenancy::Tenancy::new(
+            directory,
+            crate::tenancy::TenancyConfig {
+                global: cfg.global_limits.clone(),
+                on_store_error: cfg.rate_limit_on_store_error,
+                replicas: cfg.rate_limit_replicas,
+                default_max_tokens: cfg.default_max_tokens_estimate,
+                auth_failures_per_minute: cfg.auth_failures_per_minute,
+                slot_lease: Duration::from_secs(cfg.request_timeout_secs.saturating_add(60)),
+            },
+            stores.redis.clone(),
+            clock.clone(),
+            metrics.clone(),
+        );
+        tenancy.preload_budgets().await;
+        if let Some(settler) = limit_settler {
+            shutdown.spawn_until_shutdown(settler);
+        }
+        shutdown.spawn(
+            tenancy
+                .clone()
+                .run(Duration::from_secs(cfg.usage_flush_secs), shutdown.clone()),
+        );
+        let header = |h: &str| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes());
+        let pipeline = Arc::new(Pipeline {
+            entry: EntryConfig {
+                request_id_headers: cfg
+                    .request_id_headers
+                    .iter()
+                    .map(|h| header(h))
+                    .collect::<Result<_, _>>()?,
+                session: SessionHeaders {
+                    extra: cfg.hash_header.as_deref().map(header).transpose()?,
+                },
+                max_payload_size: cfg.max_payload_size,
+                metadata_in_body: cfg.routing_metadata_in_body,
+                forward_workflow_metadata: cfg.forward_workflow_metadata,
+                forward_priority: cfg.forward_priority,
+            },
+            admission: Admission::new(
+                AdmissionConfig {
+                    rate: cfg.rate_limit_tokens_per_second,
+                    max_concurrent: cfg.max_concurrent_requests,
+                    queue_size: cfg.queue_size,
+                    queue_timeout: Duration::from_secs(cfg.queue_timeout_secs),
+                    aging_secs: cfg.priority_aging_secs,
+                },
+                metrics.clone(),
+            ),
+            models: ModelSelector::new(&cfg, metrics.clone())?,
+            workers: workers.clone(),
+            dispatcher,
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            workflows: workflows.clone(),
+            tenancy: tenancy.clone(),
+        });
+        // The classifier's one-off work (embedding the intents' examples).
+        pipeline.models.prepare(&*pipeline).await;
+        let route = Arc::new(RouteApi::new(
+            pipeline.clone(),
+            stores,
+            RouteSettings {
+                history_messages: cfg.session_history_messages,
+                max_query_bytes: cfg.route_max_query_bytes,
+            },
+        ));
         let (blobs, scratch_files): (Arc<dyn switchyard_stateful::files::blobs::Blobs>, _) =
             match (&cfg.files_url, &cfg.files_dir) {
                 (Some(url), _) => (

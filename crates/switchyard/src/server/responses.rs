@@ -5,6 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::tenancy::Caller;
+use axum::Extension;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -20,7 +23,6 @@ use crate::pipeline::admit::Admitted;
 use crate::request::Route;
 
 /// The owner of every stored object until tenancy.
-pub const OWNER: &str = "default";
 
 pub(super) fn failure(e: &ServiceError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -33,9 +35,13 @@ pub(super) fn failure(e: &ServiceError) -> Response {
 }
 
 /// `POST /v1/responses`.
-pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
+pub async fn create(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
-    let admitted = match st.pipeline.admit(&parts.headers).await {
+    let admitted = match st.pipeline.admit().await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
@@ -54,7 +60,7 @@ pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
                 .into_response();
         }
     };
-    match st.responses.create(&v, OWNER).await {
+    match st.responses.create(&v, caller.owner()).await {
         Ok(Created::Json(r)) => Json(r).into_response(),
         // The client's permit lives as long as its stream.
         Ok(Created::Events(events)) => sse(events, Some(admitted)),
@@ -63,9 +69,13 @@ pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
 }
 
 /// `POST /v1/responses/input_tokens`.
-pub async fn input_tokens(State(st): State<Arc<AppState>>, req: Request) -> Response {
+pub async fn input_tokens(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    req: Request,
+) -> Response {
     match json_body(&st, req).await {
-        Ok(body) => answer(st.responses.input_tokens(&body, OWNER).await),
+        Ok(body) => answer(st.responses.input_tokens(&body, caller.owner()).await),
         Err(r) => r,
     }
 }
@@ -99,6 +109,7 @@ fn bad_query(message: &str, param: &str) -> Response {
 /// background stream's events again.
 pub async fn get(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -124,22 +135,34 @@ pub async fn get(
         if starting_after.is_some() {
             return bad_query("`starting_after` needs `stream=true`", "starting_after");
         }
-        return answer(st.responses.get(&id, OWNER).await);
+        return answer(st.responses.get(&id, caller.owner()).await);
     }
-    match st.responses.events(&id, OWNER, starting_after).await {
+    match st
+        .responses
+        .events(&id, caller.owner(), starting_after)
+        .await
+    {
         Ok(events) => sse(events, None),
         Err(e) => failure(&e),
     }
 }
 
 /// `POST /v1/responses/{id}/cancel`.
-pub async fn cancel(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    answer(st.responses.cancel(&id, OWNER).await)
+pub async fn cancel(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    answer(st.responses.cancel(&id, caller.owner()).await)
 }
 
 /// `DELETE /v1/responses/{id}`.
-pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    answer(st.responses.delete(&id, OWNER).await)
+pub async fn delete(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    answer(st.responses.delete(&id, caller.owner()).await)
 }
 
 #[derive(Deserialize)]
@@ -152,6 +175,7 @@ pub struct ListQuery {
 /// `GET /v1/responses/{id}/input_items?after=&limit=&order=`.
 pub async fn input_items(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -160,7 +184,13 @@ pub async fn input_items(
     };
     answer(
         st.responses
-            .input_items(&id, OWNER, q.after.as_deref(), q.limit, q.order.as_deref())
+            .input_items(
+                &id,
+                caller.owner(),
+                q.after.as_deref(),
+                q.limit,
+                q.order.as_deref(),
+            )
             .await,
     )
 }
@@ -189,26 +219,35 @@ pub(super) fn answer(r: Result<serde_json::Value, ServiceError>) -> Response {
 }
 
 /// `POST /v1/conversations`.
-pub async fn create_conversation(State(st): State<Arc<AppState>>, req: Request) -> Response {
+pub async fn create_conversation(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    req: Request,
+) -> Response {
     match json_body(&st, req).await {
-        Ok(body) => answer(st.conversations.create(&body, OWNER).await),
+        Ok(body) => answer(st.conversations.create(&body, caller.owner()).await),
         Err(r) => r,
     }
 }
 
 /// `GET /v1/conversations/{id}`.
-pub async fn get_conversation(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    answer(st.conversations.get(&id, OWNER).await)
+pub async fn get_conversation(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    answer(st.conversations.get(&id, caller.owner()).await)
 }
 
 /// `POST /v1/conversations/{id}`: new metadata.
 pub async fn update_conversation(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
     match json_body(&st, req).await {
-        Ok(body) => answer(st.conversations.update(&id, OWNER, &body).await),
+        Ok(body) => answer(st.conversations.update(&id, caller.owner(), &body).await),
         Err(r) => r,
     }
 }
@@ -216,14 +255,16 @@ pub async fn update_conversation(
 /// `DELETE /v1/conversations/{id}`.
 pub async fn delete_conversation(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
 ) -> Response {
-    answer(st.conversations.delete(&id, OWNER).await)
+    answer(st.conversations.delete(&id, caller.owner()).await)
 }
 
 /// `GET /v1/conversations/{id}/items`.
 pub async fn list_items(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -232,7 +273,13 @@ pub async fn list_items(
     };
     answer(
         st.conversations
-            .list_items(&id, OWNER, q.after.as_deref(), q.limit, q.order.as_deref())
+            .list_items(
+                &id,
+                caller.owner(),
+                q.after.as_deref(),
+                q.limit,
+                q.order.as_deref(),
+            )
             .await,
     )
 }
@@ -240,11 +287,12 @@ pub async fn list_items(
 /// `POST /v1/conversations/{id}/items`.
 pub async fn add_items(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
     match json_body(&st, req).await {
-        Ok(body) => answer(st.conversations.add_items(&id, OWNER, &body).await),
+        Ok(body) => answer(st.conversations.add_items(&id, caller.owner(), &body).await),
         Err(r) => r,
     }
 }
@@ -252,15 +300,21 @@ pub async fn add_items(
 /// `GET /v1/conversations/{id}/items/{item_id}`.
 pub async fn get_item(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, item)): Path<(String, String)>,
 ) -> Response {
-    answer(st.conversations.get_item(&id, OWNER, &item).await)
+    answer(st.conversations.get_item(&id, caller.owner(), &item).await)
 }
 
 /// `DELETE /v1/conversations/{id}/items/{item_id}`.
 pub async fn delete_item(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, item)): Path<(String, String)>,
 ) -> Response {
-    answer(st.conversations.delete_item(&id, OWNER, &item).await)
+    answer(
+        st.conversations
+            .delete_item(&id, caller.owner(), &item)
+            .await,
+    )
 }

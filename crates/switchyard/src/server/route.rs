@@ -4,6 +4,11 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
+
+use crate::pipeline::route::scoped_session;
+use crate::tenancy::Caller;
+
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -132,23 +137,47 @@ fn no_session(id: &str) -> ApiError {
 }
 
 /// `GET /sessions/{id}`.
-pub async fn get_session(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn get_session(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
     if let Err(e) = session_id(&id) {
         return e.into_response();
     }
-    match st.route.stores.sessions.get(&id).await {
-        Ok(Some(s)) => Json(s.to_json()).into_response(),
+    match st
+        .route
+        .stores
+        .sessions
+        .get(&scoped_session(caller.owner(), &id))
+        .await
+    {
+        Ok(Some(s)) => {
+            let mut v = s.to_json();
+            v["session_id"] = json!(id);
+            Json(v).into_response()
+        }
         Ok(None) => no_session(&id).into_response(),
         Err(e) => store_down(e).into_response(),
     }
 }
 
 /// `DELETE /sessions/{id}`.
-pub async fn delete_session(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn delete_session(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
     if let Err(e) = session_id(&id) {
         return e.into_response();
     }
-    match st.route.stores.sessions.delete(&id).await {
+    match st
+        .route
+        .stores
+        .sessions
+        .delete(&scoped_session(caller.owner(), &id))
+        .await
+    {
         Ok(true) => Json(json!({"success": true, "message": format!("Session {id} deleted")}))
             .into_response(),
         Ok(false) => no_session(&id).into_response(),

@@ -41,12 +41,8 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
 /// `POST /router/classify {"text": ...}` or `{"messages": [...]}`: the classification a
 /// request to a router name would get, without generating. Admitted like a generation
 /// request (rate limit, concurrency), since a classifier may call a model of the fleet.
-pub async fn classify(
-    State(st): State<Arc<AppState>>,
-    headers: http::HeaderMap,
-    body: Bytes,
-) -> Response {
-    let _admitted = match st.pipeline.admit(&headers).await {
+pub async fn classify(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let _admitted = match st.pipeline.admit().await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };

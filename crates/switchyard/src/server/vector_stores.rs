@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
+use crate::tenancy::Caller;
+use axum::Extension;
+
 use axum::extract::{Path, Query, Request, State};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::AppState;
-use super::responses::{OWNER, answer, bad_list_query, json_body};
+use super::responses::{answer, bad_list_query, json_body};
 
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
@@ -23,22 +26,30 @@ pub struct ListQuery {
 }
 
 /// `POST /v1/vector_stores`.
-pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
+pub async fn create(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    req: Request,
+) -> Response {
     match json_body(&st, req).await {
-        Ok(b) => answer(st.vector_stores.create(OWNER, &b).await),
+        Ok(b) => answer(st.vector_stores.create(caller.owner(), &b).await),
         Err(r) => r,
     }
 }
 
 /// `GET /v1/vector_stores`.
-pub async fn list(State(st): State<Arc<AppState>>, q: Q<ListQuery>) -> Response {
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    q: Q<ListQuery>,
+) -> Response {
     let Ok(Query(q)) = q else {
         return bad_list_query();
     };
     let r = st
         .vector_stores
         .list(
-            OWNER,
+            caller.owner(),
             q.after.as_deref(),
             q.before.as_deref(),
             q.limit,
@@ -49,30 +60,40 @@ pub async fn list(State(st): State<Arc<AppState>>, q: Q<ListQuery>) -> Response 
 }
 
 /// `GET /v1/vector_stores/{id}`.
-pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    answer(st.vector_stores.get(OWNER, &id).await)
+pub async fn get(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    answer(st.vector_stores.get(caller.owner(), &id).await)
 }
 
 /// `POST /v1/vector_stores/{id}`: name, metadata, expiry.
 pub async fn modify(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
     match json_body(&st, req).await {
-        Ok(b) => answer(st.vector_stores.modify(OWNER, &id, &b).await),
+        Ok(b) => answer(st.vector_stores.modify(caller.owner(), &id, &b).await),
         Err(r) => r,
     }
 }
 
 /// `DELETE /v1/vector_stores/{id}`.
-pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    answer(st.vector_stores.delete(OWNER, &id).await)
+pub async fn delete(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    answer(st.vector_stores.delete(caller.owner(), &id).await)
 }
 
 /// `POST /v1/vector_stores/{id}/search`.
 pub async fn search(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
@@ -80,7 +101,7 @@ pub async fn search(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let found = st.vector_stores.search_api(OWNER, &id, &b).await;
+    let found = st.vector_stores.search_api(caller.owner(), &id, &b).await;
     // A store still ingesting answers from its completed files: the header says how
     // many are not searched yet.
     let pending = match &found {
@@ -101,11 +122,12 @@ pub const FILES_IN_PROGRESS: &str = "x-switchyard-files-in-progress";
 /// `POST /v1/vector_stores/{id}/files`.
 pub async fn add_file(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
     match json_body(&st, req).await {
-        Ok(b) => answer(st.vector_stores.add_file(OWNER, &id, &b).await),
+        Ok(b) => answer(st.vector_stores.add_file(caller.owner(), &id, &b).await),
         Err(r) => r,
     }
 }
@@ -113,23 +135,26 @@ pub async fn add_file(
 /// `GET /v1/vector_stores/{id}/files`, and a batch's files.
 pub async fn list_files(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     q: Q<ListQuery>,
 ) -> Response {
-    list_files_of(st, id, None, q).await
+    list_files_of(st, caller, id, None, q).await
 }
 
 /// `GET /v1/vector_stores/{id}/file_batches/{batch_id}/files`.
 pub async fn list_batch_files(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, batch)): Path<(String, String)>,
     q: Q<ListQuery>,
 ) -> Response {
-    list_files_of(st, id, Some(batch), q).await
+    list_files_of(st, caller, id, Some(batch), q).await
 }
 
 async fn list_files_of(
     st: Arc<AppState>,
+    caller: Arc<Caller>,
     id: String,
     batch: Option<String>,
     q: Q<ListQuery>,
@@ -140,7 +165,7 @@ async fn list_files_of(
     let r = st
         .vector_stores
         .list_files(
-            OWNER,
+            caller.owner(),
             &id,
             batch.as_deref(),
             q.filter.as_deref(),
@@ -156,19 +181,25 @@ async fn list_files_of(
 /// `GET /v1/vector_stores/{id}/files/{file_id}`.
 pub async fn get_file(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, file)): Path<(String, String)>,
 ) -> Response {
-    answer(st.vector_stores.get_file(OWNER, &id, &file).await)
+    answer(st.vector_stores.get_file(caller.owner(), &id, &file).await)
 }
 
 /// `POST /v1/vector_stores/{id}/files/{file_id}`: new attributes.
 pub async fn update_file(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, file)): Path<(String, String)>,
     req: Request,
 ) -> Response {
     match json_body(&st, req).await {
-        Ok(b) => answer(st.vector_stores.update_file(OWNER, &id, &file, &b).await),
+        Ok(b) => answer(
+            st.vector_stores
+                .update_file(caller.owner(), &id, &file, &b)
+                .await,
+        ),
         Err(r) => r,
     }
 }
@@ -176,27 +207,38 @@ pub async fn update_file(
 /// `DELETE /v1/vector_stores/{id}/files/{file_id}`.
 pub async fn delete_file(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, file)): Path<(String, String)>,
 ) -> Response {
-    answer(st.vector_stores.delete_file(OWNER, &id, &file).await)
+    answer(
+        st.vector_stores
+            .delete_file(caller.owner(), &id, &file)
+            .await,
+    )
 }
 
 /// `GET /v1/vector_stores/{id}/files/{file_id}/content`: the parsed chunks.
 pub async fn file_content(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, file)): Path<(String, String)>,
 ) -> Response {
-    answer(st.vector_stores.file_content(OWNER, &id, &file).await)
+    answer(
+        st.vector_stores
+            .file_content(caller.owner(), &id, &file)
+            .await,
+    )
 }
 
 /// `POST /v1/vector_stores/{id}/file_batches`.
 pub async fn create_batch(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
     match json_body(&st, req).await {
-        Ok(b) => answer(st.vector_stores.create_batch(OWNER, &id, &b).await),
+        Ok(b) => answer(st.vector_stores.create_batch(caller.owner(), &id, &b).await),
         Err(r) => r,
     }
 }
@@ -204,15 +246,25 @@ pub async fn create_batch(
 /// `GET /v1/vector_stores/{id}/file_batches/{batch_id}`.
 pub async fn get_batch(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, batch)): Path<(String, String)>,
 ) -> Response {
-    answer(st.vector_stores.get_batch(OWNER, &id, &batch).await)
+    answer(
+        st.vector_stores
+            .get_batch(caller.owner(), &id, &batch)
+            .await,
+    )
 }
 
 /// `POST /v1/vector_stores/{id}/file_batches/{batch_id}/cancel`.
 pub async fn cancel_batch(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, batch)): Path<(String, String)>,
 ) -> Response {
-    answer(st.vector_stores.cancel_batch(OWNER, &id, &batch).await)
+    answer(
+        st.vector_stores
+            .cancel_batch(caller.owner(), &id, &batch)
+            .await,
+    )
 }

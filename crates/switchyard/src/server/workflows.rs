@@ -5,18 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::request::workflow::check_id;
+use crate::request::workflow::{check_id, owned_id, scoped_id};
 use crate::state::StateError;
+use crate::tenancy::Caller;
 use crate::workflows::queue::Draft;
 use crate::workflows::{Recipients, SendError};
 
@@ -38,33 +39,59 @@ fn store_down(e: &StateError) -> ApiError {
     )
 }
 
-async fn status_of(st: &AppState, id: &str, detailed: bool) -> Response {
+async fn status_of(st: &AppState, id: &str, kept: &str, detailed: bool) -> Response {
     if let Err(e) = check_id(id, "workflow_id") {
         return e.into_response();
     }
-    match st.pipeline.workflows.status(id, detailed).await {
-        Ok(Some(v)) => Json(v).into_response(),
+    match st.pipeline.workflows.status(kept, detailed).await {
+        Ok(Some(mut v)) => {
+            v["workflow_id"] = json!(id);
+            Json(v).into_response()
+        }
         Ok(None) => not_found(id),
         Err(e) => store_down(&e).into_response(),
     }
 }
 
 /// `GET /v1/workflows/{id}/status`.
-pub async fn status(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    status_of(&st, &id, false).await
+pub async fn status(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
+    status_of(&st, &id, &scoped_id(caller.owner(), &id), false).await
 }
 
 /// `GET /workflows/{id}` on the admin listener: the status with worker URLs.
 pub async fn admin_status(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    status_of(&st, &id, true).await
+    status_of(&st, &id, &id, true).await
 }
 
 /// `GET /v1/workflows/stats`.
-pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
+pub async fn stats(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Response {
     let mut v = match st.pipeline.workflows.stats(10).await {
         Ok(v) => v,
         Err(e) => return store_down(&e).into_response(),
     };
+    // The busiest workflows listed are the caller's own.
+    if let Some(top) = v.get_mut("top_workflows").and_then(Value::as_array_mut) {
+        top.retain_mut(|w| {
+            let own = w["workflow_id"]
+                .as_str()
+                .and_then(|k| owned_id(caller.owner(), k))
+                .map(str::to_string);
+            match own {
+                Some(id) => {
+                    w["workflow_id"] = json!(id);
+                    true
+                }
+                None => false,
+            }
+        });
+    }
     let (migrations, splits) = st.workers.workflow_moves();
     v["migrations"] = json!(migrations);
     v["splits"] = json!(splits);
@@ -72,11 +99,20 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
 }
 
 /// `DELETE /v1/workflows/{id}`.
-pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn delete(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    Path(id): Path<String>,
+) -> Response {
     if let Err(e) = check_id(&id, "workflow_id") {
         return e.into_response();
     }
-    match st.pipeline.workflows.delete(&id).await {
+    match st
+        .pipeline
+        .workflows
+        .delete(&scoped_id(caller.owner(), &id))
+        .await
+    {
         Ok(true) => Json(json!({"success": true, "message": format!("Workflow {id} ended")}))
             .into_response(),
         Ok(false) => not_found(&id),
@@ -190,6 +226,7 @@ fn send_error(e: SendError) -> ApiError {
 /// `POST /v1/workflows/{id}/agents/{agent}/messages`: 201 `{"message_id", "expires_at"}`.
 pub async fn send_to_agent(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, agent)): Path<(String, String)>,
     body: Body,
 ) -> Response {
@@ -202,7 +239,11 @@ pub async fn send_to_agent(
         let sent = st
             .pipeline
             .workflows
-            .send(&Arc::from(id.as_str()), Recipients::One(&agent), d)
+            .send(
+                &Arc::from(scoped_id(caller.owner(), &id)),
+                Recipients::One(&agent),
+                d,
+            )
             .await
             .map_err(send_error)?;
         let (_, message_id, expires_at) = sent.into_iter().next().expect("one recipient");
@@ -220,6 +261,7 @@ pub async fn send_to_agent(
 /// `POST /v1/workflows/{id}/messages`: to every agent, or to those in `to`.
 pub async fn send_to_workflow(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
@@ -254,7 +296,7 @@ pub async fn send_to_workflow(
         let sent = st
             .pipeline
             .workflows
-            .send(&Arc::from(id.as_str()), recipients, d)
+            .send(&Arc::from(scoped_id(caller.owner(), &id)), recipients, d)
             .await
             .map_err(send_error)?;
         let messages: Vec<Value> = sent
@@ -286,9 +328,11 @@ pub struct ReceiveQuery {
 /// one to arrive if none is there.
 pub async fn receive(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path((id, agent)): Path<(String, String)>,
     q: Result<Query<ReceiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let kept = scoped_id(caller.owner(), &id);
     let run = async {
         check_id(&id, "workflow_id")?;
         check_id(&agent, "agent_id")?;
@@ -321,7 +365,7 @@ pub async fn receive(
             tokio::pin!(arrival);
             arrival.as_mut().enable();
             let Some(messages) = workflows
-                .receive(&id, &agent, limit, consume)
+                .receive(&kept, &agent, limit, consume)
                 .await
                 .map_err(|e| store_down(&e))?
             else {

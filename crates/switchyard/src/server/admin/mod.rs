@@ -1,8 +1,10 @@
 //! The admin listener (`--admin-host`, `--admin-port`, loopback by default), never the
-//! data plane: the worker API ([`workers`]) and registration jobs ([`jobs`]). With
+//! data plane: the worker API ([`workers`]), registration jobs ([`jobs`]), and tenants,
+//! keys, usage and the audit log ([`tenancy`]). With
 //! `--admin-api-key` every call needs it; a non-loopback admin host requires one.
 
 pub mod jobs;
+pub mod tenancy;
 pub mod workers;
 
 use std::sync::Arc;
@@ -31,6 +33,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/reload", post(super::selection::reload))
         .route("/sessions", get(super::route::list_sessions))
         .route("/workflows/{id}", get(super::workflows::admin_status))
+        .route(
+            "/admin/tenants",
+            post(tenancy::create_tenant).get(tenancy::list_tenants),
+        )
+        .route(
+            "/admin/tenants/{id}",
+            get(tenancy::get_tenant)
+                .patch(tenancy::update_tenant)
+                .delete(tenancy::delete_tenant),
+        )
+        .route(
+            "/admin/keys",
+            post(tenancy::create_key).get(tenancy::list_keys),
+        )
+        .route(
+            "/admin/keys/{id}",
+            get(tenancy::get_key)
+                .patch(tenancy::update_key)
+                .delete(tenancy::revoke_key),
+        )
+        .route("/admin/usage", get(tenancy::usage))
+        .route("/admin/audit", get(tenancy::audit_log))
         .fallback(|req: Request| async move {
             ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
         })
