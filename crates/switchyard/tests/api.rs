@@ -349,7 +349,11 @@ async fn the_pipeline_runs_in_process_without_an_http_hop() {
     let pipeline = &bed.gateway.state.pipeline;
     let run = |body: Value| async move {
         let headers = http::HeaderMap::new();
-        let admitted = pipeline.admit(&headers).await.expect("admitted");
+        let caller = pipeline
+            .authenticate(&headers, &http::Extensions::new())
+            .await
+            .expect("no key configured");
+        let admitted = pipeline.admit().await.expect("admitted");
         let ctx = RequestContext {
             route: Route::Chat,
             request_id: "in-process".into(),
@@ -357,6 +361,7 @@ async fn the_pipeline_runs_in_process_without_an_http_hop() {
             headers,
             body: serde_json::to_vec(&body).unwrap().into(),
             admitted,
+            caller,
         };
         let resp = pipeline.run(ctx).await;
         let status = resp.status().as_u16();

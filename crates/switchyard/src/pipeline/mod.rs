@@ -8,7 +8,8 @@
 //!                  └── retry ◀──────┘  failed before any byte reached the client
 //! ```
 //!
-//! - [`admit`]: request id, API key, rate limit and concurrency queue.
+//! - [`admit`]: request id, the caller (`crate::tenancy`), rate limit and concurrency
+//!   queue; the caller's model list and limits are checked once the model is chosen.
 //! - `select_model`: the request is parsed once (its prompt streamed into the prefix
 //!   hasher), then [`ModelSelector`] resolves the model.
 //! - `select_worker`: [`WorkerSelector`] picks and leases the worker(s) of one attempt
@@ -367,7 +368,9 @@ impl Pipeline {
             Err(mut e) => {
                 drop(admitted);
                 e.headers.extend(ticket.headers());
-                ticket.finish(&plan.view.model, None, false);
+                // No engine answered: nothing was generated, the reservation goes back.
+                let none = crate::tenancy::TokenUsage::default();
+                ticket.finish(&plan.view.model, Some(none), false);
                 self.metrics.model_request(
                     &plan.view.model_key,
                     plan.view.intent.as_ref(),

@@ -131,14 +131,15 @@ impl Settle {
                 .get_or_create(&ReasonLabel { reason: "stream" })
                 .inc();
         }
+        // One count of the usage's `prompt`, `completion` or `cached` tokens.
+        let get = |k: &str| {
+            usage
+                .as_ref()?
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| *v)
+        };
         if let Some(ticket) = self.ticket.take() {
-            let get = |k: &str| {
-                usage
-                    .as_ref()?
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| *v)
-            };
             let tokens = usage.as_ref().map(|_| crate::tenancy::TokenUsage {
                 input: get("prompt").unwrap_or(0),
                 cached: get("cached").unwrap_or(0),
@@ -149,13 +150,6 @@ impl Settle {
         }
         let ttft_ms = ttft.map(|f| f.duration_since(self.start).as_secs_f64() * 1e3);
         if let Some(wf) = &self.view.workflow {
-            let get = |k: &str| {
-                usage
-                    .as_ref()?
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| *v)
-            };
             let tokens = usage.as_ref().map(|_| crate::workflows::TokenUsage {
                 prompt: get("prompt").unwrap_or(0),
                 completion: get("completion").unwrap_or(0),

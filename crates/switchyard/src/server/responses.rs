@@ -22,8 +22,6 @@ use crate::error::ApiError;
 use crate::pipeline::admit::Admitted;
 use crate::request::Route;
 
-/// The owner of every stored object until tenancy.
-
 pub(super) fn failure(e: &ServiceError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (status, Json(e.json())).into_response();

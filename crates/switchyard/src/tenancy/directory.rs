@@ -14,9 +14,10 @@
 //!   everywhere within about a quarter of a second, with or without Redis. A key used
 //!   before its replica heard of it is read from the database once (a cache miss).
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -225,10 +226,10 @@ pub struct Directory {
     config_tenants: HashMap<Arc<str>, Arc<Tenant>>,
     tenants: RwLock<HashMap<Arc<str>, Arc<Tenant>>>,
     keys: RwLock<HashMap<Arc<str>, Arc<ApiKey>>>,
-    /// Some stored key can authenticate (then every request needs a key).
+    /// A key was ever issued (then every request needs a key).
     stored_keys: AtomicBool,
-    /// The last change applied.
-    seen: AtomicI64,
+    /// The newest change seen, and the changes applied within `LOOKBACK` of it.
+    seen: Mutex<(i64, BTreeSet<i64>)>,
 }
 
 /// Changes re-read behind the last one seen: PostgreSQL may commit sequence numbers out
@@ -327,7 +328,7 @@ impl Directory {
             tenants: RwLock::default(),
             keys: RwLock::default(),
             stored_keys: AtomicBool::new(false),
-            seen: AtomicI64::new(0),
+            seen: Mutex::default(),
         };
         dir.load_all().await?;
         Ok(dir)
@@ -364,23 +365,29 @@ impl Directory {
             .filter_map(key_of)
             .map(|k| (k.id.clone(), Arc::new(k)))
             .collect();
-        self.seen.store(seq, Ordering::Release);
+        // Changes in the window were applied by this load; one committed late, with a
+        // lower number than the newest, will come up in a poll as not yet applied.
+        let recent = self
+            .store
+            .fetch_all(
+                "SELECT seq FROM tenancy_changes WHERE seq > $1",
+                &[Val::from(seq - LOOKBACK)],
+            )
+            .await?;
+        *self.seen.lock().expect("seen lock") =
+            (seq, recent.iter().map(|r| r.get::<i64, _>("seq")).collect());
         self.recount();
         Ok(())
     }
 
+    /// Notes whether a key was ever issued. Revoked and expired keys count (they are
+    /// never deleted): revoking the last key must not open the gateway to everyone.
     fn recount(&self) {
-        let now = self.clock.now_ms();
-        let any = self
-            .keys
-            .read()
-            .expect("keys lock")
-            .values()
-            .any(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e * 1000 > now));
+        let any = !self.keys.read().expect("keys lock").is_empty();
         self.stored_keys.store(any, Ordering::Release);
     }
 
-    /// Whether requests need a key: a static one is configured, or a stored one exists.
+    /// Whether requests need a key: a static one is configured, or one was ever issued.
     pub fn auth_required(&self) -> bool {
         !self.statics.is_empty() || self.stored_keys.load(Ordering::Acquire)
     }
@@ -497,20 +504,18 @@ impl Directory {
 
     /// Applies the changes other replicas (or this one) made since the last poll.
     pub async fn poll(&self) -> Result<usize, switchyard_stateful::store::StoreError> {
-        let seen = self.seen.load(Ordering::Acquire);
+        let from = self.seen.lock().expect("seen lock").0 - LOOKBACK;
         let rows = self
             .store
             .fetch_all(
                 "SELECT seq, kind, id FROM tenancy_changes WHERE seq > $1 ORDER BY seq",
-                &[Val::from((seen - LOOKBACK).max(0))],
+                &[Val::from(from)],
             )
             .await?;
         let mut applied = 0;
-        let mut last = seen;
         for r in &rows {
             let seq: i64 = r.get("seq");
-            last = last.max(seq);
-            if seq <= seen {
+            if self.seen.lock().expect("seen lock").1.contains(&seq) {
                 continue;
             }
             let (kind, id): (String, String) = (r.get("kind"), r.get("id"));
@@ -520,12 +525,12 @@ impl Directory {
                 }
                 _ => self.reload_tenant(&id).await?,
             }
+            let mut seen = self.seen.lock().expect("seen lock");
+            seen.0 = seen.0.max(seq);
+            seen.1.insert(seq);
+            let floor = seen.0 - LOOKBACK;
+            seen.1.retain(|s| *s > floor);
             applied += 1;
-        }
-        self.seen.store(last, Ordering::Release);
-        if applied == 0 {
-            // Expiry needs no change record.
-            self.recount();
         }
         Ok(applied)
     }
@@ -541,25 +546,40 @@ impl Directory {
         )
     }
 
-    /// Records an admin action in the audit table.
-    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &Value) -> Write {
-        Write::one(
+    /// Applies an admin change together with its audit record, and logs the action
+    /// once it is made (a refused or failed change leaves neither).
+    async fn apply(
+        &self,
+        w: Write,
+        audit: &Audit,
+    ) -> Result<(), switchyard_stateful::store::StoreError> {
+        let row = Write::one(
             "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
             vec![
                 Val::from(self.clock.now_ms()),
-                Val::from(actor.to_string()),
-                Val::from(action.to_string()),
-                Val::from(target.to_string()),
-                Val::from(detail.to_string()),
+                Val::from(audit.actor.clone()),
+                Val::from(audit.action.to_string()),
+                Val::from(audit.target.clone()),
+                Val::from(audit.detail.to_string()),
             ],
-        )
+        );
+        self.store.write(w.and(row)).await?;
+        tracing::info!(
+            target: "switchyard::audit",
+            actor = %audit.actor,
+            action = audit.action,
+            target = %audit.target,
+            detail = %audit.detail,
+            "admin action"
+        );
+        Ok(())
     }
 
     /// Creates a tenant (its id generated when not given).
     pub async fn create_tenant(
         &self,
         body: &Value,
-        audit: Write,
+        mut audit: Audit,
     ) -> Result<Arc<Tenant>, AdminError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -601,8 +621,8 @@ impl Directory {
                 Val::from(now),
             ],
         );
-        self.store
-            .write(self.change(w, "tenant", &id).and(audit))
+        audit.target = id.clone();
+        self.apply(self.change(w, "tenant", &id), &audit)
             .await
             .map_err(|e| {
                 if e.to_string().to_ascii_lowercase().contains("unique") {
@@ -632,7 +652,7 @@ impl Directory {
         &self,
         id: &str,
         body: &Value,
-        audit: Write,
+        audit: Audit,
     ) -> Result<Arc<Tenant>, AdminError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -670,16 +690,14 @@ impl Directory {
                 Val::from(self.clock.now_ms()),
             ],
         );
-        self.store
-            .write(self.change(w, "tenant", id).and(audit))
-            .await?;
+        self.apply(self.change(w, "tenant", id), &audit).await?;
         self.reload_tenant(id).await?;
         self.tenant(id)
             .ok_or_else(|| AdminError::NotFound(format!("No tenant `{id}`")))
     }
 
     /// Deletes a tenant and revokes its keys.
-    pub async fn delete_tenant(&self, id: &str, audit: Write) -> Result<(), AdminError> {
+    pub async fn delete_tenant(&self, id: &str, audit: Audit) -> Result<(), AdminError> {
         self.stored_tenant(id)?;
         let now = self.clock.now_ms();
         let mut w = Write::one("DELETE FROM tenants WHERE id = $1", vec![Val::from(id.to_string())]).then(
@@ -691,7 +709,7 @@ impl Directory {
         for k in &keys {
             w = self.change(w, "key", &k.id);
         }
-        self.store.write(w.and(audit)).await?;
+        self.apply(w, &audit).await?;
         self.reload_tenant(id).await?;
         for k in keys {
             self.reload_key(&k.id).await?;
@@ -703,7 +721,7 @@ impl Directory {
     pub async fn create_key(
         &self,
         body: &Value,
-        audit: impl FnOnce(&str) -> Write,
+        mut audit: Audit,
     ) -> Result<(Arc<ApiKey>, String), AdminError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -746,9 +764,8 @@ impl Directory {
                 Val::from(now),
             ],
         );
-        self.store
-            .write(self.change(w, "key", &id).and(audit(&id)))
-            .await?;
+        audit.target = id.clone();
+        self.apply(self.change(w, "key", &id), &audit).await?;
         let key = self
             .reload_key(&id)
             .await?
@@ -761,7 +778,7 @@ impl Directory {
         &self,
         id: &str,
         body: &Value,
-        audit: Write,
+        audit: Audit,
     ) -> Result<Arc<ApiKey>, AdminError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -798,16 +815,14 @@ impl Directory {
                 Val::from(self.clock.now_ms()),
             ],
         );
-        self.store
-            .write(self.change(w, "key", id).and(audit))
-            .await?;
+        self.apply(self.change(w, "key", id), &audit).await?;
         self.reload_key(id)
             .await?
             .ok_or_else(|| AdminError::NotFound(format!("No key `{id}`")))
     }
 
     /// Revokes a key (kept, marked revoked, for the audit trail and usage).
-    pub async fn revoke_key(&self, id: &str, audit: Write) -> Result<Arc<ApiKey>, AdminError> {
+    pub async fn revoke_key(&self, id: &str, audit: Audit) -> Result<Arc<ApiKey>, AdminError> {
         self.key(id)
             .await?
             .ok_or_else(|| AdminError::NotFound(format!("No key `{id}`")))?;
@@ -816,13 +831,22 @@ impl Directory {
             "UPDATE api_keys SET revoked_at = $2, updated_at = $2 WHERE id = $1 AND revoked_at IS NULL",
             vec![Val::from(id.to_string()), Val::from(now)],
         );
-        self.store
-            .write(self.change(w, "key", id).and(audit))
-            .await?;
+        self.apply(self.change(w, "key", id), &audit).await?;
         self.reload_key(id)
             .await?
             .ok_or_else(|| AdminError::NotFound(format!("No key `{id}`")))
     }
+}
+
+/// An admin action, for the audit table and log: who (`actor`), what, on which object.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    pub actor: String,
+    pub action: &'static str,
+    /// The object's id (a created one's is filled in once known).
+    pub target: String,
+    /// The request's fields worth keeping (never a secret).
+    pub detail: Value,
 }
 
 /// A field of a PATCH body: absent (unchanged), `null` (cleared) or a value.

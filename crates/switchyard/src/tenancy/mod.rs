@@ -138,7 +138,8 @@ pub struct Tenancy {
     metrics: Arc<Metrics>,
     /// When Redis failures were last logged (one line per 10 s at most).
     store_error_logged: AtomicI64,
-    /// The caller of every request when no key is configured.
+    /// The caller of every request when no key is configured and `default` is defined
+    /// nowhere.
     anonymous: Arc<Caller>,
     /// Tenant ids given their own metrics label (the rest are `other`).
     labelled: Mutex<std::collections::HashSet<Arc<str>>>,
@@ -169,9 +170,7 @@ impl Tenancy {
         };
         let divisor = if redis.is_some() { cfg.replicas } else { 1 };
         let anonymous = Arc::new(Caller {
-            tenant: directory
-                .tenant(DEFAULT_TENANT)
-                .unwrap_or_else(|| Arc::new(Tenant::implicit(DEFAULT_TENANT))),
+            tenant: Arc::new(Tenant::implicit(DEFAULT_TENANT)),
             key: None,
             key_label: Arc::from(""),
             internal: false,
@@ -215,16 +214,15 @@ impl Tenancy {
         addr: Option<IpAddr>,
     ) -> Result<Arc<Caller>, ApiError> {
         if !self.directory.auth_required() {
-            return Ok(if self.anonymous.tenant.source == Source::Implicit {
-                self.anonymous.clone()
-            } else {
-                // `default` got limits since start: read it fresh.
-                Arc::new(Caller {
-                    tenant: self.tenant_or_implicit(DEFAULT_TENANT),
+            // `default` as it stands now (the admin API may have given it limits).
+            return Ok(match self.directory.tenant(DEFAULT_TENANT) {
+                None => self.anonymous.clone(),
+                Some(tenant) => Arc::new(Caller {
+                    tenant,
                     key: None,
                     key_label: Arc::from(""),
                     internal: false,
-                })
+                }),
             });
         }
         let now = self.clock.now_ms();

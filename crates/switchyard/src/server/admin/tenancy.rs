@@ -14,11 +14,11 @@ use axum::response::{IntoResponse, Response};
 use http::{Extensions, HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;
-use switchyard_stateful::store::{Val, Write};
+use switchyard_stateful::store::Val;
 
 use crate::error::ApiError;
 use crate::server::AppState;
-use crate::tenancy::directory::AdminError;
+use crate::tenancy::directory::{AdminError, Audit};
 use crate::tenancy::usage::UsageQuery;
 
 /// Who made an admin call, for the audit log.
@@ -37,13 +37,20 @@ fn actor(headers: &HeaderMap, ext: &Extensions) -> String {
     }
 }
 
-/// The audit record of an action (written with the change itself) and its log line.
-fn audit(st: &AppState, actor: &str, action: &str, target: &str, detail: Value) -> Write {
-    tracing::info!(target: "switchyard::audit", actor, action, target, detail = %detail, "admin action");
-    st.pipeline
-        .tenancy
-        .directory
-        .audit(actor, action, target, &detail)
+/// The audit record of an action by the caller of `headers` (recorded with the change).
+fn audit(
+    headers: &HeaderMap,
+    ext: &Extensions,
+    action: &'static str,
+    target: &str,
+    detail: Value,
+) -> Audit {
+    Audit {
+        actor: actor(headers, ext),
+        action,
+        target: target.to_string(),
+        detail,
+    }
 }
 
 fn failed(e: AdminError) -> Response {
@@ -63,14 +70,17 @@ fn failed(e: AdminError) -> Response {
     }
 }
 
-fn json_of(body: &Bytes) -> Result<Value, Response> {
+fn json_of(body: &Bytes) -> Result<Value, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(ApiError::bad_request("The body must be a JSON object", None).into_response()),
-        Err(e) => Err(
-            ApiError::bad_request(format!("Invalid JSON in request body: {e}"), None)
-                .into_response(),
-        ),
+        Ok(_) => Err(ApiError::bad_request(
+            "The body must be a JSON object",
+            None,
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            format!("Invalid JSON in request body: {e}"),
+            None,
+        )),
     }
 }
 
@@ -101,11 +111,9 @@ pub async fn create_tenant(
 ) -> Response {
     let v = match json_of(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
-    let who = actor(&headers, &ext);
-    let target = v["id"].as_str().unwrap_or("(generated)").to_string();
-    let w = audit(&st, &who, "tenant.create", &target, summary(&v));
+    let w = audit(&headers, &ext, "tenant.create", "", summary(&v));
     match st.pipeline.tenancy.directory.create_tenant(&v, w).await {
         Ok(t) => (StatusCode::CREATED, Json(t.to_json())).into_response(),
         Err(e) => failed(e),
@@ -143,15 +151,9 @@ pub async fn update_tenant(
 ) -> Response {
     let v = match json_of(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
-    let w = audit(
-        &st,
-        &actor(&headers, &ext),
-        "tenant.update",
-        &id,
-        summary(&v),
-    );
+    let w = audit(&headers, &ext, "tenant.update", &id, summary(&v));
     match st
         .pipeline
         .tenancy
@@ -171,7 +173,7 @@ pub async fn delete_tenant(
     headers: HeaderMap,
     ext: Extensions,
 ) -> Response {
-    let w = audit(&st, &actor(&headers, &ext), "tenant.delete", &id, json!({}));
+    let w = audit(&headers, &ext, "tenant.delete", &id, json!({}));
     match st.pipeline.tenancy.directory.delete_tenant(&id, w).await {
         Ok(()) => {
             Json(json!({"id": id, "object": "tenant.deleted", "deleted": true})).into_response()
@@ -189,13 +191,10 @@ pub async fn create_key(
 ) -> Response {
     let v = match json_of(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
-    let who = actor(&headers, &ext);
-    let detail = summary(&v);
-    let audit_for = |id: &str| audit(&st, &who, "key.create", id, detail.clone());
-    let dir = &st.pipeline.tenancy.directory;
-    match dir.create_key(&v, audit_for).await {
+    let w = audit(&headers, &ext, "key.create", "", summary(&v));
+    match st.pipeline.tenancy.directory.create_key(&v, w).await {
         Ok((k, secret)) => {
             let mut out = k.to_json(st.pipeline.tenancy.now_ms());
             out["key"] = json!(secret);
@@ -250,9 +249,9 @@ pub async fn update_key(
 ) -> Response {
     let v = match json_of(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
-    let w = audit(&st, &actor(&headers, &ext), "key.update", &id, summary(&v));
+    let w = audit(&headers, &ext, "key.update", &id, summary(&v));
     match st.pipeline.tenancy.directory.update_key(&id, &v, w).await {
         Ok(k) => Json(k.to_json(st.pipeline.tenancy.now_ms())).into_response(),
         Err(e) => failed(e),
@@ -266,7 +265,7 @@ pub async fn revoke_key(
     headers: HeaderMap,
     ext: Extensions,
 ) -> Response {
-    let w = audit(&st, &actor(&headers, &ext), "key.revoke", &id, json!({}));
+    let w = audit(&headers, &ext, "key.revoke", &id, json!({}));
     match st.pipeline.tenancy.directory.revoke_key(&id, w).await {
         Ok(k) => Json(k.to_json(st.pipeline.tenancy.now_ms())).into_response(),
         Err(e) => failed(e),
