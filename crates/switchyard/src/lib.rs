@@ -12,7 +12,8 @@
 //!    Kubernetes discovery.
 //! 7. The base every layer may use: [`config`], [`request`] (parsing and body rewrites),
 //!    [`state`] (sessions and counters, in memory or Redis), [`upstream`] (the HTTP
-//!    client), [`metrics`], [`error`], [`shutdown`], [`logging`].
+//!    client), [`metrics`], [`error`], [`shutdown`], [`logging`], [`tenancy`] (callers,
+//!    keys, tenants, limits and usage).
 //!
 //! A module imports only from layers below it (`tests/layering.rs` checks).
 

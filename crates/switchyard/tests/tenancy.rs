@@ -1,20 +1,30 @@
-//! Tenancy over real HTTP (docs/tenancy.md is still to come; issue 16): keys issued,
-//! used and revoked through the admin API; limits answered with 429 and the
-//! `x-ratelimit-*` headers; models outside a tenant's list answered as unknown; stored
-//! objects invisible to other tenants; failed authentications locked out per address;
-//! usage and the audit log; the admin API's answers to bad input.
+//! Tenancy over real HTTP (docs/tenancy.md): keys issued, used and revoked through the
+//! admin API; limits (requests and tokens per minute, concurrency, budgets) answered
+//! with 429 and the `x-ratelimit-*` headers, in memory and shared by two replicas
+//! through Redis and PostgreSQL, and when Redis goes away; models outside a tenant's
+//! list answered as unknown; stored objects invisible to other tenants; failed
+//! authentications locked out per address; usage and the audit log; CORS; the admin
+//! API's answers to bad input; no secret in the logs.
+
+use std::sync::Arc;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use switchyard::PolicyKind;
+use switchyard_stateful::testing::PgDatabase;
 use switchyard_testkit::*;
 
-/// A gateway (SQLite in memory, one simulated engine) and a client.
+/// This suite's Redis database number at 127.0.0.1:6379.
+const REDIS_DB: u32 = 9;
+
+/// A gateway (SQLite in memory unless told otherwise) in front of simulated engines,
+/// and a client.
 struct Gw {
-    _sims: switchyard_sim::SimHandle,
+    sims: Arc<switchyard_sim::SimHandle>,
     gw: switchyard::Gateway,
     url: String,
     admin: String,
+    metrics: String,
     http: reqwest::Client,
 }
 
@@ -33,17 +43,56 @@ impl Answer {
 
 impl Gw {
     async fn start(adjust: impl FnOnce(&mut switchyard::Config)) -> Gw {
-        let sims = sims(1).await;
+        Gw::on(Arc::new(sims(1).await), adjust).await
+    }
+
+    /// A gateway in front of `sims` (a second replica: the same engines).
+    async fn on(
+        sims: Arc<switchyard_sim::SimHandle>,
+        adjust: impl FnOnce(&mut switchyard::Config),
+    ) -> Gw {
         let mut cfg = config(sims.urls(), PolicyKind::RoundRobin);
         adjust(&mut cfg);
         let gw = gateway(cfg).await;
         Gw {
             url: gw.url(),
-            admin: format!("http://{}", gw.admin_addr),
+            admin: admin_url(&gw),
+            metrics: metrics_url(&gw),
             gw,
-            _sims: sims,
+            sims,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Generation requests the engines have accepted, in all.
+    fn engine_requests(&self) -> u64 {
+        per_server(&self.sims).iter().sum()
+    }
+
+    /// Opens a stream and reads its first chunk: the request is in flight until the
+    /// response is read to its end or dropped (with [`stalled`] faults, held there).
+    async fn open_stream(&self, key: &str, body: &Value) -> reqwest::Response {
+        let mut resp = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(resp.status(), 200);
+        assert!(resp.chunk().await.expect("a first chunk").is_some());
+        resp
+    }
+
+    /// Requests counted in the usage of `tenant` (settled ones).
+    async fn settled(&self, tenant: &str) -> u64 {
+        let a = self
+            .admin(Method::GET, &format!("/admin/usage?tenant={tenant}"), None)
+            .await;
+        a.body["data"].as_array().map_or(0, |d| {
+            d.iter().map(|r| r["requests"].as_u64().unwrap()).sum()
+        })
     }
 
     async fn send(
@@ -246,7 +295,7 @@ async fn a_model_outside_the_tenants_list_is_unknown_to_it() {
     g.tenant(json!({"id": "narrow", "allowed_models": ["some-other-model"]}))
         .await;
     let (_, key) = g.key(json!({"tenant": "narrow"})).await;
-    let before: u64 = per_server(&g._sims).iter().sum();
+    let before: u64 = g.engine_requests();
     let a = g.chat(Some(&key), &chat("hi", 2)).await;
     assert_eq!(a.status, 404, "{}", a.body);
     assert_error(&a.body, "model_not_found");
@@ -258,11 +307,7 @@ async fn a_model_outside_the_tenants_list_is_unknown_to_it() {
         "{}",
         a.body
     );
-    assert_eq!(
-        per_server(&g._sims).iter().sum::<u64>(),
-        before,
-        "never reached an engine"
-    );
+    assert_eq!(g.engine_requests(), before, "never reached an engine");
     g.gw.shutdown();
 }
 
@@ -492,5 +537,335 @@ async fn the_admin_api_answers_bad_input_with_openai_errors() {
     // Nothing refused was audited.
     let a = g.admin(Method::GET, "/admin/audit", None).await;
     assert_eq!(a.body["data"].as_array().unwrap().len(), 1, "{}", a.body);
+    g.gw.shutdown();
+}
+
+/// A chat the simulator answers in one token whatever `max_tokens` is (`{}` under
+/// `response_format: json_object`): its reservation is far above what it uses.
+fn short_answer(max_tokens: u32, stream: bool) -> Value {
+    let mut body = chat("Answer in JSON.", max_tokens);
+    body["response_format"] = json!({"type": "json_object"});
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+/// Tokens per minute are reserved at admission and given back from the engine's usage
+/// when the response ends, a stream's included: without the reconciliation the second
+/// request below would wait 40 s for its tokens.
+#[tokio::test]
+async fn tokens_per_minute_are_reconciled_from_usage_streams_included() {
+    let g = Gw::start(|_| {}).await;
+    g.tenant(json!({"id": "tpm", "limits": {"tpm": 1200}}))
+        .await;
+    let (_, key) = g.key(json!({"tenant": "tpm"})).await;
+    // Reserves ~1000 tokens, uses ~20.
+    let resp = g.open_stream(&key, &short_answer(1000, true)).await;
+    let remaining: u64 = resp.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining < 200, "the reservation is held: {remaining} left");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("\"usage\""), "{text}");
+    eventually("the stream is settled", || async {
+        g.settled("tpm").await == 1
+    })
+    .await;
+    let a = g.chat(Some(&key), &short_answer(1000, false)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let used = a.body["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used < 100, "{}", a.body);
+    let remaining: u64 = a
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 1200 less the first request's real use and this one's reservation.
+    assert!(
+        (1200 - 1010 - used..=1200).contains(&remaining),
+        "{remaining}"
+    );
+    g.gw.shutdown();
+}
+
+/// `max_concurrent` holds a key to that many requests in flight; a finished one frees
+/// its slot.
+#[tokio::test]
+async fn concurrency_is_limited_and_slots_are_freed() {
+    let g = Gw::start(|_| {}).await;
+    g.tenant(json!({"id": "narrow"})).await;
+    let (_, key) = g
+        .key(json!({"tenant": "narrow", "limits": {"max_concurrent": 2}}))
+        .await;
+    set_faults_everywhere(&g.sims, &stalled());
+    let mut body = chat("hold", 8);
+    body["stream"] = json!(true);
+    let first = g.open_stream(&key, &body).await;
+    let second = g.open_stream(&key, &body).await;
+    let a = g.chat(Some(&key), &chat("third", 2)).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_error(&a.body, "concurrency_limit_exceeded");
+    assert!(a.header("retry-after").is_some());
+    assert_eq!(g.engine_requests(), 2, "the third never reached an engine");
+    set_faults_everywhere(&g.sims, &switchyard_sim::Faults::default());
+    for s in [first, second] {
+        assert!(s.text().await.unwrap().contains("[DONE]"));
+    }
+    eventually("a slot is free again", || async {
+        g.chat(Some(&key), &chat("again", 2)).await.status == 200
+    })
+    .await;
+    g.gw.shutdown();
+}
+
+/// A tenant's token budget for the period: spent, its requests are refused until the
+/// period ends; another tenant is untouched.
+#[tokio::test]
+async fn a_spent_token_budget_refuses_until_the_period_ends() {
+    let g = Gw::start(|_| {}).await;
+    g.tenant(json!({"id": "frugal", "limits": {"token_budget": 100, "budget_period": "day"}}))
+        .await;
+    g.tenant(json!({"id": "other"})).await;
+    let (_, key) = g.key(json!({"tenant": "frugal"})).await;
+    let (_, other) = g.key(json!({"tenant": "other"})).await;
+    let mut spent = 0;
+    let mut answered = 0;
+    let refusal = loop {
+        let a = g.chat(Some(&key), &chat("spend", 30)).await;
+        if a.status != 200 {
+            break a;
+        }
+        answered += 1;
+        spent += a.body["usage"]["total_tokens"].as_u64().unwrap();
+        eventually("the request is settled", || async {
+            g.settled("frugal").await == answered
+        })
+        .await;
+        assert!(answered < 10, "the budget never ran out");
+    };
+    assert_eq!(refusal.status, 429, "{}", refusal.body);
+    assert_error(&refusal.body, "budget_exceeded");
+    // Refused exactly once the budget was spent.
+    assert!(spent >= 100, "{spent}");
+    assert!(answered >= 2, "{answered}");
+    let retry: u64 = refusal.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    assert_eq!(g.chat(Some(&other), &chat("spend", 30)).await.status, 200);
+    g.gw.shutdown();
+}
+
+/// Admitted requests of `n` sent at once, half through each replica.
+async fn burst(a: &Gw, b: &Gw, key: &str, body: &Value, n: usize) -> (usize, Vec<Answer>) {
+    let sends = (0..n).map(|i| {
+        let g = if i % 2 == 0 { a } else { b };
+        g.chat(Some(key), body)
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let refused = answers.into_iter().filter(|a| a.status != 200).collect();
+    (ok, refused)
+}
+
+/// Two replicas on one PostgreSQL and one Redis: a key issued on one works on the
+/// other; requests and tokens per minute hold across both as one limit; a revocation
+/// on one is refused by the other.
+#[tokio::test]
+async fn two_replicas_share_keys_limits_and_revocations() {
+    let db = PgDatabase::new("tenancy").await;
+    let redis = RedisKeys::new(REDIS_DB, "replicas");
+    let shared = |c: &mut switchyard::Config| {
+        c.database_url = Some(db.url());
+        c.redis_url = Some(redis.url.clone());
+        c.redis_key_prefix = redis.prefix.clone();
+    };
+    let a = Gw::start(shared).await;
+    let b = Gw::on(a.sims.clone(), shared).await;
+    a.tenant(json!({"id": "shared", "limits": {"rpm": 30}}))
+        .await;
+    let (id, key) = a.key(json!({"tenant": "shared"})).await;
+    assert_eq!(b.chat(Some(&key), &chat("hi", 2)).await.status, 200);
+
+    // Requests per minute: 29 left of 30, and one more every 2 s (GCRA).
+    let start = std::time::Instant::now();
+    let (ok, refused) = burst(&a, &b, &key, &chat("burst", 2), 60).await;
+    let refill = (start.elapsed().as_secs() / 2) as usize;
+    assert!(
+        (29..=29 + refill + 1).contains(&ok),
+        "{ok} admitted of 60 (refill {refill})"
+    );
+    for r in &refused {
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert_error(&r.body, "rate_limit_exceeded");
+    }
+
+    // Tokens per minute, through a key of its own (of a tenant with no limits of its
+    // own): 10 reservations of ~104 fit in 1050.
+    a.tenant(json!({"id": "bulk"})).await;
+    let (_, tkey) = a
+        .key(json!({"tenant": "bulk", "limits": {"tpm": 1050}}))
+        .await;
+    let start = std::time::Instant::now();
+    let (ok, refused) = burst(&a, &b, &tkey, &chat("tokens", 100), 30).await;
+    let refill = (start.elapsed().as_secs_f64() * 1050.0 / 60.0 / 100.0).ceil() as usize;
+    assert!(
+        (10..=10 + refill + 1).contains(&ok),
+        "{ok} admitted of 30 (refill {refill})"
+    );
+    for r in &refused {
+        assert_error(&r.body, "rate_limit_exceeded");
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("token")
+        );
+    }
+
+    // Reconciled across replicas: a stream through `a` reserves ~1000 of 1200 and
+    // uses ~20; `b` admits another such request only once `a` has given the rest back.
+    let (_, rkey) = a
+        .key(json!({"tenant": "bulk", "limits": {"tpm": 1200}}))
+        .await;
+    set_faults_everywhere(&a.sims, &stalled());
+    let held = a.open_stream(&rkey, &short_answer(1000, true)).await;
+    let r = b.chat(Some(&rkey), &short_answer(1000, false)).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    set_faults_everywhere(&a.sims, &switchyard_sim::Faults::default());
+    assert!(held.text().await.unwrap().contains("\"usage\""));
+    eventually("b sees the tokens given back", || async {
+        b.chat(Some(&rkey), &short_answer(1000, false)).await.status == 200
+    })
+    .await;
+
+    // Revoked through `a`, refused by `b`, which had the key cached.
+    let revoked_at = std::time::Instant::now();
+    let r = a
+        .admin(Method::DELETE, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("b refuses the revoked key", || async {
+        b.chat(Some(&key), &chat("hi", 2)).await.status == 401
+    })
+    .await;
+    eprintln!(
+        "revocation seen by the other replica after {:?}",
+        revoked_at.elapsed()
+    );
+    a.gw.shutdown();
+    b.gw.shutdown();
+}
+
+/// With Redis gone, `--rate-limit-on-store-error open` falls back to this replica's
+/// share of each limit and `closed` refuses with 503; either way it is counted.
+#[tokio::test]
+async fn redis_going_away_falls_back_or_refuses_as_configured() {
+    use switchyard::tenancy::limiter::OnStoreError;
+    for mode in [OnStoreError::Open, OnStoreError::Closed] {
+        let mut redis = OwnRedis::start(free_port());
+        redis.ready().await;
+        let url = redis.url();
+        let g = Gw::start(|c| {
+            c.redis_url = Some(url);
+            c.rate_limit_on_store_error = mode;
+            c.rate_limit_replicas = 2;
+        })
+        .await;
+        g.tenant(json!({"id": "t", "limits": {"rpm": 10}})).await;
+        let (_, key) = g.key(json!({"tenant": "t"})).await;
+        let a = g.chat(Some(&key), &chat("hi", 2)).await;
+        assert_eq!(a.status, 200, "{mode:?}: {}", a.body);
+        assert_eq!(a.header("x-ratelimit-remaining-requests"), Some("9"));
+        redis.stop();
+        match mode {
+            OnStoreError::Open => {
+                // This replica's share: 10 / 2 = 5 a minute.
+                let start = std::time::Instant::now();
+                let mut ok = 0;
+                for _ in 0..8 {
+                    let a = g.chat(Some(&key), &chat("hi", 2)).await;
+                    if a.status == 200 {
+                        ok += 1;
+                    } else {
+                        assert_error(&a.body, "rate_limit_exceeded");
+                    }
+                }
+                let refill = (start.elapsed().as_secs() / 12) as usize;
+                assert!((5..=5 + refill).contains(&ok), "{ok} (refill {refill})");
+            }
+            OnStoreError::Closed => {
+                let a = g.chat(Some(&key), &chat("hi", 2)).await;
+                assert_eq!(a.status, 503, "{}", a.body);
+                assert_error(&a.body, "rate_limit_unavailable");
+                assert!(!a.body.to_string().contains("127.0.0.1"), "{}", a.body);
+            }
+        }
+        let errors = Http::new()
+            .metric(&g.metrics, "switchyard_rate_limit_store_errors_total", &[])
+            .await;
+        assert!(errors >= 1.0, "{mode:?}: {errors}");
+        g.gw.shutdown();
+    }
+}
+
+/// A browser's preflight is answered before authentication (it carries no key), and
+/// credentials are not allowed.
+#[tokio::test]
+async fn cors_preflight_needs_no_key_and_allows_no_credentials() {
+    let g = Gw::start(|c| {
+        c.api_key = Some("a-static-key-of-enough-length".into());
+        c.cors_allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        g.http
+            .request(Method::OPTIONS, format!("{}/v1/chat/completions", g.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let r = preflight("https://app.example").await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        r.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    // Named, not `*`: a browser never lets `*` cover Authorization.
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    // The request itself, with its key: the limit headers are readable by the page.
+    let r = g
+        .http
+        .post(format!("{}/v1/chat/completions", g.url))
+        .header("origin", "https://app.example")
+        .bearer_auth("a-static-key-of-enough-length")
+        .json(&chat("hi", 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("x-ratelimit-remaining-requests"),
+        "{exposed}"
+    );
+    let r = preflight("https://evil.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
     g.gw.shutdown();
 }

@@ -302,11 +302,7 @@ impl Pipeline {
             }
         }
         let cost = self.tenancy.estimate(view.prompt_bytes, view.max_tokens);
-        let ticket = match self
-            .tenancy
-            .admit(&caller, &choice.model, cost, &request_id)
-            .await
-        {
+        let ticket = match self.tenancy.admit(&caller, &choice.model, cost).await {
             Ok(t) => t,
             Err(e) => {
                 self.tenancy.refused(

@@ -81,8 +81,36 @@ pub fn scoped_session(owner: &str, id: &str) -> String {
 }
 
 /// The id a client knows a stored session by.
-pub fn unscoped_session(id: &str) -> &str {
-    id.rsplit_once('/').map_or(id, |(_, i)| i)
+pub fn unscoped_session<'a>(owner: &str, stored: &'a str) -> &'a str {
+    if owner == crate::tenancy::DEFAULT_TENANT {
+        return stored;
+    }
+    stored
+        .strip_prefix(owner)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or(stored)
+}
+
+/// How a session's user is stored: a non-default tenant's users are
+/// `tenant\u{1f}user`, so two tenants' users of one name never share the per-user
+/// session cap (a user id holds no control characters: the prefix cannot be forged).
+pub fn scoped_user(owner: &str, user: &str) -> String {
+    if owner == crate::tenancy::DEFAULT_TENANT {
+        user.to_string()
+    } else {
+        format!("{owner}\u{1f}{user}")
+    }
+}
+
+/// The user id a client knows, from its stored form.
+pub fn unscoped_user<'a>(owner: &str, stored: &'a str) -> &'a str {
+    if owner == crate::tenancy::DEFAULT_TENANT {
+        return stored;
+    }
+    stored
+        .strip_prefix(owner)
+        .and_then(|r| r.strip_prefix('\u{1f}'))
+        .unwrap_or(stored)
 }
 
 fn ms(since: Instant) -> f64 {
@@ -208,7 +236,15 @@ impl RouteApi {
                 .await
             {
                 // Another user's session is not this user's to continue.
-                Ok(Some(s)) if req.user_id.is_none() || s.user_id == req.user_id => {
+                Ok(Some(s))
+                    if req.user_id.is_none()
+                        || s.user_id.as_deref()
+                            == req
+                                .user_id
+                                .as_deref()
+                                .map(|u| scoped_user(caller.owner(), u))
+                                .as_deref() =>
+                {
                     existing = Some(s)
                 }
                 Ok(_) if req.require_session => {
@@ -568,7 +604,11 @@ impl Pending {
                 created = true;
                 Session {
                     session_id: scoped_session(&self.owner, &id),
-                    user_id: self.req.user_id.clone(),
+                    user_id: self
+                        .req
+                        .user_id
+                        .as_deref()
+                        .map(|u| scoped_user(&self.owner, u)),
                     use_case: String::new(),
                     model_id: String::new(),
                     endpoint: None,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 
-use crate::pipeline::route::scoped_session;
+use crate::pipeline::route::{scoped_session, scoped_user, unscoped_user};
 use crate::tenancy::Caller;
 
 use axum::Json;
@@ -155,6 +155,9 @@ pub async fn get_session(
         Ok(Some(s)) => {
             let mut v = s.to_json();
             v["session_id"] = json!(id);
+            if let Some(u) = &s.user_id {
+                v["user_id"] = json!(unscoped_user(caller.owner(), u));
+            }
             Json(v).into_response()
         }
         Ok(None) => no_session(&id).into_response(),
@@ -188,13 +191,15 @@ pub async fn delete_session(
 #[derive(Deserialize)]
 pub struct ListQuery {
     user_id: Option<String>,
+    /// The user's tenant (`default` when absent).
+    tenant: Option<String>,
     #[serde(default)]
     offset: usize,
     limit: Option<usize>,
 }
 
-/// `GET /sessions?user_id=…&offset=…&limit=…` (admin listener): a user's sessions,
-/// most recently used first.
+/// `GET /sessions?user_id=…&tenant=…&offset=…&limit=…` (admin listener): a user's
+/// sessions (of `tenant`, else of `default`), most recently used first.
 pub async fn list_sessions(
     State(st): State<Arc<AppState>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -211,13 +216,37 @@ pub async fn list_sessions(
         return ApiError::bad_request("limit must be from 1 to 1000", Some("limit"))
             .into_response();
     }
-    match st.route.stores.sessions.list(&user, q.offset, limit).await {
+    let tenant = q
+        .tenant
+        .unwrap_or_else(|| crate::tenancy::DEFAULT_TENANT.to_string());
+    let stored = scoped_user(&tenant, &user);
+    match st
+        .route
+        .stores
+        .sessions
+        .list(&stored, q.offset, limit)
+        .await
+    {
         Ok(page) => {
             let next = q.offset + page.sessions.len();
+            let data: Vec<Value> = page
+                .sessions
+                .iter()
+                .map(|s| {
+                    let mut v = s.to_json();
+                    v["session_id"] = json!(crate::pipeline::route::unscoped_session(
+                        &tenant,
+                        &s.session_id
+                    ));
+                    v["user_id"] = json!(user);
+                    v
+                })
+                .collect();
             Json(json!({
                 "object": "list",
+                "tenant": tenant,
                 "user_id": user,
-                "data": page.sessions.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+                "data": data,
                 "total": page.total,
                 "offset": q.offset,
                 "has_more": next < page.total,

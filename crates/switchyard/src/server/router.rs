@@ -6,8 +6,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use http::HeaderValue;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use http::{HeaderName, HeaderValue};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use super::{
     AppState, files, health, layers, openai, responses, route, selection, vector_stores, workflows,
@@ -226,15 +226,31 @@ pub fn data_plane(state: Arc<AppState>) -> Router {
         } else {
             AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
         };
+        // Headers are mirrored rather than `*`: a browser never lets `*` cover
+        // `Authorization`. Credentials (cookies) stay off: keys travel in a header.
         app = app.layer(
             CorsLayer::new()
                 .allow_origin(allow)
                 .allow_methods(Any)
-                .allow_headers(Any),
+                .allow_headers(AllowHeaders::mirror_request())
+                .expose_headers(EXPOSED.map(HeaderName::from_static)),
         );
     }
     app.with_state(state)
 }
+
+/// Response headers a browser script may read across origins.
+const EXPOSED: [&str; 9] = [
+    "x-request-id",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-switchyard-files-in-progress",
+];
 
 /// `GET /metrics` on the metrics listener.
 pub fn metrics(state: Arc<AppState>) -> Router {

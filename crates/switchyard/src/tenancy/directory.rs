@@ -410,7 +410,14 @@ impl Directory {
         if let Some(k) = self.keys.read().expect("keys lock").get(id) {
             return Ok(Some(k.clone()));
         }
-        self.reload_key(id).await
+        let key = self.reload_key(id).await?;
+        // Its tenant may be as new to this replica as the key (and its limits with it).
+        if let Some(k) = &key
+            && self.tenant(&k.tenant).is_none()
+        {
+            self.reload_tenant(&k.tenant).await?;
+        }
+        Ok(key)
     }
 
     /// Checks a presented stored key: the key, if its hash matches and it is usable.

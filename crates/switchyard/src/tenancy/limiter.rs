@@ -340,8 +340,7 @@ for i = 0, n - 1 do
   if bud > 0 then
     local used = tonumber(redis.call('GET', KEYS[k + 4]) or '0')
     if used >= bud then
-      local ttl = redis.call('PTTL', KEYS[k + 4])
-      return deny(4, i, math.max(ttl, 1000))
+      return deny(4, i, 1000)
     end
   end
 end
@@ -460,10 +459,18 @@ impl RedisLimiter {
             Ok(Ok(quotas))
         } else {
             let i = (reply[2].max(0) as usize).min(scopes.len().saturating_sub(1));
+            let kind = LimitKind::from_code(reply[1]);
+            let retry_ms = match (kind, scopes.get(i)) {
+                // A spent budget refills when its period ends (the counter outlives it).
+                (LimitKind::Budget, Some(s)) => {
+                    Some(self.budget_key(s, now).1.saturating_sub(now).max(1000) as u64)
+                }
+                _ => (reply[3] >= 0).then_some(reply[3] as u64),
+            };
             Ok(Err(Denied {
-                kind: LimitKind::from_code(reply[1]),
+                kind,
                 scope: scopes.get(i).map_or(ScopeKind::Global, |s| s.kind),
-                retry_ms: (reply[3] >= 0).then_some(reply[3] as u64),
+                retry_ms,
                 quotas,
             }))
         }
@@ -476,7 +483,9 @@ impl RedisLimiter {
         args: &[String],
     ) -> Result<Vec<i64>, crate::state::StateError> {
         for _ in 0..2 {
-            let sha = match self.sha.read().await.clone() {
+            // Bound first: a read guard in the match would be held into the write below.
+            let loaded = self.sha.read().await.clone();
+            let sha = match loaded {
                 Some(s) => s,
                 None => {
                     let mut load = redis::cmd("SCRIPT");
@@ -539,6 +548,11 @@ impl RedisLimiter {
                     pipe.cmd("PEXPIREAT").arg(&k).arg(end + 3_600_000).ignore();
                 }
             }
+        }
+        // Nothing to settle (only request limits): Redis answers an empty pipeline with
+        // an error, which would mark it down.
+        if pipe.cmd_iter().next().is_none() {
+            return;
         }
         if let Err(e) = self
             .pool
@@ -645,7 +659,7 @@ mod tests {
             Limits {
                 max_concurrent: Some(1),
                 token_budget: Some(50),
-                budget_period: Some(super::super::limits::Period::Hour),
+                budget_period: Some(crate::tenancy::limits::Period::Hour),
                 ..Default::default()
             },
         )];

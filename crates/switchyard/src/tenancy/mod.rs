@@ -143,6 +143,9 @@ pub struct Tenancy {
     anonymous: Arc<Caller>,
     /// Tenant ids given their own metrics label (the rest are `other`).
     labelled: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Random per process, and a count: the names of this replica's concurrency slots.
+    replica_nonce: u64,
+    slots: std::sync::atomic::AtomicU64,
 }
 
 /// Tenants with a metrics label of their own at most.
@@ -190,6 +193,12 @@ impl Tenancy {
             store_error_logged: AtomicI64::new(i64::MIN),
             anonymous,
             labelled: Mutex::default(),
+            replica_nonce: {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).expect("the OS random source");
+                u64::from_le_bytes(b)
+            },
+            slots: std::sync::atomic::AtomicU64::new(0),
             directory,
         };
         (Arc::new(t), worker)
@@ -205,6 +214,23 @@ impl Tenancy {
             .unwrap_or_else(|| Arc::new(Tenant::implicit(id)))
     }
 
+    /// The caller of an issued key (`id` parsed from `token`), if it verifies.
+    async fn stored_caller(&self, id: &str, token: &str) -> Result<Option<Arc<Caller>>, ApiError> {
+        let key = self.directory.key(id).await.map_err(|e| {
+            tracing::warn!(error = %e, "API key lookup failed");
+            ApiError::unavailable("auth_unavailable", "Keys cannot be checked right now", 1)
+        })?;
+        let hash = directory::key_hash(token);
+        Ok(key.filter(|k| self.directory.verify(k, &hash)).map(|key| {
+            Arc::new(Caller {
+                tenant: self.tenant_or_implicit(&key.tenant),
+                key_label: key.id.clone(),
+                key: Some(key),
+                internal: false,
+            })
+        }))
+    }
+
     /// Who sent a request with these headers from `addr`: the `default` tenant when no
     /// key is configured, else the owner of its key (401 without a valid one; 429 for an
     /// address that failed too often in the last minute).
@@ -213,7 +239,20 @@ impl Tenancy {
         headers: &HeaderMap,
         addr: Option<IpAddr>,
     ) -> Result<Arc<Caller>, ApiError> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
         if !self.directory.auth_required() {
+            // A key of ours is honoured even so: one issued through another replica
+            // moments ago, before this replica's poll saw it, must not pass as `default`.
+            if let Some(c) = match token.and_then(directory::key_id) {
+                Some(id) => self.stored_caller(id, token.unwrap_or_default()).await?,
+                None => None,
+            } {
+                return Ok(c);
+            }
             // `default` as it stands now (the admin API may have given it limits).
             return Ok(match self.directory.tenant(DEFAULT_TENANT) {
                 None => self.anonymous.clone(),
@@ -239,27 +278,15 @@ impl Tenancy {
                 wait.div_ceil(1000),
             ));
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
         if let Some(token) = token {
-            let hash = directory::key_hash(token);
             if let Some(id) = directory::key_id(token) {
-                let key = self.directory.key(id).await.map_err(|e| {
-                    tracing::warn!(error = %e, "API key lookup failed");
-                    ApiError::unavailable("auth_unavailable", "Keys cannot be checked right now", 1)
-                })?;
-                if let Some(key) = key.filter(|k| self.directory.verify(k, &hash)) {
-                    return Ok(Arc::new(Caller {
-                        tenant: self.tenant_or_implicit(&key.tenant),
-                        key_label: key.id.clone(),
-                        key: Some(key),
-                        internal: false,
-                    }));
+                if let Some(c) = self.stored_caller(id, token).await? {
+                    return Ok(c);
                 }
-            } else if let Some(tenant) = self.directory.static_key(&hash) {
+            } else if let Some((tenant, hash)) = {
+                let hash = directory::key_hash(token);
+                self.directory.static_key(&hash).map(|t| (t, hash))
+            } {
                 let label: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
                 return Ok(Arc::new(Caller {
                     tenant: self.tenant_or_implicit(&tenant),
@@ -364,7 +391,6 @@ impl Tenancy {
         caller: &Arc<Caller>,
         model: &str,
         cost: u64,
-        request_id: &str,
     ) -> Result<Ticket, ApiError> {
         if !caller.may_use(model) {
             // Answered as an unknown model, so a tenant learns nothing of other models.
@@ -377,9 +403,16 @@ impl Tenancy {
         if scopes.is_empty() {
             return Ok(Ticket::new(self, caller, None, Quotas::default()));
         }
+        // The request's concurrency slot in Redis: unique to this admission (never the
+        // client's request id, which a client could repeat to share one slot).
+        let member = format!(
+            "{:016x}{:x}",
+            self.replica_nonce,
+            self.slots.fetch_add(1, Ordering::Relaxed)
+        );
         let (decision, local) = match &self.redis {
             None => (self.local.acquire(&scopes, cost), true),
-            Some(r) => match r.acquire(&scopes, cost, request_id).await {
+            Some(r) => match r.acquire(&scopes, cost, &member).await {
                 Ok(d) => (d, false),
                 Err(e) => {
                     self.metrics.rate_limit_store_errors.inc();
@@ -411,7 +444,7 @@ impl Tenancy {
                 let charge = Charge {
                     scopes,
                     reserved: cost,
-                    member: request_id.to_string(),
+                    member,
                     local,
                 };
                 Ok(Ticket::new(self, caller, Some(charge), quotas))
