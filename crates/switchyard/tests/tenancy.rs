@@ -141,6 +141,29 @@ impl Gw {
             .await
     }
 
+    /// Uploads a file (`purpose` assistants) with `key`.
+    async fn upload(&self, key: &str, name: &str, bytes: &[u8]) -> Answer {
+        let resp = self
+            .http
+            .post(format!("{}/v1/files", self.url))
+            .bearer_auth(key)
+            .header("content-type", multipart_type())
+            .body(multipart_form(&[
+                ("purpose", None, b"assistants"),
+                ("file", Some(name), bytes),
+            ]))
+            .send()
+            .await
+            .expect("upload sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        Answer {
+            status,
+            headers,
+            body: resp.json().await.unwrap_or_default(),
+        }
+    }
+
     async fn tenant(&self, body: Value) {
         let a = self
             .admin(Method::POST, "/admin/tenants", Some(&body))
@@ -257,7 +280,7 @@ async fn keys_are_issued_used_expired_and_revoked() {
 
 #[tokio::test]
 async fn limits_answer_429_with_rate_limit_headers() {
-    let g = Gw::start(|_| {}).await;
+    let g = Gw::start(|c| c.use_case_routing.default_model = Some(MODEL.into())).await;
     g.tenant(json!({"id": "small", "limits": {"rpm": 2}})).await;
     let (_, key) = g.key(json!({"tenant": "small"})).await;
     for left in ["1", "0"] {
@@ -274,6 +297,18 @@ async fn limits_answer_429_with_rate_limit_headers() {
     assert_eq!(a.header("x-ratelimit-remaining-requests"), Some("0"));
     let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
+    // `/route` passes the refusal on as it is, headers and all.
+    let a = g
+        .api(
+            Method::POST,
+            "/route",
+            &key,
+            Some(&json!({"query": "hello"})),
+        )
+        .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "rate_limit_exceeded", "{}", a.body);
+    assert_eq!(a.header("x-ratelimit-remaining-requests"), Some("0"));
 
     // A key's own limit, under a tenant without one.
     g.tenant(json!({"id": "big"})).await;
@@ -308,12 +343,25 @@ async fn a_model_outside_the_tenants_list_is_unknown_to_it() {
         a.body
     );
     assert_eq!(g.engine_requests(), before, "never reached an engine");
+    // Nor is it listed to that tenant; an unrestricted one sees it.
+    let listed = g.api(Method::GET, "/v1/models", &key, None).await;
+    assert_eq!(listed.body["data"], json!([]), "{}", listed.body);
+    g.tenant(json!({"id": "wide"})).await;
+    let (_, wide) = g.key(json!({"tenant": "wide"})).await;
+    let listed = g.api(Method::GET, "/v1/models", &wide, None).await;
+    assert_eq!(listed.body["data"][0]["id"], MODEL, "{}", listed.body);
+    // A model nobody serves: the message names only the tenant's models.
+    let mut unknown = chat("hi", 2);
+    unknown["model"] = json!("no-such-model");
+    let a = g.chat(Some(&key), &unknown).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert!(!a.body.to_string().contains(MODEL), "{}", a.body);
     g.gw.shutdown();
 }
 
 #[tokio::test]
 async fn stored_objects_belong_to_their_tenant() {
-    let g = Gw::start(|_| {}).await;
+    let g = Gw::start(|c| c.use_case_routing.default_model = Some(MODEL.into())).await;
     for t in ["alpha", "beta"] {
         g.tenant(json!({"id": t})).await;
     }
@@ -346,10 +394,26 @@ async fn stored_objects_belong_to_their_tenant() {
         )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.body);
+    let file = g.upload(&a, "notes.txt", b"alpha's notes").await;
+    assert_eq!(file.status, 200, "{}", file.body);
+    let file_id = file.body["id"].as_str().unwrap();
+    let vs_id = store.body["id"].as_str().unwrap();
+    let attach = json!({"file_id": file_id});
+    let attached = g
+        .api(
+            Method::POST,
+            &format!("/v1/vector_stores/{vs_id}/files"),
+            &a,
+            Some(&attach),
+        )
+        .await;
+    assert_eq!(attached.status, 200, "{}", attached.body);
     let paths = [
         format!("/v1/conversations/{}", conv.body["id"].as_str().unwrap()),
-        format!("/v1/vector_stores/{}", store.body["id"].as_str().unwrap()),
+        format!("/v1/vector_stores/{vs_id}/files/{file_id}"),
+        format!("/v1/vector_stores/{vs_id}"),
         format!("/v1/responses/{}", resp.body["id"].as_str().unwrap()),
+        format!("/v1/files/{file_id}"),
     ];
     for p in &paths {
         assert_eq!(g.api(Method::GET, p, &a, None).await.status, 200, "{p}");
@@ -357,8 +421,40 @@ async fn stored_objects_belong_to_their_tenant() {
         assert_eq!(other.status, 404, "{p}: {}", other.body);
         assert_eq!(g.api(Method::DELETE, p, &b, None).await.status, 404, "{p}");
     }
+    let content = g
+        .api(
+            Method::GET,
+            &format!("/v1/files/{file_id}/content"),
+            &b,
+            None,
+        )
+        .await;
+    assert_eq!(content.status, 404, "{}", content.body);
     let list = g.api(Method::GET, "/v1/vector_stores", &b, None).await;
     assert_eq!(list.body["data"], json!([]), "{}", list.body);
+    let list = g.api(Method::GET, "/v1/files", &b, None).await;
+    assert_eq!(list.body["data"], json!([]), "{}", list.body);
+    // Nor can another tenant put the file in a store of its own.
+    let own = g
+        .api(
+            Method::POST,
+            "/v1/vector_stores",
+            &b,
+            Some(&json!({"name": "mine"})),
+        )
+        .await;
+    let taken = g
+        .api(
+            Method::POST,
+            &format!(
+                "/v1/vector_stores/{}/files",
+                own.body["id"].as_str().unwrap()
+            ),
+            &b,
+            Some(&attach),
+        )
+        .await;
+    assert_eq!(taken.status, 404, "{}", taken.body);
     let list = g.api(Method::GET, "/v1/vector_stores", &a, None).await;
     assert_eq!(
         list.body["data"].as_array().unwrap().len(),
@@ -387,6 +483,38 @@ async fn stored_objects_belong_to_their_tenant() {
         .api(Method::GET, "/v1/workflows/wf-1/status", &b, None)
         .await;
     assert_eq!(theirs.status, 404, "{}", theirs.body);
+
+    // A /route session: another tenant naming its id starts a session of its own.
+    let first = g
+        .api(
+            Method::POST,
+            "/route",
+            &a,
+            Some(&json!({"query": "hello", "user_id": "u1"})),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let sid = first.body["session_id"].as_str().unwrap().to_string();
+    let path = format!("/sessions/{sid}");
+    assert_eq!(g.api(Method::GET, &path, &b, None).await.status, 404);
+    assert_eq!(g.api(Method::DELETE, &path, &b, None).await.status, 404);
+    let other = g
+        .api(
+            Method::POST,
+            "/route",
+            &b,
+            Some(&json!({"query": "hello", "session_id": sid, "user_id": "u1"})),
+        )
+        .await;
+    assert_eq!(other.status, 200, "{}", other.body);
+    let mine = g.api(Method::GET, &path, &a, None).await;
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(
+        (&mine.body["request_count"], &mine.body["user_id"]),
+        (&json!(1), &json!("u1")),
+        "{}",
+        mine.body
+    );
     g.gw.shutdown();
 }
 
@@ -868,4 +996,116 @@ async fn cors_preflight_needs_no_key_and_allows_no_credentials() {
     let r = preflight("https://evil.example").await.unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
     g.gw.shutdown();
+}
+
+/// The gateway binary at debug level, every secret in play (a static key, the admin
+/// key, an issued key, a wrong key): none of them appears in its logs, its metrics or
+/// an error body.
+#[cfg(unix)]
+#[tokio::test]
+async fn no_secret_reaches_the_logs_metrics_or_error_bodies() {
+    let engines = sims(1).await;
+    let dir = std::env::temp_dir().join(format!("switchyard-secrets-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, admin_port, metrics_port) = (free_port(), free_port(), free_port());
+    let static_key = "static-secret-0123456789abcdef";
+    let admin_key = "admin-secret-0123456789abcdef";
+    let wrong_key = "sk-sy-0123456789abcdef-".to_string() + &"f".repeat(64);
+    let log = dir.join("log");
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "--log-level", "debug"])
+            .args([
+                "--database-url",
+                &format!("sqlite://{}", dir.join("state.db").display()),
+            ])
+            .args(["--worker-urls", &engines.urls().join(",")])
+            .args(["--api-key", static_key, "--admin-api-key", admin_key])
+            .args(["--port", &port.to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .args(["--prometheus-port", &metrics_port.to_string()])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join("err")).unwrap())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let http = reqwest::Client::new();
+    eventually("the gateway is ready", || async {
+        matches!(http.get(format!("{url}/readiness")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let admin_call = |path: &str, body: Value| {
+        http.post(format!("{admin}{path}"))
+            .bearer_auth(admin_key)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        admin_call("/admin/tenants", json!({"id": "t"}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let issued: Value = admin_call("/admin/keys", json!({"tenant": "t"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let issued_key = issued["key"].as_str().unwrap().to_string();
+    let mut bodies = String::new();
+    for key in [
+        static_key,
+        issued_key.as_str(),
+        wrong_key.as_str(),
+        admin_key,
+    ] {
+        let resp = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&chat("hi", 2))
+            .send()
+            .await
+            .unwrap();
+        bodies.push_str(&resp.text().await.unwrap());
+    }
+    // A wrong admin key, too.
+    let resp = http
+        .get(format!("{admin}/admin/keys"))
+        .bearer_auth(static_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    bodies.push_str(&resp.text().await.unwrap());
+    let metrics = http
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    child.kill();
+    let logs =
+        std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(dir.join("err")).unwrap();
+    assert!(
+        logs.contains("admin action"),
+        "the audit line is logged: {logs}"
+    );
+    let secret_of_issued = &issued_key[issued_key.len() - 64..];
+    for (what, text) in [
+        ("logs", &logs),
+        ("metrics", &metrics),
+        ("error bodies", &bodies),
+    ] {
+        for secret in [static_key, admin_key, secret_of_issued, &wrong_key[23..]] {
+            assert!(!text.contains(secret), "a secret in the {what}: {secret}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

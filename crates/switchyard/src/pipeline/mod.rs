@@ -291,7 +291,15 @@ impl Pipeline {
         // select_model
         let mut choice = match self.models.select(&view, &body, &self.registry, self).await {
             Ok(c) => c,
-            Err(e) => return self.reject(route, "", &request_id, e),
+            Err(mut e) => {
+                // A restricted caller is told only of the models it may use.
+                if let (true, Some(allowed)) =
+                    (e.code == "model_not_found", caller.allowed_models())
+                {
+                    e = ApiError::model_not_found(&view.model, &allowed);
+                }
+                return self.reject(route, "", &request_id, e);
+            }
         };
         view.intent = choice.classified.as_ref().map(|c| c.intent.clone());
         // The caller's model list and limits (the chain keeps only models it may use).
@@ -301,7 +309,13 @@ impl Pipeline {
                 choice.fallbacks = (!kept.is_empty()).then(|| kept.into());
             }
         }
-        let cost = self.tenancy.estimate(view.prompt_bytes, view.max_tokens);
+        // Embeddings and token counts generate nothing: their cost is their input (an
+        // embedding body is almost all input).
+        let cost = match route {
+            Route::Embeddings => self.tenancy.estimate(body.len(), Some(0)),
+            Route::Tokenize => self.tenancy.estimate(view.prompt_bytes, Some(0)),
+            _ => self.tenancy.estimate(view.prompt_bytes, view.max_tokens),
+        };
         let ticket = match self.tenancy.admit(&caller, &choice.model, cost).await {
             Ok(t) => t,
             Err(e) => {

@@ -132,13 +132,17 @@ fn failure(e: &ApiError, use_case: Option<&str>, routing_ms: f64, request_id: &s
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
+    for (n, v) in &e.headers {
+        resp.headers_mut().insert(n.clone(), v.clone());
+    }
     resp
 }
 
 /// The error inside a gateway or engine error body, with its status.
 fn error_of(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
+    let parsed = serde_json::from_slice::<Value>(body).ok();
+    let message = parsed
+        .as_ref()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
     let retry = headers
@@ -155,8 +159,31 @@ fn error_of(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
     if retry.is_some() {
         e.retry_after_secs = retry;
     }
+    // The gateway's own refusals keep their code and their x-ratelimit-* headers.
+    if let Some(code) = parsed
+        .as_ref()
+        .and_then(|v| v["error"]["code"].as_str())
+        .and_then(|c| KEPT_CODES.iter().find(|k| **k == c))
+    {
+        e.code = code;
+    }
+    e.headers = headers
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("x-ratelimit-"))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
     e
 }
+
+/// Error codes of the pipeline a `/route` failure passes on as they are.
+const KEPT_CODES: [&str; 6] = [
+    "rate_limit_exceeded",
+    "tokens_exceed_limit",
+    "concurrency_limit_exceeded",
+    "budget_exceeded",
+    "rate_limit_unavailable",
+    "model_not_found",
+];
 
 /// The model and worker the pipeline's routing metadata names.
 fn served_by(headers: &HeaderMap) -> (Option<String>, Option<String>) {

@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::pipeline::admit::set_request_id;
 use crate::request::Route;
+use crate::tenancy::Caller;
 
 pub async fn chat_completions(State(st): State<Arc<AppState>>, req: Request) -> Response {
     st.pipeline.serve_http(Route::Chat, req).await
@@ -36,9 +37,14 @@ pub async fn speech(State(st): State<Arc<AppState>>, req: Request) -> Response {
 
 /// `GET /v1/models`: the union of what healthy workers serve, with each model's
 /// capabilities and description from the config; aliases of those models (naming their
-/// target as `parent`); and the router names when intent routing is configured.
-pub async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let served = st.registry.models();
+/// target as `parent`); and the router names when intent routing is configured. A
+/// caller restricted to some models sees only those (and no router names).
+pub async fn models(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Arc<Caller>>,
+) -> Json<serde_json::Value> {
+    let mut served = st.registry.models();
+    served.retain(|m| caller.may_use(m));
     let selector = &st.pipeline.models;
     let entry = |id: &str| {
         let (capabilities, description) = selector.info(id);
@@ -52,7 +58,8 @@ pub async fn models(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> 
         e["parent"] = target.into();
         data.push(e);
     }
-    for name in selector.router_names() {
+    let unrestricted = caller.allowed_models().is_none();
+    for name in selector.router_names().into_iter().filter(|_| unrestricted) {
         data.push(serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard",
             "capabilities": ["intent_routing"],
             "description": "The gateway chooses the model by the prompt's intent (GET /router/info)"}));

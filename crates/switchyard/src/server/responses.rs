@@ -1,6 +1,5 @@
 //! The Responses API's endpoints (docs/responses.md): thin handlers over the stateful
-//! layer's service. Every object belongs to an owner (the tenant; `default` until
-//! tenancy lands).
+//! layer's service. Every object belongs to an owner: the caller's tenant.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -608,13 +608,24 @@ impl Tenancy {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut write = tokio::time::interval(flush);
         write.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing: u64 = 0;
         loop {
             tokio::select! {
-                _ = poll.tick() => {
-                    if let Err(e) = self.directory.poll().await {
-                        tracing::warn!(error = %e, "tenancy changes not read");
+                _ = poll.tick() => match self.directory.poll().await {
+                    // Logged when it starts failing, then once a minute while it does.
+                    Err(e) => {
+                        if failing % 240 == 0 {
+                            tracing::warn!(error = %e, polls_failed = failing + 1, "tenancy changes not read");
+                        }
+                        failing += 1;
                     }
-                }
+                    Ok(_) => {
+                        if failing > 0 {
+                            tracing::info!(polls_failed = failing, "tenancy changes read again");
+                        }
+                        failing = 0;
+                    }
+                },
                 _ = write.tick() => self.flush_usage().await,
                 _ = shutdown.cancelled() => {
                     self.flush_usage().await;
