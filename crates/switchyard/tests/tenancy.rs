@@ -720,6 +720,37 @@ async fn tokens_per_minute_are_reconciled_from_usage_streams_included() {
     g.gw.shutdown();
 }
 
+/// A stream whose client did not ask for usage is still reconciled and counted: the
+/// gateway asks the engine for it and keeps it out of the client's stream.
+#[tokio::test]
+async fn a_stream_without_include_usage_is_reconciled_and_its_client_sees_no_usage() {
+    let g = Gw::start(|_| {}).await;
+    g.tenant(json!({"id": "quiet", "limits": {"tpm": 1200}}))
+        .await;
+    let (_, key) = g.key(json!({"tenant": "quiet"})).await;
+    let mut body = short_answer(1000, true);
+    body.as_object_mut().unwrap().remove("stream_options");
+    let text = g.open_stream(&key, &body).await.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("\"usage\":{"), "{text}");
+    eventually("the stream is settled", || async {
+        g.settled("quiet").await == 1
+    })
+    .await;
+    let usage = g
+        .admin(Method::GET, "/admin/usage?tenant=quiet", None)
+        .await;
+    assert!(
+        usage.body["data"][0]["input_tokens"].as_u64().unwrap() > 0,
+        "{}",
+        usage.body
+    );
+    // Reconciled: another ~1000-token reservation fits in 1200.
+    let a = g.chat(Some(&key), &short_answer(1000, false)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    g.gw.shutdown();
+}
+
 /// `max_concurrent` holds a key to that many requests in flight; a finished one frees
 /// its slot.
 #[tokio::test]

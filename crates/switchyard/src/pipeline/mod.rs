@@ -327,6 +327,23 @@ impl Pipeline {
                 return self.reject(route, &choice.key, &request_id, e);
             }
         };
+        // A stream's usage reconciles its tokens and bills it: asked of the engine when
+        // the client did not ask, and taken out of the client's stream again (settle).
+        let usage_added = view.stream
+            && !view.stream_options
+            && matches!(route, Route::Chat | Route::Completions);
+        let body = if usage_added {
+            let options = serde_json::json!({"include_usage": true});
+            match crate::request::body::rewrite(&body, &[("stream_options", Some(options))]) {
+                Ok(b) => {
+                    view.model_span = None;
+                    b
+                }
+                Err(e) => return self.reject(route, "", &request_id, e.into()),
+            }
+        } else {
+            body
+        };
         let mut plan = match Plan::new(&choice, view, &body) {
             Ok(p) => p,
             Err(e) => return self.reject(route, "", &request_id, e),
@@ -369,7 +386,7 @@ impl Pipeline {
                     workflows: self.workflows.clone(),
                     ticket: Some(ticket),
                 };
-                let body = SettledBody::new(incoming, settle);
+                let body = SettledBody::new(incoming, settle, usage_added);
                 if inject {
                     return meta.into_body(parts, body).await;
                 }

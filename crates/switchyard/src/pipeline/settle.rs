@@ -193,10 +193,14 @@ pub struct SettledBody {
     first: Option<Instant>,
     tail: Vec<u8>,
     events: Option<SseGaps>,
+    /// Set when the gateway asked the engine for the usage the client did not.
+    strip: Option<UsageStrip>,
 }
 
 impl SettledBody {
-    pub fn new(inner: Incoming, settle: Settle) -> Self {
+    /// `usage_added`: the gateway added `include_usage` to a stream; the usage event is
+    /// read (settlement) but not passed on.
+    pub fn new(inner: Incoming, settle: Settle, usage_added: bool) -> Self {
         let events = settle.view.stream.then(SseGaps::default);
         SettledBody {
             inner,
@@ -204,6 +208,7 @@ impl SettledBody {
             first: None,
             tail: Vec::new(),
             events,
+            strip: usage_added.then(UsageStrip::default),
         }
     }
 
@@ -256,24 +261,44 @@ impl Body for SettledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(d) = frame.data_ref() {
-                    this.on_data(d);
+        loop {
+            return match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        this.on_data(d);
+                    }
+                    let end = this.inner.is_end_stream();
+                    if end {
+                        this.finish(Ending::Complete);
+                    }
+                    let frame = match (&mut this.strip, frame.into_data()) {
+                        (Some(strip), Ok(data)) => {
+                            let mut out = strip.filter(data);
+                            if end {
+                                out = [out, strip.rest()].concat().into();
+                            }
+                            if out.is_empty() && !end {
+                                continue;
+                            }
+                            Frame::data(out)
+                        }
+                        (_, Ok(data)) => Frame::data(data),
+                        (_, Err(frame)) => frame,
+                    };
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                if this.inner.is_end_stream() {
+                Some(Err(e)) => {
+                    this.finish(Ending::UpstreamError);
+                    Poll::Ready(Some(Err(e)))
+                }
+                None => {
                     this.finish(Ending::Complete);
+                    match this.strip.as_mut().map(UsageStrip::rest) {
+                        Some(rest) if !rest.is_empty() => Poll::Ready(Some(Ok(Frame::data(rest)))),
+                        _ => Poll::Ready(None),
+                    }
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Some(Err(e)) => {
-                this.finish(Ending::UpstreamError);
-                Poll::Ready(Some(Err(e)))
-            }
-            None => {
-                this.finish(Ending::Complete);
-                Poll::Ready(None)
-            }
+            };
         }
     }
 
@@ -289,6 +314,47 @@ impl Body for SettledBody {
 impl Drop for SettledBody {
     fn drop(&mut self) {
         self.finish(Ending::ClientGone);
+    }
+}
+
+/// Takes the usage-only event (`"choices":[]` and a `usage`) out of a stream whose
+/// client did not ask for it. Frames pass as they are unless one holds a `usage` or
+/// ends inside an event; then complete events pass and a partial one waits for its end.
+#[derive(Default)]
+struct UsageStrip {
+    pending: Vec<u8>,
+}
+
+impl UsageStrip {
+    fn filter(&mut self, data: Bytes) -> Bytes {
+        if self.pending.is_empty()
+            && data.ends_with(b"\n\n")
+            && memchr::memmem::find(&data, b"\"usage\"").is_none()
+        {
+            return data;
+        }
+        self.pending.extend_from_slice(&data);
+        let Some(end) = memchr::memmem::rfind(&self.pending, b"\n\n") else {
+            return Bytes::new();
+        };
+        let complete: Vec<u8> = self.pending.drain(..end + 2).collect();
+        let mut out = Vec::with_capacity(complete.len());
+        let mut start = 0;
+        for i in memchr::memmem::find_iter(&complete, b"\n\n") {
+            let event = &complete[start..i + 2];
+            start = i + 2;
+            let usage_only = memchr::memmem::find(event, b"\"choices\":[]").is_some()
+                && memchr::memmem::find(event, b"\"usage\":{").is_some();
+            if !usage_only {
+                out.extend_from_slice(event);
+            }
+        }
+        out.into()
+    }
+
+    /// What is left at the end of the stream (an event without its blank line).
+    fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.pending).into()
     }
 }
 
@@ -388,6 +454,45 @@ fn find_usage(tail: &[u8]) -> Option<Vec<(&'static str, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_usage_event_is_taken_out_wherever_the_frames_split() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}],\"usage\":null}\n\n",
+            "data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n",
+            "data: [DONE]\n\n",
+        )
+        .as_bytes();
+        let expected = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}],\"usage\":null}\n\n",
+            "data: [DONE]\n\n",
+        )
+        .as_bytes();
+        // Every way of cutting the stream in two, and byte by byte.
+        for cut in 0..=stream.len() {
+            let mut strip = UsageStrip::default();
+            let mut out = strip
+                .filter(Bytes::copy_from_slice(&stream[..cut]))
+                .to_vec();
+            out.extend_from_slice(&strip.filter(Bytes::copy_from_slice(&stream[cut..])));
+            out.extend_from_slice(&strip.rest());
+            assert_eq!(out, expected, "cut at {cut}");
+        }
+        let mut strip = UsageStrip::default();
+        let mut out = Vec::new();
+        for b in stream {
+            out.extend_from_slice(&strip.filter(Bytes::copy_from_slice(&[*b])));
+        }
+        assert_eq!(out, expected);
+        // A frame of whole events without a usage passes untouched (no copy).
+        let plain = Bytes::from_static(b"data: {\"choices\":[]}\n\n");
+        assert_eq!(
+            UsageStrip::default().filter(plain.clone()).as_ptr(),
+            plain.as_ptr()
+        );
+    }
 
     #[test]
     fn usage_is_found_in_json_and_sse_tails() {

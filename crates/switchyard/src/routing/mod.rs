@@ -170,6 +170,7 @@ pub(crate) mod tests {
             model: Arc::from("m"),
             model_key: Arc::from("m"),
             stream: false,
+            stream_options: false,
             session_key: session.map(str::to_string),
             prefix_blocks: blocks,
             prompt_bytes: 1,
