@@ -247,11 +247,19 @@ impl Tenancy {
         if !self.directory.auth_required() {
             // A key of ours is honoured even so: one issued through another replica
             // moments ago, before this replica's poll saw it, must not pass as `default`.
-            if let Some(c) = match token.and_then(directory::key_id) {
-                Some(id) => self.stored_caller(id, token.unwrap_or_default()).await?,
-                None => None,
-            } {
-                return Ok(c);
+            // An id nobody issued costs a database read: counted as a failed
+            // authentication, so an address gets a bounded number of them (then it is
+            // served as `default` without the read).
+            if let (Some(id), Some(t)) = (token.and_then(directory::key_id), token) {
+                let now = self.clock.now_ms();
+                if addr.is_none_or(|a| self.lockout.locked(a, now).is_none()) {
+                    if let Some(c) = self.stored_caller(id, t).await? {
+                        return Ok(c);
+                    }
+                    if let Some(a) = addr {
+                        self.lockout.failed(a, now);
+                    }
+                }
             }
             // `default` as it stands now (the admin API may have given it limits).
             return Ok(match self.directory.tenant(DEFAULT_TENANT) {
