@@ -284,3 +284,19 @@ async fn vector_search_is_there_or_says_what_is_missing() {
         Err(why) => assert!(why.contains("pgvector") && why.contains("CREATE EXTENSION")),
     }
 }
+
+/// Several processes (here: stores) opening one new SQLite file at once all start: one
+/// that loses the race to create a migration's tables ("already exists") runs the
+/// migrations again and finds it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opening_one_new_sqlite_file_at_once_all_start() {
+    let file = SqliteFile::new("open-race");
+    let url = file.url();
+    let opens = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { Store::open(&config(&url), 0).await.map(|_| ()) })
+    });
+    for r in futures_util::future::join_all(opens).await {
+        r.unwrap().unwrap();
+    }
+}

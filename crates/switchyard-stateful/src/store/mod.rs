@@ -287,7 +287,23 @@ impl Store {
             });
         }
         let pool = opts.connect(&url).await?;
-        migrator(backend).run(&pool).await?;
+        // SQLite has no migration lock (PostgreSQL's migrator takes an advisory one):
+        // two processes opening one new file at once both run a migration, and the
+        // later finds its tables made ("already exists", its transaction rolled back).
+        // It runs the migrations again: by then that one is recorded and skipped.
+        let mut races = 0;
+        loop {
+            match migrator(backend).run(&pool).await {
+                Err(sqlx::migrate::MigrateError::ExecuteMigration(e, _))
+                    if backend == Backend::Sqlite
+                        && races < 32
+                        && e.to_string().contains("already exists") =>
+                {
+                    races += 1;
+                }
+                done => break done?,
+            }
+        }
         let writer = (backend == Backend::Sqlite).then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(write_loop(pool.clone(), rx));
