@@ -728,24 +728,27 @@ async fn a_stream_without_include_usage_is_reconciled_and_its_client_sees_no_usa
     g.tenant(json!({"id": "quiet", "limits": {"tpm": 1200}}))
         .await;
     let (_, key) = g.key(json!({"tenant": "quiet"})).await;
-    let mut body = short_answer(1000, true);
-    body.as_object_mut().unwrap().remove("stream_options");
-    let text = g.open_stream(&key, &body).await.text().await.unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    assert!(!text.contains("\"usage\":{"), "{text}");
-    eventually("the stream is settled", || async {
-        g.settled("quiet").await == 1
-    })
-    .await;
+    // No `stream_options`, and `stream_options` without `include_usage`.
+    for (n, options) in [(1, None), (2, Some(json!({"include_usage": false})))] {
+        let mut body = short_answer(1000, true);
+        match options {
+            Some(o) => body["stream_options"] = o,
+            None => drop(body.as_object_mut().unwrap().remove("stream_options")),
+        }
+        let text = g.open_stream(&key, &body).await.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(!text.contains("\"usage\":{"), "{text}");
+        eventually("the stream is settled", || async {
+            g.settled("quiet").await == n
+        })
+        .await;
+    }
+    // Counted with its real tokens: one output token each (`{}`).
     let usage = g
         .admin(Method::GET, "/admin/usage?tenant=quiet", None)
         .await;
-    assert!(
-        usage.body["data"][0]["input_tokens"].as_u64().unwrap() > 0,
-        "{}",
-        usage.body
-    );
-    // Reconciled: another ~1000-token reservation fits in 1200.
+    assert_eq!(usage.body["data"][0]["output_tokens"], 2, "{}", usage.body);
+    // Reconciled: another ~1000-token reservation fits in 1200 (three would not).
     let a = g.chat(Some(&key), &short_answer(1000, false)).await;
     assert_eq!(a.status, 200, "{}", a.body);
     g.gw.shutdown();

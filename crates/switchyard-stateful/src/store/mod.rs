@@ -290,14 +290,22 @@ impl Store {
         // SQLite has no migration lock (PostgreSQL's migrator takes an advisory one):
         // two processes opening one new file at once both run a migration, and the
         // later finds its tables made ("already exists", its transaction rolled back).
-        // It runs the migrations again: by then that one is recorded and skipped.
+        // It runs the migrations again: by then that one is recorded and skipped. (One
+        // that can run twice fails instead on recording itself, a UNIQUE violation;
+        // its transaction is rolled back the same way.)
         let mut races = 0;
         loop {
             match migrator(backend).run(&pool).await {
-                Err(sqlx::migrate::MigrateError::ExecuteMigration(e, _))
+                Err(e)
                     if backend == Backend::Sqlite
                         && races < 32
-                        && e.to_string().contains("already exists") =>
+                        && matches!(
+                            e,
+                            sqlx::migrate::MigrateError::ExecuteMigration(..)
+                                | sqlx::migrate::MigrateError::Execute(..)
+                        )
+                        && (e.to_string().contains("already exists")
+                            || e.to_string().contains("UNIQUE constraint failed")) =>
                 {
                     races += 1;
                 }

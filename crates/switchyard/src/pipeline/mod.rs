@@ -330,10 +330,19 @@ impl Pipeline {
         // A stream's usage reconciles its tokens and bills it: asked of the engine when
         // the client did not ask, and taken out of the client's stream again (settle).
         let usage_added = view.stream
-            && !view.stream_options
+            && view.stream_options != Some(true)
             && matches!(route, Route::Chat | Route::Completions);
         let body = if usage_added {
-            let options = serde_json::json!({"include_usage": true});
+            let mut options = match view.stream_options {
+                // The client's other options are kept (a rare path: the body is parsed).
+                Some(_) => serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|mut v| v.get_mut("stream_options").map(serde_json::Value::take))
+                    .filter(serde_json::Value::is_object)
+                    .unwrap_or_else(|| serde_json::json!({})),
+                None => serde_json::json!({}),
+            };
+            options["include_usage"] = serde_json::json!(true);
             match crate::request::body::rewrite(&body, &[("stream_options", Some(options))]) {
                 Ok(b) => {
                     view.model_span = None;
@@ -365,6 +374,10 @@ impl Pipeline {
                 meta.worker_id = Some(assignment.worker().api_id.clone());
                 let (mut parts, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if usage_added {
+                    // The usage event is taken out: the length is no longer the engine's.
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                }
                 meta.set_header(&mut parts.headers);
                 for (name, value) in ticket.headers() {
                     parts.headers.insert(name, value);

@@ -195,6 +195,8 @@ pub struct SettledBody {
     events: Option<SseGaps>,
     /// Set when the gateway asked the engine for the usage the client did not.
     strip: Option<UsageStrip>,
+    /// Trailers waiting behind the rest of a held event.
+    held: Option<Frame<Bytes>>,
 }
 
 impl SettledBody {
@@ -209,6 +211,7 @@ impl SettledBody {
             tail: Vec::new(),
             events,
             strip: usage_added.then(UsageStrip::default),
+            held: None,
         }
     }
 
@@ -261,6 +264,9 @@ impl Body for SettledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if let Some(frame) = this.held.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         loop {
             return match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
@@ -283,7 +289,17 @@ impl Body for SettledBody {
                             Frame::data(out)
                         }
                         (_, Ok(data)) => Frame::data(data),
-                        (_, Err(frame)) => frame,
+                        // Trailers: what is held of the last event goes first.
+                        (Some(strip), Err(trailers)) => {
+                            let rest = strip.rest();
+                            if rest.is_empty() {
+                                trailers
+                            } else {
+                                this.held = Some(trailers);
+                                Frame::data(rest)
+                            }
+                        }
+                        (None, Err(frame)) => frame,
                     };
                     Poll::Ready(Some(Ok(frame)))
                 }
@@ -303,11 +319,18 @@ impl Body for SettledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.is_none()
+            && self.strip.as_ref().is_none_or(|s| s.pending.is_empty())
+            && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        // With the usage event taken out, the engine's size no longer holds.
+        if self.strip.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 
@@ -317,44 +340,72 @@ impl Drop for SettledBody {
     }
 }
 
-/// Takes the usage-only event (`"choices":[]` and a `usage`) out of a stream whose
-/// client did not ask for it. Frames pass as they are unless one holds a `usage` or
-/// ends inside an event; then complete events pass and a partial one waits for its end.
+/// Takes the usage-only event (empty `choices` and a `usage` object) out of a stream
+/// whose client did not ask for it. Frames pass as they are unless one mentions
+/// `usage` or ends inside an event; then complete events pass (the usage-only one
+/// parsed to be sure) and a partial one waits for its end. Events end with a blank line,
+/// `\n\n` or `\r\n\r\n`.
 #[derive(Default)]
 struct UsageStrip {
     pending: Vec<u8>,
 }
 
+/// The end (exclusive) of the first complete event in `buf`.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
+    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether an SSE event is a chunk with no choices and a usage.
+fn usage_only(event: &[u8]) -> bool {
+    if memchr::memmem::find(event, b"\"usage\"").is_none() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(event);
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect();
+    serde_json::from_str::<serde_json::Value>(&data).is_ok_and(|v| {
+        v["usage"].is_object() && v["choices"].as_array().is_some_and(|c| c.is_empty())
+    })
+}
+
 impl UsageStrip {
     fn filter(&mut self, data: Bytes) -> Bytes {
         if self.pending.is_empty()
-            && data.ends_with(b"\n\n")
+            && (data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n"))
             && memchr::memmem::find(&data, b"\"usage\"").is_none()
         {
             return data;
         }
         self.pending.extend_from_slice(&data);
-        let Some(end) = memchr::memmem::rfind(&self.pending, b"\n\n") else {
-            return Bytes::new();
-        };
-        let complete: Vec<u8> = self.pending.drain(..end + 2).collect();
-        let mut out = Vec::with_capacity(complete.len());
+        let mut out = Vec::with_capacity(self.pending.len());
         let mut start = 0;
-        for i in memchr::memmem::find_iter(&complete, b"\n\n") {
-            let event = &complete[start..i + 2];
-            start = i + 2;
-            let usage_only = memchr::memmem::find(event, b"\"choices\":[]").is_some()
-                && memchr::memmem::find(event, b"\"usage\":{").is_some();
-            if !usage_only {
+        while let Some(len) = event_end(&self.pending[start..]) {
+            let event = &self.pending[start..start + len];
+            if !usage_only(event) {
                 out.extend_from_slice(event);
             }
+            start += len;
         }
+        self.pending.drain(..start);
         out.into()
     }
 
     /// What is left at the end of the stream (an event without its blank line).
     fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.pending).into()
+        let rest = std::mem::take(&mut self.pending);
+        if usage_only(&rest) {
+            Bytes::new()
+        } else {
+            rest.into()
+        }
     }
 }
 
@@ -486,6 +537,23 @@ mod tests {
             out.extend_from_slice(&strip.filter(Bytes::copy_from_slice(&[*b])));
         }
         assert_eq!(out, expected);
+        // CRLF line ends and JSON with spaces (other servers than vLLM).
+        let crlf = "data: {\"choices\": [{\"text\": \"a\"}]}\r\n\r\ndata: {\"choices\": [], \"usage\": {\"prompt_tokens\": 3}}\r\n\r\ndata: [DONE]\r\n\r\n";
+        let mut strip = UsageStrip::default();
+        let mut out = strip.filter(Bytes::from_static(crlf.as_bytes())).to_vec();
+        out.extend_from_slice(&strip.rest());
+        assert_eq!(
+            out,
+            b"data: {\"choices\": [{\"text\": \"a\"}]}\r\n\r\ndata: [DONE]\r\n\r\n"
+        );
+        // A final usage event without its blank line is dropped too.
+        let mut strip = UsageStrip::default();
+        assert!(
+            strip
+                .filter(Bytes::from_static(b"data: {\"choices\":[],\"usage\":{}}"))
+                .is_empty()
+        );
+        assert!(strip.rest().is_empty());
         // A frame of whole events without a usage passes untouched (no copy).
         let plain = Bytes::from_static(b"data: {\"choices\":[]}\n\n");
         assert_eq!(

@@ -75,8 +75,8 @@ pub struct RequestView {
     /// accept any model serve), so client-chosen names cannot grow state or label sets.
     pub model_key: Arc<str>,
     pub stream: bool,
-    /// The body sets `stream_options`.
-    pub stream_options: bool,
+    /// `stream_options`: absent (`None`), else whether it sets `include_usage: true`.
+    pub stream_options: Option<bool>,
     /// Session affinity key: `X-Session-ID`, `X-User-ID`, the configured header, else `user`.
     pub session_key: Option<String>,
     /// Chained hashes of the prompt's fixed-size blocks (empty unless a policy reads them).
@@ -169,7 +169,10 @@ impl RequestView {
             model_key: model.clone(),
             model,
             stream: wire.stream.unwrap_or(false),
-            stream_options: wire.stream_options.is_some(),
+            stream_options: wire
+                .stream_options
+                .as_ref()
+                .map(|o| o.include_usage == Some(true)),
             session_key: session_key(headers, session, wire.user),
             prefix_blocks: Vec::new(),
             prompt_bytes,
@@ -361,7 +364,7 @@ fn parse_multipart(
         model_span: (body[model_span.clone()] == *model.as_bytes()).then_some(model_span),
         model,
         stream,
-        stream_options: false,
+        stream_options: None,
         session_key: session_key(headers, session, None),
         prefix_blocks: Vec::new(),
         prompt_bytes: 0,

@@ -2,19 +2,23 @@
 //! from the client's bytes (no copy of the prompt), every other field skipped.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+
+/// `stream_options`: an object; `include_usage` read, the rest passed on unread.
+#[derive(Deserialize)]
+pub(super) struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
 
 #[derive(Deserialize)]
 pub(super) struct Wire<'a> {
     #[serde(borrow)]
     pub model: Option<Str<'a>>,
     pub stream: Option<bool>,
-    // Parsed only to check their types.
-    #[allow(dead_code)]
-    pub stream_options: Option<HashMap<Cow<'a, str>, IgnoredAny>>,
+    pub stream_options: Option<StreamOptions>,
     #[serde(borrow)]
     pub messages: Option<Vec<Message<'a>>>,
     #[serde(borrow)]

@@ -170,7 +170,7 @@ pub(crate) mod tests {
             model: Arc::from("m"),
             model_key: Arc::from("m"),
             stream: false,
-            stream_options: false,
+            stream_options: None,
             session_key: session.map(str::to_string),
             prefix_blocks: blocks,
             prompt_bytes: 1,

@@ -410,13 +410,15 @@ impl Directory {
         if let Some(k) = self.keys.read().expect("keys lock").get(id) {
             return Ok(Some(k.clone()));
         }
-        let key = self.reload_key(id).await?;
-        // Its tenant may be as new to this replica as the key (and its limits with it).
+        let key = self.fetch_key(id).await?;
+        // Its tenant may be as new to this replica as the key (and its limits with it):
+        // read first, so the key is never cached without them.
         if let Some(k) = &key
             && self.tenant(&k.tenant).is_none()
         {
             self.reload_tenant(&k.tenant).await?;
         }
+        self.cache_key(id, key.clone());
         Ok(key)
     }
 
@@ -465,6 +467,15 @@ impl Directory {
         &self,
         id: &str,
     ) -> Result<Option<Arc<ApiKey>>, switchyard_stateful::store::StoreError> {
+        let key = self.fetch_key(id).await?;
+        self.cache_key(id, key.clone());
+        Ok(key)
+    }
+
+    async fn fetch_key(
+        &self,
+        id: &str,
+    ) -> Result<Option<Arc<ApiKey>>, switchyard_stateful::store::StoreError> {
         let row = self
             .store
             .fetch_optional(
@@ -472,12 +483,15 @@ impl Directory {
                 &[Val::from(id.to_string())],
             )
             .await?;
-        let key = row.as_ref().and_then(key_of).map(Arc::new);
+        Ok(row.as_ref().and_then(key_of).map(Arc::new))
+    }
+
+    fn cache_key(&self, id: &str, key: Option<Arc<ApiKey>>) {
         {
             let mut keys = self.keys.write().expect("keys lock");
-            match &key {
+            match key {
                 Some(k) => {
-                    keys.insert(k.id.clone(), k.clone());
+                    keys.insert(k.id.clone(), k);
                 }
                 None => {
                     keys.remove(id);
@@ -485,7 +499,6 @@ impl Directory {
             }
         }
         self.recount();
-        Ok(key)
     }
 
     async fn reload_tenant(&self, id: &str) -> Result<(), switchyard_stateful::store::StoreError> {

@@ -248,17 +248,18 @@ impl Tenancy {
             // A key of ours is honoured even so: one issued through another replica
             // moments ago, before this replica's poll saw it, must not pass as `default`.
             // An id nobody issued costs a database read: counted as a failed
-            // authentication, so an address gets a bounded number of them (then it is
-            // served as `default` without the read).
+            // authentication, so an address gets a bounded number of them (then its
+            // keys of this form are refused, as where keys are required).
             if let (Some(id), Some(t)) = (token.and_then(directory::key_id), token) {
                 let now = self.clock.now_ms();
-                if addr.is_none_or(|a| self.lockout.locked(a, now).is_none()) {
-                    if let Some(c) = self.stored_caller(id, t).await? {
-                        return Ok(c);
-                    }
-                    if let Some(a) = addr {
-                        self.lockout.failed(a, now);
-                    }
+                if let Some(wait) = addr.and_then(|a| self.lockout.locked(a, now)) {
+                    return Err(locked_out(wait));
+                }
+                if let Some(c) = self.stored_caller(id, t).await? {
+                    return Ok(c);
+                }
+                if let Some(a) = addr {
+                    self.lockout.failed(a, now);
                 }
             }
             // `default` as it stands now (the admin API may have given it limits).
@@ -280,11 +281,7 @@ impl Tenancy {
                     reason: "locked_out",
                 })
                 .inc();
-            return Err(ApiError::limited(
-                "too_many_auth_failures",
-                "Too many failed authentications from this address; try again later",
-                wait.div_ceil(1000),
-            ));
+            return Err(locked_out(wait));
         }
         if let Some(token) = token {
             if let Some(id) = directory::key_id(token) {
@@ -727,6 +724,15 @@ impl Drop for Ticket {
             self.release(Some(0));
         }
     }
+}
+
+/// The answer to an address locked out for `wait_ms` more.
+fn locked_out(wait_ms: u64) -> ApiError {
+    ApiError::limited(
+        "too_many_auth_failures",
+        "Too many failed authentications from this address; try again later",
+        wait_ms.div_ceil(1000),
+    )
 }
 
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for `q`.
