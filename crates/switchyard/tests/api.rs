@@ -33,6 +33,8 @@ async fn bad_requests_are_answered_by_the_gateway_and_never_reach_an_engine() {
         ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":"hi"}"#.to_vec(), 400, "invalid_request", Some("messages")),
         ("/v1/chat/completions", json_ct, br#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#.to_vec(), 400, "invalid_request", Some("model")),
         ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"max_tokens":"ten"}"#.to_vec(), 400, "invalid_request", Some("max_tokens")),
+        ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":3}"#.to_vec(), 400, "invalid_request", Some("stream_options")),
+        ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":"yes"}}"#.to_vec(), 400, "invalid_request", Some("stream_options.include_usage")),
         ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"stream":1}"#.to_vec(), 400, "invalid_request", Some("stream")),
         ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.to_vec(), 400, "invalid_request", Some("temperature")),
         ("/v1/chat/completions", json_ct, br#"{"model":"switchyard/sim-8b","messages":[{"role":"user","content":"x"}],"\ud800":1}"#.to_vec(), 400, "invalid_request", None),

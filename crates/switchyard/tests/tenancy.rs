@@ -538,6 +538,30 @@ async fn failed_authentications_lock_the_address_out() {
     g.gw.shutdown();
 }
 
+/// Where no key is required, a key of the gateway's form is still looked up (one issued
+/// moments ago elsewhere must count as itself); made-up ones are failed authentications,
+/// and an address that sends too many is refused them (keyless requests still pass).
+#[tokio::test]
+async fn made_up_keys_are_locked_out_even_where_no_key_is_required() {
+    let g = Gw::start(|c| c.auth_failures_per_minute = 2).await;
+    let made_up = format!("sk-sy-0123456789abcdef-{}", "e".repeat(64));
+    for _ in 0..2 {
+        let a = g.chat(Some(&made_up), &chat("hi", 2)).await;
+        assert_eq!(a.status, 200, "served as `default`: {}", a.body);
+    }
+    let a = g.chat(Some(&made_up), &chat("hi", 2)).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_error(&a.body, "too_many_auth_failures");
+    assert_eq!(g.chat(None, &chat("hi", 2)).await.status, 200);
+    assert_eq!(
+        g.chat(Some("sk-some-other-key"), &chat("hi", 2))
+            .await
+            .status,
+        200
+    );
+    g.gw.shutdown();
+}
+
 #[tokio::test]
 async fn usage_is_counted_per_tenant_key_and_model() {
     let g = Gw::start(|_| {}).await;

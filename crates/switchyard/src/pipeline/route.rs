@@ -73,44 +73,24 @@ struct Turned {
 /// names it, another's behind its tenant id and a `/` (which neither id may hold), so
 /// tenants never see, continue or overwrite each other's sessions.
 pub fn scoped_session(owner: &str, id: &str) -> String {
-    if owner == crate::tenancy::DEFAULT_TENANT {
-        id.to_string()
-    } else {
-        format!("{owner}/{id}")
-    }
+    crate::tenancy::scoped(owner, '/', id)
 }
 
 /// The id a client knows a stored session by.
 pub fn unscoped_session<'a>(owner: &str, stored: &'a str) -> &'a str {
-    if owner == crate::tenancy::DEFAULT_TENANT {
-        return stored;
-    }
-    stored
-        .strip_prefix(owner)
-        .and_then(|r| r.strip_prefix('/'))
-        .unwrap_or(stored)
+    crate::tenancy::unscoped(owner, '/', stored).unwrap_or(stored)
 }
 
 /// How a session's user is stored: a non-default tenant's users are
 /// `tenant\u{1f}user`, so two tenants' users of one name never share the per-user
-/// session cap (a user id holds no control characters: the prefix cannot be forged).
+/// session cap (a user id holds no control characters).
 pub fn scoped_user(owner: &str, user: &str) -> String {
-    if owner == crate::tenancy::DEFAULT_TENANT {
-        user.to_string()
-    } else {
-        format!("{owner}\u{1f}{user}")
-    }
+    crate::tenancy::scoped(owner, '\u{1f}', user)
 }
 
 /// The user id a client knows, from its stored form.
 pub fn unscoped_user<'a>(owner: &str, stored: &'a str) -> &'a str {
-    if owner == crate::tenancy::DEFAULT_TENANT {
-        return stored;
-    }
-    stored
-        .strip_prefix(owner)
-        .and_then(|r| r.strip_prefix('\u{1f}'))
-        .unwrap_or(stored)
+    crate::tenancy::unscoped(owner, '\u{1f}', stored).unwrap_or(stored)
 }
 
 fn ms(since: Instant) -> f64 {

@@ -76,27 +76,19 @@ fn bad(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::bad_request(message, Some(param))
 }
 
-/// Checks an id: not empty, at most [`MAX_ID_BYTES`], no control characters.
 /// The id a tenant's workflow is kept under: the `default` tenant's as the client
 /// names it, another's behind its tenant id and a unit separator (a control character,
 /// which no client id may hold), so tenants never reach each other's workflows.
 pub fn scoped_id(owner: &str, id: &str) -> String {
-    if owner == crate::tenancy::DEFAULT_TENANT {
-        id.to_string()
-    } else {
-        format!("{owner}\u{1f}{id}")
-    }
+    crate::tenancy::scoped(owner, '\u{1f}', id)
 }
 
 /// Whether a kept workflow id belongs to `owner`, and the id its client knows.
 pub fn owned_id<'a>(owner: &str, kept: &'a str) -> Option<&'a str> {
-    match kept.split_once('\u{1f}') {
-        Some((o, id)) if o == owner => Some(id),
-        None if owner == crate::tenancy::DEFAULT_TENANT => Some(kept),
-        _ => None,
-    }
+    crate::tenancy::unscoped(owner, '\u{1f}', kept)
 }
 
+/// Checks an id: not empty, at most [`MAX_ID_BYTES`], no control characters.
 pub fn check_id(id: &str, param: &str) -> Result<(), ApiError> {
     if id.is_empty() {
         return Err(bad(format!("`{param}` must not be empty"), param));

@@ -35,6 +35,27 @@ use limits::{Limits, reset_text};
 /// The tenant of requests when no key is configured, and of `--api-key`.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// How a tenant's object id is kept where every tenant's ids share one namespace
+/// (sessions, workflows, users): the `default` tenant's as its client names it,
+/// another's as `owner` + `sep` + `id`. `sep` is a character no client id (and no tenant
+/// id) may hold, so the prefix cannot be forged.
+pub fn scoped(owner: &str, sep: char, id: &str) -> String {
+    if owner == DEFAULT_TENANT {
+        id.to_string()
+    } else {
+        format!("{owner}{sep}{id}")
+    }
+}
+
+/// The id `owner`'s client knows a kept id by, or `None` when it is another tenant's.
+pub fn unscoped<'a>(owner: &str, sep: char, kept: &'a str) -> Option<&'a str> {
+    if owner == DEFAULT_TENANT {
+        (!kept.contains(sep)).then_some(kept)
+    } else {
+        kept.strip_prefix(owner)?.strip_prefix(sep)
+    }
+}
+
 /// Who sent a request.
 #[derive(Debug)]
 pub struct Caller {
