@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::faults::Faults;
+use crate::kv_events::{HashAlgo, KvEventsConfig};
 
 /// What part of disaggregated serving an engine plays.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -173,6 +174,16 @@ pub struct SimConfig {
     /// Turn the prefix cache off (every request prefills its whole prompt).
     #[arg(long)]
     pub no_enable_prefix_caching: bool,
+    /// How block hashes are computed: the simulator's own (`builtin`) or vLLM's
+    /// `sha256_cbor` (what KV events then carry).
+    #[arg(long, value_enum, default_value_t = HashAlgo::Builtin)]
+    pub prefix_caching_hash_algo: HashAlgo,
+    /// KV-cache events, as vLLM's JSON (`{"enable_kv_cache_events":true,
+    /// "publisher":"zmq","endpoint":"tcp://*:5557","replay_endpoint":"tcp://*:5558"}`).
+    /// Engine i's data-parallel rank r publishes on the ports raised by
+    /// i × --data-parallel-size + r.
+    #[arg(long, value_parser = <KvEventsConfig as FromStr>::from_str)]
+    pub kv_events_config: Option<KvEventsConfig>,
     /// Order of the waiting queue: `fcfs`, or `priority` (lowest request `priority`
     /// first, ties by arrival).
     #[arg(long, value_enum, default_value_t = SchedulingPolicy::Fcfs)]

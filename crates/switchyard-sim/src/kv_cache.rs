@@ -45,6 +45,8 @@ type HashIndex = HashMap<BlockHash, BlockId, nohash_hasher::BuildNoHashHasher<Bl
 #[derive(Clone, Debug)]
 struct Block {
     hash: Option<BlockHash>,
+    /// The hash the engine publishes for this block in KV events.
+    wire: u64,
     ref_cnt: u32,
     prev: u32,
     next: u32,
@@ -60,6 +62,10 @@ pub struct BlockPool {
     num_free: usize,
     cached: HashIndex,
     evictions: u64,
+    /// Published hashes of cached blocks evicted since the last [`take_removed`]
+    /// (only kept while [`record_removals`] is on).
+    removed: Vec<u64>,
+    record: bool,
 }
 
 impl BlockPool {
@@ -70,6 +76,7 @@ impl BlockPool {
         let blocks = (0..n)
             .map(|i| Block {
                 hash: None,
+                wire: 0,
                 ref_cnt: 0,
                 prev: if i == 0 { NIL } else { i - 1 },
                 next: if i + 1 == n { NIL } else { i + 1 },
@@ -83,7 +90,20 @@ impl BlockPool {
             num_free: num_blocks,
             cached: HashIndex::default(),
             evictions: 0,
+            removed: Vec::new(),
+            record: false,
         }
+    }
+
+    /// Keeps the published hash of every evicted cached block for [`take_removed`]
+    /// (the engine publishes KV events).
+    pub fn record_removals(&mut self) {
+        self.record = true;
+    }
+
+    /// Published hashes of the cached blocks evicted since the last call.
+    pub fn take_removed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.removed)
     }
 
     /// Total blocks.
@@ -145,6 +165,9 @@ impl BlockPool {
                 if self.cached.get(&h) == Some(&id) {
                     self.cached.remove(&h);
                     self.evictions += 1;
+                    if self.record {
+                        self.removed.push(b.wire);
+                    }
                 }
             }
             b.ref_cnt = 1;
@@ -166,14 +189,18 @@ impl BlockPool {
         }
     }
 
-    /// Registers a just-filled block under its hash so later requests can reuse it.
-    /// A hash already cached by another block keeps its first block.
-    pub fn cache_block(&mut self, id: BlockId, hash: BlockHash) {
+    /// Registers a just-filled block under its hash so later requests can reuse it;
+    /// `wire` is the hash its KV events carry. A hash already cached by another block
+    /// keeps its first block. True when the block became findable.
+    pub fn cache_block(&mut self, id: BlockId, hash: BlockHash, wire: u64) -> bool {
         if self.cached.contains_key(&hash) {
-            return;
+            return false;
         }
-        self.blocks[id as usize].hash = Some(hash);
+        let b = &mut self.blocks[id as usize];
+        b.hash = Some(hash);
+        b.wire = wire;
         self.cached.insert(hash, id);
+        true
     }
 
     /// Forgets every cached prefix (`POST /reset_prefix_cache`). Running sequences keep
@@ -255,7 +282,7 @@ mod tests {
         let h = hashes(&(0..16).collect::<Vec<_>>(), 4);
         let ids = pool.allocate(4).unwrap();
         for (id, hash) in ids.iter().zip(&h) {
-            pool.cache_block(*id, *hash);
+            pool.cache_block(*id, *hash, 0);
         }
         pool.free(&ids);
         assert_eq!(pool.num_free(), 8);
@@ -270,10 +297,10 @@ mod tests {
     fn lru_evicts_oldest_unreferenced_and_never_referenced_blocks() {
         let mut pool = BlockPool::new(4);
         let old = pool.allocate(2).unwrap();
-        pool.cache_block(old[0], 11);
-        pool.cache_block(old[1], 12);
+        pool.cache_block(old[0], 11, 0);
+        pool.cache_block(old[1], 12, 0);
         let held = pool.allocate(1).unwrap();
-        pool.cache_block(held[0], 13);
+        pool.cache_block(held[0], 13, 0);
         pool.free(&old); // old blocks become evictable; `held` stays referenced
         // One never-used block is free first, then the old blocks in reverse order.
         let a = pool.allocate(1).unwrap();
@@ -291,10 +318,25 @@ mod tests {
     }
 
     #[test]
+    fn evicting_a_cached_block_records_its_published_hash() {
+        let mut pool = BlockPool::new(2);
+        pool.record_removals();
+        let ids = pool.allocate(2).unwrap();
+        assert!(pool.cache_block(ids[0], 5, 500));
+        assert!(!pool.cache_block(ids[1], 5, 501), "a hash is cached once");
+        pool.free(&ids);
+        pool.allocate(1).unwrap(); // the uncached block goes first: nothing evicted
+        assert!(pool.take_removed().is_empty());
+        pool.allocate(1).unwrap();
+        assert_eq!(pool.take_removed(), vec![500]);
+        assert!(pool.take_removed().is_empty());
+    }
+
+    #[test]
     fn reset_forgets_prefixes() {
         let mut pool = BlockPool::new(2);
         let ids = pool.allocate(1).unwrap();
-        pool.cache_block(ids[0], 5);
+        pool.cache_block(ids[0], 5, 0);
         pool.reset();
         assert!(pool.lookup(&[5]).is_empty());
         assert_eq!(pool.num_cached(), 0);

@@ -2,6 +2,7 @@
 //!
 //! - [`tokenizer`]: cl100k BPE and the chat template.
 //! - [`kv_cache`]: the paged prefix cache (chained block hashes, LRU of free blocks).
+//! - [`kv_events`]: the cache's changes published over ZeroMQ as vLLM publishes them.
 //! - [`scheduler`]: continuous batching with chunked prefill and preemption.
 //! - [`engine`]: the step loop paced by the simulated [`clock`].
 //! - [`server`]: the OpenAI/vLLM HTTP API, faults and metrics of one port.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod faults;
 pub mod kv_cache;
+pub mod kv_events;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::{SchedulingPolicy, StepModel};
 use crate::kv_cache::{BlockHash, BlockId, BlockPool, extend_block_hashes};
+use crate::kv_events::{FullHash, HashAlgo, KvEvent, vllm_block_hash, wire_hash};
 use crate::metrics::EngineMetrics;
 use crate::tokenizer::{Token, generated_token};
 
@@ -92,6 +93,8 @@ struct Seq {
     /// Prompt plus generated tokens.
     tokens: Vec<Token>,
     hashes: Vec<BlockHash>,
+    /// vLLM's full hashes of the blocks (only kept when publishing `sha256_cbor` events).
+    full_hashes: Vec<FullHash>,
     blocks: Vec<BlockId>,
     registered: usize,
     num_computed: usize,
@@ -254,6 +257,34 @@ pub struct Scheduler {
     scheduled: Vec<(usize, usize)>,
     /// Submission order of the next request added.
     next_order: u64,
+    /// KV-cache events of the steps since the last [`take_kv_events`], when published.
+    kv: Option<KvRecorder>,
+}
+
+/// What the scheduler needs to publish KV-cache events.
+struct KvRecorder {
+    algo: HashAlgo,
+    /// vLLM's `NONE_HASH`: the parent of a sequence's first block.
+    none_hash: FullHash,
+    events: Vec<KvEvent>,
+}
+
+impl KvRecorder {
+    /// The published hash of block `i` of `seq` (its hash computed first if needed).
+    fn wire(&self, seq: &mut Seq, i: usize, bs: usize) -> u64 {
+        match self.algo {
+            HashAlgo::Builtin => seq.hashes[i],
+            HashAlgo::Sha256Cbor => {
+                while seq.full_hashes.len() <= i {
+                    let j = seq.full_hashes.len();
+                    let parent = seq.full_hashes.last().unwrap_or(&self.none_hash);
+                    let h = vllm_block_hash(parent, &seq.tokens[j * bs..(j + 1) * bs]);
+                    seq.full_hashes.push(h);
+                }
+                wire_hash(&seq.full_hashes[i])
+            }
+        }
+    }
 }
 
 impl Scheduler {
@@ -267,6 +298,36 @@ impl Scheduler {
             outbox: Vec::new(),
             scheduled: Vec::new(),
             next_order: 0,
+            kv: None,
+        }
+    }
+
+    /// Records KV-cache events (`BlockStored`, `BlockRemoved`, `AllBlocksCleared`) for
+    /// [`take_kv_events`](Self::take_kv_events), with block hashes computed by `algo`.
+    pub fn publish_kv_events(&mut self, algo: HashAlgo, none_hash: FullHash) {
+        self.pool.record_removals();
+        self.kv = Some(KvRecorder {
+            algo,
+            none_hash,
+            events: Vec::new(),
+        });
+    }
+
+    /// KV-cache events since the last call (empty unless publishing).
+    pub fn take_kv_events(&mut self) -> Vec<KvEvent> {
+        match &mut self.kv {
+            Some(k) => std::mem::take(&mut k.events),
+            None => Vec::new(),
+        }
+    }
+
+    /// The engine process restarted: every cached prefix is gone and nothing is
+    /// published about it (a new process starts with an empty cache).
+    pub fn restart(&mut self) {
+        self.pool.reset();
+        self.pool.take_removed();
+        if let Some(k) = &mut self.kv {
+            k.events.clear();
         }
     }
 
@@ -281,6 +342,7 @@ impl Scheduler {
             prompt_len: spec.prompt.len(),
             tokens: spec.prompt.clone(),
             hashes,
+            full_hashes: Vec::new(),
             blocks: Vec::new(),
             registered: 0,
             num_computed: 0,
@@ -305,9 +367,12 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    /// Forgets every cached prefix.
+    /// Forgets every cached prefix (published as `AllBlocksCleared`).
     pub fn reset_prefix_cache(&mut self) {
         self.pool.reset();
+        if let Some(k) = &mut self.kv {
+            k.events.push(KvEvent::AllBlocksCleared {});
+        }
     }
 
     pub fn stats(&self) -> SchedulerStats {
@@ -465,7 +530,12 @@ impl Scheduler {
         let secs = self.cfg.step.step_secs(prefill, decode, context) * self.cfg.step_multiplier;
         let end = now + secs;
 
-        // 4. Apply the batch: advance, cache full blocks, sample tokens, finish.
+        // 4. Apply the batch: advance, cache full blocks, sample tokens, finish. Blocks
+        // evicted to make room for this batch are published before those it fills.
+        if let Some(k) = &mut self.kv {
+            let removed = self.pool.take_removed();
+            k.events.extend(removed.into_iter().map(KvEvent::removed));
+        }
         let mut any_finished = false;
         for k in 0..self.scheduled.len() {
             let (idx, n) = self.scheduled[k];
@@ -476,10 +546,23 @@ impl Scheduler {
             seq.num_computed += n;
             if caching {
                 extend_block_hashes(&mut seq.hashes, &seq.tokens[..seq.num_computed], bs);
+                // Each run of consecutive newly cached blocks is one `BlockStored`.
+                let mut run: Option<(usize, Vec<u64>)> = None;
                 while seq.registered < seq.num_computed / bs {
-                    self.pool
-                        .cache_block(seq.blocks[seq.registered], seq.hashes[seq.registered]);
+                    let i = seq.registered;
+                    let wire = self.kv.as_ref().map_or(0, |k| k.wire(seq, i, bs));
+                    let cached = self.pool.cache_block(seq.blocks[i], seq.hashes[i], wire);
                     seq.registered += 1;
+                    let Some(k) = &mut self.kv else { continue };
+                    match (&mut run, cached) {
+                        (Some((_, hashes)), true) => hashes.push(wire),
+                        (None, true) => run = Some((i, vec![wire])),
+                        (Some(_), false) => stored_event(k, seq, run.take(), bs),
+                        (None, false) => {}
+                    }
+                }
+                if let Some(k) = &mut self.kv {
+                    stored_event(k, seq, run, bs);
                 }
             }
             if seq.num_computed < seq.tokens.len() {
@@ -549,6 +632,7 @@ impl Scheduler {
     }
 
     fn preempt(&mut self, idx: usize) {
+        // Freed blocks stay cached: preemption publishes nothing.
         let mut seq = self.running.remove(idx);
         self.pool.free(&seq.blocks);
         seq.blocks.clear();
@@ -581,6 +665,14 @@ impl Scheduler {
             !gone
         });
     }
+}
+
+/// Publishes the run of blocks `start..start + hashes.len()` of `seq` as one `BlockStored`.
+fn stored_event(k: &mut KvRecorder, seq: &mut Seq, run: Option<(usize, Vec<u64>)>, bs: usize) {
+    let Some((start, hashes)) = run else { return };
+    let parent = (start > 0).then(|| k.wire(seq, start - 1, bs));
+    let tokens = seq.tokens[start * bs..(start + hashes.len()) * bs].to_vec();
+    k.events.push(KvEvent::stored(hashes, parent, tokens, bs));
 }
 
 #[cfg(test)]

@@ -160,6 +160,50 @@ pub async fn reset_prefix_cache(State(st): State<Arc<ServerState>>) -> StatusCod
     StatusCode::OK
 }
 
+/// `POST /sim/restart`: the engine processes "restart" (see [`restart_engines`]).
+pub async fn restart(State(st): State<Arc<ServerState>>) -> StatusCode {
+    restart_engines(&st).await;
+    StatusCode::OK
+}
+
+/// Empties every rank's cache without events and restarts its event numbering,
+/// answering once the engines have applied it.
+pub(crate) async fn restart_engines(st: &ServerState) {
+    for e in &st.engines {
+        e.restart();
+    }
+    for e in &st.engines {
+        e.stats().await;
+    }
+}
+
+/// Body of `POST /sim/kv_events/drop`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropEvents {
+    count: u64,
+}
+
+/// `POST /sim/kv_events/drop {"count": N}`: the next N live KV-event messages of every
+/// rank are numbered and kept for replay but not sent.
+pub async fn drop_kv_events(
+    State(st): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let d: DropEvents = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid body: {e}"), None))?;
+    if st.kv_events.is_empty() {
+        return Err(ApiError::bad_request(
+            "KV events are not published (--kv-events-config)",
+            None,
+        ));
+    }
+    for (_, sink) in &st.kv_events {
+        sink.drop_next(d.count).await;
+    }
+    Ok(StatusCode::OK)
+}
+
 /// `GET /sim/faults`.
 pub async fn get_faults(State(st): State<Arc<ServerState>>) -> Json<Faults> {
     Json(st.faults.get())

@@ -21,6 +21,7 @@ use crate::clock::SimClock;
 use crate::config::SimConfig;
 use crate::engine::EngineHandle;
 use crate::faults::{FaultState, Faults};
+use crate::kv_events::{EventSink, Publisher};
 use crate::metrics::ServerMetrics;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
 
@@ -45,6 +46,8 @@ pub(crate) struct ServerState {
     pub speech_requests: AtomicU64,
     pub addr: SocketAddr,
     pub engine_id: String,
+    /// Each rank's KV-event publisher and its sink, when events are published.
+    pub kv_events: Vec<(Publisher, EventSink)>,
     pub http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Empty<bytes::Bytes>,
@@ -75,8 +78,20 @@ impl SimServer {
             !cfg.no_enable_prefix_caching,
         );
         let model = cfg.served_model_name[0].clone();
-        let engines = (0..cfg.data_parallel_size)
-            .map(|rank| {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut kv_events = Vec::new();
+        if let Some(kv) = cfg.kv_events_config.as_ref().filter(|k| k.publishes()) {
+            let dp = cfg.data_parallel_size;
+            for rank in 0..dp {
+                let p = Publisher::start(kv, index * dp + rank, rank as u32, shutdown_rx.clone())
+                    .await?;
+                kv_events.push(p);
+            }
+        }
+        let none_hash = crate::kv_events::none_hash();
+        let mut engines = Vec::with_capacity(cfg.data_parallel_size);
+        for rank in 0..cfg.data_parallel_size {
+            {
                 let sched_cfg = SchedulerConfig {
                     block_size: cfg.block_size,
                     num_gpu_blocks: cfg.num_gpu_blocks,
@@ -89,12 +104,19 @@ impl SimServer {
                     kv_transfer_base_secs: cfg.kv_transfer_base_ms * 1e-3,
                     kv_transfer_token_secs: cfg.kv_transfer_token_us * 1e-6,
                 };
-                EngineHandle::spawn(
-                    Scheduler::new(sched_cfg, metrics.engine(&model, rank)),
-                    clock,
-                )
-            })
-            .collect();
+                let mut sched = Scheduler::new(sched_cfg, metrics.engine(&model, rank));
+                let sink = kv_events.get(rank).map(|(_, sink)| sink.clone());
+                if sink.is_some()
+                    || cfg
+                        .kv_events_config
+                        .as_ref()
+                        .is_some_and(|k| k.enable_kv_cache_events)
+                {
+                    sched.publish_kv_events(cfg.prefix_caching_hash_algo, none_hash);
+                }
+                engines.push(EngineHandle::spawn(sched, clock, sink));
+            }
+        }
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
@@ -113,10 +135,10 @@ impl SimServer {
             speech_requests: AtomicU64::new(0),
             addr,
             engine_id: format!("sim-{}-{}", addr.port(), index),
+            kv_events,
             http,
             cfg: cfg.clone(),
         });
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let app = router(state.clone());
         tokio::spawn(serve(
             Some(listener),
@@ -210,6 +232,30 @@ impl SimServer {
         out
     }
 
+    /// Each data-parallel rank's KV-event endpoint (PUB) and replay endpoint (ROUTER),
+    /// when `--kv-events-config` publishes.
+    pub fn kv_events_endpoints(&self) -> Vec<(String, Option<String>)> {
+        self.state
+            .kv_events
+            .iter()
+            .map(|(p, _)| (p.endpoint.clone(), p.replay_endpoint.clone()))
+            .collect()
+    }
+
+    /// Acts out a restart of the engine processes (`POST /sim/restart`): caches emptied
+    /// without events, event sequences from 0 again, nothing from before replayable.
+    pub async fn restart(&self) {
+        admin::restart_engines(&self.state).await;
+    }
+
+    /// Withholds the next `n` live KV-event messages of every rank (they stay
+    /// replayable), as a lost connection would (`POST /sim/kv_events/drop`).
+    pub async fn drop_kv_events(&self, n: u64) {
+        for (_, sink) in &self.state.kv_events {
+            sink.drop_next(n).await;
+        }
+    }
+
     /// Stops listening and drops open connections.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -240,6 +286,8 @@ fn router(state: Arc<ServerState>) -> Router {
             get(admin::get_faults).post(admin::set_faults),
         )
         .route("/sim/stats", get(admin::stats))
+        .route("/sim/restart", post(admin::restart))
+        .route("/sim/kv_events/drop", post(admin::drop_kv_events))
         .route("/sim/bootstrap/{room}", get(admin::bootstrap))
         .fallback(admin::not_found)
         .with_state(state)
