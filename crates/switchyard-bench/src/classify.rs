@@ -96,10 +96,10 @@ pub async fn run(
             }
         };
         trips.push(start.elapsed().as_secs_f64() * 1e3);
-        if body["cached"] != true {
-            if let Some(ms) = body["classification_ms"].as_f64() {
-                server.push(ms);
-            }
+        if body["cached"] != true
+            && let Some(ms) = body["classification_ms"].as_f64()
+        {
+            server.push(ms);
         }
         if r.classifier.is_empty() {
             r.classifier = body["classifier"].as_str().unwrap_or("?").to_string();

@@ -98,10 +98,10 @@ impl Faults {
         if self.error_match.as_deref() == Some("") {
             return Err("error_match must not be empty".into());
         }
-        if let Some(s) = self.clear_after_secs {
-            if !(s.is_finite() && s > 0.0) {
-                return Err("clear_after_secs must be a positive number".into());
-            }
+        if let Some(s) = self.clear_after_secs
+            && !(s.is_finite() && s > 0.0)
+        {
+            return Err("clear_after_secs must be a positive number".into());
         }
         Ok(())
     }

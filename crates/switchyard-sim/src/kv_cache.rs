@@ -161,13 +161,13 @@ impl BlockPool {
             let id = self.head;
             self.unlink(id);
             let b = &mut self.blocks[id as usize];
-            if let Some(h) = b.hash.take() {
-                if self.cached.get(&h) == Some(&id) {
-                    self.cached.remove(&h);
-                    self.evictions += 1;
-                    if self.record {
-                        self.removed.push(b.wire);
-                    }
+            if let Some(h) = b.hash.take()
+                && self.cached.get(&h) == Some(&id)
+            {
+                self.cached.remove(&h);
+                self.evictions += 1;
+                if self.record {
+                    self.removed.push(b.wire);
                 }
             }
             b.ref_cnt = 1;

@@ -46,10 +46,10 @@ impl DropSignal {
 
 impl Drop for DropSignal {
     fn drop(&mut self) {
-        if !self.1 {
-            if let Some(tx) = self.0.take() {
-                let _ = tx.send(());
-            }
+        if !self.1
+            && let Some(tx) = self.0.take()
+        {
+            let _ = tx.send(());
         }
     }
 }

@@ -383,13 +383,13 @@ impl Files {
             "asc" => false,
             _ => return Err(bad("order", "`order` must be asc or desc")),
         };
-        if let Some(p) = purpose {
-            if !PURPOSES.contains(&p) {
-                return Err(bad(
-                    "purpose",
-                    format!("`purpose` must be one of {}", PURPOSES.join(", ")),
-                ));
-            }
+        if let Some(p) = purpose
+            && !PURPOSES.contains(&p)
+        {
+            return Err(bad(
+                "purpose",
+                format!("`purpose` must be one of {}", PURPOSES.join(", ")),
+            ));
         }
         let mut sql = format!(
             "SELECT {COLUMNS} FROM files WHERE owner = $1 \

@@ -99,13 +99,13 @@ pub fn output_items(message: &Value, ids: &mut dyn Ids) -> Vec<Value> {
             "content": [{"type": "reasoning_text", "text": r}],
         }));
     }
-    if let Some(text) = message.get("content").and_then(Value::as_str) {
-        if !text.is_empty() || message.get("tool_calls").is_none_or(Value::is_null) {
-            out.push(json!({
-                "type": "message", "id": ids.id("msg_"), "status": "completed", "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            }));
-        }
+    if let Some(text) = message.get("content").and_then(Value::as_str)
+        && (!text.is_empty() || message.get("tool_calls").is_none_or(Value::is_null))
+    {
+        out.push(json!({
+            "type": "message", "id": ids.id("msg_"), "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }));
     }
     for call in message
         .get("tool_calls")

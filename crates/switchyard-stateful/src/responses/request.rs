@@ -258,16 +258,16 @@ fn tools(o: &Map<String, Value>) -> Result<Tools, BadInput> {
             }
         })
         .collect::<Result<Vec<Value>, BadInput>>()?;
-    if search.is_some() {
-        if let Some(i) = list.iter().position(|t| {
+    if search.is_some()
+        && let Some(i) = list.iter().position(|t| {
             t.get("type").and_then(Value::as_str) == Some("function")
                 && t.get("name").and_then(Value::as_str) == Some(super::file_search::FUNCTION)
-        }) {
-            return Err(bad(
-                &format!("tools[{i}].name"),
-                "a function cannot be named file_search alongside the file_search tool",
-            ));
-        }
+        })
+    {
+        return Err(bad(
+            &format!("tools[{i}].name"),
+            "a function cannot be named file_search alongside the file_search tool",
+        ));
     }
     Ok((functions, search))
 }

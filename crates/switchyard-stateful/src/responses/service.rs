@@ -329,16 +329,16 @@ impl Rounds {
         if forced {
             self.chat["tool_choice"] = json!("auto");
         }
-        if self.calls >= self.limit {
-            if let Some(tools) = self.chat["tools"].as_array_mut() {
-                tools.retain(|t| t["function"]["name"] != super::file_search::FUNCTION);
-                if tools.is_empty() {
-                    if let Some(o) = self.chat.as_object_mut() {
-                        o.remove("tools");
-                        o.remove("tool_choice");
-                        o.remove("parallel_tool_calls");
-                    }
-                }
+        if self.calls >= self.limit
+            && let Some(tools) = self.chat["tools"].as_array_mut()
+        {
+            tools.retain(|t| t["function"]["name"] != super::file_search::FUNCTION);
+            if tools.is_empty()
+                && let Some(o) = self.chat.as_object_mut()
+            {
+                o.remove("tools");
+                o.remove("tool_choice");
+                o.remove("parallel_tool_calls");
             }
         }
     }
@@ -1787,18 +1787,18 @@ impl Responses {
         );
         let w = item_rows(w, id, "output", o.output);
         let mut w = store_events(Some(w), id, o.events).expect("a write");
-        if let Some(conv) = &req.conversation {
-            if !matches!(o.status, Status::Failed { .. }) {
-                let stored;
-                let input = match input {
-                    Some(i) => i,
-                    None => {
-                        stored = self.items(id, "input").await?;
-                        &stored
-                    }
-                };
-                w = super::conversations::append_items(w, conv, input.iter().chain(o.output), now);
-            }
+        if let Some(conv) = &req.conversation
+            && !matches!(o.status, Status::Failed { .. })
+        {
+            let stored;
+            let input = match input {
+                Some(i) => i,
+                None => {
+                    stored = self.items(id, "input").await?;
+                    &stored
+                }
+            };
+            w = super::conversations::append_items(w, conv, input.iter().chain(o.output), now);
         }
         Ok(w)
     }
@@ -1964,10 +1964,8 @@ impl Responses {
                         // Over (or gone): what was stored with the end is the rest.
                         _ => done = true,
                     }
-                    if done {
-                        if let Ok(events) = read(store.clone(), id.clone(), next).await {
-                            buf.extend(events.into_iter().map(|(_, e)| e));
-                        }
+                    if done && let Ok(events) = read(store.clone(), id.clone(), next).await {
+                        buf.extend(events.into_iter().map(|(_, e)| e));
                     }
                 }
             },

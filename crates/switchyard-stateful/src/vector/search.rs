@@ -305,13 +305,13 @@ impl VectorStores {
                     let n: i64 = r.get("n");
                     let e: Option<String> = r.get("e");
                     let f: Option<String> = r.get("f");
-                    if n >= self.common_terms_from {
-                        if let (Some(e), Some(f)) = (e, f) {
-                            // Frequencies are fractions of the rows holding the lexeme.
-                            for (l, freq) in e.split(' ').zip(f.split(' ')) {
-                                if freq.parse::<f64>().is_ok_and(|x| x > 0.5) {
-                                    set.insert(l.to_string());
-                                }
+                    if n >= self.common_terms_from
+                        && let (Some(e), Some(f)) = (e, f)
+                    {
+                        // Frequencies are fractions of the rows holding the lexeme.
+                        for (l, freq) in e.split(' ').zip(f.split(' ')) {
+                            if freq.parse::<f64>().is_ok_and(|x| x > 0.5) {
+                                set.insert(l.to_string());
                             }
                         }
                     }
@@ -447,17 +447,17 @@ impl VectorStores {
                 param: None,
             })?;
             for (id, _, model) in &stores {
-                if let Some(m) = model {
-                    if m != embedder.model() {
-                        return Err(bad(
-                            param,
-                            format!(
-                                "vector store '{id}' was embedded with '{m}'; this gateway \
+                if let Some(m) = model
+                    && m != embedder.model()
+                {
+                    return Err(bad(
+                        param,
+                        format!(
+                            "vector store '{id}' was embedded with '{m}'; this gateway \
                                  embeds with '{}'",
-                                embedder.model()
-                            ),
-                        ));
-                    }
+                            embedder.model()
+                        ),
+                    ));
                 }
             }
             let v = embedder
@@ -476,17 +476,16 @@ impl VectorStores {
                 continue;
             }
             for (qi, q) in used.iter().enumerate() {
-                if let (true, Some(d), Some(m)) = (opts.mode != Mode::Keyword, dims, model) {
-                    if let Some(v) = vectors.get(m).and_then(|v| v.get(qi)) {
-                        if v.len() as i64 == *d {
-                            lists.push(self.dense(store_id, *d, v, files.as_deref(), depth).await?);
-                        }
-                    }
+                if let (true, Some(d), Some(m)) = (opts.mode != Mode::Keyword, dims, model)
+                    && let Some(v) = vectors.get(m).and_then(|v| v.get(qi))
+                    && v.len() as i64 == *d
+                {
+                    lists.push(self.dense(store_id, *d, v, files.as_deref(), depth).await?);
                 }
-                if opts.mode != Mode::Dense {
-                    if let Some(l) = self.keyword(store_id, q, files.as_deref(), depth).await? {
-                        lists.push(l);
-                    }
+                if opts.mode != Mode::Dense
+                    && let Some(l) = self.keyword(store_id, q, files.as_deref(), depth).await?
+                {
+                    lists.push(l);
                 }
             }
         }

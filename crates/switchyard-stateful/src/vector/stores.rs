@@ -728,13 +728,13 @@ impl VectorStores {
         order: Option<&str>,
     ) -> Result<Value, ServiceError> {
         let (limit, desc) = page_params(limit, order)?;
-        if let Some(s) = status {
-            if !["in_progress", "completed", "failed", "cancelled"].contains(&s) {
-                return Err(bad(
-                    "filter",
-                    "`filter` must be in_progress, completed, failed or cancelled",
-                ));
-            }
+        if let Some(s) = status
+            && !["in_progress", "completed", "failed", "cancelled"].contains(&s)
+        {
+            return Err(bad(
+                "filter",
+                "`filter` must be in_progress, completed, failed or cancelled",
+            ));
         }
         self.store_row(owner, id, "vector_store_id").await?;
         if let Some(b) = batch {

@@ -91,10 +91,10 @@ impl Config {
         let cli_values = serde_json::to_value(cli).map_err(|e| file_error(e.to_string()))?;
         for id in matches.ids() {
             let id = id.as_str();
-            if matches.value_source(id) == Some(ValueSource::CommandLine) {
-                if let Some(v) = cli_values.get(id) {
-                    map.insert(id.to_string(), v.clone());
-                }
+            if matches.value_source(id) == Some(ValueSource::CommandLine)
+                && let Some(v) = cli_values.get(id)
+            {
+                map.insert(id.to_string(), v.clone());
             }
         }
         let mut cfg: Config = serde_path_to_error::deserialize(file)

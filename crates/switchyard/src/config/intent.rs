@@ -385,10 +385,10 @@ impl Config {
             for (i, k) in intent.keywords.iter().enumerate() {
                 let (pattern, weight) = k.pattern();
                 let kat = format!("{at}.keywords[{i}]");
-                if let Keyword::Weighted(w) = k {
-                    if w.word.is_some() == w.regex.is_some() {
-                        return Err(bad(kat, "give exactly one of `word` and `regex`"));
-                    }
+                if let Keyword::Weighted(w) = k
+                    && w.word.is_some() == w.regex.is_some()
+                {
+                    return Err(bad(kat, "give exactly one of `word` and `regex`"));
                 }
                 if pattern.is_empty() {
                     return Err(bad(kat, "is empty"));

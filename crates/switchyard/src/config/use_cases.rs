@@ -421,10 +421,10 @@ impl Config {
                     "needs at least one modality",
                 ));
             }
-            if let Some(m) = &c.model {
-                if m.trim().is_empty() {
-                    return Err(bad(format!("{at}.model"), "is empty"));
-                }
+            if let Some(m) = &c.model
+                && m.trim().is_empty()
+            {
+                return Err(bad(format!("{at}.model"), "is empty"));
             }
             for (k, kw) in c.keywords.iter().enumerate() {
                 let (pattern, weight) = kw.pattern();

@@ -93,21 +93,21 @@ impl Config {
         self.model_settings()?;
         self.validate_selection()?;
         self.validate_use_cases()?;
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
-                return Err(invalid(
-                    "redis-url",
-                    "use redis://host:port/db or unix:///path",
-                ));
-            }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "redis-url",
+                "use redis://host:port/db or unix:///path",
+            ));
         }
-        if let Some(url) = &self.database_url {
-            if switchyard_stateful::store::Backend::of(url).is_err() {
-                return Err(invalid(
-                    "database-url",
-                    "use sqlite://PATH, sqlite::memory: or postgres://user@host/db",
-                ));
-            }
+        if let Some(url) = &self.database_url
+            && switchyard_stateful::store::Backend::of(url).is_err()
+        {
+            return Err(invalid(
+                "database-url",
+                "use sqlite://PATH, sqlite::memory: or postgres://user@host/db",
+            ));
         }
         if self.max_background_responses == 0 {
             return Err(invalid("max-background-responses", "must be at least 1"));
@@ -229,13 +229,13 @@ impl Config {
         {
             return Err(invalid("request-id-headers", "must be valid header names"));
         }
-        if let Some(h) = &self.hash_header {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(invalid(
-                    "hash-header",
-                    format!("{h:?} is not a valid header name"),
-                ));
-            }
+        if let Some(h) = &self.hash_header
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(invalid(
+                "hash-header",
+                format!("{h:?} is not a valid header name"),
+            ));
         }
         self.validate_pd()?;
         self.validate_discovery()?;

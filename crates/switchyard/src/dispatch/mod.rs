@@ -412,10 +412,10 @@ impl Dispatcher {
         }
         if let Some(auth) = &self.cfg.worker_auth {
             h.insert(header::AUTHORIZATION, auth.clone());
-        } else if self.cfg.forward_client_auth {
-            if let Some(auth) = out.headers.get(header::AUTHORIZATION) {
-                h.insert(header::AUTHORIZATION, auth.clone());
-            }
+        } else if self.cfg.forward_client_auth
+            && let Some(auth) = out.headers.get(header::AUTHORIZATION)
+        {
+            h.insert(header::AUTHORIZATION, auth.clone());
         }
         if let Ok(v) = HeaderValue::from_str(out.request_id) {
             h.insert(HeaderName::from_static("x-request-id"), v);

@@ -212,10 +212,10 @@ pub fn engine_gauge(text: &str, name: &str, rank: Option<u32>) -> f64 {
             if metric != name {
                 return None;
             }
-            if let Some(w) = &want {
-                if !series.contains(w.as_str()) {
-                    return None;
-                }
+            if let Some(w) = &want
+                && !series.contains(w.as_str())
+            {
+                return None;
             }
             value.trim().parse::<f64>().ok()
         })

@@ -257,11 +257,11 @@ impl Admission {
         &self,
         priority: impl FnOnce() -> Option<f64>,
     ) -> Result<Admitted, ApiError> {
-        if let Some(bucket) = &self.bucket {
-            if let Err(wait) = bucket.lock().expect("bucket lock").take() {
-                self.metrics.reject("rate_limited");
-                return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
-            }
+        if let Some(bucket) = &self.bucket
+            && let Err(wait) = bucket.lock().expect("bucket lock").take()
+        {
+            self.metrics.reject("rate_limited");
+            return Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u64));
         }
         let Some(gate) = &self.gate else {
             return Ok(Admitted::default());

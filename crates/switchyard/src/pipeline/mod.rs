@@ -254,12 +254,12 @@ impl Pipeline {
             };
         view.prefix_blocks = hasher.finish();
         // Another tenant's workflow of the same name is another workflow.
-        if let Some(wf) = &view.workflow {
-            if caller.owner() != crate::tenancy::DEFAULT_TENANT {
-                let mut scoped = crate::request::workflow::Workflow::clone(wf);
-                scoped.id = Arc::from(crate::request::workflow::scoped_id(caller.owner(), &wf.id));
-                view.workflow = Some(Arc::new(scoped));
-            }
+        if let Some(wf) = &view.workflow
+            && caller.owner() != crate::tenancy::DEFAULT_TENANT
+        {
+            let mut scoped = crate::request::workflow::Workflow::clone(wf);
+            scoped.id = Arc::from(crate::request::workflow::scoped_id(caller.owner(), &wf.id));
+            view.workflow = Some(Arc::new(scoped));
         }
         // A workflow's request joins it; its metadata is the gateway's, not the engine's.
         let body = match &view.workflow {
@@ -303,11 +303,11 @@ impl Pipeline {
         };
         view.intent = choice.classified.as_ref().map(|c| c.intent.clone());
         // The caller's model list and limits (the chain keeps only models it may use).
-        if let Some(f) = &choice.fallbacks {
-            if f.iter().any(|m| !caller.may_use(m)) {
-                let kept: Vec<Arc<str>> = f.iter().filter(|m| caller.may_use(m)).cloned().collect();
-                choice.fallbacks = (!kept.is_empty()).then(|| kept.into());
-            }
+        if let Some(f) = &choice.fallbacks
+            && f.iter().any(|m| !caller.may_use(m))
+        {
+            let kept: Vec<Arc<str>> = f.iter().filter(|m| caller.may_use(m)).cloned().collect();
+            choice.fallbacks = (!kept.is_empty()).then(|| kept.into());
         }
         // Embeddings and token counts generate nothing: their cost is their input (an
         // embedding body is almost all input).
@@ -613,13 +613,13 @@ impl Pipeline {
         may_wait: bool,
     ) -> Result<Assignment, Unselected> {
         let mut selected = self.workers.select(role, view, avoid);
-        if matches!(selected, Selected::NoCandidate) && may_wait {
-            if let Some(wait) = self.workers.cooling(model, role) {
-                if wait <= self.dispatcher.cfg.retry.max_backoff {
-                    tokio::time::sleep(wait).await;
-                    selected = self.workers.select(role, view, avoid);
-                }
-            }
+        if matches!(selected, Selected::NoCandidate)
+            && may_wait
+            && let Some(wait) = self.workers.cooling(model, role)
+            && wait <= self.dispatcher.cfg.retry.max_backoff
+        {
+            tokio::time::sleep(wait).await;
+            selected = self.workers.select(role, view, avoid);
         }
         match selected {
             Selected::Assigned(a) => {
@@ -693,10 +693,10 @@ fn blame(view: &RequestView, charges: Vec<Charge>, last: Option<&(WorkerId, Stat
         .filter(|c| c.answer == Some(poison))
         .map(|c| &c.assignment.worker().id)
         .collect();
-    if let Some((id, status)) = last {
-        if *status == poison {
-            got_500.push(id);
-        }
+    if let Some((id, status)) = last
+        && *status == poison
+    {
+        got_500.push(id);
     }
     let excused = !succeeded && got_500.iter().any(|w| *w != got_500[0]);
     for c in charges {

@@ -393,17 +393,17 @@ impl RouteApi {
             if bypass_on && !req.force_route {
                 let was = Modality::parse(&s.modality).unwrap_or(Modality::Text);
                 changed = models.context_changed(&s.use_case, was, text, req.modality);
-                if changed.is_none() {
-                    if let Some(case) = models.use_case(&s.use_case) {
-                        return Ok(Decision {
-                            case,
-                            model: Arc::from(s.model_id.as_str()),
-                            confidence: s.confidence,
-                            bypass: true,
-                            changed: None,
-                            routing_ms: ms(started),
-                        });
-                    }
+                if changed.is_none()
+                    && let Some(case) = models.use_case(&s.use_case)
+                {
+                    return Ok(Decision {
+                        case,
+                        model: Arc::from(s.model_id.as_str()),
+                        confidence: s.confidence,
+                        bypass: true,
+                        changed: None,
+                        routing_ms: ms(started),
+                    });
                 }
             }
         }
@@ -774,13 +774,13 @@ impl Pending {
                         if !v["usage"].is_null() {
                             usage = v["usage"].clone();
                         }
-                        if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
-                            if !piece.is_empty() {
-                                answer.push_str(piece);
-                                let ev = sse(&json!({"type": "token", "content": piece}));
-                                if tx.send(ev).await.is_err() {
-                                    return;
-                                }
+                        if let Some(piece) = v["choices"][0]["delta"]["content"].as_str()
+                            && !piece.is_empty()
+                        {
+                            answer.push_str(piece);
+                            let ev = sse(&json!({"type": "token", "content": piece}));
+                            if tx.send(ev).await.is_err() {
+                                return;
                             }
                         }
                     }

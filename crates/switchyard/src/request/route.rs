@@ -86,22 +86,22 @@ impl RouteRequest {
             ));
         }
         let session_id = string(&o, "session_id")?;
-        if let Some(id) = &session_id {
-            if !valid_session_id(id) {
-                return Err(bad(
-                    "`session_id` must be 1 to 128 characters of letters, digits, `_`, `-`, `.` or `:`",
-                    "session_id",
-                ));
-            }
+        if let Some(id) = &session_id
+            && !valid_session_id(id)
+        {
+            return Err(bad(
+                "`session_id` must be 1 to 128 characters of letters, digits, `_`, `-`, `.` or `:`",
+                "session_id",
+            ));
         }
         let user_id = string(&o, "user_id")?;
-        if let Some(u) = &user_id {
-            if u.is_empty() || u.len() > 256 || u.chars().any(char::is_control) {
-                return Err(bad(
-                    "`user_id` must be 1 to 256 characters without control characters",
-                    "user_id",
-                ));
-            }
+        if let Some(u) = &user_id
+            && (u.is_empty() || u.len() > 256 || u.chars().any(char::is_control))
+        {
+            return Err(bad(
+                "`user_id` must be 1 to 256 characters without control characters",
+                "user_id",
+            ));
         }
         let modality = match string(&o, "modality")? {
             None => None,

@@ -106,10 +106,10 @@ impl Policy for CacheAware {
         let matched = ctx.prefix.match_lengths(blocks, &slots);
         let n = blocks.len() as f64;
         let mut assigned = self.assigned.lock().expect("assigned lock");
-        if let Some(max) = slots.iter().max() {
-            if assigned.len() <= *max as usize {
-                assigned.resize(*max as usize + 1, 0);
-            }
+        if let Some(max) = slots.iter().max()
+            && assigned.len() <= *max as usize
+        {
+            assigned.resize(*max as usize + 1, 0);
         }
         // Ordered by (cost, queued, assigned work, random).
         let mut best: Option<(CostKey, usize, usize)> = None;
@@ -140,15 +140,14 @@ impl Policy for CacheAware {
     }
 
     fn on_worker_removed(&self, worker: &WorkerId, ctx: &PolicyContext) {
-        if let Some(slot) = ctx.prefix.existing_slot(worker) {
-            if let Some(a) = self
+        if let Some(slot) = ctx.prefix.existing_slot(worker)
+            && let Some(a) = self
                 .assigned
                 .lock()
                 .expect("assigned lock")
                 .get_mut(slot as usize)
-            {
-                *a = 0;
-            }
+        {
+            *a = 0;
         }
     }
 

@@ -94,11 +94,11 @@ impl Policy for ConsistentHash {
         for k in 0..ring.len() {
             let (_, id) = &ring[(start + k) % ring.len()];
             let owner_id = *owner.get_or_insert(id);
-            if let Some(index) = candidates.iter().position(|w| &w.id == id) {
-                if candidates[index].in_flight() < bound(&candidates[index]) {
-                    let reason = if owner_id == id { "owner" } else { "walked" };
-                    return Some(Pick { index, reason });
-                }
+            if let Some(index) = candidates.iter().position(|w| &w.id == id)
+                && candidates[index].in_flight() < bound(&candidates[index])
+            {
+                let reason = if owner_id == id { "owner" } else { "walked" };
+                return Some(Pick { index, reason });
             }
         }
         Some(Pick {

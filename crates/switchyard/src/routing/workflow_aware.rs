@@ -238,30 +238,27 @@ impl Policy for WorkflowAware {
     }
 
     fn on_routed(&self, worker: &Arc<Worker>, req: &RequestView, _ctx: &PolicyContext) {
-        if let Some(wf) = &req.workflow {
-            if let Some(p) = self
+        if let Some(wf) = &req.workflow
+            && let Some(p) = self
                 .placements
                 .lock()
                 .expect("placements lock")
                 .get_mut(&wf.id)
-            {
-                *p.in_flight.entry(worker.id.clone()).or_default() += 1;
-            }
+        {
+            *p.in_flight.entry(worker.id.clone()).or_default() += 1;
         }
     }
 
     fn on_finished(&self, worker: &Arc<Worker>, req: &RequestView, _success: bool) {
-        if let Some(wf) = &req.workflow {
-            if let Some(p) = self
+        if let Some(wf) = &req.workflow
+            && let Some(p) = self
                 .placements
                 .lock()
                 .expect("placements lock")
                 .get_mut(&wf.id)
-            {
-                if let Some(n) = p.in_flight.get_mut(&worker.id) {
-                    *n = n.saturating_sub(1);
-                }
-            }
+            && let Some(n) = p.in_flight.get_mut(&worker.id)
+        {
+            *n = n.saturating_sub(1);
         }
     }
 

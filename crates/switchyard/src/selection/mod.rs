@@ -394,10 +394,10 @@ impl ModelSelector {
     }
 
     async fn prepare_rules(rules: &Rules, backend: &dyn Backend) {
-        if let Some(r) = &rules.router {
-            if let Err(e) = r.classifier.prepare(backend).await {
-                tracing::warn!(error = %e.message, "the classifier could not prepare; requests will retry");
-            }
+        if let Some(r) = &rules.router
+            && let Err(e) = r.classifier.prepare(backend).await
+        {
+            tracing::warn!(error = %e.message, "the classifier could not prepare; requests will retry");
         }
         Self::prepare_use_cases(rules, backend).await;
     }
@@ -413,11 +413,11 @@ impl ModelSelector {
         backend: &dyn Backend,
     ) -> Result<ModelChoice, ApiError> {
         let rules = self.rules.load();
-        if let Some(router) = &rules.router {
-            if router.names.iter().any(|n| **n == *view.model) {
-                let rules = arc_swap::Guard::into_inner(rules);
-                return self.route(&rules, view, body, registry, backend).await;
-            }
+        if let Some(router) = &rules.router
+            && router.names.iter().any(|n| **n == *view.model)
+        {
+            let rules = arc_swap::Guard::into_inner(rules);
+            return self.route(&rules, view, body, registry, backend).await;
         }
         let (model, rewrite) = match rules.aliases.get(&*view.model) {
             Some(target) => (target.clone(), true),

@@ -254,10 +254,10 @@ impl ModelSelector {
 
     /// Does the one-off work of the use-case classifier (embedding its examples).
     pub(super) async fn prepare_use_cases(rules: &Rules, backend: &dyn Backend) {
-        if rules.use_cases.router.kind != ClassifierKind::Keywords {
-            if let Err(e) = rules.use_cases.router.classifier.prepare(backend).await {
-                tracing::warn!(error = %e.message, "the use-case classifier could not prepare; requests will retry");
-            }
+        if rules.use_cases.router.kind != ClassifierKind::Keywords
+            && let Err(e) = rules.use_cases.router.classifier.prepare(backend).await
+        {
+            tracing::warn!(error = %e.message, "the use-case classifier could not prepare; requests will retry");
         }
     }
 }

@@ -38,10 +38,10 @@ pub async fn api_key(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
 
 /// Requires `--admin-api-key` when one is set.
 pub async fn admin_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.cfg.admin_api_key {
-        if !bearer_matches(req.headers(), key) {
-            return ApiError::unauthorized().into_response();
-        }
+    if let Some(key) = &st.cfg.admin_api_key
+        && !bearer_matches(req.headers(), key)
+    {
+        return ApiError::unauthorized().into_response();
     }
     next.run(req).await
 }

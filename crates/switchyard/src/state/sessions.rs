@@ -164,12 +164,12 @@ struct MemoryInner {
 
 impl MemoryInner {
     fn forget(&mut self, s: &Session) {
-        if let Some(u) = &s.user_id {
-            if let Some(ids) = self.users.get_mut(u) {
-                ids.remove(&s.session_id);
-                if ids.is_empty() {
-                    self.users.remove(u);
-                }
+        if let Some(u) = &s.user_id
+            && let Some(ids) = self.users.get_mut(u)
+        {
+            ids.remove(&s.session_id);
+            if ids.is_empty() {
+                self.users.remove(u);
             }
         }
     }
@@ -234,10 +234,10 @@ impl Memory {
                 }
             }
         }
-        if let Some((_, old)) = inner.sessions.push(s.session_id.clone(), s.clone()) {
-            if old.session_id != s.session_id {
-                inner.forget(&old);
-            }
+        if let Some((_, old)) = inner.sessions.push(s.session_id.clone(), s.clone())
+            && old.session_id != s.session_id
+        {
+            inner.forget(&old);
         }
         if let Some(u) = &s.user_id {
             inner

@@ -363,14 +363,14 @@ impl Tenancy {
         if caller.internal {
             return out;
         }
-        if let Some(k) = &caller.key {
-            if let Some(l) = k.limits.as_ref().filter(|l| !l.is_empty()) {
-                out.push(Scope {
-                    kind: ScopeKind::Key,
-                    id: k.id.clone(),
-                    limits: l.clone(),
-                });
-            }
+        if let Some(k) = &caller.key
+            && let Some(l) = k.limits.as_ref().filter(|l| !l.is_empty())
+        {
+            out.push(Scope {
+                kind: ScopeKind::Key,
+                id: k.id.clone(),
+                limits: l.clone(),
+            });
         }
         if !caller.tenant.limits.is_empty() {
             out.push(Scope {
@@ -640,7 +640,7 @@ impl Tenancy {
                 _ = poll.tick() => match self.directory.poll().await {
                     // Logged when it starts failing, then once a minute while it does.
                     Err(e) => {
-                        if failing % 240 == 0 {
+                        if failing.is_multiple_of(240) {
                             tracing::warn!(error = %e, polls_failed = failing + 1, "tenancy changes not read");
                         }
                         failing += 1;

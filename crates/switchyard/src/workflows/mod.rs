@@ -491,10 +491,10 @@ impl Workflows {
     /// The policy placed `wf`'s request on `label` as its home for `role`, which other
     /// replicas did not know yet: tell them (with Redis).
     pub async fn publish_home(&self, wf: &Workflow, role: WorkerRole, label: &Arc<str>) {
-        if let Some(s) = &self.shared {
-            if let Err(e) = s.publish_home(&wf.id, role, label).await {
-                tracing::warn!(error = %e, "workflow home not shared");
-            }
+        if let Some(s) = &self.shared
+            && let Err(e) = s.publish_home(&wf.id, role, label).await
+        {
+            tracing::warn!(error = %e, "workflow home not shared");
         }
     }
 

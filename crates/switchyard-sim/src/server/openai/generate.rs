@@ -114,23 +114,21 @@ pub(super) async fn generate(
     chat: bool,
 ) -> Result<Response, ApiError> {
     let model = st.resolve_model(req.model.as_deref())?;
-    if let Some(n) = req.n {
-        if n != 1 {
-            return Err(ApiError::bad_request(
-                format!(
-                    "n={n} is not supported: switchyard-sim generates exactly one choice (n=1)"
-                ),
-                Some("n"),
-            ));
-        }
+    if let Some(n) = req.n
+        && n != 1
+    {
+        return Err(ApiError::bad_request(
+            format!("n={n} is not supported: switchyard-sim generates exactly one choice (n=1)"),
+            Some("n"),
+        ));
     }
-    if let Some(t) = req.temperature {
-        if !(t.is_finite() && t >= 0.0) {
-            return Err(ApiError::bad_request(
-                "temperature must be a non-negative number",
-                Some("temperature"),
-            ));
-        }
+    if let Some(t) = req.temperature
+        && !(t.is_finite() && t >= 0.0)
+    {
+        return Err(ApiError::bad_request(
+            "temperature must be a non-negative number",
+            Some("temperature"),
+        ));
     }
     let max_tokens = if chat {
         req.max_completion_tokens.or(req.max_tokens)
@@ -143,13 +141,13 @@ pub(super) async fn generate(
             Some("max_tokens"),
         ));
     }
-    if let (Some(min), Some(max)) = (req.min_tokens, max_tokens) {
-        if min > max {
-            return Err(ApiError::bad_request(
-                "min_tokens must be less than or equal to max_tokens",
-                Some("min_tokens"),
-            ));
-        }
+    if let (Some(min), Some(max)) = (req.min_tokens, max_tokens)
+        && min > max
+    {
+        return Err(ApiError::bad_request(
+            "min_tokens must be less than or equal to max_tokens",
+            Some("min_tokens"),
+        ));
     }
     let prompt_len = prompt.len();
     st.check_length(prompt_len, max_tokens)?;

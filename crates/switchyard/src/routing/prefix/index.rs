@@ -43,10 +43,10 @@ impl SlotSet {
         let s = slot as usize;
         if s < 64 {
             self.lo &= !(1 << s);
-        } else if let Some(hi) = &mut self.hi {
-            if let Some(w) = hi.get_mut(s / 64 - 1) {
-                *w &= !(1 << (s % 64));
-            }
+        } else if let Some(hi) = &mut self.hi
+            && let Some(w) = hi.get_mut(s / 64 - 1)
+        {
+            *w &= !(1 << (s % 64));
         }
     }
 

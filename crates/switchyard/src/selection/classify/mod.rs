@@ -232,10 +232,10 @@ fn append_text(raw: &RawValue, out: &mut String) {
                 }
                 out.push_str(t);
             }
-        } else if let Ok(texts) = serde_json::from_str::<Vec<Cow<'_, str>>>(raw) {
-            if let Some(last) = texts.last() {
-                out.push_str(last);
-            }
+        } else if let Ok(texts) = serde_json::from_str::<Vec<Cow<'_, str>>>(raw)
+            && let Some(last) = texts.last()
+        {
+            out.push_str(last);
         }
     }
 }
