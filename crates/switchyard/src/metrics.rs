@@ -24,6 +24,9 @@ pub struct LiveState {
     /// non-draining worker serves it.
     pub models: Vec<(Arc<str>, bool)>,
     pub workflows: WorkflowFigures,
+    /// KV-event index: blocks held, and workers whose event stream is live.
+    pub kv_index_blocks: usize,
+    pub kv_streams_live: usize,
 }
 
 /// Workflow totals, read from the registry and the policies when metrics are rendered
@@ -114,6 +117,11 @@ pub struct LimitLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,6 +222,15 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub index_entries: Gauge,
     pub index_hit_ratio: Gauge<f64, AtomicU64>,
+    pub kv_events: Family<KindLabel, Counter>,
+    pub kv_skipped: Family<ReasonLabel, Counter>,
+    pub kv_replays: Family<OutcomeLabel, Counter>,
+    pub kv_resets: Family<ReasonLabel, Counter>,
+    pub kv_lag: Histogram,
+    pub kv_index_blocks: Gauge,
+    pub kv_streams_live: Gauge,
+    pub kv_matched_blocks: Histogram,
+    pub kv_fallbacks: Counter,
     pub upstream_errors: Family<ReasonLabel, Counter>,
     pub pd_phase: Hist<PhaseLabel>,
     pub pd_failures: Family<PhaseLabel, Counter>,
@@ -356,6 +373,39 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A KV event of `kind` was received.
+    pub fn kv_event(&self, kind: &'static str) {
+        self.kv_events.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// A KV-event message or event was not used.
+    pub fn kv_skipped(&self, reason: &'static str) {
+        self.kv_skipped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A replay ended with `outcome`.
+    pub fn kv_replay(&self, outcome: &'static str) {
+        self.kv_replays
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// A worker's KV-index entries were dropped.
+    pub fn kv_reset(&self, reason: &'static str) {
+        self.kv_resets.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A batch stamped `ts` (Unix seconds) arrived now.
+    pub fn kv_lag(&self, ts: f64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        if ts.is_finite() && ts > 0.0 {
+            self.kv_lag.observe((now - ts).max(0.0));
+        }
+    }
+
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("switchyard");
         let m = Metrics {
@@ -379,6 +429,17 @@ impl Metrics {
             decisions: Family::default(),
             index_entries: Gauge::default(),
             index_hit_ratio: Gauge::default(),
+            kv_events: Family::default(),
+            kv_skipped: Family::default(),
+            kv_replays: Family::default(),
+            kv_resets: Family::default(),
+            kv_lag: latency_histogram(),
+            kv_index_blocks: Gauge::default(),
+            kv_streams_live: Gauge::default(),
+            kv_matched_blocks: Histogram::new([
+                0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+            ]),
+            kv_fallbacks: Counter::default(),
             upstream_errors: Family::default(),
             pd_phase: Family::new_with_constructor(latency_histogram),
             pd_failures: Family::default(),
@@ -494,6 +555,51 @@ impl Metrics {
             "policy_decisions",
             "Routing decisions by policy and reason",
             m.decisions.clone(),
+        );
+        r.register(
+            "kv_events",
+            "KV-cache events received from engines, by kind: stored, removed, cleared, unknown",
+            m.kv_events.clone(),
+        );
+        r.register(
+            "kv_events_skipped",
+            "KV-event messages or events not used, by reason: frames, payload, unknown_parent",
+            m.kv_skipped.clone(),
+        );
+        r.register(
+            "kv_replays",
+            "Replays of missed KV-event messages, by outcome: recovered, lost",
+            m.kv_replays.clone(),
+        );
+        r.register(
+            "kv_worker_resets",
+            "Times a worker's KV-index entries were dropped, by reason: restart, gap, reconnect, overflow",
+            m.kv_resets.clone(),
+        );
+        r.register(
+            "kv_event_lag_seconds",
+            "Time from an engine's KV-event batch (its ts) to its receipt by the gateway",
+            m.kv_lag.clone(),
+        );
+        r.register(
+            "kv_index_blocks",
+            "Blocks in the KV-event index (engine-reported cache contents)",
+            m.kv_index_blocks.clone(),
+        );
+        r.register(
+            "kv_streams_live",
+            "Workers whose KV-event stream is connected and in sequence",
+            m.kv_streams_live.clone(),
+        );
+        r.register(
+            "kv_matched_blocks",
+            "precise_prefix decisions by prompt blocks the chosen worker held",
+            m.kv_matched_blocks.clone(),
+        );
+        r.register(
+            "kv_fallbacks",
+            "precise_prefix decisions that routed some candidate approximately (its KV-event stream was down)",
+            m.kv_fallbacks.clone(),
         );
         r.register(
             "prefix_index_entries",
@@ -718,6 +824,8 @@ impl Metrics {
                 .set(i64::from(*healthy));
         }
         self.index_entries.set(live.index_entries as i64);
+        self.kv_index_blocks.set(live.kv_index_blocks as i64);
+        self.kv_streams_live.set(live.kv_streams_live as i64);
         if live.blocks_total > 0 {
             self.index_hit_ratio
                 .set(live.blocks_matched as f64 / live.blocks_total as f64);

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use serde_json::{Value, json};
+use switchyard::PolicyKind;
 use switchyard_sim::SimConfig;
 use switchyard_sim::kv_events::{HashAlgo, KvEventsConfig};
 use switchyard_stateful::testing::test_python;
@@ -64,4 +66,209 @@ async fn the_simulators_events_are_vllms_wire_format_read_by_an_independent_deco
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Engines with small caches (64 blocks of 16 tokens) publishing events with replay.
+async fn small_engines(n: usize) -> switchyard_sim::SimHandle {
+    sims_with(SimConfig {
+        engines: n,
+        time_scale: 100.0,
+        num_gpu_blocks: 64,
+        max_model_len: 1024,
+        kv_events_config: Some(kv_config("")),
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// A precise_prefix gateway subscribed to every engine of `sims`.
+fn precise(sims: &switchyard_sim::SimHandle, c: &mut switchyard::Config) {
+    c.policy = PolicyKind::PrecisePrefix;
+    for (url, server) in sims.urls().iter().zip(sims.servers()) {
+        let (live, replay) = server.kv_events_endpoints().remove(0);
+        c.kv_events_endpoint.push(format!("{url}={live}"));
+        c.kv_events_replay_endpoint
+            .push(format!("{url}={}", replay.unwrap()));
+    }
+}
+
+/// A ~480-token prompt of its own words.
+fn prompt(tag: &str) -> Value {
+    let words: Vec<String> = (0..120).map(|j| format!("{tag}w{j}")).collect();
+    json!({"model": MODEL, "prompt": words.join(" "), "max_tokens": 1})
+}
+
+/// What the gateway's admin API says about each engine's KV-event stream, by URL.
+async fn streams(http: &Http, gw: &switchyard::Gateway) -> Vec<(String, Value)> {
+    admin_workers(http, gw).await["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["url"].as_str().unwrap().to_string(),
+                w["kv_events"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `gw` holds, for every engine, as many blocks as the engine caches: every
+/// event published so far has been applied.
+async fn in_step(http: &Http, gw: &switchyard::Gateway, sims: &switchyard_sim::SimHandle) {
+    eventually(
+        "the gateway's KV index to match the engines' caches",
+        || async {
+            let seen = streams(http, gw).await;
+            for (i, server) in sims.servers().iter().enumerate() {
+                let truth = server.engine_stats().await[0].cached_blocks as u64;
+                let url = &sims.urls()[i];
+                let Some((_, s)) = seen.iter().find(|(u, _)| u == url) else {
+                    return false;
+                };
+                if s["stream"] != "live" || s["blocks"].as_u64() != Some(truth) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
+/// Which engine of `sims` served the one request sent since `before`.
+fn served(sims: &switchyard_sim::SimHandle, before: &[u64]) -> usize {
+    let now = per_server(sims);
+    let moved: Vec<usize> = (0..now.len()).filter(|&i| now[i] != before[i]).collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "one engine served it: {before:?} -> {now:?}"
+    );
+    moved[0]
+}
+
+/// The engine the gateway last sent a prompt to has since evicted it (another client
+/// filled its cache) and the other engine now holds it: precise_prefix, reading the
+/// engines' events, sends the prompt where it is cached, on two gateway replicas alike;
+/// cache_aware, which remembers where it sent the prompt, sends it to the engine that
+/// lost it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precise_routing_follows_evictions_that_cache_aware_cannot_see() {
+    let sims = small_engines(2).await;
+    let http = Http::new();
+    let mut c1 = config(sims.urls(), PolicyKind::RoundRobin);
+    precise(&sims, &mut c1);
+    let mut c2 = c1.clone();
+    let g1 = gateway(c1).await;
+    let g2 = gateway(c2.clone()).await;
+    c2.policy = PolicyKind::CacheAware;
+    c2.kv_events_endpoint.clear();
+    c2.kv_events_replay_endpoint.clear();
+    let approx = gateway(c2).await;
+    in_step(&http, &g1, &sims).await;
+    in_step(&http, &g2, &sims).await;
+
+    // cache_aware sends P somewhere: engine x.
+    let p = prompt("P");
+    let before = per_server(&sims);
+    let (status, _) = http.post(&approx.url(), "/v1/completions", &p).await;
+    assert_eq!(status, 200);
+    let x = served(&sims, &before);
+    let y = 1 - x;
+    // Another client puts P on y, and fills x's cache until P is evicted there (LRU:
+    // 4 prompts of ~30 blocks each through a 64-block cache).
+    let direct = |i: usize, body: Value| {
+        let (http, url) = (http.clone(), sims.urls()[i].clone());
+        async move { assert_eq!(http.post(&url, "/v1/completions", &body).await.0, 200) }
+    };
+    direct(y, p.clone()).await;
+    for k in 0..4 {
+        direct(x, prompt(&format!("F{k}"))).await;
+    }
+    in_step(&http, &g1, &sims).await;
+    in_step(&http, &g2, &sims).await;
+
+    for gw in [&g1, &g2] {
+        let before = per_server(&sims);
+        let (status, body) = http.post(&gw.url(), "/v1/completions", &p).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            served(&sims, &before),
+            y,
+            "precise_prefix follows the cache"
+        );
+        let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!(
+            cached_tokens(&body) + 16 > prompt_tokens,
+            "served from cache: {body}"
+        );
+    }
+    let before = per_server(&sims);
+    let (status, body) = http.post(&approx.url(), "/v1/completions", &p).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        served(&sims, &before),
+        x,
+        "cache_aware goes where it sent P"
+    );
+    assert_eq!(cached_tokens(&body), 0, "and finds it evicted");
+    let hits = http
+        .metric(
+            &metrics_url(&g1),
+            "switchyard_policy_decisions_total",
+            &[("reason", "kv_hit")],
+        )
+        .await;
+    assert!(hits >= 1.0, "decisions say kv_hit: {hits}");
+}
+
+/// Lost messages are replayed from the engine's buffer; an engine restart (numbering
+/// from 0 again, cache empty) clears what the gateway believed it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_are_replayed_and_a_restart_clears_the_workers_entries() {
+    let sims = small_engines(1).await;
+    let http = Http::new();
+    let mut c = config(sims.urls(), PolicyKind::RoundRobin);
+    precise(&sims, &mut c);
+    let gw = gateway(c).await;
+    let url = sims.url();
+    in_step(&http, &gw, &sims).await;
+    let metric = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let (http, m) = (http.clone(), metrics_url(&gw));
+        async move { http.metric(&m, name, labels).await }
+    };
+
+    // Two messages are numbered but never sent live: the next one shows the gap.
+    sims.server(0).drop_kv_events(2).await;
+    for tag in ["A", "B", "C"] {
+        assert_eq!(
+            http.post(&url, "/v1/completions", &prompt(tag)).await.0,
+            200
+        );
+    }
+    in_step(&http, &gw, &sims).await;
+    assert!(metric("switchyard_kv_replays_total", &[("outcome", "recovered")]).await >= 1.0);
+    assert_eq!(metric("switchyard_kv_worker_resets_total", &[]).await, 0.0);
+
+    // A restart: the cache is gone without events; the next message is numbered 0.
+    sims.server(0).restart().await;
+    assert_eq!(
+        http.post(&url, "/v1/completions", &prompt("D")).await.0,
+        200
+    );
+    in_step(&http, &gw, &sims).await;
+    assert_eq!(
+        metric(
+            "switchyard_kv_worker_resets_total",
+            &[("reason", "restart")]
+        )
+        .await,
+        1.0
+    );
+    let s = &streams(&http, &gw).await[0].1;
+    assert!(
+        s["next_seq"].as_u64().unwrap() < 5,
+        "numbering restarted: {s}"
+    );
 }

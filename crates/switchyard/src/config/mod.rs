@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod intent;
+pub mod kv;
 pub mod policy;
 pub mod use_cases;
 pub mod validate;
@@ -62,6 +63,9 @@ pub enum PolicyKind {
     CacheAware,
     /// Keeps a workflow's requests on one worker (docs/workflows.md).
     WorkflowAware,
+    /// Routes on what each engine reports it caches, from its KV-cache events
+    /// (docs/precise-routing.md).
+    PrecisePrefix,
 }
 
 /// The prefill/decode protocol.
@@ -335,6 +339,31 @@ pub struct Config {
     /// Prompt blocks of work one in-flight request is worth when weighing a worker's queue.
     #[arg(long, default_value_t = 4.0)]
     pub cache_queue_weight: f64,
+
+    // --- precise_prefix (KV-cache events) ---
+    /// Where a worker's engine publishes KV-cache events: `URL=tcp://host:port` for one
+    /// worker, or a template for every worker, `tcp://{host}:5557` (`{host}` is the
+    /// worker URL's host). A data-parallel rank adds its rank to the port, as vLLM does.
+    /// Repeatable.
+    #[arg(long, value_name = "[URL=]ENDPOINT")]
+    pub kv_events_endpoint: Vec<String>,
+    /// The engine's replay endpoint (vLLM's `replay_endpoint`), same forms: what a gap
+    /// in the events lost is fetched from it.
+    #[arg(long, value_name = "[URL=]ENDPOINT")]
+    pub kv_events_replay_endpoint: Vec<String>,
+    /// Tokenizer of the models routed by precise_prefix: `tiktoken:cl100k_base` (the
+    /// simulator's), `tiktoken:o200k_base`, or a Hugging Face tokenizer.json.
+    #[arg(long, default_value = "tiktoken:cl100k_base")]
+    pub kv_tokenizer: String,
+    /// Their chat template: `simulator`, a Jinja file, or a tokenizer_config.json.
+    #[arg(long, default_value = "simulator")]
+    pub kv_chat_template: String,
+    /// Tokens per KV block until the engines' events report theirs.
+    #[arg(long, default_value_t = 16)]
+    pub kv_block_size: usize,
+    /// Bound of the KV-event index, in blocks (all workers together).
+    #[arg(long, default_value_t = 4_000_000)]
+    pub kv_index_max_blocks: usize,
 
     // --- consistent_hash ---
     /// Extra header to take the session key from (after X-Session-ID and X-User-ID).

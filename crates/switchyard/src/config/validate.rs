@@ -239,6 +239,7 @@ impl Config {
         }
         self.validate_pd()?;
         self.validate_discovery()?;
+        self.validate_kv()?;
         self.aliases()?;
         self.validate_security()
     }

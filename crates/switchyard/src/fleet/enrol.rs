@@ -45,6 +45,9 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
     pub priority: u32,
+    /// Where rank 0 of the engine publishes KV-cache events (other ranks: ports offset
+    /// by their rank).
+    pub kv_events: Option<crate::config::kv::KvEndpoints>,
 }
 
 /// The SSRF guard of the worker API: which hosts and ports workers may be registered
@@ -195,8 +198,16 @@ impl Enroller {
     ) -> Result<Vec<Arc<Worker>>, EnrolError> {
         self.check_labels(&spec.labels)?;
         let build = |rank: Option<u32>| {
+            let offset = |ep: &str| crate::config::kv::offset_endpoint(ep, rank.unwrap_or(0));
+            let kv = spec.kv_events.as_ref().and_then(|k| {
+                Some(crate::config::kv::KvEndpoints {
+                    live: offset(&k.live)?,
+                    replay: k.replay.as_deref().and_then(offset),
+                })
+            });
             let w = Worker::new(url, rank, spec.role, &self.settings)
-                .with_bootstrap_port(spec.bootstrap_port);
+                .with_bootstrap_port(spec.bootstrap_port)
+                .with_kv_events(kv);
             match pin {
                 Some(addr) => {
                     let (endpoint, host) = url.pinned(addr);

@@ -24,6 +24,10 @@ use crate::upstream::EngineUrl;
 pub const WEIGHT_ANNOTATION: &str = "switchyard.ai/weight";
 /// Annotation giving a pod's worker priority.
 pub const PRIORITY_ANNOTATION: &str = "switchyard.ai/priority";
+/// Annotation giving the port on the pod's IP where its engine publishes KV events.
+pub const KV_EVENTS_PORT_ANNOTATION: &str = "switchyard.ai/kv-events-port";
+/// Annotation giving the port of its engine's KV-event replay socket.
+pub const KV_REPLAY_PORT_ANNOTATION: &str = "switchyard.ai/kv-events-replay-port";
 
 /// What discovery watches: one label selector per role.
 #[derive(Clone, Debug)]
@@ -34,6 +38,9 @@ pub struct Discovery {
     pub model_key: String,
     pub bootstrap_port_annotation: String,
     pub relist: Duration,
+    /// `--kv-events-endpoint` and `--kv-events-replay-endpoint`, for pods without the
+    /// KV-event annotations.
+    pub kv_events: (Vec<String>, Vec<String>),
 }
 
 impl Discovery {
@@ -57,6 +64,10 @@ impl Discovery {
             model_key: cfg.service_discovery_model_key.clone(),
             bootstrap_port_annotation: cfg.bootstrap_port_annotation.clone(),
             relist: Duration::from_secs(cfg.service_discovery_relist_secs),
+            kv_events: (
+                cfg.kv_events_endpoint.clone(),
+                cfg.kv_events_replay_endpoint.clone(),
+            ),
         })
     }
 }
@@ -92,6 +103,7 @@ struct PodWorker {
     labels: BTreeMap<String, String>,
     weight: u32,
     priority: u32,
+    kv_events: Option<crate::config::kv::KvEndpoints>,
 }
 
 fn pod_key(pod: &Pod) -> String {
@@ -129,8 +141,23 @@ fn desired(pod: &Pod, d: &Discovery) -> Option<PodWorker> {
             .get(key)
             .and_then(|v| v.trim().parse::<u32>().ok())
     };
+    let url = format!("http://{host}:{}", d.port);
+    let port = |key: &str| {
+        annotations
+            .get(key)
+            .and_then(|v| v.trim().parse::<u16>().ok())
+            .filter(|p| *p > 0)
+    };
+    let kv_events = match port(KV_EVENTS_PORT_ANNOTATION) {
+        Some(p) => Some(crate::config::kv::KvEndpoints {
+            live: format!("tcp://{host}:{p}"),
+            replay: port(KV_REPLAY_PORT_ANNOTATION).map(|r| format!("tcp://{host}:{r}")),
+        }),
+        None => crate::config::kv::endpoints_for(&d.kv_events.0, &d.kv_events.1, &url, None),
+    };
     Some(PodWorker {
-        url: format!("http://{host}:{}", d.port),
+        kv_events,
+        url,
         model: annotations
             .get(&d.model_key)
             .or_else(|| labels.get(&d.model_key))
@@ -370,6 +397,7 @@ impl PodCtx {
                     labels: want.labels.clone(),
                     weight: want.weight,
                     priority: want.priority,
+                    kv_events: want.kv_events.clone(),
                 };
                 let url = match EngineUrl::parse(&want.url) {
                     Ok(u) => u,

@@ -83,6 +83,8 @@ pub struct Worker {
     pub api_id: Arc<str>,
     /// SGLang bootstrap port of a prefill worker (default: its own port).
     pub bootstrap_port: Option<u16>,
+    /// Where its engine publishes KV-cache events (this rank's own ports).
+    pub kv_events: Option<crate::config::kv::KvEndpoints>,
     /// Where connections go: the URL, or the address it resolved to when registered
     /// under an allowlist (then `host` keeps the original `Host` header).
     endpoint: EngineUrl,
@@ -147,6 +149,7 @@ impl Worker {
             api_id: Arc::from(api_id(&api_key)),
             label: Arc::from(label),
             bootstrap_port: None,
+            kv_events: None,
             endpoint: url.clone(),
             host: None,
             draining: AtomicBool::new(false),
@@ -169,6 +172,12 @@ impl Worker {
             models: RwLock::new(Vec::new()),
             epoch: Instant::now(),
         }
+    }
+
+    /// Sets where the engine publishes KV-cache events.
+    pub fn with_kv_events(mut self, ep: Option<crate::config::kv::KvEndpoints>) -> Self {
+        self.kv_events = ep;
+        self
     }
 
     /// Sets the SGLang bootstrap port (prefill workers).

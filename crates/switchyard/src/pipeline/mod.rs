@@ -253,6 +253,9 @@ impl Pipeline {
                 Err(e) => return self.reject(route, "", &request_id, e),
             };
         view.prefix_blocks = hasher.finish();
+        if self.workers.reads_tokens() {
+            view.token_blocks = self.workers.kv().token_blocks_of(&body);
+        }
         // Another tenant's workflow of the same name is another workflow.
         if let Some(wf) = &view.workflow
             && caller.owner() != crate::tenancy::DEFAULT_TENANT

@@ -81,6 +81,9 @@ pub struct RequestView {
     pub session_key: Option<String>,
     /// Chained hashes of the prompt's fixed-size blocks (empty unless a policy reads them).
     pub prefix_blocks: Vec<u64>,
+    /// Chained hashes of the prompt's token blocks as the engine will cache them
+    /// (empty unless `precise_prefix` routes the model).
+    pub token_blocks: Vec<u64>,
     /// Length of the prompt text in bytes.
     pub prompt_bytes: usize,
     /// Completion tokens the request may generate (`max_completion_tokens` or
@@ -175,6 +178,7 @@ impl RequestView {
                 .map(|o| o.include_usage == Some(true)),
             session_key: session_key(headers, session, wire.user),
             prefix_blocks: Vec::new(),
+            token_blocks: Vec::new(),
             prompt_bytes,
             max_tokens: wire
                 .max_completion_tokens
@@ -367,6 +371,7 @@ fn parse_multipart(
         stream_options: None,
         session_key: session_key(headers, session, None),
         prefix_blocks: Vec::new(),
+        token_blocks: Vec::new(),
         prompt_bytes: 0,
         max_tokens: None,
         intent: None,

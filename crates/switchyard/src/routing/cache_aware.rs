@@ -66,7 +66,8 @@ impl CacheAware {
         }
     }
 
-    fn imbalanced(&self, candidates: &[Arc<Worker>]) -> bool {
+    /// Whether the candidates' loads are far enough apart to pick the least loaded.
+    pub(crate) fn imbalanced(&self, candidates: &[Arc<Worker>]) -> bool {
         let loads = candidates
             .iter()
             .map(|w| w.in_flight().div_ceil(w.weight() as usize));

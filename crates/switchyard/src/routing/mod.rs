@@ -11,7 +11,9 @@
 
 pub mod cache_aware;
 pub mod consistent_hash;
+pub mod kv;
 pub mod power_of_two;
+pub mod precise_prefix;
 pub mod prefix;
 pub mod random;
 pub mod round_robin;
@@ -45,6 +47,8 @@ pub struct PolicyContext {
     /// Which worker was recently sent which prompt blocks. The selector records every
     /// routed prompt here, whatever the policy.
     pub prefix: PrefixIndex,
+    /// What the engines report they cache (KV events), gateway-wide.
+    pub kv: Arc<kv::KvState>,
 }
 
 /// A routing policy. Object-safe; no caller ever asks which policy it is talking to.
@@ -72,6 +76,11 @@ pub trait Policy: Send + Sync {
 
     /// Whether this policy reads the prompt's prefix blocks.
     fn reads_prefixes(&self) -> bool {
+        false
+    }
+
+    /// Whether this policy reads the prompt's token blocks (`RequestView::token_blocks`).
+    fn reads_tokens(&self) -> bool {
         false
     }
 
@@ -105,6 +114,9 @@ pub fn build(kind: PolicyKind, cfg: &Config) -> Arc<dyn Policy> {
             Arc::new(consistent_hash::ConsistentHash::new(cfg.hash_load_factor))
         }
         PolicyKind::CacheAware => Arc::new(cache_aware::CacheAware::new(
+            cache_aware::CacheAwareConfig::from(cfg),
+        )),
+        PolicyKind::PrecisePrefix => Arc::new(precise_prefix::PrecisePrefix::new(
             cache_aware::CacheAwareConfig::from(cfg),
         )),
         PolicyKind::WorkflowAware => Arc::new(workflow_aware::WorkflowAware::new(
@@ -173,6 +185,7 @@ pub(crate) mod tests {
             stream_options: None,
             session_key: session.map(str::to_string),
             prefix_blocks: blocks,
+            token_blocks: Vec::new(),
             prompt_bytes: 1,
             max_tokens: None,
             intent: None,
@@ -188,6 +201,10 @@ pub(crate) mod tests {
             model: Arc::from("m"),
             role: WorkerRole::Regular,
             prefix: PrefixIndex::new(1000),
+            kv: Arc::new(kv::KvState::new(
+                &crate::config::Config::default(),
+                Arc::new(crate::metrics::Metrics::new()),
+            )),
         }
     }
 

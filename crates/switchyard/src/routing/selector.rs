@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use super::kv::KvState;
 use super::table::PolicyTable;
 use super::{Policy, PolicyContext};
 use crate::config::{Config, ConfigError};
@@ -56,6 +57,8 @@ pub struct WorkerSelector {
     registry: Arc<Registry>,
     /// By [`WorkerRole::index`].
     tables: [PolicyTable; 3],
+    /// The engines' caches from their KV events.
+    kv: Arc<KvState>,
     block_size: usize,
     metrics: Arc<Metrics>,
 }
@@ -70,7 +73,8 @@ impl WorkerSelector {
         metrics: Arc<Metrics>,
         load_wanted: Arc<AtomicBool>,
     ) -> Result<Arc<Self>, ConfigError> {
-        let table = |kind, role| PolicyTable::new(cfg, kind, role, load_wanted.clone());
+        let kv = Arc::new(KvState::new(cfg, metrics.clone()));
+        let table = |kind, role| PolicyTable::new(cfg, kind, role, load_wanted.clone(), kv.clone());
         let selector = Arc::new(WorkerSelector {
             tables: [
                 table(cfg.policy, WorkerRole::Regular)?,
@@ -78,9 +82,19 @@ impl WorkerSelector {
                 table(cfg.decode_policy, WorkerRole::Decode)?,
             ],
             registry: registry.clone(),
+            kv,
             block_size: cfg.cache_block_size,
             metrics,
         });
+        if selector.reads_tokens() && selector.kv.tokenizer().is_none() {
+            return Err(crate::config::invalid(
+                "kv-tokenizer",
+                format!(
+                    "{:?} with template {:?} cannot be loaded (see the log)",
+                    cfg.kv_tokenizer, cfg.kv_chat_template
+                ),
+            ));
+        }
         let observer: Arc<dyn RegistryObserver> = selector.clone();
         registry.observe(&observer);
         Ok(selector)
@@ -89,6 +103,16 @@ impl WorkerSelector {
     /// The policies of `role`.
     pub fn table(&self, role: WorkerRole) -> &PolicyTable {
         &self.tables[role.index()]
+    }
+
+    /// Whether some policy reads token blocks (the pipeline then tokenises prompts).
+    pub fn reads_tokens(&self) -> bool {
+        self.tables.iter().any(|t| t.reads_tokens())
+    }
+
+    /// The gateway-wide index of the engines' caches.
+    pub fn kv(&self) -> &Arc<KvState> {
+        &self.kv
     }
 
     /// Block size of the prefix hashes a policy reads (0: no policy reads them, so
@@ -144,6 +168,14 @@ impl WorkerSelector {
     /// Periodic upkeep of every table.
     pub fn maintain(&self) {
         self.tables.iter().for_each(PolicyTable::maintain);
+        let dropped = self.kv.index.evict();
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                left = self.kv.index.len(),
+                "KV-event index trimmed"
+            );
+        }
     }
 
     /// Trims the prefix indexes every `interval`, and every second while one is over its
@@ -192,6 +224,7 @@ impl RegistryObserver for WorkerSelector {
     fn added(&self, worker: &Arc<Worker>) {
         self.table(worker.id.role)
             .adopt_labels(&worker.models(), &worker.labels());
+        self.kv.subscribe(worker);
     }
 
     fn relabelled(&self, worker: &Arc<Worker>) {
@@ -200,6 +233,7 @@ impl RegistryObserver for WorkerSelector {
 
     fn removed(&self, worker: &Arc<Worker>) {
         self.table(worker.id.role).forget(&worker.id);
+        self.kv.forget(&worker.id);
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::kv::KvState;
 use super::{Policy, PolicyContext, PrefixIndex, build};
 use crate::config::{Config, ConfigError, ModelSettings, PolicyKind};
 use crate::fleet::{WorkerId, WorkerRole};
@@ -29,6 +30,9 @@ pub struct PolicyTable {
     labelled: RwLock<HashMap<String, ModelSettings>>,
     entries: RwLock<HashMap<Arc<str>, Entry>>,
     reads_prefixes: AtomicBool,
+    reads_tokens: AtomicBool,
+    /// The engines' caches from their KV events, shared by every model's context.
+    kv: Arc<KvState>,
     /// Shared with the load prober: set once any policy reads engine load.
     load_wanted: Arc<AtomicBool>,
 }
@@ -41,6 +45,7 @@ impl PolicyTable {
         default: PolicyKind,
         role: WorkerRole,
         load_wanted: Arc<AtomicBool>,
+        kv: Arc<KvState>,
     ) -> Result<Self, ConfigError> {
         let base = Config {
             policy: default,
@@ -52,6 +57,8 @@ impl PolicyTable {
             labelled: RwLock::new(HashMap::new()),
             entries: RwLock::new(HashMap::new()),
             reads_prefixes: AtomicBool::new(false),
+            reads_tokens: AtomicBool::new(false),
+            kv,
             load_wanted,
             base,
         };
@@ -66,6 +73,9 @@ impl PolicyTable {
     fn note(&self, p: &dyn Policy) {
         if p.reads_prefixes() {
             self.reads_prefixes.store(true, Ordering::Relaxed);
+        }
+        if p.reads_tokens() {
+            self.reads_tokens.store(true, Ordering::Relaxed);
         }
         if p.wants_engine_load() {
             self.load_wanted.store(true, Ordering::Relaxed);
@@ -95,6 +105,7 @@ impl PolicyTable {
                 model: model.clone(),
                 role: self.role,
                 prefix: PrefixIndex::new((c.max_tree_size / c.cache_block_size).max(1)),
+                kv: self.kv.clone(),
             }),
         }
     }
@@ -175,6 +186,11 @@ impl PolicyTable {
             }
             e.policy.maintain();
         }
+    }
+
+    /// Whether any model's policy reads token blocks.
+    pub fn reads_tokens(&self) -> bool {
+        self.reads_tokens.load(Ordering::Relaxed)
     }
 
     /// Whether any model's policy reads prompt prefixes.

@@ -85,7 +85,11 @@ fn static_workers(cfg: &Config, settings: &WorkerSettings) -> anyhow::Result<Vec
         .iter()
         .flat_map(|(url, role, bootstrap)| {
             ranks.iter().map(move |rank| {
-                Arc::new(Worker::new(url, *rank, *role, settings).with_bootstrap_port(*bootstrap))
+                Arc::new(
+                    Worker::new(url, *rank, *role, settings)
+                        .with_bootstrap_port(*bootstrap)
+                        .with_kv_events(cfg.kv_endpoints(&url.as_string(), *rank)),
+                )
             })
         })
         .collect())

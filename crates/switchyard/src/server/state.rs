@@ -93,6 +93,8 @@ impl AppState {
                 })
                 .collect(),
             index_entries,
+            kv_index_blocks: self.workers.kv().index.len(),
+            kv_streams_live: self.workers.kv().live_streams(),
             blocks_total,
             blocks_matched,
             models: self

@@ -161,6 +161,26 @@ impl PrefixIndex {
         }
     }
 
+    /// Forgets everything `worker` holds, keeping its slot (its engine restarted or
+    /// cleared its cache).
+    pub fn clear(&self, worker: &WorkerId) {
+        if let Some(slot) = self.existing_slot(worker) {
+            self.remove_slot(slot);
+        }
+    }
+
+    /// Forgets that `slot` holds the block `h`.
+    pub fn remove(&self, h: u64, slot: u16) {
+        let mut shard = self.shard(h).lock().expect("prefix shard");
+        if let Some(e) = shard.get_mut(&h) {
+            e.slots.clear(slot);
+            if e.slots.is_empty() {
+                shard.remove(&h);
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Records that `worker` was sent a prompt with these blocks.
     pub fn record(&self, blocks: &[u64], worker: &WorkerId) {
         if !blocks.is_empty() {
@@ -170,6 +190,11 @@ impl PrefixIndex {
 
     fn shard(&self, h: u64) -> &Mutex<Shard> {
         &self.shards[(h >> 59) as usize % SHARDS]
+    }
+
+    /// The bound upkeep trims the index to.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
     }
 
     /// Entries held.

@@ -28,8 +28,23 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     })
 }
 
-fn worker_json(w: &Arc<Worker>) -> Value {
-    super::super::health::describe(w, true)
+/// A worker on the admin API: its state, and its KV-event subscription if any.
+fn worker_json(st: &AppState, w: &Arc<Worker>) -> Value {
+    let mut v = super::super::health::describe(w, true);
+    if let Some(ep) = &w.kv_events {
+        let info = st.workers.kv().info(&w.id);
+        v["kv_events"] = json!({
+            "endpoint": ep.live,
+            "replay_endpoint": ep.replay,
+            "stream": match info.map(|i| i.stream) {
+                Some(crate::routing::kv::Stream::Live) => "live",
+                _ => "down",
+            },
+            "blocks": info.map_or(0, |i| i.blocks),
+            "next_seq": info.and_then(|i| i.next_seq),
+        });
+    }
+    v
 }
 
 fn find(st: &AppState, id: &str) -> Result<Arc<Worker>, ApiError> {
@@ -55,6 +70,52 @@ pub struct AddWorker {
     weight: Option<u32>,
     /// Higher is preferred; lower priorities are fallbacks (default 0).
     priority: Option<u32>,
+    /// Where the engine publishes KV-cache events (`tcp://HOST:PORT`, HOST the URL's);
+    /// default: the gateway's --kv-events-endpoint for this URL.
+    kv_events_endpoint: Option<String>,
+    /// The engine's KV-event replay endpoint, same form.
+    kv_events_replay_endpoint: Option<String>,
+}
+
+/// A registration's KV-event endpoints: its own (on the engine's host only, so the
+/// worker API cannot point the gateway at another machine), else the configured ones.
+fn kv_endpoints(
+    st: &AppState,
+    url: &EngineUrl,
+    req: &AddWorker,
+) -> Result<Option<crate::config::kv::KvEndpoints>, ApiError> {
+    let host = url.host();
+    let check = |field: &str, ep: &str| -> Result<String, ApiError> {
+        let ok = crate::config::kv::offset_endpoint(ep, 0).filter(|e| {
+            e.strip_prefix("tcp://")
+                .and_then(|r| r.rsplit_once(':'))
+                .is_some_and(|(h, _)| h.trim_matches(['[', ']']) == host.trim_matches(['[', ']']))
+        });
+        ok.ok_or_else(|| {
+            ApiError::bad_request(
+                format!("`{field}` must be tcp://HOST:PORT on the worker's host ({host})"),
+                Some(field),
+            )
+        })
+    };
+    let live = match &req.kv_events_endpoint {
+        Some(ep) => check("kv_events_endpoint", ep)?,
+        None => {
+            if req.kv_events_replay_endpoint.is_some() {
+                return Err(ApiError::bad_request(
+                    "`kv_events_replay_endpoint` needs `kv_events_endpoint`",
+                    Some("kv_events_replay_endpoint"),
+                ));
+            }
+            return Ok(st.cfg.kv_endpoints(&url.as_string(), None));
+        }
+    };
+    let replay = req
+        .kv_events_replay_endpoint
+        .as_deref()
+        .map(|ep| check("kv_events_replay_endpoint", ep))
+        .transpose()?;
+    Ok(Some(crate::config::kv::KvEndpoints { live, replay }))
 }
 
 fn check_labels(st: &AppState, labels: Option<&BTreeMap<String, String>>) -> Result<(), ApiError> {
@@ -122,6 +183,7 @@ pub async fn add(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Respons
         };
         return Err(ApiError::bad_request(why, Some("role")));
     }
+    let kv_events = kv_endpoints(&st, &url, &req)?;
     let pin = match st.enroller.guard.check(&url).await {
         Ok(pin) => pin,
         Err(EnrolError::Forbidden(why)) => return Err(ApiError::forbidden(why)),
@@ -144,6 +206,7 @@ pub async fn add(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Respons
         labels: req.labels.unwrap_or_default(),
         weight: req.weight.unwrap_or(1),
         priority: req.priority.unwrap_or(0),
+        kv_events,
     };
     let (st2, id) = (st.clone(), job.id.clone());
     st.shutdown.spawn(async move {
@@ -184,7 +247,12 @@ pub async fn job(
 
 /// `GET /workers`.
 pub async fn list(State(st): State<Arc<AppState>>) -> Json<Value> {
-    let workers: Vec<Value> = st.registry.all().iter().map(worker_json).collect();
+    let workers: Vec<Value> = st
+        .registry
+        .all()
+        .iter()
+        .map(|w| worker_json(&st, w))
+        .collect();
     Json(json!({"workers": workers}))
 }
 
@@ -193,7 +261,7 @@ pub async fn get(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(worker_json(&find(&st, &id)?)))
+    Ok(Json(worker_json(&st, &find(&st, &id)?)))
 }
 
 /// `DELETE /workers/{id}`: no new requests; removed once its in-flight requests end,
@@ -243,7 +311,7 @@ pub async fn patch(
     if let Some(priority) = patch.priority {
         w.set_priority(priority);
     }
-    Ok(Json(worker_json(&w)))
+    Ok(Json(worker_json(&st, &w)))
 }
 
 /// `GET /get_loads`: each worker's queue as the gateway and the engine see it.
