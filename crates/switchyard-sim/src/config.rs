@@ -223,6 +223,14 @@ pub struct SimConfig {
     /// engine i of --engines uses PORT+i, 0 picks a free port.
     #[arg(long)]
     pub bootstrap_port: Option<u16>,
+    /// Hosts a decode engine may fetch a prefill's bootstrap state from: IP addresses,
+    /// CIDR blocks or host names, comma-separated (default: loopback only).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1,localhost"
+    )]
+    pub bootstrap_allowed_hosts: Vec<String>,
     /// Answer every completion at once with a fixed text, skipping tokenizer, cache and
     /// scheduler: an engine that costs nothing, for measuring a gateway's overhead.
     #[arg(long)]
@@ -305,6 +313,37 @@ impl SimConfig {
             return Err("--port + --engines runs past port 65535".into());
         }
         self.faults.validate()
+    }
+
+    /// Whether a decode engine may contact `host` (a client-supplied `bootstrap_host`).
+    pub fn bootstrap_host_allowed(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: Option<std::net::IpAddr> = host.parse().ok();
+        self.bootstrap_allowed_hosts.iter().any(|entry| {
+            if let Some((net, bits)) = entry.split_once('/') {
+                let (Ok(net), Ok(bits), Some(ip)) =
+                    (net.parse::<std::net::IpAddr>(), bits.parse::<u32>(), ip)
+                else {
+                    return false;
+                };
+                match (net, ip) {
+                    (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) if bits <= 32 => {
+                        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                        u32::from(n) & mask == u32::from(a) & mask
+                    }
+                    (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) if bits <= 128 => {
+                        let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                        u128::from(n) & mask == u128::from(a) & mask
+                    }
+                    _ => false,
+                }
+            } else {
+                match (entry.parse::<std::net::IpAddr>(), ip) {
+                    (Ok(e), Some(a)) => e == a,
+                    _ => entry.eq_ignore_ascii_case(host),
+                }
+            }
+        })
     }
 
     /// Step-time multiplier of engine `i`.

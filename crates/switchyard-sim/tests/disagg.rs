@@ -119,6 +119,48 @@ async fn roles_refuse_the_wrong_half() {
         .await;
     assert_eq!(status, 400, "decode needs bootstrap_host/port");
     assert_error(&body, 400);
+    // A decode engine fetches only from allowed hosts (loopback by default): another
+    // address, or a name, is refused before anything is fetched.
+    for host in [
+        "10.0.0.1",
+        "169.254.169.254",
+        "metadata.google.internal",
+        "[fe80::1]",
+    ] {
+        let (status, body) = http
+            .post(
+                &decode.url(),
+                "/v1/completions",
+                &json!({"prompt": "x", "bootstrap_room": 5, "bootstrap_host": host, "bootstrap_port": 80}),
+            )
+            .await;
+        assert_eq!(status, 400, "{host}: {body}");
+        assert_error(&body, 400);
+        assert_eq!(body["error"]["param"], "bootstrap_host");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--bootstrap-allowed-hosts")
+        );
+    }
+}
+
+#[test]
+fn the_bootstrap_allowlist_takes_addresses_blocks_and_names() {
+    let c = switchyard_sim::SimConfig {
+        bootstrap_allowed_hosts: vec!["10.1.0.0/16".into(), "::1".into(), "engine-a".into()],
+        ..switchyard_sim::SimConfig::default()
+    };
+    for ok in ["10.1.200.3", "::1", "[::1]", "ENGINE-A"] {
+        assert!(c.bootstrap_host_allowed(ok), "{ok}");
+    }
+    for no in ["10.2.0.1", "127.0.0.1", "engine-b", "::2", ""] {
+        assert!(!c.bootstrap_host_allowed(no), "{no}");
+    }
+    let d = switchyard_sim::SimConfig::default();
+    assert!(d.bootstrap_host_allowed("127.0.0.1") && d.bootstrap_host_allowed("localhost"));
+    assert!(!d.bootstrap_host_allowed("192.168.1.1"));
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! `switchyard serve` and `switchyard demo`.
+//! `switchyard serve`, `switchyard demo` and `switchyard check-tokenizer`.
 
 use switchyard::{Config, Gateway};
 
@@ -8,6 +8,14 @@ use switchyard::{Config, Gateway};
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("check-tokenizer") {
+        use clap::Parser;
+        let args = switchyard::routing::kv::check::CheckArgs::parse_from(std::env::args().skip(1));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::process::exit(rt.block_on(switchyard::routing::kv::check::run(args)));
+    }
     let (demo, cfg) = match Config::from_args() {
         Ok(parsed) => parsed,
         Err(e) => {

@@ -272,3 +272,39 @@ async fn gaps_are_replayed_and_a_restart_clears_the_workers_entries() {
         "numbering restarted: {s}"
     );
 }
+
+/// `switchyard check-tokenizer` finds the gateway's tokenisation equal to the
+/// simulator's own `/tokenize`, and finds a wrong encoding wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tokenizer_compares_with_the_engines_tokenize() {
+    use switchyard::routing::kv::check::{CheckArgs, check};
+    let sims = sims(1).await;
+    let args = CheckArgs {
+        url: sims.url(),
+        model: MODEL.into(),
+        kv_tokenizer: "tiktoken:cl100k_base".into(),
+        kv_chat_template: "simulator".into(),
+    };
+    let same = check(&args).await.unwrap();
+    assert!(same.len() >= 5);
+    assert!(
+        same.iter().all(|s| s.first_difference.is_none()),
+        "{same:?}"
+    );
+    let wrong = check(&CheckArgs {
+        kv_tokenizer: "tiktoken:o200k_base".into(),
+        ..args.clone()
+    })
+    .await
+    .unwrap();
+    assert!(
+        wrong.iter().any(|s| s.first_difference.is_some()),
+        "{wrong:?}"
+    );
+    let unreachable = check(&CheckArgs {
+        url: format!("http://127.0.0.1:{}", free_port()),
+        ..args
+    })
+    .await;
+    assert!(unreachable.is_err());
+}

@@ -108,6 +108,14 @@ pub(super) async fn disaggregation(
                         Some("bootstrap_host"),
                     ));
                 };
+                // The decode engine fetches from this host: only from allowed ones, so
+                // a client cannot make it call anything else on its network.
+                if !st.cfg.bootstrap_host_allowed(host) {
+                    return Err(ApiError::bad_request(
+                        format!("bootstrap_host {host:?} is not in --bootstrap-allowed-hosts"),
+                        Some("bootstrap_host"),
+                    ));
+                }
                 wait_for_prefill(st, host, port, room).await?;
                 out.remote_kv_tokens = prompt_len;
             }

@@ -10,6 +10,7 @@
 //!   data-parallel rank) holding the block. Engine hashes are mapped to these keys per
 //!   worker, for removals, by each worker's subscriber.
 
+pub mod check;
 pub mod subscriber;
 pub mod tokenize;
 pub mod wire;
