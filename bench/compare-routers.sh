@@ -129,7 +129,7 @@ fi
 # Routing quality: 4 engines whose caches cannot hold every prefix (4000 blocks of 16
 # tokens each), run 4x faster than real time.
 SCALE=4
-start sim $BIN/switchyard-sim --engines 4 --port $ENGINE_PORT --time-scale $SCALE --num-gpu-blocks 4000 --max-model-len 16384 --log-level warn
+start sim $BIN/switchyard-sim --engines 4 --port $ENGINE_PORT --time-scale $SCALE --num-gpu-blocks 4000 --max-model-len 16384 --enable-prompt-tokens-details --sim-timing --log-level warn
 wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
 TARGETS=(); PIDARGS=(); declare -A PIDOF
 routers 4

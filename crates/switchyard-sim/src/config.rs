@@ -231,6 +231,18 @@ pub struct SimConfig {
         default_value = "127.0.0.0/8,::1,localhost"
     )]
     pub bootstrap_allowed_hosts: Vec<String>,
+    /// Report `usage.prompt_tokens_details.cached_tokens` (vLLM's flag; without it the
+    /// details are `null`).
+    #[arg(long)]
+    pub enable_prompt_tokens_details: bool,
+    /// Add the simulator's own `sim_timing` object (simulated queue, TTFT and end-to-end
+    /// seconds) to answers and final stream chunks; off, answers carry only vLLM's fields.
+    #[arg(long)]
+    pub sim_timing: bool,
+    /// Serve vLLM's scale-out render endpoints (`/v1/chat/completions/render`,
+    /// `/v1/completions/render`); without it they answer 403, as vLLM does.
+    #[arg(long)]
+    pub enable_scale_out: bool,
     /// Answer every completion at once with a fixed text, skipping tokenizer, cache and
     /// scheduler: an engine that costs nothing, for measuring a gateway's overhead.
     #[arg(long)]
@@ -243,10 +255,15 @@ pub struct SimConfig {
     pub faults: Faults,
 }
 
+/// The simulator built in code, for tests, benchmarks and the demo: the command line's
+/// defaults on a free port, with the measurements they read switched on
+/// (`--enable-prompt-tokens-details`, `--sim-timing`).
 impl Default for SimConfig {
     fn default() -> Self {
         let mut c = SimConfig::parse_from(["switchyard-sim"]);
         c.port = 0;
+        c.enable_prompt_tokens_details = true;
+        c.sim_timing = true;
         c
     }
 }

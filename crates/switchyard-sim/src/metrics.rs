@@ -220,11 +220,32 @@ impl ServerMetrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric in Prometheus' text format (0.0.4), as vLLM's Python client writes
+    /// it: a counter's `# HELP` and `# TYPE` name its `_total` sample, and there is no
+    /// OpenMetrics `# EOF` or `# UNIT`.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        let mut om = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut om, &self.registry)
             .expect("writing to a String cannot fail");
+        let counters: std::collections::HashSet<&str> = om
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(om.len());
+        for line in om.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+                let rest = line.strip_prefix(p)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters
+                    .contains(name)
+                    .then(|| format!("{p}{name}_total {tail}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
         out
     }
 }

@@ -26,10 +26,15 @@ pub fn encode(text: &str) -> Vec<Token> {
 
 /// Turns token ids back into text (lossy on partial UTF-8 sequences).
 pub fn decode(tokens: &[Token]) -> String {
-    match bpe().decode_bytes(tokens) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(_) => String::new(),
-    }
+    try_decode(tokens).unwrap_or_default()
+}
+
+/// Turns token ids back into text; `None` when an id is outside the vocabulary.
+pub fn try_decode(tokens: &[Token]) -> Option<String> {
+    bpe()
+        .decode_bytes(tokens)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Text of a single token, used when streaming one token per chunk.

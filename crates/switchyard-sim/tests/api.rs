@@ -640,3 +640,204 @@ async fn offered_tools_are_called_deterministically_until_a_tool_answers() {
         assert_error(&r, 400);
     }
 }
+
+/// vLLM's tokenizer endpoints: `/tokenize` and `/detokenize` round-trip, and the
+/// scale-out render endpoints give the same ids as `/tokenize` (403 unless enabled).
+#[tokio::test]
+async fn tokenize_detokenize_and_render_agree() {
+    let http = Http::new();
+    let off = sims_with(fast()).await;
+    let msgs = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"}]);
+    let (status, body) = http
+        .post(
+            &off.url(),
+            "/v1/chat/completions/render",
+            &json!({"messages": msgs}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_error(&body, 403);
+    assert_eq!(body["error"]["type"], "PermissionDeniedError");
+
+    let sim = sims_with(SimConfig {
+        enable_scale_out: true,
+        ..fast()
+    })
+    .await;
+    let url = sim.url();
+    let (_, tok) = http
+        .post(&url, "/tokenize", &json!({"messages": msgs}))
+        .await;
+    let (status, render) = http
+        .post(
+            &url,
+            "/v1/chat/completions/render",
+            &json!({"model": "switchyard/sim-8b", "messages": msgs, "max_tokens": 7}),
+        )
+        .await;
+    assert_eq!(status, 200, "{render}");
+    assert_eq!(render["token_ids"], tok["tokens"]);
+    assert!(
+        render["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("chatcmpl-")
+    );
+    assert_eq!(render["sampling_params"]["max_tokens"], 7);
+    assert_eq!(render["model"], "switchyard/sim-8b");
+
+    let (status, list) = http
+        .post(
+            &url,
+            "/v1/completions/render",
+            &json!({"prompt": ["one two", "three"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    for (item, text) in list.iter().zip(["one two", "three"]) {
+        let (_, t) = http.post(&url, "/tokenize", &json!({"prompt": text})).await;
+        assert_eq!(item["token_ids"], t["tokens"]);
+        let (status, d) = http
+            .post(&url, "/detokenize", &json!({"tokens": t["tokens"]}))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(d["prompt"], text, "detokenize inverts tokenize");
+    }
+    assert!(list[1]["request_id"].as_str().unwrap().ends_with("-1"));
+
+    // Bad input: 400 (or 404 for a model) with the field named; never a 5xx.
+    for (path, body, status, param) in [
+        ("/detokenize", json!({}), 400, "tokens"),
+        ("/detokenize", json!({"tokens": [-1]}), 400, "tokens"),
+        ("/detokenize", json!({"tokens": "abc"}), 400, "tokens"),
+        (
+            "/detokenize",
+            json!({"tokens": [4000000000u64]}),
+            400,
+            "tokens",
+        ),
+        (
+            "/detokenize",
+            json!({"model": "nope", "tokens": [1]}),
+            404,
+            "model",
+        ),
+        ("/v1/completions/render", json!({}), 400, "prompt"),
+        (
+            "/v1/completions/render",
+            json!({"prompt": 5}),
+            400,
+            "prompt",
+        ),
+        (
+            "/v1/chat/completions/render",
+            json!({"messages": []}),
+            400,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions/render",
+            json!({"messages": [{"content": "x"}]}),
+            400,
+            "messages[0].role",
+        ),
+        (
+            "/v1/chat/completions/render",
+            json!({"model": "nope", "messages": msgs}),
+            404,
+            "model",
+        ),
+    ] {
+        let (got, b) = http.post(&url, path, &body).await;
+        assert_eq!(got, status, "{path} {body}: {b}");
+        assert_error(&b, status);
+        assert_eq!(b["error"]["param"], param, "{path} {body}: {b}");
+    }
+    let (got, b) = http
+        .post_raw(&url, "/detokenize", Some("application/json"), "{")
+        .await;
+    assert_eq!(got, 400, "{b}");
+}
+
+/// With the command line's defaults the answers carry vLLM's fields only: no
+/// `sim_timing`, `prompt_tokens_details: null` (vLLM without
+/// `--enable-prompt-tokens-details`), `"usage": null` on every chunk of a stream that
+/// includes usage but its last, and `/metrics` in Prometheus' text format.
+#[tokio::test]
+async fn the_command_line_defaults_answer_exactly_as_vllm() {
+    use clap::Parser;
+    let http = Http::new();
+    let sim = sims_with(SimConfig {
+        port: 0,
+        time_scale: 100.0,
+        ..SimConfig::parse_from(["switchyard-sim"])
+    })
+    .await;
+    let url = sim.url();
+    let (status, body) = http
+        .post(&url, "/v1/chat/completions", &chat("Hello", 3))
+        .await;
+    assert_eq!(status, 200);
+    assert!(body.get("sim_timing").is_none(), "{body}");
+    assert_eq!(body["usage"]["prompt_tokens_details"], Value::Null);
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    let mut req = chat("Hello", 3);
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let (_, events) = http.sse(&url, "/v1/chat/completions", &req).await;
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (last, rest) = chunks.split_last().unwrap();
+    assert!(rest.len() >= 4, "role, 3 tokens: {chunks:?}");
+    for c in rest {
+        assert_eq!(c.get("usage"), Some(&Value::Null), "{c}");
+    }
+    assert_eq!(last["usage"]["completion_tokens"], 3);
+    assert!(last.get("sim_timing").is_none());
+    req["stream_options"] = json!({"include_usage": false});
+    let (_, events) = http.sse(&url, "/v1/chat/completions", &req).await;
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let c: Value = serde_json::from_str(e).unwrap();
+        assert!(
+            c.get("usage").is_none(),
+            "no usage key without include_usage: {c}"
+        );
+    }
+
+    let resp = http.0.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("# EOF"));
+    assert!(
+        text.contains("# TYPE vllm:prompt_tokens_total counter\n"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE vllm:num_requests_running gauge\n"));
+    assert!(text.contains("vllm:prompt_tokens_total{"));
+
+    // --enable-prompt-tokens-details and --sim-timing bring them back.
+    let on = sims_with(SimConfig {
+        port: 0,
+        time_scale: 100.0,
+        ..SimConfig::parse_from([
+            "switchyard-sim",
+            "--enable-prompt-tokens-details",
+            "--sim-timing",
+        ])
+    })
+    .await;
+    let (_, body) = http
+        .post(&on.url(), "/v1/chat/completions", &chat("Hello", 3))
+        .await;
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert!(body["sim_timing"]["ttft_secs"].as_f64().unwrap() > 0.0);
+}

@@ -141,7 +141,7 @@ pub async fn metrics(State(st): State<Arc<ServerState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         st.metrics.encode(),
     )

@@ -43,6 +43,7 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
             400 => "BadRequestError",
+            403 => "PermissionDeniedError",
             404 => "NotFoundError",
             413 => "RequestTooLargeError",
             429 => "RateLimitError",

@@ -25,6 +25,14 @@ use crate::tokenizer::{self, Token};
 /// `--instant`: answer at once with a fixed completion of `max_tokens` (default 16)
 /// tokens, without tokenizing, caching or scheduling — an engine that costs nothing,
 /// for measuring a gateway's own overhead. Usage reports no prompt tokens.
+/// Whether a request's `stream_options` asks for usage.
+fn includes_usage(req: &GenRequest) -> bool {
+    req.stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false)
+}
+
 pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<Response, ApiError> {
     let model = st.resolve_model(req.model.as_deref())?;
     let tool = if chat {
@@ -59,6 +67,9 @@ pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<R
         kv: None,
         forced: None,
         tool: tool.as_ref().map(|t| (t.id.clone(), t.name.clone())),
+        details: st.cfg.enable_prompt_tokens_details,
+        timing: st.cfg.sim_timing,
+        include_usage: req.stream == Some(true) && includes_usage(&req),
     };
     let tokens: Vec<&str> = match &forced {
         Some(pieces) => pieces[..n as usize].iter().map(String::as_str).collect(),
@@ -66,8 +77,7 @@ pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<R
             .map(|i| tokenizer::token_text(tokenizer::generated_token(st.cfg.seed, i)))
             .collect(),
     };
-    let usage = json!({"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n,
-                       "prompt_tokens_details": {"cached_tokens": 0}});
+    let usage = out.usage_of(0, n, 0);
     if req.stream == Some(true) {
         let mut frames = Vec::with_capacity(tokens.len() + 3);
         if chat {
@@ -77,11 +87,7 @@ pub(super) fn instant(st: &ServerState, req: GenRequest, chat: bool) -> Result<R
             let finish = (i + 1 == tokens.len()).then(|| out.finish_str(out.finish));
             frames.push(out.piece(i, t, finish));
         }
-        if req
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
-        {
+        if out.include_usage {
             frames.push(out.event(json!({"id": out.id, "object": if chat { "chat.completion.chunk" } else { "text_completion" },
                 "created": out.created, "model": out.model, "choices": [], "usage": usage})));
         }
@@ -224,13 +230,12 @@ pub(super) async fn generate(
         kv: disagg.return_kv_params.then(|| (st.clone(), rank)),
         forced,
         tool: tool.map(|t| (t.id, t.name)),
+        details: st.cfg.enable_prompt_tokens_details,
+        timing: st.cfg.sim_timing,
+        include_usage: req.stream == Some(true) && includes_usage(&req),
     };
     if req.stream == Some(true) {
-        let include_usage = req
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        Ok(stream_response(out, rx, include_usage, disagg.room.take()))
+        Ok(stream_response(out, rx, disagg.room.take()))
     } else {
         complete_response(out, rx, disagg.room.take()).await
     }

@@ -124,6 +124,16 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: GenRequest = parse(&body)?;
+    check_messages(&req)?;
+    if st.cfg.instant {
+        return instant(&st, req, true);
+    }
+    let prompt = chat_prompt(&req);
+    generate(st, &headers, req, prompt, true).await
+}
+
+/// A chat request's messages, checked as vLLM checks them.
+fn check_messages(req: &GenRequest) -> Result<(), ApiError> {
     let Some(messages) = &req.messages else {
         return Err(ApiError::bad_request(
             "Field required: `messages`",
@@ -155,12 +165,144 @@ pub async fn chat_completions(
             ));
         }
     }
-    if st.cfg.instant {
-        return instant(&st, req, true);
+    Ok(())
+}
+
+/// The token ids of a checked chat request's messages through the chat template.
+fn chat_prompt(req: &GenRequest) -> Vec<Token> {
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .flatten()
+        .cloned()
+        .map(Value::Object)
+        .collect();
+    tokenizer::encode(&tokenizer::render_chat(&messages))
+}
+
+/// vLLM's render endpoints answer only on a scale-out server (`--enable-scale-out`).
+fn scale_out(st: &ServerState) -> Result<(), ApiError> {
+    if st.cfg.enable_scale_out {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "Scale-out endpoints are disabled. Restart with --enable-scale-out to use them.",
+        ))
     }
-    let messages: Vec<Value> = messages.iter().cloned().map(Value::Object).collect();
-    let prompt = tokenizer::encode(&tokenizer::render_chat(&messages));
-    generate(st, &headers, req, prompt, true).await
+}
+
+/// vLLM's `GenerateRequest`: what a render endpoint answers for one prompt.
+fn generate_request(st: &ServerState, req: &GenRequest, id: String, tokens: Vec<Token>) -> Value {
+    json!({
+        "request_id": id,
+        "token_ids": tokens,
+        "token_offsets": null,
+        "features": null,
+        "sampling_params": {
+            "max_tokens": req.max_completion_tokens.or(req.max_tokens),
+            "min_tokens": req.min_tokens.unwrap_or(0),
+            "temperature": req.temperature.unwrap_or(1.0),
+            "seed": req.seed,
+            "ignore_eos": req.ignore_eos.unwrap_or(false),
+        },
+        "model": req.model.clone().unwrap_or_else(|| st.cfg.served_model_name[0].clone()),
+        "stream": req.stream.unwrap_or(false),
+        "stream_options": req.stream_options.as_ref().map(|o| json!({"include_usage": o.include_usage})),
+        "cache_salt": null,
+        "priority": req.priority,
+        "kv_transfer_params": null,
+        "ec_transfer_params": null,
+    })
+}
+
+/// `POST /v1/chat/completions/render` (vLLM scale-out): the chat request's prompt token
+/// ids as a `GenerateRequest`, without generating.
+pub async fn chat_render(
+    State(st): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    scale_out(&st)?;
+    let req: GenRequest = parse(&body)?;
+    st.resolve_model(req.model.as_deref())?;
+    check_messages(&req)?;
+    let tokens = chat_prompt(&req);
+    Ok(Json(generate_request(
+        &st,
+        &req,
+        random_id("chatcmpl"),
+        tokens,
+    )))
+}
+
+/// `POST /v1/completions/render` (vLLM scale-out): one `GenerateRequest` per prompt.
+pub async fn completions_render(
+    State(st): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    scale_out(&st)?;
+    let req: GenRequest = parse(&body)?;
+    st.resolve_model(req.model.as_deref())?;
+    let Some(p) = &req.prompt else {
+        return Err(ApiError::bad_request(
+            "Field required: `prompt`",
+            Some("prompt"),
+        ));
+    };
+    // A batch renders each prompt (generation serves one per request).
+    let prompts: Vec<&Value> = match p {
+        Value::Array(items)
+            if items.len() > 1 && items.iter().all(|i| i.is_string() || i.is_array()) =>
+        {
+            items.iter().collect()
+        }
+        one => vec![one],
+    };
+    let base = random_id("cmpl");
+    let mut out = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let tokens = prompt_tokens(p)?;
+        if tokens.is_empty() {
+            return Err(ApiError::bad_request("The prompt is empty", Some("prompt")));
+        }
+        let id = if prompts.len() == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{i}")
+        };
+        out.push(generate_request(&st, &req, id, tokens));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// `POST /detokenize` (vLLM's): the text of `tokens`.
+pub async fn detokenize(
+    State(st): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}"), None))?;
+    if let Some(m) = v.get("model") {
+        st.resolve_model(m.as_str())?;
+    }
+    let tokens = match v.get("tokens") {
+        Some(Value::Array(items)) => token_ids(items).ok_or_else(|| {
+            ApiError::bad_request("`tokens` must be an array of token ids", Some("tokens"))
+        })?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "Field required: `tokens`",
+                Some("tokens"),
+            ));
+        }
+    };
+    let prompt = tokenizer::try_decode(&tokens).ok_or_else(|| {
+        ApiError::bad_request(
+            "`tokens` holds an id outside the vocabulary",
+            Some("tokens"),
+        )
+    })?;
+    Ok(Json(json!({"prompt": prompt})))
 }
 
 /// `POST /v1/completions`.

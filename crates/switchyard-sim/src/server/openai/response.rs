@@ -32,6 +32,13 @@ pub(super) struct Output {
     /// The tool call the answer makes (id, function name); `forced` holds its
     /// arguments.
     pub(super) tool: Option<(String, String)>,
+    /// `--enable-prompt-tokens-details`: usage reports cached prompt tokens.
+    pub(super) details: bool,
+    /// `--sim-timing`: answers carry `sim_timing`.
+    pub(super) timing: bool,
+    /// The stream's `include_usage`: then every chunk but the usage one has
+    /// `"usage": null`, as OpenAI and vLLM send them.
+    pub(super) include_usage: bool,
 }
 
 impl Output {
@@ -72,7 +79,7 @@ impl Output {
         } else {
             json!({"index": 0, "function": {"arguments": text}})
         };
-        self.event(json!({
+        self.chunk_event(json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
@@ -82,12 +89,22 @@ impl Output {
     }
 
     pub(super) fn usage(&self, s: &SeqSummary) -> Value {
+        self.usage_of(s.prompt_tokens, s.completion_tokens, s.cached_tokens)
+    }
+
+    /// `usage` for these counts; `prompt_tokens_details` is `null` unless enabled.
+    pub(super) fn usage_of(&self, prompt: usize, completion: u32, cached: usize) -> Value {
         json!({
-            "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.completion_tokens,
-            "total_tokens": s.prompt_tokens + s.completion_tokens as usize,
-            "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion as usize,
+            "prompt_tokens_details": if self.details { json!({"cached_tokens": cached}) } else { Value::Null },
         })
+    }
+
+    /// `sim_timing` of `s`, when `--sim-timing` asks for it.
+    pub(super) fn timing(&self, s: &SeqSummary) -> Option<Value> {
+        self.timing.then(|| timing(s))
     }
 
     pub(super) fn kv_params(&self, s: &SeqSummary) -> Value {
@@ -116,13 +133,21 @@ impl Output {
         } else {
             json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish, "stop_reason": null})
         };
-        self.event(json!({
+        self.chunk_event(json!({
             "id": self.id,
             "object": if self.chat { "chat.completion.chunk" } else { "text_completion" },
             "created": self.created,
             "model": self.model,
             "choices": [choice],
         }))
+    }
+
+    /// A content chunk's event: with `"usage": null` when the stream includes usage.
+    fn chunk_event(&self, mut v: Value) -> Bytes {
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        self.event(v)
     }
 
     pub(super) fn event(&self, v: Value) -> Bytes {
@@ -178,7 +203,7 @@ pub(super) async fn complete_response(
         json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish,
                "stop_reason": null, "prompt_logprobs": null})
     };
-    let body = json!({
+    let mut body = json!({
         "id": out.id,
         "object": if out.chat { "chat.completion" } else { "text_completion" },
         "created": out.created,
@@ -186,8 +211,10 @@ pub(super) async fn complete_response(
         "choices": [choice],
         "usage": out.usage(&summary),
         "kv_transfer_params": out.kv_params(&summary),
-        "sim_timing": timing(&summary),
     });
+    if let Some(t) = out.timing(&summary) {
+        body["sim_timing"] = t;
+    }
     Ok(Json(body).into_response())
 }
 
@@ -196,7 +223,6 @@ pub(super) async fn complete_response(
 pub(super) fn stream_response(
     out: Output,
     rx: mpsc::UnboundedReceiver<SeqEvent>,
-    include_usage: bool,
     room: Option<RoomGuard>,
 ) -> Response {
     struct St {
@@ -209,9 +235,9 @@ pub(super) fn stream_response(
         finished: bool,
     }
     let st = St {
+        include_usage: out.include_usage,
         out,
         rx,
-        include_usage,
         room,
         emitted: 0,
         queue: VecDeque::new(),
@@ -242,7 +268,7 @@ pub(super) fn stream_response(
                 }
                 Some(SeqEvent::Done(summary)) => {
                     if s.include_usage {
-                        let usage = s.out.event(json!({
+                        let mut usage = json!({
                             "id": s.out.id,
                             "object": if s.out.chat { "chat.completion.chunk" } else { "text_completion" },
                             "created": s.out.created,
@@ -250,9 +276,11 @@ pub(super) fn stream_response(
                             "choices": [],
                             "usage": s.out.usage(&summary),
                             "kv_transfer_params": s.out.kv_params(&summary),
-                            "sim_timing": timing(&summary),
-                        }));
-                        s.queue.push_back(usage);
+                        });
+                        if let Some(t) = s.out.timing(&summary) {
+                            usage["sim_timing"] = t;
+                        }
+                        s.queue.push_back(s.out.event(usage));
                     }
                     s.queue.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
                     s.finished = true;
