@@ -308,3 +308,57 @@ async fn check_tokenizer_compares_with_the_engines_tokenize() {
     .await;
     assert!(unreachable.is_err());
 }
+
+/// vLLM's centralised mode: the gateway binds one SUB socket, the engine connects its
+/// PUB socket to it, and the topic (`kv@HOST:PORT@MODEL`) says which worker it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_can_connect_to_a_socket_the_gateway_binds() {
+    let http = Http::new();
+    let (sim_port, bind_port) = (free_port(), free_port());
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+    let mut c = config(vec![sim_url.clone()], PolicyKind::PrecisePrefix);
+    c.kv_events_bind = Some(format!("tcp://127.0.0.1:{bind_port}"));
+    let gw = gateway(c).await;
+    let sims = sims_with(SimConfig {
+        port: sim_port,
+        time_scale: 100.0,
+        num_gpu_blocks: 64,
+        max_model_len: 1024,
+        kv_events_config: Some(KvEventsConfig {
+            endpoint: format!("tcp://127.0.0.1:{bind_port}"),
+            replay_endpoint: None,
+            ..kv_config(&format!("kv@127.0.0.1:{sim_port}@{MODEL}"))
+        }),
+        ..SimConfig::default()
+    })
+    .await;
+    // The engine's first messages may go before its connection is up; later ones
+    // arrive, and the gateway's count of its blocks follows the engine's own.
+    let mut k = 0;
+    eventually("the bound socket to hear the engine", || {
+        k += 1;
+        let (http, url, gw) = (http.clone(), sim_url.clone(), &gw);
+        async move {
+            assert_eq!(
+                http.post(&url, "/v1/completions", &prompt(&format!("B{k}")))
+                    .await
+                    .0,
+                200
+            );
+            streams(&http, gw).await[0].1["stream"] == "live"
+        }
+    })
+    .await;
+    assert_eq!(
+        http.post(&sim_url, "/v1/completions", &prompt("last"))
+            .await
+            .0,
+        200
+    );
+    eventually("the index to count what the engine reports", || async {
+        let s = &streams(&http, &gw).await[0].1;
+        let truth = sims.server(0).engine_stats().await[0].cached_blocks as u64;
+        s["blocks"].as_u64().is_some_and(|b| b > 0 && b <= truth)
+    })
+    .await;
+}

@@ -107,6 +107,14 @@ impl Config {
                 ));
             }
         }
+        if let Some(b) = &self.kv_events_bind
+            && offset_endpoint(b, 0).is_none()
+        {
+            return Err(invalid(
+                "kv-events-bind",
+                format!("{b:?}: use tcp://HOST:PORT"),
+            ));
+        }
         if self.kv_block_size == 0 || self.kv_index_max_blocks == 0 {
             return Err(invalid(
                 "kv-block-size",

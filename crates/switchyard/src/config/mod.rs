@@ -347,6 +347,11 @@ pub struct Config {
     /// Repeatable.
     #[arg(long, value_name = "[URL=]ENDPOINT")]
     pub kv_events_endpoint: Vec<String>,
+    /// vLLM's centralised mode: bind one SUB socket here (`tcp://0.0.0.0:5557`) for
+    /// engines that connect to it; a message's topic must name its engine's `host:port`
+    /// (`kv@HOST:PORT@MODEL`).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub kv_events_bind: Option<String>,
     /// The engine's replay endpoint (vLLM's `replay_endpoint`), same forms: what a gap
     /// in the events lost is fetched from it.
     #[arg(long, value_name = "[URL=]ENDPOINT")]

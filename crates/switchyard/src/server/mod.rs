@@ -116,6 +116,16 @@ impl Gateway {
         let load_wanted = Arc::new(AtomicBool::new(false));
         let workers =
             WorkerSelector::new(&cfg, registry.clone(), metrics.clone(), load_wanted.clone())?;
+        if let Some(ep) = &cfg.kv_events_bind {
+            let sub = crate::routing::kv::subscriber::bind(ep)
+                .await
+                .map_err(|e| anyhow::anyhow!("--kv-events-bind {ep}: {e}"))?;
+            shutdown.spawn_until_shutdown(crate::routing::kv::subscriber::run_bound(
+                workers.kv().clone(),
+                registry.clone(),
+                sub,
+            ));
+        }
         let prober = Prober {
             registry: registry.clone(),
             client: upstream::build(),

@@ -24,7 +24,7 @@ use zeromq::{Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 use super::wire::{self, Batch, Event};
 use super::{KvState, ROOT, Stream, token_block_hash};
 use crate::config::kv::KvEndpoints;
-use crate::fleet::WorkerId;
+use crate::fleet::{Registry, WorkerId};
 use crate::metrics::Metrics;
 
 /// The end marker's sequence number in a replay.
@@ -365,6 +365,78 @@ async fn catch_up(src: &mut Source, state: &KvState, metrics: &Metrics, replay: 
             Ok(batch) => src.apply(state, metrics, seq, &batch),
             Err(_) => metrics.kv_skipped("payload"),
         }
+    }
+}
+
+/// vLLM's centralised mode: engines connect their PUB sockets to one SUB socket the
+/// gateway binds (`--kv-events-bind`). A message's topic names its engine: the worker
+/// whose URL's `host:port` is one of the topic's `@`-separated parts (vLLM's
+/// `kv@HOST:PORT@MODEL` convention); its batch's `data_parallel_rank` names the rank.
+pub async fn bind(endpoint: &str) -> anyhow::Result<zeromq::SubSocket> {
+    let mut sub = zeromq::SubSocket::new();
+    sub.bind(endpoint).await?;
+    sub.subscribe("").await?;
+    Ok(sub)
+}
+
+/// The worker a bound socket's message comes from.
+fn worker_of(registry: &Registry, topic: &[u8], rank: Option<i64>) -> Option<WorkerId> {
+    let topic = std::str::from_utf8(topic).ok()?;
+    let parts: Vec<&str> = topic.split('@').collect();
+    registry
+        .all()
+        .into_iter()
+        .find(|w| {
+            let authority = w.id.url.split_once("://").map_or(&*w.id.url, |(_, r)| r);
+            let authority = authority.split('/').next().unwrap_or_default();
+            parts.contains(&authority)
+                && match (w.id.dp_rank, rank) {
+                    (None, _) => true,
+                    (Some(r), Some(b)) => i64::from(r) == b,
+                    (Some(_), None) => false,
+                }
+        })
+        .map(|w| w.id.clone())
+}
+
+/// Follows the engines that connect to `sub` until the task is aborted. Without a
+/// connection per engine there is no disconnection to see: a worker's stream turns
+/// live with its first message, and gaps are replayed from its replay endpoint if it
+/// has one.
+pub async fn run_bound(state: Arc<KvState>, registry: Arc<Registry>, mut sub: zeromq::SubSocket) {
+    let metrics = state.metrics.clone();
+    let max_blocks = state.index.max_entries();
+    let mut sources: HashMap<WorkerId, Source> = HashMap::new();
+    loop {
+        let frames = match sub.recv().await {
+            Ok(m) => m.into_vec(),
+            Err(e) => {
+                tracing::warn!(error = %e, "KV events (bound socket): receive failed");
+                return;
+            }
+        };
+        let Some(topic) = frames.first() else {
+            metrics.kv_skipped("frames");
+            continue;
+        };
+        // The rank is in the payload: peek at it before ordering the message.
+        let rank = live_frames(&frames).and_then(|(_, p)| wire::decode(p).ok()?.dp_rank);
+        let Some(worker) = worker_of(&registry, topic, rank) else {
+            metrics.kv_skipped("unknown_engine");
+            continue;
+        };
+        sources.retain(|w, _| state.info(w).is_some() || *w == worker);
+        let replay = registry
+            .all()
+            .into_iter()
+            .find(|w| w.id == worker)
+            .and_then(|w| w.kv_events.as_ref().and_then(|k| k.replay.clone()));
+        let src = sources
+            .entry(worker.clone())
+            .or_insert_with(|| Source::new(worker.clone(), max_blocks));
+        src.receive(&state, &metrics, replay.as_deref(), &frames)
+            .await;
+        state.set_stream(&worker, Stream::Live);
     }
 }
 

@@ -31,11 +31,13 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 /// A worker on the admin API: its state, and its KV-event subscription if any.
 fn worker_json(st: &AppState, w: &Arc<Worker>) -> Value {
     let mut v = super::super::health::describe(w, true);
-    if let Some(ep) = &w.kv_events {
-        let info = st.workers.kv().info(&w.id);
+    let info = st.workers.kv().info(&w.id);
+    if w.kv_events.is_some() || info.is_some() {
+        let ep = w.kv_events.as_ref();
         v["kv_events"] = json!({
-            "endpoint": ep.live,
-            "replay_endpoint": ep.replay,
+            // None: the engine connects to the gateway's --kv-events-bind socket.
+            "endpoint": ep.map(|e| &e.live),
+            "replay_endpoint": ep.and_then(|e| e.replay.as_ref()),
             "stream": match info.map(|i| i.stream) {
                 Some(crate::routing::kv::Stream::Live) => "live",
                 _ => "down",
