@@ -116,6 +116,14 @@ impl Gateway {
         let load_wanted = Arc::new(AtomicBool::new(false));
         let workers =
             WorkerSelector::new(&cfg, registry.clone(), metrics.clone(), load_wanted.clone())?;
+        // Per-worker KV-event subscriptions end with the gateway.
+        {
+            let (kv, s) = (workers.kv().clone(), shutdown.clone());
+            shutdown.spawn(async move {
+                s.cancelled().await;
+                kv.stop_all();
+            });
+        }
         if let Some(ep) = &cfg.kv_events_bind {
             let sub = crate::routing::kv::subscriber::bind(ep)
                 .await

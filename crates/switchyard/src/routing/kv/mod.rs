@@ -218,6 +218,18 @@ impl KvState {
             .count()
     }
 
+    /// Ends every subscription (the gateway is shutting down).
+    pub fn stop_all(&self) {
+        for (_, task) in self
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .drain()
+        {
+            task.abort();
+        }
+    }
+
     /// `worker` left the fleet: its subscription ends, its stream and entries are
     /// forgotten.
     pub fn forget(&self, worker: &WorkerId) {
