@@ -124,6 +124,15 @@ pub fn test_python() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Runs `contract/<script>` in the tests' Python with `env`, to its end (blocking).
+pub fn run_contract_script(script: &str, env: &[(&str, String)]) -> std::process::Output {
+    std::process::Command::new(test_python())
+        .arg(repo_root().join("contract").join(script))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("python runs")
+}
+
 /// A server run by one of contract/'s scripts in the tests' Python: the first line it
 /// prints says where it is; it stops, deleting what it made, when its stdin closes (on
 /// drop).

@@ -2,19 +2,12 @@
 //! vLLM's wire format (contract/test_kv_events.py: pyzmq and msgspec), and the gateway's
 //! precise prefix routing built on them.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use serde_json::{Value, json};
 use switchyard::PolicyKind;
 use switchyard_sim::SimConfig;
 use switchyard_sim::kv_events::{HashAlgo, KvEventsConfig};
-use switchyard_stateful::testing::test_python;
+use switchyard_stateful::testing::run_contract_script;
 use switchyard_testkit::*;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Events published on loopback, with replay, on ports the system picks.
 fn kv_config(topic: &str) -> KvEventsConfig {
@@ -41,21 +34,19 @@ async fn the_simulators_events_are_vllms_wire_format_read_by_an_independent_deco
     })
     .await;
     let (pub_ep, replay_ep) = sim.server(0).kv_events_endpoints().remove(0);
-    let (url, python) = (
-        sim.url(),
-        tokio::task::spawn_blocking(test_python).await.unwrap(),
-    );
+    let url = sim.url();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(root().join("contract/test_kv_events.py"))
-            .env("SIM_URL", url)
-            .env("SIM_MODEL", MODEL)
-            .env("SIM_KV_ENDPOINT", pub_ep)
-            .env("SIM_KV_REPLAY", replay_ep.unwrap())
-            .env("SIM_TOPIC", "kv@sim@m")
-            .env("SIM_BLOCK_SIZE", "16")
-            .output()
-            .expect("python runs")
+        run_contract_script(
+            "test_kv_events.py",
+            &[
+                ("SIM_URL", url),
+                ("SIM_MODEL", MODEL.into()),
+                ("SIM_KV_ENDPOINT", pub_ep),
+                ("SIM_KV_REPLAY", replay_ep.unwrap()),
+                ("SIM_TOPIC", "kv@sim@m".into()),
+                ("SIM_BLOCK_SIZE", "16".into()),
+            ],
+        )
     })
     .await
     .unwrap();
@@ -361,4 +352,65 @@ async fn engines_can_connect_to_a_socket_the_gateway_binds() {
         s["blocks"].as_u64().is_some_and(|b| b > 0 && b <= truth)
     })
     .await;
+}
+
+/// Bad KV-event input from clients: the worker API refuses an endpoint off the
+/// worker's host or not `tcp://HOST:PORT` (400, `param` named) before probing, and the
+/// simulator's gap control refuses a bad body or a server that publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_kv_event_input_is_a_400_naming_the_field() {
+    let sims = small_engines(1).await;
+    let http = Http::new();
+    let gw = gateway(config(vec![], PolicyKind::PrecisePrefix)).await;
+    let url = sims.url();
+    for (body, param) in [
+        (
+            json!({"url": url, "kv_events_endpoint": "tcp://10.0.0.9:5557"}),
+            "kv_events_endpoint",
+        ),
+        (
+            json!({"url": url, "kv_events_endpoint": "ipc:///tmp/x"}),
+            "kv_events_endpoint",
+        ),
+        (
+            json!({"url": url, "kv_events_endpoint": "tcp://127.0.0.1"}),
+            "kv_events_endpoint",
+        ),
+        (
+            json!({"url": url, "kv_events_replay_endpoint": "tcp://127.0.0.1:5558"}),
+            "kv_events_replay_endpoint",
+        ),
+        (
+            json!({"url": url, "kv_events_endpoint": "tcp://127.0.0.1:5557", "kv_events_replay_endpoint": "tcp://8.8.8.8:1"}),
+            "kv_events_replay_endpoint",
+        ),
+    ] {
+        let (status, b) = http.post(&admin_url(&gw), "/workers", &body).await;
+        assert_eq!(status, 400, "{body}: {b}");
+        assert_error(&b, "invalid_request");
+        assert_eq!(b["error"]["param"], param, "{body}: {b}");
+    }
+    assert!(
+        admin_workers(&http, &gw).await["workers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let (status, b) = http
+        .post(&url, "/sim/kv_events/drop", &json!({"count": "x"}))
+        .await;
+    assert_eq!(status, 400, "{b}");
+    assert_error(&b, 400);
+    let plain = sims_with(fast()).await;
+    let (status, b) = http
+        .post(&plain.url(), "/sim/kv_events/drop", &json!({"count": 1}))
+        .await;
+    assert_eq!(status, 400, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--kv-events-config")
+    );
 }

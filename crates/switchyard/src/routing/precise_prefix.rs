@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cache_aware::{CacheAware, CacheAwareConfig};
 use super::kv::Stream;
-use super::{Pick, Policy, PolicyContext, least_loaded};
+use super::{Pick, Policy, PolicyContext};
 use crate::fleet::{Worker, WorkerId};
 use crate::request::RequestView;
 
@@ -55,18 +55,9 @@ impl Policy for PrecisePrefix {
         ctx: &PolicyContext,
     ) -> Option<Pick> {
         let blocks = &req.token_blocks;
-        if candidates.is_empty() || blocks.is_empty() {
+        // No tokens, one candidate or an imbalanced fleet: cache_aware's decision.
+        if blocks.is_empty() || candidates.len() <= 1 || self.approximate.imbalanced(candidates) {
             return self.approximate.pick(candidates, req, ctx);
-        }
-        if candidates.len() == 1 || self.approximate.imbalanced(candidates) {
-            return Some(Pick {
-                index: least_loaded(candidates),
-                reason: if candidates.len() > 1 {
-                    "balance"
-                } else {
-                    "least_loaded"
-                },
-            });
         }
         let kv = &ctx.kv;
         let live: Vec<bool> = candidates
