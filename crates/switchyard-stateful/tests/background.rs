@@ -257,6 +257,55 @@ async fn a_replica_follows_and_cancels_what_another_runs() {
     stall(&sim, None);
 }
 
+/// A background response whose row is still being written when the replica looks for
+/// cancels is not taken for one cancelled elsewhere: the store not knowing it yet is no
+/// cancel. Another session holds the table locked so the insert waits, in the open,
+/// while the replica looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_being_stored_is_not_taken_for_cancelled() {
+    let db = PgDatabase::new("background_being_stored").await;
+    let (sim, model) = sim().await;
+    let svc = service(&db.url(), &sim).await;
+    let admin = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("LOCK TABLE responses IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let creating = {
+        let svc = svc.clone();
+        let body = json!({"model": model, "input": "tell me", "background": true,
+                          "max_output_tokens": 16});
+        tokio::spawn(async move { svc.create(&body, "default").await })
+    };
+    // The insert is waiting on the lock.
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO responses%'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    svc.poll_cancels().await.unwrap();
+    lock.rollback().await.unwrap();
+    let Ok(Created::Json(r)) = creating.await.unwrap() else {
+        panic!("a background response answers with JSON")
+    };
+    let id = r["id"].as_str().unwrap();
+    svc.until_done(id).await;
+    let got = svc.get(id, "default").await.unwrap();
+    // Ran to its end (its 16 tokens), not cancelled.
+    assert_eq!(got["status"], "incomplete", "{got}");
+    assert_eq!(got["incomplete_details"]["reason"], "max_output_tokens");
+    admin.close().await;
+}
+
 /// A replica runs at most its limit of background responses: one more is a 429 naming
 /// `background`, and stores nothing; a place frees when one ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -355,6 +355,9 @@ pub(crate) struct Live {
     progress: tokio::sync::watch::Sender<(usize, bool)>,
     cancel: tokio::sync::Notify,
     cancelled: std::sync::atomic::AtomicBool,
+    /// Its row is in the store: until then, the store not knowing it does not mean
+    /// another replica cancelled or deleted it.
+    stored: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -364,6 +367,7 @@ impl Live {
             progress: tokio::sync::watch::Sender::new((0, false)),
             cancel: tokio::sync::Notify::new(),
             cancelled: Default::default(),
+            stored: Default::default(),
         })
     }
 
@@ -957,9 +961,15 @@ impl Responses {
 
     /// Stops the background responses this replica runs that were cancelled or deleted
     /// through another replica. Called every second or so; a
-    /// replica running none does not query.
+    /// replica running none does not query. A response whose row is still being
+    /// written is not looked at: its absence from the store is no cancel.
     pub async fn poll_cancels(&self) -> Result<(), StoreError> {
-        let ids: Vec<String> = self.live().keys().cloned().collect();
+        let ids: Vec<String> = self
+            .live()
+            .iter()
+            .filter(|(_, l)| l.stored.load(std::sync::atomic::Ordering::SeqCst))
+            .map(|(id, _)| id.clone())
+            .collect();
         for chunk in ids.chunks(100) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
             let args: Vec<crate::store::Val> = chunk.iter().map(|id| id.as_str().into()).collect();
@@ -1580,6 +1590,7 @@ impl Responses {
             self.live().remove(&id);
             return Err(e);
         }
+        live.stored.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut t = self.translator(&id, &req, created_at);
         let mut sink = Sink::Background {
             live: live.clone(),
