@@ -19,15 +19,10 @@ LOGS=$OUT/logs
 mkdir -p "$OUT" "$LOGS"
 DATE=$(date -u +%Y-%m-%d-%H%M)
 
-if [ ! -x "$VENV/bin/vllm-router" ] || [ ! -x "$VENV/bin/sglang-router" ]; then
-  echo "installing vllm-router 0.1.17 and sglang-router 0.3.2 into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "vllm-router==0.1.17" "sglang-router==0.3.2"
-fi
+. bench/lib.sh
+peer_routers
 cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
 BIN=target/release
-
-. bench/lib.sh
 
 ENGINE_PORT=18600
 ROUTER_PORT=18700
@@ -127,8 +122,10 @@ if [ "$MODE" = overhead ]; then
 fi
 
 # Routing quality: 4 engines whose caches cannot hold every prefix (4000 blocks of 16
-# tokens each), run 4x faster than real time.
+# tokens each), run 4x faster than real time; every target warmed up, then measured
+# REPS (3) times in rotated order.
 SCALE=4
+REPS=${REPS:-3}
 start sim $BIN/switchyard-sim --engines 4 --port $ENGINE_PORT --time-scale $SCALE --num-gpu-blocks 4000 --max-model-len 16384 --enable-prompt-tokens-details --sim-timing --log-level warn
 wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
 TARGETS=(); PIDARGS=(); declare -A PIDOF
@@ -141,13 +138,18 @@ REPORT=$OUT/$DATE.md
   echo
   echo "4 simulated engines (switchyard-sim --engines 4 --time-scale $SCALE --num-gpu-blocks 4000 --max-model-len 16384),"
   echo "prefix caches reset before every target. Latencies are client-side real time; multiply by $SCALE for simulated (GPU-equivalent) time."
+  echo "Every target warmed up in a discarded 10 s run, then measured $REPS times in rotated order; medians shown."
   echo "\`direct\` sends everything to one engine."
   echo
 } > "$REPORT"
-$BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PIDARGS[@]}" --quiet \
+# Warm-up: each router's first connections and health checks, in a discarded short run.
+$BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" --quiet --seed 1 \
+  --workload shared-prefix --groups 16 --prompts-per-group 4 --system-len 2048 --question-len 128 --output-len 64 \
+  --rate 20 --duration 10 --request-timeout 60 > "$LOGS/$DATE-warmup.md"
+$BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PIDARGS[@]}" --quiet --repetitions "$REPS" \
   --workload shared-prefix --groups 64 --prompts-per-group 16 --system-len 2048 --question-len 128 --output-len 256 \
   --rate 40 --duration 120 --request-timeout 120 --out "$OUT/$DATE-shared-prefix" >> "$REPORT"
-$BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PIDARGS[@]}" --quiet \
+$BIN/switchyard-bench "${TARGET_ARGS[@]}" "${ENGINE_ARGS[@]}" "${PIDARGS[@]}" --quiet --repetitions "$REPS" \
   --workload multi-turn --conversations 64 --turns 8 --system-len 2048 --turn-len 128 --output-len 256 --think-time 0.5 \
   --rate 8 --duration 120 --request-timeout 120 --out "$OUT/$DATE-multi-turn" >> "$REPORT"
 cat "$REPORT"

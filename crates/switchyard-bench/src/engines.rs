@@ -55,13 +55,23 @@ pub async fn scrape(client: &reqwest::Client, url: &str) -> anyhow::Result<Engin
 
 /// Empties one engine's prefix cache (`POST /reset_prefix_cache`).
 pub async fn reset(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    post(client, url, "/reset_prefix_cache").await
+}
+
+/// Restarts a simulated engine (`POST /sim/restart`): its cache emptied without events.
+pub async fn restart(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    post(client, url, "/sim/restart").await
+}
+
+/// An engine control call that must succeed.
+async fn post(client: &reqwest::Client, url: &str, path: &str) -> anyhow::Result<()> {
     let resp = client
-        .post(format!("{url}/reset_prefix_cache"))
+        .post(format!("{url}{path}"))
         .send()
         .await
         .map_err(|e| anyhow::anyhow!("engine {url} unreachable: {e}"))?;
     if !resp.status().is_success() {
-        anyhow::bail!("engine {url}/reset_prefix_cache answered {}", resp.status());
+        anyhow::bail!("engine {url}{path} answered {}", resp.status());
     }
     Ok(())
 }

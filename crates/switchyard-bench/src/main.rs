@@ -129,6 +129,10 @@ struct Args {
     /// trace: JSONL file to replay.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Restart a simulated engine during every run: URL@SECS after the run starts
+    /// (repeatable; `POST URL/sim/restart`, its cache lost without KV events).
+    #[arg(long = "restart-engine", value_parser = parse_restart)]
+    restarts: Vec<(String, u64)>,
     /// Write OUT.json and OUT.md (default: print the table only).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -150,6 +154,15 @@ fn parse_target(s: &str) -> Result<(String, String), String> {
         urls.push(u.trim_end_matches('/'));
     }
     Ok((name.to_string(), urls.join(",")))
+}
+
+fn parse_restart(s: &str) -> Result<(String, u64), String> {
+    let (url, secs) = s.rsplit_once('@').ok_or("expected URL@SECS")?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{url:?} is not an http(s) URL"));
+    }
+    let secs = secs.parse().map_err(|e| format!("SECS {secs:?}: {e}"))?;
+    Ok((url.trim_end_matches('/').to_string(), secs))
 }
 
 fn parse_pid(s: &str) -> Result<(String, u32), String> {
@@ -487,6 +500,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(a.request_timeout),
         repetitions: a.repetitions,
         progress: !a.quiet,
+        restarts: a
+            .restarts
+            .iter()
+            .map(|(url, secs)| (url.clone(), Duration::from_secs(*secs)))
+            .collect(),
     };
     let requests: usize = sessions.iter().map(|s| s.requests()).sum();
     eprintln!(

@@ -35,6 +35,9 @@ pub struct CompareConfig {
     pub request_timeout: Duration,
     pub repetitions: usize,
     pub progress: bool,
+    /// Engines restarted during every run (`POST /sim/restart`), each this long after
+    /// the run's start: a cache lost without events, as a crashed engine loses it.
+    pub restarts: Vec<(String, Duration)>,
 }
 
 /// One target's results in one repetition.
@@ -118,7 +121,26 @@ pub async fn compare(
                 request_timeout: cfg.request_timeout,
                 progress: cfg.progress,
             };
+            let restarts: Vec<_> = cfg
+                .restarts
+                .iter()
+                .map(|(url, after)| {
+                    let (client, url, after) = (client.clone(), url.clone(), *after);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        engines::restart(&client, &url).await
+                    })
+                })
+                .collect();
             let out = runner::run(run_cfg, sessions.clone()).await;
+            for r in restarts {
+                if r.is_finished() {
+                    r.await??;
+                } else {
+                    r.abort();
+                    anyhow::bail!("a restart was due after the run of {} had ended", t.name);
+                }
+            }
             let after = scrape_all(&client, &cfg.engines).await?;
             let process = match (t.pid, proc_before) {
                 (Some(pid), Some(b)) => {

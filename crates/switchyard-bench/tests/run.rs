@@ -50,6 +50,7 @@ async fn comparison_of_two_engines_reports_every_measure() {
         request_timeout: Duration::from_secs(30),
         repetitions: 2,
         progress: false,
+        restarts: Vec::new(),
     };
     let results = report::compare(&cfg, sessions).await.unwrap();
     assert_eq!(results.len(), 4, "2 targets × 2 repetitions");
@@ -125,6 +126,7 @@ async fn a_failing_target_is_reported_as_errors_not_a_crash() {
         request_timeout: Duration::from_secs(10),
         repetitions: 1,
         progress: false,
+        restarts: Vec::new(),
     };
     let results = report::compare(&cfg, Arc::new(workload::random(&p)))
         .await
@@ -152,6 +154,7 @@ async fn an_unreachable_target_is_a_clear_error() {
         request_timeout: Duration::from_secs(1),
         repetitions: 1,
         progress: false,
+        restarts: Vec::new(),
     };
     let err = report::compare(&cfg, Arc::new(vec![]))
         .await
@@ -199,6 +202,7 @@ async fn a_workflows_run_times_whole_workflows() {
         request_timeout: Duration::from_secs(30),
         repetitions: 1,
         progress: false,
+        restarts: Vec::new(),
     };
     let results = report::compare(&cfg, Arc::new(sessions)).await.unwrap();
     let r = &results[0];
@@ -208,4 +212,59 @@ async fn a_workflows_run_times_whole_workflows() {
     assert!(r.session_e2e.p50 > r.e2e.p50, "{r:?}");
     let served: Vec<u64> = sims.servers().iter().map(|s| s.requests()).collect();
     assert_eq!(served, [12, 12], "requests alternate between the replicas");
+}
+
+/// A restart the run could not carry out fails the comparison instead of leaving a run
+/// measured without the restart it was meant to include.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_did_not_happen_fails_the_run() {
+    let sims = sims_with(SimConfig {
+        time_scale: 50.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let p = Params {
+        num_requests: 2,
+        prompt_len: 10,
+        output_len: 4,
+        ..Params::default()
+    };
+    let cfg = |restarts| CompareConfig {
+        targets: vec![Target {
+            name: "sim".into(),
+            url: sims.url(),
+            pid: None,
+        }],
+        engines: vec![],
+        model: MODEL.into(),
+        arrivals: Arrivals::Closed(1),
+        max_requests: 2,
+        duration: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(30),
+        repetitions: 1,
+        progress: false,
+        restarts,
+    };
+    let sessions = Arc::new(workload::random(&p));
+    // The engine to restart cannot be reached.
+    let gone = cfg(vec![("http://127.0.0.1:9".into(), Duration::ZERO)]);
+    let err = report::compare(&gone, sessions.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("127.0.0.1:9") && err.contains("unreachable"),
+        "{err}"
+    );
+    // Due long after the run's two requests have ended.
+    let late = cfg(vec![(sims.url(), Duration::from_secs(3600))]);
+    let err = report::compare(&late, sessions.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("after the run of sim had ended"), "{err}");
+    // Carried out: the run goes on and is measured.
+    let now = cfg(vec![(sims.url(), Duration::ZERO)]);
+    let results = report::compare(&now, sessions).await.unwrap();
+    assert_eq!(results[0].ok, 2);
 }
