@@ -31,18 +31,20 @@ fn chat(words: usize) -> Vec<u8> {
 
 fn tokenize(c: &mut Criterion) {
     let s = state();
-    assert!(s.tokenizer().is_some());
-    let t = s.tokenizer().unwrap();
+    let cfg = Config::default();
+    let t = s
+        .tokenizer(&cfg.kv_tokenizer, &cfg.kv_chat_template)
+        .expect("the default tokenizer loads");
     for words in [100, 1000, 4000] {
         let body = chat(words);
-        assert!(!s.token_blocks_of(&body).is_empty());
+        assert!(!s.token_blocks_of(&t, &body).is_empty());
         // Named by the prompt's real length in tokens (template included).
         let tokens = t
             .request_tokens(&serde_json::from_slice(&body).unwrap())
             .unwrap()
             .len();
         c.bench_function(&format!("kv/tokenize/chat_{tokens}_tokens"), |b| {
-            b.iter(|| black_box(s.token_blocks_of(black_box(&body))))
+            b.iter(|| black_box(s.token_blocks_of(&t, black_box(&body))))
         });
     }
 }

@@ -214,6 +214,73 @@ async fn precise_routing_follows_evictions_that_cache_aware_cannot_see() {
     assert!(hits >= 1.0, "decisions say kv_hit: {hits}");
 }
 
+/// Each model tokenises with its own tokenizer (`models:` `kv_tokenizer`): the engines
+/// serve one model under two names and encode with cl100k. The model left on the
+/// default (cl100k) finds the prompt the engine cached; the one configured with o200k
+/// computes other blocks and finds nothing. A model whose tokenizer cannot be loaded
+/// stops the gateway at start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_model_tokenises_with_its_own_tokenizer() {
+    let sims = sims_with(SimConfig {
+        engines: 2,
+        time_scale: 100.0,
+        num_gpu_blocks: 64,
+        max_model_len: 1024,
+        served_model_name: vec![MODEL.into(), "alias".into()],
+        kv_events_config: Some(kv_config("")),
+        ..SimConfig::default()
+    })
+    .await;
+    let http = Http::new();
+    let mut c = config(sims.urls(), PolicyKind::RoundRobin);
+    precise(&sims, &mut c);
+    c.models.insert(
+        "alias".into(),
+        switchyard::config::ModelSettings {
+            policy: Some(PolicyKind::PrecisePrefix),
+            kv_tokenizer: Some("tiktoken:o200k_base".into()),
+            ..Default::default()
+        },
+    );
+    let mut bad = c.clone();
+    let gw = gateway(c).await;
+    in_step(&http, &gw, &sims).await;
+    let hits = || async {
+        http.metric(
+            &metrics_url(&gw),
+            "switchyard_policy_decisions_total",
+            &[("policy", "precise_prefix"), ("reason", "kv_hit")],
+        )
+        .await
+    };
+    let p = prompt("T");
+    assert_eq!(http.post(&gw.url(), "/v1/completions", &p).await.0, 200);
+    in_step(&http, &gw, &sims).await;
+    let before = hits().await;
+    // The same prompt under the o200k model: its blocks are not the engine's.
+    let mut aliased = p.clone();
+    aliased["model"] = json!("alias");
+    let (status, body) = http.post(&gw.url(), "/v1/completions", &aliased).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(hits().await, before, "o200k blocks match nothing");
+    // Under the cl100k model: a hit.
+    let (status, body) = http.post(&gw.url(), "/v1/completions", &p).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        hits().await,
+        before + 1.0,
+        "cl100k blocks match the engine's"
+    );
+
+    bad.models.get_mut("alias").unwrap().kv_tokenizer = Some("/nonexistent/tokenizer.json".into());
+    let err = switchyard::Gateway::start(bad)
+        .await
+        .err()
+        .expect("a bad tokenizer stops the start");
+    let err = err.to_string();
+    assert!(err.contains("models.alias.kv_tokenizer"), "{err}");
+}
+
 /// Lost messages are replayed from the engine's buffer; an engine restart (numbering
 /// from 0 again, cache empty) clears what the gateway believed it held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

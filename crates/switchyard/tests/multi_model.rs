@@ -235,6 +235,9 @@ async fn worker_labels_set_a_models_policy() {
         json!({"policy": "fastest"}),
         json!({"policy": "cache_aware", "policy.cache_threshold": "2"}),
         json!({"policy.colour": "red"}),
+        // A label may not point the gateway at files on its disk.
+        json!({"policy": "precise_prefix", "policy.kv_tokenizer": "/etc/passwd"}),
+        json!({"policy.kv_chat_template": "/etc/passwd"}),
     ] {
         let (status, body) = http
             .post(

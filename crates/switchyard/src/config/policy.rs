@@ -20,6 +20,12 @@ pub struct ModelSettings {
     pub max_tree_size: Option<usize>,
     pub cache_queue_weight: Option<f64>,
     pub hash_load_factor: Option<f64>,
+    /// The model's tokenizer for `precise_prefix` (as `--kv-tokenizer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_tokenizer: Option<String>,
+    /// The model's chat template for `precise_prefix` (as `--kv-chat-template`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_chat_template: Option<String>,
     /// What the model is good at (shown in `/v1/models`, `/health`, `/router/info`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
@@ -30,8 +36,15 @@ pub struct ModelSettings {
     pub fallbacks: Vec<String>,
 }
 
-/// Settings a worker label may not carry: they describe the model, not its policy.
-const NOT_LABELS: [&str; 3] = ["capabilities", "description", "fallbacks"];
+/// Settings a worker label may not carry: they describe the model, not its policy, or
+/// name files on the gateway's disk, which a registered worker must not choose.
+const NOT_LABELS: [&str; 5] = [
+    "capabilities",
+    "description",
+    "fallbacks",
+    "kv_tokenizer",
+    "kv_chat_template",
+];
 
 impl ModelSettings {
     /// Label naming a model's policy on its workers; `policy.<setting>` labels carry
@@ -100,6 +113,12 @@ impl ModelSettings {
         }
         if let Some(v) = self.hash_load_factor {
             c.hash_load_factor = v;
+        }
+        if let Some(v) = &self.kv_tokenizer {
+            c.kv_tokenizer = v.clone();
+        }
+        if let Some(v) = &self.kv_chat_template {
+            c.kv_chat_template = v.clone();
         }
         c
     }

@@ -92,6 +92,8 @@ impl<'c> Plan<'c> {
         let mut view = RequestView::clone(&self.view);
         view.model = model;
         view.model_key = key;
+        // Another model may tokenise differently.
+        view.token_blocks = Default::default();
         self.view = Arc::new(view);
         self.at += 1;
         self.sends_here = 0;

@@ -254,7 +254,7 @@ impl Pipeline {
             };
         view.prefix_blocks = hasher.finish();
         if self.workers.reads_tokens() {
-            view.token_blocks = self.workers.kv().token_blocks_of(&body);
+            view.body = body.clone();
         }
         // Another tenant's workflow of the same name is another workflow.
         if let Some(wf) = &view.workflow

@@ -81,9 +81,12 @@ pub struct RequestView {
     pub session_key: Option<String>,
     /// Chained hashes of the prompt's fixed-size blocks (empty unless a policy reads them).
     pub prefix_blocks: Vec<u64>,
-    /// Chained hashes of the prompt's token blocks as the engine will cache them
-    /// (empty unless `precise_prefix` routes the model).
-    pub token_blocks: Vec<u64>,
+    /// The body, kept when some policy reads token blocks (empty otherwise): the policy
+    /// tokenises it with its model's tokenizer, once per model (`token_blocks`).
+    pub body: bytes::Bytes,
+    /// Chained hashes of the prompt's token blocks as the engine will cache them, once
+    /// a policy asked; reset when the request moves to another model.
+    pub token_blocks: std::sync::OnceLock<Vec<u64>>,
     /// Length of the prompt text in bytes.
     pub prompt_bytes: usize,
     /// Completion tokens the request may generate (`max_completion_tokens` or
@@ -178,7 +181,8 @@ impl RequestView {
                 .map(|o| o.include_usage == Some(true)),
             session_key: session_key(headers, session, wire.user),
             prefix_blocks: Vec::new(),
-            token_blocks: Vec::new(),
+            body: bytes::Bytes::new(),
+            token_blocks: Default::default(),
             prompt_bytes,
             max_tokens: wire
                 .max_completion_tokens
@@ -371,7 +375,8 @@ fn parse_multipart(
         stream_options: None,
         session_key: session_key(headers, session, None),
         prefix_blocks: Vec::new(),
-        token_blocks: Vec::new(),
+        body: bytes::Bytes::new(),
+        token_blocks: Default::default(),
         prompt_bytes: 0,
         max_tokens: None,
         intent: None,

@@ -49,6 +49,8 @@ pub struct PolicyContext {
     pub prefix: PrefixIndex,
     /// What the engines report they cache (KV events), gateway-wide.
     pub kv: Arc<kv::KvState>,
+    /// The model's tokenizer, when its policy reads token blocks and it loads.
+    pub tokenizer: Option<Arc<kv::tokenize::Tokenizer>>,
 }
 
 /// A routing policy. Object-safe; no caller ever asks which policy it is talking to.
@@ -185,7 +187,8 @@ pub(crate) mod tests {
             stream_options: None,
             session_key: session.map(str::to_string),
             prefix_blocks: blocks,
-            token_blocks: Vec::new(),
+            body: bytes::Bytes::new(),
+            token_blocks: Default::default(),
             prompt_bytes: 1,
             max_tokens: None,
             intent: None,
@@ -205,6 +208,7 @@ pub(crate) mod tests {
                 &crate::config::Config::default(),
                 Arc::new(crate::metrics::Metrics::new()),
             )),
+            tokenizer: None,
         }
     }
 

@@ -54,7 +54,12 @@ impl Policy for PrecisePrefix {
         req: &RequestView,
         ctx: &PolicyContext,
     ) -> Option<Pick> {
-        let blocks = &req.token_blocks;
+        let blocks: &[u64] = match &ctx.tokenizer {
+            Some(t) => req
+                .token_blocks
+                .get_or_init(|| ctx.kv.token_blocks_of(t, &req.body)),
+            None => &[],
+        };
         // No tokens, one candidate or an imbalanced fleet: cache_aware's decision.
         if blocks.is_empty() || candidates.len() <= 1 || self.approximate.imbalanced(candidates) {
             return self.approximate.pick(candidates, req, ctx);

@@ -86,14 +86,33 @@ impl WorkerSelector {
             block_size: cfg.cache_block_size,
             metrics,
         });
-        if selector.reads_tokens() && selector.kv.tokenizer().is_none() {
-            return Err(crate::config::invalid(
-                "kv-tokenizer",
-                format!(
-                    "{:?} with template {:?} cannot be loaded (see the log)",
-                    cfg.kv_tokenizer, cfg.kv_chat_template
-                ),
-            ));
+        // Every tokenizer a precise model will use loads, or the gateway does not start.
+        let mut tokenizers = Vec::new();
+        if selector.reads_tokens() {
+            tokenizers.push(("kv-tokenizer".to_string(), cfg.clone()));
+        }
+        for (name, s) in &cfg.models {
+            let c = s.apply(cfg);
+            let precise = [c.policy, c.prefill_policy, c.decode_policy]
+                .contains(&crate::config::PolicyKind::PrecisePrefix);
+            if precise && (s.kv_tokenizer.is_some() || s.kv_chat_template.is_some()) {
+                tokenizers.push((format!("models.{name}.kv_tokenizer"), c));
+            }
+        }
+        for (option, c) in tokenizers {
+            if selector
+                .kv
+                .tokenizer(&c.kv_tokenizer, &c.kv_chat_template)
+                .is_none()
+            {
+                return Err(crate::config::invalid(
+                    &option,
+                    format!(
+                        "{:?} with template {:?} cannot be loaded (see the log)",
+                        c.kv_tokenizer, c.kv_chat_template
+                    ),
+                ));
+            }
         }
         let observer: Arc<dyn RegistryObserver> = selector.clone();
         registry.observe(&observer);

@@ -99,6 +99,11 @@ impl PolicyTable {
         };
         let policy = build(c.policy, &c);
         self.note(policy.as_ref());
+        let tokenizer = if policy.reads_tokens() {
+            self.kv.tokenizer(&c.kv_tokenizer, &c.kv_chat_template)
+        } else {
+            None
+        };
         Entry {
             policy,
             ctx: Arc::new(PolicyContext {
@@ -106,6 +111,7 @@ impl PolicyTable {
                 role: self.role,
                 prefix: PrefixIndex::new((c.max_tree_size / c.cache_block_size).max(1)),
                 kv: self.kv.clone(),
+                tokenizer,
             }),
         }
     }

@@ -17,13 +17,17 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::PrefixIndex;
 use crate::config::Config;
 use crate::fleet::{Worker, WorkerId};
 use crate::metrics::Metrics;
 use tokenize::Tokenizer;
+
+/// A tokenizer and a chat template, as `--kv-tokenizer` and `--kv-chat-template` name
+/// them.
+type TokenizerSpec = (String, String);
 
 /// Chain start of token-block hashes (the parent of a sequence's first block).
 pub const ROOT: u64 = 0x6A09_E667_F3BC_C908;
@@ -85,9 +89,9 @@ pub struct KvState {
     streams: RwLock<HashMap<WorkerId, StreamInfo>>,
     /// The running subscriptions, by worker.
     subscriptions: Mutex<HashMap<WorkerId, tokio::task::JoinHandle<()>>>,
-    /// `--kv-tokenizer` and `--kv-chat-template`, loaded on first use.
-    tokenizer_spec: (String, String),
-    tokenizer: OnceLock<Option<Arc<Tokenizer>>>,
+    /// Tokenizers by (tokenizer, chat template), each loaded once, on first use; models
+    /// naming the same pair share one.
+    tokenizers: Mutex<HashMap<TokenizerSpec, Option<Arc<Tokenizer>>>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -102,33 +106,31 @@ impl KvState {
             default_block_size: cfg.kv_block_size.max(1),
             streams: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
-            tokenizer_spec: (cfg.kv_tokenizer.clone(), cfg.kv_chat_template.clone()),
-            tokenizer: OnceLock::new(),
+            tokenizers: Mutex::new(HashMap::new()),
             metrics,
         }
     }
 
-    /// The tokenizer, loaded on first use (`None`, logged, when it cannot be).
-    pub fn tokenizer(&self) -> Option<Arc<Tokenizer>> {
-        self.tokenizer
-            .get_or_init(|| {
-                let (t, tpl) = &self.tokenizer_spec;
-                match Tokenizer::load(t, tpl) {
-                    Ok(t) => Some(Arc::new(t)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "--kv-tokenizer / --kv-chat-template: precise_prefix routes approximately");
-                        None
-                    }
+    /// The tokenizer `tokenizer` with the chat template `template` (as `--kv-tokenizer`
+    /// and `--kv-chat-template` name them), loaded on first use; `None`, logged once,
+    /// when it cannot be.
+    pub fn tokenizer(&self, tokenizer: &str, template: &str) -> Option<Arc<Tokenizer>> {
+        let key = (tokenizer.to_string(), template.to_string());
+        let mut all = self.tokenizers.lock().expect("tokenizers lock");
+        all.entry(key)
+            .or_insert_with(|| match Tokenizer::load(tokenizer, template) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    tracing::error!(error = %e, tokenizer, template, "a precise_prefix tokenizer cannot be loaded: its models are routed approximately");
+                    None
                 }
             })
             .clone()
     }
 
-    /// The token blocks of an OpenAI request body (empty when it cannot be tokenised).
-    pub fn token_blocks_of(&self, body: &[u8]) -> Vec<u64> {
-        let Some(t) = self.tokenizer() else {
-            return Vec::new();
-        };
+    /// The token blocks of an OpenAI request body by `t` (empty when it cannot be
+    /// tokenised).
+    pub fn token_blocks_of(&self, t: &Tokenizer, body: &[u8]) -> Vec<u64> {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
             return Vec::new();
         };
