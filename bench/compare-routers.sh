@@ -36,7 +36,7 @@ routers() { # routers N_ENGINES: start every router in front of the engines
   local urls; urls=$(engines "$1" | tr '\n' ' ')
   local p=$ROUTER_PORT
   for pol in cache_aware round_robin power_of_two consistent_hash; do
-    start "switchyard-$pol" $BIN/switchyard serve --worker-urls $urls --policy $pol --port $p --prometheus-port $((p + 50)) --admin-port $((p + 80)) --log-level warn
+    start "switchyard-$pol" $BIN/switchyard serve --worker-urls $urls --policy $pol --port $p --prometheus-port $((p + 50)) --admin-port $((p + 80)) --log-level warn --database-url sqlite::memory:
     TARGETS+=("switchyard-$pol=http://127.0.0.1:$p"); PIDOF[switchyard-$pol]=$(eval echo \$PID_switchyard_$pol); p=$((p + 1))
   done
   if [ -n "${BASELINE_BIN:-}" ]; then

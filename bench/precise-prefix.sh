@@ -85,7 +85,7 @@ replicas() { # replicas NAME CMD...: two copies of a router, CMD with PORT and P
   TARGETS+=("$name=$(IFS=,; echo "${urls[*]}")"); PIDARGS+=(--pid "$name=$first")
 }
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
-SW=(serve --worker-urls "${URLS[@]}" --port PORT --prometheus-port PROM --admin-port ADMIN --log-level warn)
+SW=(serve --worker-urls "${URLS[@]}" --port PORT --prometheus-port PROM --admin-port ADMIN --log-level warn --database-url sqlite::memory:)
 want switchyard-precise_prefix && replicas switchyard-precise_prefix $BIN/switchyard "${SW[@]}" --policy precise_prefix "${KV_ARGS[@]}"
 want switchyard-cache_aware && replicas switchyard-cache_aware $BIN/switchyard "${SW[@]}" --policy cache_aware
 want switchyard-round_robin && replicas switchyard-round_robin $BIN/switchyard "${SW[@]}" --policy round_robin
