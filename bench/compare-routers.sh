@@ -20,9 +20,7 @@ mkdir -p "$OUT" "$LOGS"
 DATE=$(date -u +%Y-%m-%d-%H%M)
 
 . bench/lib.sh
-peer_routers
-cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
-BIN=target/release
+prepare_routers
 
 ENGINE_PORT=18600
 ROUTER_PORT=18700

@@ -25,10 +25,12 @@ wait_ready() { # wait_ready URL: until GET URL answers, 120 s at most
 median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 to_us() { awk '{v=$1; if (v ~ /ms$/) {sub(/ms/,"",v); v*=1000} else if (v ~ /us$/) {sub(/us/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1e6}; print v}'; }
 
-peer_routers() { # the peers, pinned, in $VENV (installed on first use)
+prepare_routers() { # the peers, pinned, in $VENV (installed on first use); our release build in $BIN
   if [ ! -x "$VENV/bin/vllm-router" ] || [ ! -x "$VENV/bin/sglang-router" ]; then
     echo "installing vllm-router 0.1.17 and sglang-router 0.3.2 into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q "vllm-router==0.1.17" "sglang-router==0.3.2"
   fi
+  cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
+  BIN=target/release
 }

@@ -47,9 +47,7 @@ PER_TENANT=${PER_TENANT:-$(((RATE * DURATION + TENANTS - 1) / TENANTS + 1))}
 ONLY=${ONLY:-}
 
 . bench/lib.sh
-peer_routers
-cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
-BIN=target/release
+prepare_routers
 
 ENGINE_PORT=18600
 ROUTER_PORT=18700

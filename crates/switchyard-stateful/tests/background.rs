@@ -278,7 +278,8 @@ async fn a_response_being_stored_is_not_taken_for_cancelled() {
                           "max_output_tokens": 16});
         tokio::spawn(async move { svc.create(&body, "default").await })
     };
-    // The insert is waiting on the lock.
+    // The insert is waiting on the lock (each look is a round trip to the server; no
+    // timer is involved).
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
@@ -290,7 +291,7 @@ async fn a_response_being_stored_is_not_taken_for_cancelled() {
         if waiting > 0 {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::task::yield_now().await;
     }
     svc.poll_cancels().await.unwrap();
     lock.rollback().await.unwrap();
