@@ -9,6 +9,9 @@ pub struct EngineCounters {
     pub prefix_queries: f64,
     pub prefix_hits: f64,
     pub requests: f64,
+    /// The engine's KV capacity in blocks (`num_gpu_blocks` of `vllm:cache_config_info`),
+    /// 0 when it does not say. Not a counter: a delta keeps the later value.
+    pub kv_blocks: f64,
 }
 
 impl EngineCounters {
@@ -17,6 +20,7 @@ impl EngineCounters {
             prefix_queries: self.prefix_queries - before.prefix_queries,
             prefix_hits: self.prefix_hits - before.prefix_hits,
             requests: self.requests - before.requests,
+            kv_blocks: self.kv_blocks,
         }
     }
 }
@@ -37,6 +41,38 @@ pub fn parse(text: &str) -> EngineCounters {
         prefix_queries: sum_metric(text, "vllm:prefix_cache_queries_total"),
         prefix_hits: sum_metric(text, "vllm:prefix_cache_hits_total"),
         requests: sum_metric(text, "vllm:request_success_total"),
+        kv_blocks: label_value(text, "vllm:cache_config_info", "num_gpu_blocks")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+    }
+}
+
+/// The value of label `label` on the first sample of `name`.
+fn label_value<'t>(text: &'t str, name: &str, label: &str) -> Option<&'t str> {
+    let line = text
+        .lines()
+        .find(|l| l.split('{').next() == Some(name) && l.contains('{'))?;
+    let labels = line.split_once('{')?.1.rsplit_once('}')?.0;
+    // Matched after a comma, so `num_gpu_blocks` never matches `extra_num_gpu_blocks`.
+    let key = format!(",{label}=\"");
+    let at = format!(",{labels}").find(&key)?;
+    labels[at + key.len() - 1..].split('"').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kv_capacity_is_read_from_cache_config_info() {
+        let text = "# TYPE vllm:cache_config_info gauge\n\
+            vllm:cache_config_info{block_size=\"16\",extra_num_gpu_blocks=\"7\",num_gpu_blocks=\"2600\"} 1\n\
+            vllm:request_success_total{finished_reason=\"stop\"} 5\n";
+        let c = parse(text);
+        assert_eq!((c.kv_blocks, c.requests), (2600.0, 5.0));
+        assert_eq!(parse("vllm:request_success_total 1\n").kv_blocks, 0.0);
+        // A later scrape's delta keeps the capacity.
+        assert_eq!(c.delta(&c).kv_blocks, 2600.0);
     }
 }
 

@@ -5,8 +5,16 @@
 //! blocks too, which is what multi-turn conversations reuse), with at least one token
 //! of every prompt computed, as vLLM counts hits. No router can do better on that
 //! workload; the distance to it is what routing leaves on the table.
+//!
+//! Under memory pressure that bound counts hits no fleet of the run's size could hold,
+//! so [`bounded_hit_rate`] also gives the oracle the fleet's combined KV capacity and
+//! the engines' eviction: one cache of every engine's blocks together, least recently
+//! used blocks evicted first, a finished request's blocks freed last block first (as
+//! vLLM frees them), every request on it in the order sent. It never restarts, never
+//! holds a block twice and has no blocks pinned by running requests, so it stays
+//! above what any router can reach on the same engines.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 use switchyard_sim::kv_cache::{BlockHash, extend_block_hashes};
@@ -47,6 +55,47 @@ pub fn hit_rate(requests: &[(Vec<Token>, Vec<Token>)]) -> f64 {
     }
 }
 
+/// The oracle hit rate with a cache of `capacity` blocks evicted least recently used
+/// first (see the module's doc).
+pub fn bounded_hit_rate(requests: &[(Vec<Token>, Vec<Token>)], capacity: usize) -> f64 {
+    // Block → when it was last used, and the reverse, oldest first.
+    let mut used: HashMap<BlockHash, u64> = HashMap::new();
+    let mut by_age: BTreeMap<u64, BlockHash> = BTreeMap::new();
+    let mut clock = 0u64;
+    let (mut hits, mut total) = (0usize, 0usize);
+    for (p, generated) in requests {
+        let mut hashes = Vec::new();
+        extend_block_hashes(&mut hashes, p, BLOCK);
+        let max_blocks = p.len().saturating_sub(1) / BLOCK;
+        let hit_blocks = hashes
+            .iter()
+            .take(max_blocks)
+            .take_while(|h| used.contains_key(*h))
+            .count();
+        hits += hit_blocks * BLOCK;
+        total += p.len();
+        let mut full = p.clone();
+        full.extend_from_slice(generated);
+        extend_block_hashes(&mut hashes, &full, BLOCK);
+        for h in hashes.iter().rev() {
+            clock += 1;
+            if let Some(old) = used.insert(*h, clock) {
+                by_age.remove(&old);
+            }
+            by_age.insert(clock, *h);
+        }
+        while used.len() > capacity {
+            let (_, h) = by_age.pop_first().expect("aged as used");
+            used.remove(&h);
+        }
+    }
+    if total == 0 {
+        0.0
+    } else {
+        hits as f64 / total as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,7 +120,35 @@ mod tests {
         let mut turn2 = a.clone();
         turn2.extend(200..232);
         let reply: Vec<Token> = (200..224).collect();
-        let rate = hit_rate(&[(a, reply), (turn2, none())]);
+        let rate = hit_rate(&[(a.clone(), reply.clone()), (turn2.clone(), none())]);
         assert!((rate - 64.0 / 112.0).abs() < 1e-12, "{rate}");
+        let ample = bounded_hit_rate(&[(a, reply), (turn2, none())], 1000);
+        assert!((ample - rate).abs() < 1e-12, "{ample}");
+    }
+
+    #[test]
+    fn a_bounded_oracle_evicts_least_recently_used_blocks_last_block_first() {
+        let none = Vec::new;
+        // A: 49 tokens, 3 full blocks; X: 17 tokens, 1 block of its own.
+        let a: Vec<Token> = (0..49).collect();
+        let x: Vec<Token> = (1000..1017).collect();
+        let reqs = [(a.clone(), none()), (x, none()), (a.clone(), none())];
+        // Room for all four blocks: A's second visit hits its 3 blocks.
+        let rate = bounded_hit_rate(&reqs, 4);
+        assert!((rate - 48.0 / 115.0).abs() < 1e-12, "{rate}");
+        // Room for three: X evicts A's last block, not its first, so 2 blocks still hit.
+        let rate = bounded_hit_rate(&reqs, 3);
+        assert!((rate - 32.0 / 115.0).abs() < 1e-12, "{rate}");
+        // Room for one: nothing of A survives X.
+        assert_eq!(bounded_hit_rate(&reqs, 1), 0.0);
+        // A block used again is young again: A, A's first block alone, X, A with room
+        // for three keeps A's first block over its second and third.
+        let a0: Vec<Token> = (0..17).collect();
+        let y: Vec<Token> = (2000..2033).collect();
+        let reqs = [(a.clone(), none()), (a0, none()), (y, none()), (a, none())];
+        // A's visit 2 hits 1 block (16 of 17 tokens); after Y's 2 blocks only A's first
+        // block is left of A: 1 block = 16 tokens.
+        let rate = bounded_hit_rate(&reqs, 3);
+        assert!((rate - 32.0 / 148.0).abs() < 1e-12, "{rate}");
     }
 }

@@ -63,6 +63,9 @@ pub struct TargetResult {
     pub engine_hit_rate: Option<f64>,
     /// Best possible hit rate for the prompts sent (unbounded cache).
     pub oracle_hit_rate: f64,
+    /// The same with the fleet's combined KV capacity and LRU eviction, when the
+    /// engines say their capacity (`oracle::bounded_hit_rate`).
+    pub bounded_oracle_hit_rate: Option<f64>,
     /// Each engine's share of the requests it finished during the run.
     pub engine_share: Vec<f64>,
     pub process: Option<ProcUsage>,
@@ -187,6 +190,12 @@ fn summarize_run(
         })
         .collect();
     let wall = out.wall_secs.max(1e-9);
+    // Counted only when every engine says its capacity.
+    let capacity = if after.iter().all(|c| c.kv_blocks > 0.0) {
+        after.iter().map(|c| c.kv_blocks).sum()
+    } else {
+        0.0
+    };
     TargetResult {
         name: t.name.clone(),
         url: t.url.clone(),
@@ -203,6 +212,8 @@ fn summarize_run(
         session_e2e: summarize(&out.session_secs),
         engine_hit_rate: (queries > 0.0).then(|| hits / queries),
         oracle_hit_rate: oracle::hit_rate(&prompts),
+        bounded_oracle_hit_rate: (capacity > 0.0)
+            .then(|| oracle::bounded_hit_rate(&prompts, capacity as usize)),
         engine_share: deltas
             .iter()
             .map(|d| {
@@ -255,6 +266,9 @@ pub fn aggregate(results: &[TargetResult], targets: &[Target]) -> Vec<TargetResu
                     .engine_hit_rate
                     .map(|_| mid(&|r| r.engine_hit_rate.unwrap_or(0.0))),
                 oracle_hit_rate: mid(&|r| r.oracle_hit_rate),
+                bounded_oracle_hit_rate: first
+                    .bounded_oracle_hit_rate
+                    .map(|_| mid(&|r| r.bounded_oracle_hit_rate.unwrap_or(0.0))),
                 engine_share: (0..first.engine_share.len())
                     .map(|i| mid(&|r| r.engine_share.get(i).copied().unwrap_or(0.0)))
                     .collect(),
@@ -295,11 +309,11 @@ pub fn markdown(title: &str, rows: &[TargetResult]) -> String {
     let _ = writeln!(md, "### {title}\n");
     let _ = writeln!(
         md,
-        "| target | ok | errors | req/s | out tok/s | TTFT p50 | TTFT p90 | TTFT p99 | ITL p50 | ITL p90 | E2E p90 | session E2E p90 | engine hit rate | oracle | engine share | CPU s | peak RSS | TTFT p90 vs first | req/s vs first |"
+        "| target | ok | errors | req/s | out tok/s | TTFT p50 | TTFT p90 | TTFT p99 | ITL p50 | ITL p90 | E2E p90 | session E2E p90 | engine hit rate | oracle | oracle (fleet KV) | engine share | CPU s | peak RSS | TTFT p90 vs first | req/s vs first |"
     );
     let _ = writeln!(
         md,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     );
     let base = rows.first();
     for r in rows {
@@ -338,7 +352,7 @@ pub fn markdown(title: &str, rows: &[TargetResult]) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1}% | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1}% | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.ok,
             err_detail,
@@ -354,6 +368,8 @@ pub fn markdown(title: &str, rows: &[TargetResult]) -> String {
             r.engine_hit_rate
                 .map_or("—".into(), |h| format!("{:.1}%", h * 100.0)),
             r.oracle_hit_rate * 100.0,
+            r.bounded_oracle_hit_rate
+                .map_or("—".into(), |h| format!("{:.1}%", h * 100.0)),
             share,
             r.process
                 .map_or("—".into(), |p| format!("{:.1}", p.cpu_secs)),

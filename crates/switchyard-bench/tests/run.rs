@@ -72,6 +72,15 @@ async fn comparison_of_two_engines_reports_every_measure() {
             "{}",
             r.oracle_hit_rate
         );
+        // The engines say their capacity, so the fleet-capacity oracle is counted; it
+        // never exceeds the unbounded one.
+        let bounded = r
+            .bounded_oracle_hit_rate
+            .expect("the engines report num_gpu_blocks");
+        assert!(
+            bounded > 0.5 && bounded <= r.oracle_hit_rate + 1e-9,
+            "{bounded}"
+        );
         let hit = r.engine_hit_rate.unwrap();
         assert!(
             hit > 0.5 && hit <= r.oracle_hit_rate + 1e-9,
