@@ -49,6 +49,9 @@ routers() { # routers N_ENGINES: start every router in front of the engines
     start "sglang-router-$pol" "$VENV/bin/sglang-router" launch --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
     TARGETS+=("sglang-router-$pol=http://127.0.0.1:$p"); PIDOF[sglang-router-$pol]=$(eval echo \$PID_sglang_router_$pol); p=$((p + 1))
   done
+  # vllm-router's session affinity (X-Session-ID, which the multi-turn workload sends).
+  start "vllm-router-consistent_hash" "$VENV/bin/vllm-router" --worker-urls $urls --policy consistent_hash --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
+  TARGETS+=("vllm-router-consistent_hash=http://127.0.0.1:$p"); PIDOF[vllm-router-consistent_hash]=$PID_vllm_router_consistent_hash; p=$((p + 1))
   TARGETS+=("direct=http://127.0.0.1:$ENGINE_PORT")
   PIDARGS=(); for name in "${!PIDOF[@]}"; do PIDARGS+=("--pid" "$name=${PIDOF[$name]}"); done
   for t in "${TARGETS[@]}"; do wait_ready "${t#*=}/v1/models"; done
@@ -135,7 +138,8 @@ REPORT=$OUT/$DATE.md
   echo "## Routing quality ($(date -u +%Y-%m-%d))"
   echo
   echo "4 simulated engines (switchyard-sim --engines 4 --time-scale $SCALE --num-gpu-blocks 4000 --max-model-len 16384),"
-  echo "prefix caches reset before every target. Latencies are client-side real time; multiply by $SCALE for simulated (GPU-equivalent) time."
+  echo "prefix caches reset before every target. Latencies are client-side real time: the engines' time, $SCALE× faster than simulated,"
+  echo "plus each router's own overhead, which is real time and must not be scaled (\`bench/compare-routers.sh overhead\` measures it alone)."
   echo "Every target warmed up in a discarded 10 s run, then measured $REPS times in rotated order; medians shown."
   echo "\`direct\` sends everything to one engine."
   echo

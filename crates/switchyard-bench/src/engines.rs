@@ -9,8 +9,9 @@ pub struct EngineCounters {
     pub prefix_queries: f64,
     pub prefix_hits: f64,
     pub requests: f64,
-    /// The engine's KV capacity in blocks (`num_gpu_blocks` of `vllm:cache_config_info`),
-    /// 0 when it does not say. Not a counter: a delta keeps the later value.
+    /// The engine's KV capacity in blocks (`num_gpu_blocks` of `vllm:cache_config_info`,
+    /// summed over its samples: vLLM gives one per data-parallel engine core), 0 when it
+    /// does not say. Not a counter: a delta keeps the later value.
     pub kv_blocks: f64,
 }
 
@@ -41,22 +42,26 @@ pub fn parse(text: &str) -> EngineCounters {
         prefix_queries: sum_metric(text, "vllm:prefix_cache_queries_total"),
         prefix_hits: sum_metric(text, "vllm:prefix_cache_hits_total"),
         requests: sum_metric(text, "vllm:request_success_total"),
-        kv_blocks: label_value(text, "vllm:cache_config_info", "num_gpu_blocks")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
+        kv_blocks: label_values(text, "vllm:cache_config_info", "num_gpu_blocks")
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum(),
     }
 }
 
-/// The value of label `label` on the first sample of `name`.
-fn label_value<'t>(text: &'t str, name: &str, label: &str) -> Option<&'t str> {
-    let line = text
-        .lines()
-        .find(|l| l.split('{').next() == Some(name) && l.contains('{'))?;
-    let labels = line.split_once('{')?.1.rsplit_once('}')?.0;
-    // Matched after a comma, so `num_gpu_blocks` never matches `extra_num_gpu_blocks`.
-    let key = format!(",{label}=\"");
-    let at = format!(",{labels}").find(&key)?;
-    labels[at + key.len() - 1..].split('"').next()
+/// The values of label `label` on the samples of `name` that carry it.
+fn label_values<'t>(text: &'t str, name: &'t str, label: &str) -> impl Iterator<Item = &'t str> {
+    // Matched after a comma (or a comma and spaces), so `num_gpu_blocks` never matches
+    // `extra_num_gpu_blocks`.
+    let key = format!("{label}=\"");
+    text.lines()
+        .filter(move |l| l.split('{').next() == Some(name))
+        .filter_map(move |l| {
+            let labels = l.split_once('{')?.1.rsplit_once('}')?.0;
+            labels.split(',').find_map(|pair| {
+                let value = pair.trim_start().strip_prefix(key.as_str())?;
+                value.split('"').next()
+            })
+        })
 }
 
 #[cfg(test)]
@@ -71,6 +76,12 @@ mod tests {
         let c = parse(text);
         assert_eq!((c.kv_blocks, c.requests), (2600.0, 5.0));
         assert_eq!(parse("vllm:request_success_total 1\n").kv_blocks, 0.0);
+        // The label first, after a space, or next to an override that says None; and
+        // one sample per data-parallel engine core, summed.
+        let dp = "vllm:cache_config_info{num_gpu_blocks=\"100\",num_gpu_blocks_override=\"None\",engine=\"0\"} 1\n\
+            vllm:cache_config_info{engine=\"1\", num_gpu_blocks=\"100\"} 1\n\
+            vllm:cache_config_info_other{num_gpu_blocks=\"7\"} 1\n";
+        assert_eq!(parse(dp).kv_blocks, 200.0);
         // A later scrape's delta keeps the capacity.
         assert_eq!(c.delta(&c).kv_blocks, 2600.0);
     }

@@ -266,9 +266,14 @@ pub fn aggregate(results: &[TargetResult], targets: &[Target]) -> Vec<TargetResu
                     .engine_hit_rate
                     .map(|_| mid(&|r| r.engine_hit_rate.unwrap_or(0.0))),
                 oracle_hit_rate: mid(&|r| r.oracle_hit_rate),
-                bounded_oracle_hit_rate: first
-                    .bounded_oracle_hit_rate
-                    .map(|_| mid(&|r| r.bounded_oracle_hit_rate.unwrap_or(0.0))),
+                // Over the runs that counted it (every engine said its capacity).
+                bounded_oracle_hit_rate: {
+                    let v: Vec<f64> = rs
+                        .iter()
+                        .filter_map(|r| r.bounded_oracle_hit_rate)
+                        .collect();
+                    (!v.is_empty()).then(|| median(v))
+                },
                 engine_share: (0..first.engine_share.len())
                     .map(|i| mid(&|r| r.engine_share.get(i).copied().unwrap_or(0.0)))
                     .collect(),

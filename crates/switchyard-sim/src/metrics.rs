@@ -28,6 +28,7 @@ struct CacheConfigLabels {
     block_size: String,
     num_gpu_blocks: String,
     enable_prefix_caching: String,
+    engine: String,
 }
 
 const TTFT_BUCKETS: &[f64] = &[
@@ -74,8 +75,15 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    /// Registers every family; `block_size` and `num_gpu_blocks` go into `vllm:cache_config_info`.
-    pub fn new(block_size: usize, num_gpu_blocks: usize, prefix_caching: bool) -> Self {
+    /// Registers every family; `block_size` and `num_gpu_blocks` go into
+    /// `vllm:cache_config_info`, one sample per data-parallel rank (`engine` label), as
+    /// vLLM reports each engine core's cache.
+    pub fn new(
+        block_size: usize,
+        num_gpu_blocks: usize,
+        prefix_caching: bool,
+        data_parallel_size: usize,
+    ) -> Self {
         let mut registry = Registry::default();
         let running = Family::<EngineLabels, Gauge>::default();
         let waiting = Family::<EngineLabels, Gauge>::default();
@@ -91,13 +99,16 @@ impl ServerMetrics {
         let e2e: HistFamily = Family::new_with_constructor(request_histogram);
         let queue: HistFamily = Family::new_with_constructor(request_histogram);
         let cache_info = Family::<CacheConfigLabels, Gauge>::default();
-        cache_info
-            .get_or_create(&CacheConfigLabels {
-                block_size: block_size.to_string(),
-                num_gpu_blocks: num_gpu_blocks.to_string(),
-                enable_prefix_caching: if prefix_caching { "True" } else { "False" }.into(),
-            })
-            .set(1);
+        for rank in 0..data_parallel_size.max(1) {
+            cache_info
+                .get_or_create(&CacheConfigLabels {
+                    block_size: block_size.to_string(),
+                    num_gpu_blocks: num_gpu_blocks.to_string(),
+                    enable_prefix_caching: if prefix_caching { "True" } else { "False" }.into(),
+                    engine: rank.to_string(),
+                })
+                .set(1);
+        }
 
         registry.register(
             "vllm:num_requests_running",

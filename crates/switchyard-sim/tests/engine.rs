@@ -445,6 +445,15 @@ async fn data_parallel_ranks_have_separate_caches() {
     assert_eq!(cached_tokens(&send(0).await), 0);
     assert!(cached_tokens(&send(0).await) > 300);
     assert_eq!(cached_tokens(&send(1).await), 0, "rank 1 has its own cache");
+    // Each rank reports its own cache's size, as vLLM's engine cores do.
+    for rank in ["0", "1"] {
+        assert_eq!(
+            http.metric(&url, "vllm:cache_config_info", &[("engine", rank)])
+                .await,
+            1.0,
+            "rank {rank}"
+        );
+    }
     // The body field (SGLang style) picks a rank too.
     let mut b = body.clone();
     b["data_parallel_rank"] = json!(1);

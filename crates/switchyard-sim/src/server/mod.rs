@@ -76,6 +76,7 @@ impl SimServer {
             cfg.block_size,
             cfg.num_gpu_blocks,
             !cfg.no_enable_prefix_caching,
+            cfg.data_parallel_size,
         );
         let model = cfg.served_model_name[0].clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
