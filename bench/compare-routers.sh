@@ -9,6 +9,8 @@
 # round_robin as targets `baseline-<policy>`, measured in the same run: how a change is
 # checked for a regression on a machine whose absolute speed drifts.
 #
+# ONLY=a,b measures only the targets named (e.g. ONLY=switchyard-cache_aware,direct).
+#
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,37 +30,47 @@ ROUTER_PORT=18700
 if busy=$(ss -Hltnp "sport >= :18600 and sport <= :18899" | grep .); then
   echo "ports 18600-18899 are in use; stop these first:" >&2; echo "$busy" >&2; exit 1
 fi
+ONLY=${ONLY:-}
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 engines() { for i in $(seq 0 $(($1 - 1))); do echo "http://127.0.0.1:$((ENGINE_PORT + i))"; done; }
 
 routers() { # routers N_ENGINES: start every router in front of the engines
   local urls; urls=$(engines "$1" | tr '\n' ' ')
   local p=$ROUTER_PORT
   for pol in cache_aware round_robin power_of_two consistent_hash; do
+    want "switchyard-$pol" || continue
     start "switchyard-$pol" $BIN/switchyard serve --worker-urls $urls --policy $pol --port $p --prometheus-port $((p + 50)) --admin-port $((p + 80)) --log-level warn --database-url sqlite::memory:
     TARGETS+=("switchyard-$pol=http://127.0.0.1:$p"); PIDOF[switchyard-$pol]=$(eval echo \$PID_switchyard_$pol); p=$((p + 1))
   done
   if [ -n "${BASELINE_BIN:-}" ]; then
     for pol in cache_aware round_robin; do
+      want "baseline-$pol" || continue
       start "baseline-$pol" "$BASELINE_BIN" serve --worker-urls $urls --policy $pol --port $p --prometheus-port $((p + 50)) --admin-port $((p + 80)) --log-level warn
       TARGETS+=("baseline-$pol=http://127.0.0.1:$p"); PIDOF[baseline-$pol]=$(eval echo \$PID_baseline_$pol); p=$((p + 1))
     done
   fi
-  for pol in round_robin cache_aware; do
-    start "vllm-router-$pol" "$VENV/bin/vllm-router" --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
-    TARGETS+=("vllm-router-$pol=http://127.0.0.1:$p"); PIDOF[vllm-router-$pol]=$(eval echo \$PID_vllm_router_$pol); p=$((p + 1))
-    start "sglang-router-$pol" "$VENV/bin/sglang-router" launch --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
-    TARGETS+=("sglang-router-$pol=http://127.0.0.1:$p"); PIDOF[sglang-router-$pol]=$(eval echo \$PID_sglang_router_$pol); p=$((p + 1))
+  # vllm-router's consistent_hash: its session affinity (X-Session-ID, which the
+  # multi-turn workload sends).
+  for pol in round_robin cache_aware consistent_hash; do
+    if want "vllm-router-$pol"; then
+      start "vllm-router-$pol" "$VENV/bin/vllm-router" --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
+      TARGETS+=("vllm-router-$pol=http://127.0.0.1:$p"); PIDOF[vllm-router-$pol]=$(eval echo \$PID_vllm_router_$pol); p=$((p + 1))
+    fi
+    if [ "$pol" != consistent_hash ] && want "sglang-router-$pol"; then
+      start "sglang-router-$pol" "$VENV/bin/sglang-router" launch --worker-urls $urls --policy $pol --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
+      TARGETS+=("sglang-router-$pol=http://127.0.0.1:$p"); PIDOF[sglang-router-$pol]=$(eval echo \$PID_sglang_router_$pol); p=$((p + 1))
+    fi
   done
-  # vllm-router's session affinity (X-Session-ID, which the multi-turn workload sends).
-  start "vllm-router-consistent_hash" "$VENV/bin/vllm-router" --worker-urls $urls --policy consistent_hash --host 127.0.0.1 --port $p --prometheus-port $((p + 50)) --log-level error
-  TARGETS+=("vllm-router-consistent_hash=http://127.0.0.1:$p"); PIDOF[vllm-router-consistent_hash]=$PID_vllm_router_consistent_hash; p=$((p + 1))
-  TARGETS+=("direct=http://127.0.0.1:$ENGINE_PORT")
+  want direct && TARGETS+=("direct=http://127.0.0.1:$ENGINE_PORT")
   PIDARGS=(); for name in "${!PIDOF[@]}"; do PIDARGS+=("--pid" "$name=${PIDOF[$name]}"); done
   for t in "${TARGETS[@]}"; do wait_ready "${t#*=}/v1/models"; done
   sleep 2 # let the routers finish their first health checks
 }
 
 if [ "$MODE" = overhead ]; then
+  if ! { want direct && want vllm-router-round_robin; }; then
+    echo "overhead mode measures against direct and vllm-router-round_robin: ONLY must name both" >&2; exit 1
+  fi
   command -v wrk >/dev/null || { echo "overhead mode needs wrk (apt-get install wrk)" >&2; exit 1; }
   [ -x /usr/bin/time ] || { echo "overhead mode needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
   start sim $BIN/switchyard-sim --instant --engines 2 --port $ENGINE_PORT --log-level warn
