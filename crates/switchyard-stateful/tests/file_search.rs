@@ -285,8 +285,10 @@ async fn bad_file_search_tools_are_refused_before_the_engine() {
             "tool_choice",
         ),
         (json!({"max_tool_calls": 0}), 400, "max_tool_calls"),
+        // No search provider on this gateway.
+        (json!({"tools": [{"type": "web_search"}]}), 400, "tools[0]"),
         (
-            json!({"tools": [{"type": "web_search"}]}),
+            json!({"tools": [{"type": "code_interpreter"}]}),
             400,
             "tools[0].type",
         ),

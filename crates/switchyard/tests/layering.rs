@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "base",
         &[
             "config", "request", "upstream", "metrics", "error", "shutdown", "logging", "state",
-            "tenancy",
+            "tenancy", "tools",
         ],
     ),
 ];

@@ -4,11 +4,7 @@
 //! with the numbered results, and lets the model go on, round after round, until it
 //! answers (bounded by `max_tool_calls` and the gateway's limit).
 //!
-//! Citations: the results are numbered `[1]`, `[2]`, … across the rounds, and the model
-//! is asked to cite them so. The answer's `output_text` gets a `file_citation` for
-//! every marker `[n]` naming a result (at the marker's character index), and for every
-//! result not cited by marker whose text it quotes — a sentence of at least six words
-//! found verbatim — at the end of the quote. Nothing else is attributed.
+//! Results are numbered and cited as every server-side tool's are (`super::tools`).
 
 use serde_json::{Map, Value, json};
 
@@ -118,26 +114,6 @@ pub fn queries_of(arguments: &str) -> Option<Vec<String>> {
     (!list.is_empty()).then_some(list)
 }
 
-/// The tool message answering a search: its results numbered from `first`.
-pub fn tool_message(queries: &[String], hits: &[Hit], first: usize) -> String {
-    if hits.is_empty() {
-        return format!(
-            "No results for: {}. Answer from what you know, and say that the documents did not cover it.",
-            queries.join(" | ")
-        );
-    }
-    let mut s = format!(
-        "Results for: {}. Answer from them and cite each result you use by its number in brackets, like [{first}].\n\n",
-        queries.join(" | ")
-    );
-    for (i, h) in hits.iter().enumerate() {
-        s.push_str(&format!("[{}] {} ({})\n", first + i, h.filename, h.file_id));
-        s.push_str(h.text.trim());
-        s.push_str("\n\n");
-    }
-    s
-}
-
 /// A `file_search_call` output item; its results only when asked for
 /// (`include: ["file_search_call.results"]`).
 pub fn call_item(id: &str, status: &str, queries: &[String], hits: Option<&[Hit]>) -> Value {
@@ -150,103 +126,9 @@ pub fn call_item(id: &str, status: &str, queries: &[String], hits: Option<&[Hit]
     })
 }
 
-/// The `file_citation` annotations of an answer's text, given every result shown to
-/// the model (numbered from 1), in order of their place in the text.
-pub fn citations(text: &str, sources: &[Hit]) -> Vec<Value> {
-    if sources.is_empty() {
-        return Vec::new();
-    }
-    let mut found: Vec<(usize, usize)> = Vec::new(); // (char index, source)
-    let mut cited = vec![false; sources.len()];
-    // Markers `[n]`.
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i].1 == '[' {
-            let mut j = i + 1;
-            let mut n = 0usize;
-            while j < chars.len() && chars[j].1.is_ascii_digit() && j - i <= 4 {
-                n = n * 10 + chars[j].1.to_digit(10).unwrap_or(0) as usize;
-                j += 1;
-            }
-            if j > i + 1 && j < chars.len() && chars[j].1 == ']' && (1..=sources.len()).contains(&n)
-            {
-                found.push((i, n - 1));
-                cited[n - 1] = true;
-                i = j;
-            }
-        }
-        i += 1;
-    }
-    // Quotes of results not cited by marker.
-    for (k, s) in sources.iter().enumerate() {
-        if cited[k] {
-            continue;
-        }
-        for sentence in s.text.split_inclusive(['.', '!', '?', '\n']) {
-            let sentence = sentence.trim();
-            if sentence.split_whitespace().count() < 6 {
-                continue;
-            }
-            if let Some(at) = text.find(sentence) {
-                let end = text[..at + sentence.len()].chars().count();
-                found.push((end, k));
-                cited[k] = true;
-                break;
-            }
-        }
-    }
-    found.sort();
-    found
-        .into_iter()
-        .map(|(index, k)| {
-            json!({"type": "file_citation", "file_id": sources[k].file_id,
-                   "filename": sources[k].filename, "index": index})
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hit(file: &str, text: &str) -> Hit {
-        Hit {
-            store_id: "vs".into(),
-            file_id: file.into(),
-            filename: format!("{file}.md"),
-            score: 0.5,
-            attributes: json!({}),
-            text: text.into(),
-        }
-    }
-
-    #[test]
-    fn markers_and_quotes_are_cited() {
-        let sources = [
-            hit(
-                "a",
-                "Glaciers carve deep valleys as the ice moves downhill.",
-            ),
-            hit(
-                "b",
-                "Bees dance to show the hive where the flowers are found.",
-            ),
-            hit("c", "Unrelated text that nobody quotes here at all."),
-        ];
-        let text = "Ice is slow [1]. Also: Bees dance to show the hive where the flowers are found. See [9] and [x].";
-        let c = citations(text, &sources);
-        assert_eq!(c.len(), 2, "{c:?}");
-        assert_eq!(c[0]["file_id"], "a");
-        assert_eq!(c[0]["index"], 12);
-        assert_eq!(c[1]["file_id"], "b");
-        let quote_end = text.find("found.").unwrap() + "found.".len();
-        assert_eq!(c[1]["index"], quote_end);
-        assert!(citations("[1]", &[]).is_empty());
-        // Character indexes, not bytes.
-        let c = citations("Ünïcödé [1]", &sources);
-        assert_eq!(c[0]["index"], 8);
-    }
 
     #[test]
     fn arguments_give_queries() {
@@ -257,15 +139,5 @@ mod tests {
         assert_eq!(queries_of(r#"{"query": "a"}"#), Some(vec!["a".into()]));
         assert_eq!(queries_of(r#"{"queries": []}"#), None);
         assert_eq!(queries_of("not json"), None);
-    }
-
-    #[test]
-    fn results_are_numbered_for_the_model() {
-        let m = tool_message(&["q".into()], &[hit("a", "one"), hit("b", "two")], 3);
-        assert!(
-            m.contains("[3] a.md (a)\none") && m.contains("[4] b.md (b)\ntwo"),
-            "{m}"
-        );
-        assert!(tool_message(&["q".into()], &[], 1).starts_with("No results"));
     }
 }

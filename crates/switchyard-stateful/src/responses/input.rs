@@ -236,9 +236,9 @@ fn item(v: &Value, at: &str) -> Result<Item, BadInput> {
         "item_reference" => Ok(Item::Reference {
             id: string_field(o, "id", at)?.to_string(),
         }),
-        // Reasoning and the gateway's own tool calls (file search) are not resent to
-        // the engine: the answers that used them are.
-        "reasoning" | "file_search_call" => Ok(Item::Reasoning),
+        // Reasoning and the gateway's own tool calls (file and web search) are not
+        // resent to the engine: the answers that used them are.
+        "reasoning" | "file_search_call" | "web_search_call" => Ok(Item::Reasoning),
         other => Err(bad(
             format!("{at}.type"),
             format!(

@@ -8,3 +8,5 @@ pub mod output;
 pub mod request;
 pub mod service;
 pub mod stream;
+pub mod tools;
+pub mod web_search;

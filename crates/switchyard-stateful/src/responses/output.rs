@@ -181,6 +181,9 @@ pub fn response_json(env: &Envelope<'_>, output: &[Value]) -> Value {
     if let Some(fs) = &r.file_search {
         tools.push(fs.echo.clone());
     }
+    if let Some(ws) = &r.web_search {
+        tools.push(ws.echo.clone());
+    }
     let tool_choice = match &r.tool_choice {
         None => json!("auto"),
         Some(Value::String(s)) => json!(s),
@@ -188,6 +191,12 @@ pub fn response_json(env: &Envelope<'_>, output: &[Value]) -> Value {
             if r.file_search.is_some() && c["function"]["name"] == super::file_search::FUNCTION =>
         {
             json!({"type": "file_search"})
+        }
+        Some(c)
+            if r.web_search.is_some() && c["function"]["name"] == super::web_search::FUNCTION =>
+        {
+            // The API's only tool_choice type for it (the SDK knows no other).
+            json!({"type": "web_search_preview"})
         }
         Some(c) => json!({"type": "function", "name": c["function"]["name"]}),
     };

@@ -49,6 +49,8 @@ pub struct ResponseRequest {
     pub tool_choice: Option<Value>,
     /// The `file_search` tool, when offered.
     pub file_search: Option<super::file_search::FileSearchTool>,
+    /// The `web_search` tool, when offered.
+    pub web_search: Option<super::web_search::WebSearchTool>,
     /// `max_tool_calls`: most built-in tool calls (searches) in the response.
     pub max_tool_calls: Option<u64>,
     pub parallel_tool_calls: Option<bool>,
@@ -191,19 +193,41 @@ fn schema_is_sane(m: &Map<String, Value>) -> bool {
     type_ok && props_ok
 }
 
-type Tools = (Vec<Value>, Option<super::file_search::FileSearchTool>);
+type Tools = (
+    Vec<Value>,
+    Option<super::file_search::FileSearchTool>,
+    Option<super::web_search::WebSearchTool>,
+);
+
+/// Whether a tool is one the gateway runs itself.
+fn hosted(t: &Value) -> bool {
+    let ty = t.get("type").and_then(Value::as_str).unwrap_or_default();
+    ty == "file_search" || super::web_search::TYPES.contains(&ty)
+}
 
 /// Function tools, into the chat API's `{"type": "function", "function": {…}}`, and the
-/// `file_search` tool (at most one).
+/// `file_search` and `web_search` tools (at most one each).
 fn tools(o: &Map<String, Value>) -> Result<Tools, BadInput> {
     let list = match o.get("tools") {
-        None | Some(Value::Null) => return Ok((Vec::new(), None)),
+        None | Some(Value::Null) => return Ok((Vec::new(), None, None)),
         Some(Value::Array(l)) => l,
         Some(_) => return Err(bad("tools", "`tools` must be a list")),
     };
     let mut search = None;
+    let mut web = None;
     for (i, t) in list.iter().enumerate() {
-        if t.get("type").and_then(Value::as_str) == Some("file_search") {
+        let ty = t.get("type").and_then(Value::as_str).unwrap_or_default();
+        if super::web_search::TYPES.contains(&ty) {
+            let at = format!("tools[{i}]");
+            if web.is_some() {
+                return Err(bad(&at, "offer one `web_search` tool"));
+            }
+            let obj = t
+                .as_object()
+                .ok_or_else(|| bad(&at, "a tool must be an object"))?;
+            web = Some(super::web_search::WebSearchTool::parse(obj, &at)?);
+        }
+        if ty == "file_search" {
             let at = format!("tools[{i}]");
             if search.is_some() {
                 return Err(bad(
@@ -220,7 +244,7 @@ fn tools(o: &Map<String, Value>) -> Result<Tools, BadInput> {
     let functions = list
         .iter()
         .enumerate()
-        .filter(|(_, t)| t.get("type").and_then(Value::as_str) != Some("file_search"))
+        .filter(|(_, t)| !hosted(t))
         .map(|(i, t)| {
             let at = format!("tools[{i}]");
             match t.get("type").and_then(Value::as_str) {
@@ -251,25 +275,30 @@ fn tools(o: &Map<String, Value>) -> Result<Tools, BadInput> {
                 Some(other) => Err(bad(
                     &format!("{at}.type"),
                     format!(
-                        "tool type `{other}` is not supported (function and file_search tools are)"
+                        "tool type `{other}` is not supported (function, file_search and web_search tools are)"
                     ),
                 )),
                 None => Err(bad(&format!("{at}.type"), "a tool needs a `type`")),
             }
         })
         .collect::<Result<Vec<Value>, BadInput>>()?;
-    if search.is_some()
-        && let Some(i) = list.iter().position(|t| {
-            t.get("type").and_then(Value::as_str) == Some("function")
-                && t.get("name").and_then(Value::as_str) == Some(super::file_search::FUNCTION)
-        })
-    {
-        return Err(bad(
-            &format!("tools[{i}].name"),
-            "a function cannot be named file_search alongside the file_search tool",
-        ));
+    for (offered, name) in [
+        (search.is_some(), super::file_search::FUNCTION),
+        (web.is_some(), super::web_search::FUNCTION),
+    ] {
+        if offered
+            && let Some(i) = list.iter().position(|t| {
+                t.get("type").and_then(Value::as_str) == Some("function")
+                    && t.get("name").and_then(Value::as_str) == Some(name)
+            })
+        {
+            return Err(bad(
+                &format!("tools[{i}].name"),
+                format!("a function cannot be named {name} alongside the {name} tool"),
+            ));
+        }
     }
-    Ok((functions, search))
+    Ok((functions, search, web))
 }
 
 fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
@@ -281,6 +310,15 @@ fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
         Some(v) if v.get("type").and_then(Value::as_str) == Some("file_search") => Ok(Some(
             json!({"type": "function", "function": {"name": super::file_search::FUNCTION}}),
         )),
+        Some(v)
+            if v.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.starts_with("web_search_preview")) =>
+        {
+            Ok(Some(
+                json!({"type": "function", "function": {"name": super::web_search::FUNCTION}}),
+            ))
+        }
         Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
             match v.get("name").and_then(Value::as_str) {
                 Some(n) if !n.is_empty() => {
@@ -294,7 +332,7 @@ fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
         }
         Some(_) => Err(bad(
             "tool_choice",
-            "`tool_choice` must be none, auto, required, {\"type\": \"file_search\"} or {\"type\": \"function\", \"name\"}",
+            "`tool_choice` must be none, auto, required, {\"type\": \"file_search\"}, {\"type\": \"web_search_preview\"} or {\"type\": \"function\", \"name\"}",
         )),
     }
 }
@@ -402,7 +440,7 @@ impl ResponseRequest {
                 "a background response must be stored (`store: true`)",
             ));
         }
-        let (tools, file_search) = tools(o)?;
+        let (tools, file_search, web_search) = tools(o)?;
         let tool_choice = tool_choice(o)?;
         let forced = tool_choice
             .as_ref()
@@ -410,6 +448,7 @@ impl ResponseRequest {
             .map(str::to_string);
         if let Some(name) = forced {
             let offered = (name == super::file_search::FUNCTION && file_search.is_some())
+                || (name == super::web_search::FUNCTION && web_search.is_some())
                 || tools.iter().any(|t| t["function"]["name"] == name.as_str());
             if !offered {
                 return Err(bad(
@@ -448,6 +487,7 @@ impl ResponseRequest {
             tools,
             tool_choice,
             file_search,
+            web_search,
             max_tool_calls,
             parallel_tool_calls: opt_bool(o, "parallel_tool_calls")?,
             truncation,
@@ -490,6 +530,9 @@ impl ResponseRequest {
         let mut tools = self.tools.clone();
         if self.file_search.is_some() {
             tools.push(super::file_search::FileSearchTool::function());
+        }
+        if self.web_search.is_some() {
+            tools.push(super::web_search::WebSearchTool::function());
         }
         if !tools.is_empty() {
             b["tools"] = json!(tools);

@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use super::input::{BadInput, Item, Part, chat_messages, check_call_ids, parse_input};
 use super::output::{Envelope, Ids, Status, Usage, output_items, response_json, status_of};
 use super::request::{ResponseRequest, Truncation};
-use super::stream::{End, Event, Translator};
+use super::stream::{End, Event, HostedCall, Translator};
+use super::tools::{Found, Source, WebSearch, tool_message};
 use crate::store::{Store, StoreError, Write};
 
 /// Chat completion chunks, parsed.
@@ -298,24 +299,38 @@ pub struct Responses {
     max_background: usize,
     /// What `file_search` tools search.
     vector_stores: Option<crate::vector::VectorStores>,
-    /// Most built-in tool calls (searches) in one response, whatever it asks.
+    /// What `web_search` tools search.
+    web_search: Option<Arc<dyn WebSearch>>,
+    /// Most server-side tool calls in one response, whatever it asks.
     max_tool_calls: usize,
+    /// Longest a server-side tool call runs before the model is told it timed out.
+    tool_timeout: std::time::Duration,
 }
 
-/// A response's file search loop: the rounds' chat body, and its bounds.
+/// A response's server-side tool loop (file_search, web_search): the rounds' chat
+/// body, and its bounds.
 pub(crate) struct Rounds {
-    tool: super::file_search::FileSearchTool,
+    file_search: Option<super::file_search::FileSearchTool>,
+    web_search: Option<super::web_search::WebSearchTool>,
+    /// The functions the gateway runs, by name.
+    hosted: Vec<&'static str>,
     owner: String,
+    /// `include: ["file_search_call.results"]`.
     include_results: bool,
+    /// `include: ["web_search_call.action.sources"]`.
+    include_sources: bool,
     limit: usize,
     calls: usize,
+    /// A round's calls run at once (`parallel_tool_calls`, true unless false).
+    parallel: bool,
     chat: Value,
     session: String,
 }
 
 impl Rounds {
-    /// The next round's chat body: the searches and their results appended; the search
-    /// no longer forced, and no longer offered once the calls reach the limit.
+    /// The next round's chat body: the calls and their results appended; no tool
+    /// forced any more, and the hosted ones no longer offered once the calls reach the
+    /// limit.
     fn advance(&mut self, calls: Vec<Value>, results: Vec<Value>) {
         self.calls += calls.len();
         if let Some(m) = self.chat["messages"].as_array_mut() {
@@ -324,7 +339,9 @@ impl Rounds {
         }
         let forced = match &self.chat["tool_choice"] {
             Value::String(s) => s == "required",
-            c => c["function"]["name"] == super::file_search::FUNCTION,
+            c => c["function"]["name"]
+                .as_str()
+                .is_some_and(|n| self.hosted.contains(&n)),
         };
         if forced {
             self.chat["tool_choice"] = json!("auto");
@@ -332,7 +349,12 @@ impl Rounds {
         if self.calls >= self.limit
             && let Some(tools) = self.chat["tools"].as_array_mut()
         {
-            tools.retain(|t| t["function"]["name"] != super::file_search::FUNCTION);
+            let hosted = &self.hosted;
+            tools.retain(|t| {
+                !t["function"]["name"]
+                    .as_str()
+                    .is_some_and(|n| hosted.contains(&n))
+            });
             if tools.is_empty()
                 && let Some(o) = self.chat.as_object_mut()
             {
@@ -342,6 +364,73 @@ impl Rounds {
             }
         }
     }
+
+    /// The hosted function a chat tool call calls, if it is one.
+    fn hosted(&self, call: &Value) -> Option<HostedCall> {
+        let name = call["function"]["name"].as_str()?;
+        let name = *self.hosted.iter().find(|h| **h == name)?;
+        Some(HostedCall {
+            name,
+            call_id: call["id"].as_str().unwrap_or_default().to_string(),
+            arguments: call["function"]["arguments"]
+                .as_str()
+                .unwrap_or("{}")
+                .to_string(),
+        })
+    }
+}
+
+/// The functions a request's server-side tools offer the engine.
+fn hosted_functions(req: &ResponseRequest) -> Vec<&'static str> {
+    let mut hosted = Vec::new();
+    if req.file_search.is_some() {
+        hosted.push(super::file_search::FUNCTION);
+    }
+    if req.web_search.is_some() {
+        hosted.push(super::web_search::FUNCTION);
+    }
+    hosted
+}
+
+/// A hosted call's output item id.
+fn call_item_id(call: &HostedCall) -> String {
+    random_id(match call.name {
+        super::web_search::FUNCTION => "ws_",
+        _ => "fs_",
+    })
+}
+
+/// A hosted call's item with `status`, before (or without) a result.
+fn pending_item(call: &HostedCall, item_id: &str, status: &str) -> Value {
+    match call.name {
+        super::web_search::FUNCTION => super::web_search::call_item(
+            item_id,
+            status,
+            &super::web_search::query_of(&call.arguments).unwrap_or_default(),
+            None,
+        ),
+        _ => super::file_search::call_item(
+            item_id,
+            status,
+            &super::file_search::queries_of(&call.arguments).unwrap_or_default(),
+            None,
+        ),
+    }
+}
+
+/// An output item with its text's citations of the results shown so far.
+fn cited(mut item: Value, sources: &[Source]) -> Value {
+    if let Some(text) = item["content"][0]["text"].as_str() {
+        let a = super::tools::citations(text, sources);
+        item["content"][0]["annotations"] = json!(a);
+    }
+    item
+}
+
+/// A chat tool call of a hosted function, for the next round's messages.
+fn chat_call(call: &HostedCall) -> Value {
+    json!({"id": call.call_id, "type": "function",
+           "function": {"name": call.name, "arguments": call.arguments}})
 }
 
 /// Largest file put in a prompt as an `input_file`.
@@ -435,6 +524,14 @@ enum Sink {
 }
 
 impl Sink {
+    /// Ends when the client goes away or the background response is cancelled.
+    async fn stopped(&self) {
+        match self {
+            Sink::Client(tx) => tx.closed().await,
+            Sink::Background { live, .. } => live.cancelled().await,
+        }
+    }
+
     /// Sends events on; false once the client is gone.
     async fn send(&mut self, events: Vec<Event>) -> bool {
         match self {
@@ -672,7 +769,9 @@ impl Responses {
             files: None,
             max_background: 256,
             vector_stores: None,
+            web_search: None,
             max_tool_calls: 8,
+            tool_timeout: std::time::Duration::from_secs(30),
         }
     }
 
@@ -688,7 +787,19 @@ impl Responses {
         self
     }
 
-    /// A response's search loop, when it offers `file_search`.
+    /// Searches the web through `provider` for `web_search` tools.
+    pub fn with_web_search(mut self, provider: Arc<dyn WebSearch>) -> Responses {
+        self.web_search = Some(provider);
+        self
+    }
+
+    /// Tells the model that a server-side tool call failed once it has run this long.
+    pub fn with_tool_timeout(mut self, timeout: std::time::Duration) -> Responses {
+        self.tool_timeout = timeout;
+        self
+    }
+
+    /// A response's tool loop, when it offers a server-side tool.
     fn rounds(
         &self,
         req: &ResponseRequest,
@@ -696,51 +807,62 @@ impl Responses {
         chat: &Value,
         session: &str,
     ) -> Option<Rounds> {
-        let tool = req.file_search.clone()?;
+        let hosted = hosted_functions(req);
+        if hosted.is_empty() {
+            return None;
+        }
         Some(Rounds {
-            tool,
+            file_search: req.file_search.clone(),
+            web_search: req.web_search.clone(),
+            hosted,
             owner: owner.to_string(),
             include_results: req.include.iter().any(|i| i == "file_search_call.results"),
+            include_sources: req
+                .include
+                .iter()
+                .any(|i| i == "web_search_call.action.sources"),
             limit: req.max_tool_calls.map_or(self.max_tool_calls, |n| {
                 (n as usize).min(self.max_tool_calls)
             }),
             calls: 0,
+            parallel: req.parallel_tool_calls != Some(false),
             chat: chat.clone(),
             session: session.to_string(),
         })
     }
 
-    /// Runs one `file_search` call: its item, the tool message answering it, and the
-    /// results shown (numbered from `first`).
-    async fn search(
-        &self,
-        r: &Rounds,
-        item_id: &str,
-        arguments: &str,
-        first: usize,
-    ) -> (Value, String, Vec<crate::vector::Hit>) {
-        use super::file_search::{call_item, queries_of, tool_message};
+    /// Runs one `file_search` call: its item and what it found.
+    async fn file_search(&self, r: &Rounds, item_id: &str, arguments: &str) -> (Value, Found) {
+        use super::file_search::{call_item, queries_of};
         let Some(queries) = queries_of(arguments) else {
             return (
                 call_item(item_id, "failed", &[], None),
-                "The call held no queries: call file_search with {\"queries\": [\"...\"]}.".into(),
-                Vec::new(),
+                Found {
+                    asked: String::new(),
+                    results: Err(
+                        "The call held no queries: call file_search with {\"queries\": [\"...\"]}."
+                            .into(),
+                    ),
+                },
             );
         };
-        let Some(vs) = &self.vector_stores else {
+        let asked = queries.join(" | ");
+        let (Some(vs), Some(tool)) = (&self.vector_stores, &r.file_search) else {
             return (
                 call_item(item_id, "failed", &queries, None),
-                "File search is not available on this gateway.".into(),
-                Vec::new(),
+                Found {
+                    asked,
+                    results: Err("File search is not available on this gateway.".into()),
+                },
             );
         };
         match vs
             .search(
                 &r.owner,
-                &r.tool.vector_store_ids,
+                &tool.vector_store_ids,
                 &queries,
-                &r.tool.options,
-                &r.tool.param,
+                &tool.options,
+                &tool.param,
             )
             .await
         {
@@ -751,28 +873,139 @@ impl Responses {
                     &used,
                     r.include_results.then_some(&hits[..]),
                 ),
-                tool_message(&used, &hits, first),
-                hits,
+                Found {
+                    asked: used.join(" | "),
+                    results: Ok(hits.into_iter().map(Source::File).collect()),
+                },
             ),
             Err(e) => {
                 tracing::warn!(error = %e.message, "file search failed");
                 (
                     call_item(item_id, "failed", &queries, None),
-                    format!("The search failed: {}", e.message),
-                    Vec::new(),
+                    Found {
+                        asked,
+                        results: Err(format!("The search failed: {}", e.message)),
+                    },
                 )
             }
         }
     }
 
-    /// The rounds of a response answered whole: while the model calls `file_search`
-    /// (and only it), search, answer the calls and ask again. The final completion, the
-    /// search calls' items, the results shown, and the usage of every round.
+    /// Runs one `web_search` call through the provider: its item and what it found.
+    async fn web_search(&self, r: &Rounds, item_id: &str, arguments: &str) -> (Value, Found) {
+        use super::web_search::{call_item, query_of};
+        let Some(query) = query_of(arguments) else {
+            return (
+                call_item(item_id, "failed", "", None),
+                Found {
+                    asked: String::new(),
+                    results: Err(
+                        "The call held no query: call web_search with {\"query\": \"...\"}.".into(),
+                    ),
+                },
+            );
+        };
+        let (Some(provider), Some(tool)) = (&self.web_search, &r.web_search) else {
+            return (
+                call_item(item_id, "failed", &query, None),
+                Found {
+                    asked: query,
+                    results: Err("Web search is not available on this gateway.".into()),
+                },
+            );
+        };
+        match provider
+            .search(query.clone(), tool.count, tool.domains.clone())
+            .await
+        {
+            Ok(pages) => (
+                call_item(
+                    item_id,
+                    "completed",
+                    &query,
+                    r.include_sources.then_some(&pages[..]),
+                ),
+                Found {
+                    asked: query,
+                    results: Ok(pages.into_iter().map(Source::Web).collect()),
+                },
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "web search failed");
+                (
+                    call_item(item_id, "failed", &query, None),
+                    Found {
+                        asked: query,
+                        results: Err(format!("The web search failed: {e}")),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Runs one hosted call within the tool timeout: its final item and what it found.
+    async fn run_call(&self, r: &Rounds, call: &HostedCall, item_id: &str) -> (Value, Found) {
+        let run = async {
+            match call.name {
+                super::web_search::FUNCTION => self.web_search(r, item_id, &call.arguments).await,
+                _ => self.file_search(r, item_id, &call.arguments).await,
+            }
+        };
+        match tokio::time::timeout(self.tool_timeout, run).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::warn!(tool = call.name, "a tool call timed out");
+                (
+                    pending_item(call, item_id, "failed"),
+                    Found {
+                        asked: String::new(),
+                        results: Err(format!(
+                            "The {} call timed out after {} s.",
+                            call.name,
+                            self.tool_timeout.as_secs_f64()
+                        )),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Runs a round's hosted calls, each with its item id: at once when parallel tool
+    /// calls are allowed, else one after the other. Calls past the response's limit
+    /// are not run; the model is told so.
+    async fn run_round(&self, r: &Rounds, calls: &[(HostedCall, String)]) -> Vec<(Value, Found)> {
+        let room = r.limit.saturating_sub(r.calls);
+        let runs = calls.iter().enumerate().map(|(k, (call, item_id))| async move {
+            if k >= room {
+                return (
+                    pending_item(call, item_id, "failed"),
+                    Found {
+                        asked: String::new(),
+                        results: Err("Not run: this response reached its limit of tool calls. Answer with what you have.".into()),
+                    },
+                );
+            }
+            self.run_call(r, call, item_id).await
+        });
+        if r.parallel {
+            futures_util::future::join_all(runs).await
+        } else {
+            let mut done = Vec::with_capacity(calls.len());
+            for run in runs {
+                done.push(run.await);
+            }
+            done
+        }
+    }
+
+    /// The rounds of a response answered whole: while the model calls hosted tools
+    /// (and only them), run them, answer the calls and ask again. The final completion,
+    /// the calls' items, the results shown, and the usage of every round.
     async fn complete_rounds(
         &self,
         mut c: Value,
         rounds: &mut Option<Rounds>,
-    ) -> Result<(Value, Vec<Value>, Vec<crate::vector::Hit>, Option<Usage>), EngineError> {
+    ) -> Result<(Value, Vec<Value>, Vec<Source>, Option<Usage>), EngineError> {
         let mut items = Vec::new();
         let mut sources = Vec::new();
         let mut usage = c.get("usage").map(Usage::from_chat);
@@ -784,28 +1017,40 @@ impl Responses {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let (hosted, client): (Vec<Value>, Vec<Value>) = calls
-                .into_iter()
-                .partition(|t| t["function"]["name"] == super::file_search::FUNCTION);
-            if hosted.is_empty() {
+            let hosted: Vec<(HostedCall, String)> = calls
+                .iter()
+                .filter_map(|t| r.hosted(t))
+                .map(|h| {
+                    let id = call_item_id(&h);
+                    (h, id)
+                })
+                .collect();
+            // A round that also calls the client's functions goes back to the client
+            // as it is: its hosted calls are not run (their results could not reach
+            // the model), as when streamed.
+            if hosted.is_empty() || hosted.len() < calls.len() {
                 return Ok((c, items, sources, usage));
             }
+            // What the model said before calling (kept, as the stream shows it).
+            items.extend(
+                output_items(&c["choices"][0]["message"], &mut RandomIds)
+                    .into_iter()
+                    .filter(|i| i["type"] != "function_call")
+                    .map(|i| cited(i, &sources)),
+            );
+            let ran = self.run_round(r, &hosted).await;
             let mut results = Vec::new();
-            for call in &hosted {
-                let call_id = call["id"].as_str().unwrap_or_default().to_string();
-                let args = call["function"]["arguments"].as_str().unwrap_or("{}");
-                let (item, message, hits) = self
-                    .search(r, &random_id("fs_"), args, sources.len() + 1)
-                    .await;
+            for ((call, _), (item, found)) in hosted.iter().zip(ran) {
+                let message = tool_message(&found, sources.len() + 1);
+                if let Ok(s) = found.results {
+                    sources.extend(s);
+                }
                 items.push(item);
-                sources.extend(hits);
-                results.push(json!({"role": "tool", "tool_call_id": call_id, "content": message}));
+                results.push(
+                    json!({"role": "tool", "tool_call_id": call.call_id, "content": message}),
+                );
             }
-            // A round that also calls the client's functions goes back to the client.
-            if !client.is_empty() {
-                return Ok((c, items, sources, usage));
-            }
-            r.advance(hosted, results);
+            r.advance(hosted.iter().map(|(h, _)| chat_call(h)).collect(), results);
             c = match self
                 .engine
                 .chat(r.chat.clone(), r.session.clone(), r.owner.clone())
@@ -829,7 +1074,7 @@ impl Responses {
     }
 
     /// A streamed response's rounds: the engine's stream through the translator, then,
-    /// while the model calls `file_search`, the search (its events sent as it runs) and
+    /// while the model calls hosted tools, the calls (their events sent as they run) and
     /// another round. Whether it was cancelled, and how a round failed, if one did.
     async fn drive_rounds(
         &self,
@@ -839,35 +1084,50 @@ impl Responses {
         sink: &mut Sink,
         mut rounds: Option<Rounds>,
     ) -> (bool, Option<EngineError>) {
-        use super::file_search::{call_item, queries_of};
         loop {
             let (gone, failed) = self.drive(id, t, chunks, sink).await;
             let Some(r) = rounds.as_mut().filter(|_| !gone && failed.is_none()) else {
                 return (gone, failed);
             };
             let (searches, client) = t.take_searches();
-            if searches.is_empty() {
+            // A round that also calls the client's functions goes back to the client;
+            // its hosted calls are not run (their results could not reach the model).
+            if searches.is_empty() || client {
                 return (false, None);
             }
-            let (mut calls, mut results) = (Vec::new(), Vec::new());
-            for (call_id, args) in searches {
-                let item_id = random_id("fs_");
-                let queries = queries_of(&args).unwrap_or_default();
-                let started = t.search_started(call_item(&item_id, "in_progress", &queries, None));
+            let round: Vec<(HostedCall, String)> = searches
+                .into_iter()
+                .map(|c| {
+                    let id = call_item_id(&c);
+                    (c, id)
+                })
+                .collect();
+            let mut slots = Vec::with_capacity(round.len());
+            for (call, item_id) in &round {
+                let (started, index) = t.search_started(pending_item(call, item_id, "in_progress"));
                 if !sink.send(started).await {
                     return (true, None);
                 }
-                let (item, message, hits) = self.search(r, &item_id, &args, t.sources() + 1).await;
-                t.add_sources(&hits);
-                if !sink.send(t.search_done(item)).await {
+                slots.push(index);
+            }
+            // A client that goes away, or a cancel, stops the round's calls.
+            let ran = tokio::select! {
+                ran = self.run_round(r, &round) => ran,
+                _ = sink.stopped() => return (true, None),
+            };
+            let (mut calls, mut results) = (Vec::new(), Vec::new());
+            for (((call, _), index), (item, found)) in round.iter().zip(slots).zip(ran) {
+                let message = tool_message(&found, t.sources() + 1);
+                if let Ok(s) = found.results {
+                    t.add_sources(s);
+                }
+                if !sink.send(t.search_done(index, item)).await {
                     return (true, None);
                 }
-                calls.push(json!({"id": call_id, "type": "function",
-                                  "function": {"name": super::file_search::FUNCTION, "arguments": args}}));
-                results.push(json!({"role": "tool", "tool_call_id": call_id, "content": message}));
-            }
-            if client {
-                return (false, None);
+                calls.push(chat_call(call));
+                results.push(
+                    json!({"role": "tool", "tool_call_id": call.call_id, "content": message}),
+                );
             }
             r.advance(calls, results);
             chunks = match self
@@ -1202,6 +1462,19 @@ impl Responses {
                 })?;
             }
         }
+        if let Some(ws) = &req.web_search
+            && self.web_search.is_none()
+        {
+            return Err(ServiceError {
+                status: 400,
+                kind: "invalid_request_error",
+                code: None,
+                message:
+                    "web_search is not available on this gateway (no search provider is configured)"
+                        .into(),
+                param: Some(ws.param.clone()),
+            });
+        }
         Ok(Prepared {
             req,
             input,
@@ -1379,17 +1652,12 @@ impl Responses {
                     output_items(message, &mut ids)
                         .into_iter()
                         .filter(|i| {
-                            !(rounds.is_some()
-                                && i["type"] == "function_call"
-                                && i["name"] == super::file_search::FUNCTION)
+                            !(i["type"] == "function_call"
+                                && rounds.as_ref().is_some_and(|r| {
+                                    i["name"].as_str().is_some_and(|n| r.hosted.contains(&n))
+                                }))
                         })
-                        .map(|mut i| {
-                            if let Some(text) = i["content"][0]["text"].as_str() {
-                                let a = super::file_search::citations(text, &sources);
-                                i["content"][0]["annotations"] = json!(a);
-                            }
-                            i
-                        }),
+                        .map(|i| cited(i, &sources)),
                 );
                 let status = status_of(c["choices"][0]["finish_reason"].as_str());
                 let model = c["model"].as_str().unwrap_or(&req.model).to_string();
@@ -1423,7 +1691,7 @@ impl Responses {
 
     /// The translator of a response's stream, rendering its Response object.
     fn translator(&self, id: &str, req: &ResponseRequest, created_at: i64) -> Translator {
-        let file_search = req.file_search.is_some();
+        let hosted = hosted_functions(req);
         let (req, id) = (req.clone(), id.to_string());
         let render = Box::new(
             move |status: &Status, output: &[Value], usage: Option<Usage>| {
@@ -1438,12 +1706,7 @@ impl Responses {
                 response_json(&env, output)
             },
         );
-        let t = Translator::new(render, Box::new(RandomIds));
-        if file_search {
-            t.hosting(super::file_search::FUNCTION)
-        } else {
-            t
-        }
+        Translator::new(render, Box::new(RandomIds)).hosting(hosted)
     }
 
     /// Feeds the engine's chunks through the translator to the sink until the stream
@@ -2057,11 +2320,15 @@ mod tests {
         )
         .unwrap();
         Rounds {
-            tool,
+            file_search: Some(tool),
+            web_search: None,
+            hosted: vec![super::super::file_search::FUNCTION],
             owner: "o".into(),
             include_results: false,
+            include_sources: false,
             limit,
             calls: 0,
+            parallel: true,
             chat,
             session: "s".into(),
         }

@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use super::output::{Ids, Status, Usage, status_of};
+use super::tools::Source;
 
 /// One server-sent event: its `event:` name and its `data:` (which repeats the name
 /// as `type`, with the `sequence_number`).
@@ -57,13 +58,39 @@ pub struct Translator {
     calls: Vec<(u64, usize)>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
-    /// The function the gateway runs itself (file search): its calls are gathered for
-    /// [`Translator::take_searches`], not streamed as function calls.
-    hosted: Option<&'static str>,
-    /// Calls of the hosted function in this round: chat stream index, call id, arguments.
-    searches: Vec<(u64, String, String)>,
+    /// The functions the gateway runs itself (its server-side tools): their calls are
+    /// gathered for [`Translator::take_searches`], not streamed as function calls.
+    hosted: Vec<&'static str>,
+    /// Calls of hosted functions in this round: chat stream index, and the call.
+    searches: Vec<(u64, HostedCall)>,
     /// Results shown to the model so far, numbered from 1 (for citations).
-    sources: Vec<crate::vector::Hit>,
+    sources: Vec<Source>,
+}
+
+/// A call of a function the gateway runs.
+#[derive(Clone, Debug)]
+pub struct HostedCall {
+    pub name: &'static str,
+    pub call_id: String,
+    pub arguments: String,
+}
+
+/// The events of a server-side tool call's item type: in progress, searching,
+/// completed.
+fn tool_events(kind: &Value) -> Option<[&'static str; 3]> {
+    match kind.as_str()? {
+        "file_search_call" => Some([
+            "response.file_search_call.in_progress",
+            "response.file_search_call.searching",
+            "response.file_search_call.completed",
+        ]),
+        "web_search_call" => Some([
+            "response.web_search_call.in_progress",
+            "response.web_search_call.searching",
+            "response.web_search_call.completed",
+        ]),
+        _ => None,
+    }
 }
 
 impl Translator {
@@ -77,25 +104,26 @@ impl Translator {
             calls: Vec::new(),
             finish_reason: None,
             usage: None,
-            hosted: None,
+            hosted: Vec::new(),
             searches: Vec::new(),
             sources: Vec::new(),
         }
     }
 
-    /// Gathers the calls of `function` instead of streaming them (the gateway runs it).
-    pub fn hosting(mut self, function: &'static str) -> Translator {
-        self.hosted = Some(function);
+    /// Gathers the calls of `functions` instead of streaming them (the gateway runs
+    /// them).
+    pub fn hosting(mut self, functions: Vec<&'static str>) -> Translator {
+        self.hosted = functions;
         self
     }
 
-    /// The hosted function's calls of the round that just ended (call id, arguments),
-    /// and whether the round also called the client's functions. When it called only
-    /// the hosted one, the next round's chunks start afresh.
-    pub fn take_searches(&mut self) -> (Vec<(String, String)>, bool) {
-        let searches: Vec<(String, String)> = std::mem::take(&mut self.searches)
+    /// The hosted functions' calls of the round that just ended, and whether the round
+    /// also called the client's functions. When it called only hosted ones, the next
+    /// round's chunks start afresh.
+    pub fn take_searches(&mut self) -> (Vec<HostedCall>, bool) {
+        let searches: Vec<HostedCall> = std::mem::take(&mut self.searches)
             .into_iter()
-            .map(|(_, id, args)| (id, args))
+            .map(|(_, c)| c)
             .collect();
         let client = !self.calls.is_empty();
         if !searches.is_empty() && !client {
@@ -106,8 +134,8 @@ impl Translator {
     }
 
     /// Results shown to the model from now on (numbered after those before).
-    pub fn add_sources(&mut self, hits: &[crate::vector::Hit]) {
-        self.sources.extend_from_slice(hits);
+    pub fn add_sources(&mut self, sources: Vec<Source>) {
+        self.sources.extend(sources);
     }
 
     /// How many results the model has been shown.
@@ -115,43 +143,42 @@ impl Translator {
         self.sources.len()
     }
 
-    /// A file search call starts: its item is added, `in_progress` then `searching`.
-    pub fn search_started(&mut self, item: Value) -> Vec<Event> {
+    /// A server-side tool call starts: its item takes its place in the output (the
+    /// index returned), then `in_progress` and `searching`.
+    pub fn search_started(&mut self, item: Value) -> (Vec<Event>, usize) {
         let mut out = Vec::new();
         self.close(&mut out);
         let index = self.index();
         let id = item["id"].clone();
+        let names = tool_events(&item["type"]);
         out.push(self.event(
             "response.output_item.added",
             json!({"output_index": index, "item": item}),
         ));
-        out.push(self.event(
-            "response.file_search_call.in_progress",
-            json!({"output_index": index, "item_id": id}),
-        ));
-        out.push(self.event(
-            "response.file_search_call.searching",
-            json!({"output_index": index, "item_id": id}),
-        ));
-        out
+        self.output.push(item);
+        for name in names.iter().flat_map(|n| &n[..2]) {
+            out.push(self.event(name, json!({"output_index": index, "item_id": id})));
+        }
+        (out, index)
     }
 
-    /// A file search call ended: `completed` (or failed), and its item is done.
-    pub fn search_done(&mut self, item: Value) -> Vec<Event> {
-        let index = self.index();
+    /// The server-side tool call at `index` ended: `completed` (unless it failed), and
+    /// its item is done.
+    pub fn search_done(&mut self, index: usize, item: Value) -> Vec<Event> {
         let id = item["id"].clone();
         let mut out = Vec::new();
-        if item["status"] == "completed" {
-            out.push(self.event(
-                "response.file_search_call.completed",
-                json!({"output_index": index, "item_id": id}),
-            ));
+        if item["status"] == "completed"
+            && let Some([_, _, completed]) = tool_events(&item["type"])
+        {
+            out.push(self.event(completed, json!({"output_index": index, "item_id": id})));
         }
         out.push(self.event(
             "response.output_item.done",
             json!({"output_index": index, "item": item}),
         ));
-        self.output.push(item);
+        if let Some(slot) = self.output.get_mut(index) {
+            *slot = item;
+        }
         out
     }
 
@@ -208,7 +235,7 @@ impl Translator {
                 item["content"] = json!([{"type": "reasoning_text", "text": text}]);
             }
             Open::Text { text } => {
-                let annotations = super::file_search::citations(&text, &self.sources);
+                let annotations = super::tools::citations(&text, &self.sources);
                 for (k, a) in annotations.iter().enumerate() {
                     out.push(self.event(
                         "response.output_text.annotation.added",
@@ -327,17 +354,30 @@ impl Translator {
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let n = call["index"].as_u64().unwrap_or(0);
-            let hosted = self.hosted.is_some() && call["function"]["name"].as_str() == self.hosted;
-            if let Some(s) = self.searches.iter_mut().find(|(i, ..)| *i == n) {
-                s.2.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+            let hosted = call["function"]["name"]
+                .as_str()
+                .and_then(|name| self.hosted.iter().find(|h| **h == name).copied());
+            if let Some((_, s)) = self.searches.iter_mut().find(|(i, _)| *i == n) {
+                s.arguments
+                    .push_str(call["function"]["arguments"].as_str().unwrap_or_default());
                 continue;
             }
-            if hosted {
-                let id = call["id"]
+            if let Some(name) = hosted {
+                let call_id = call["id"]
                     .as_str()
                     .map_or_else(|| self.ids.id("call_"), str::to_string);
-                let args = call["function"]["arguments"].as_str().unwrap_or_default();
-                self.searches.push((n, id, args.to_string()));
+                let arguments = call["function"]["arguments"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                self.searches.push((
+                    n,
+                    HostedCall {
+                        name,
+                        call_id,
+                        arguments,
+                    },
+                ));
                 continue;
             }
             let known = self.calls.iter().any(|(i, _)| *i == n);

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod intent;
 pub mod kv;
 pub mod policy;
+pub mod tools;
 pub mod use_cases;
 pub mod validate;
 
@@ -207,10 +208,14 @@ pub struct Config {
     /// Files this gateway ingests into vector stores at once.
     #[arg(long, default_value_t = 2)]
     pub ingest_workers: usize,
-    /// Most built-in tool calls (file searches) one response makes, whatever its own
+    /// Most server-side tool calls (file and web searches) one response makes, whatever its own
     /// `max_tool_calls` says; past it the model is asked to answer without the tool.
     #[arg(long, default_value_t = 8)]
     pub max_tool_calls: usize,
+    /// The Responses API's server-side tools: their timeout and the web search
+    /// provider (YAML only; docs/tools.md).
+    #[arg(skip)]
+    pub tools: tools::ToolsConfig,
     /// Redis for state shared by replicas (`/route` sessions and stats), e.g.
     /// `redis://127.0.0.1:6379/0`. Unset: in memory.
     #[arg(long)]

@@ -93,6 +93,7 @@ impl Config {
         self.model_settings()?;
         self.validate_selection()?;
         self.validate_use_cases()?;
+        self.validate_tools()?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("unix://"))
         {

@@ -369,16 +369,22 @@ impl Gateway {
                     workers: cfg.ingest_workers,
                     ..Default::default()
                 });
-        let responses = Arc::new(
-            switchyard_stateful::responses::service::Responses::new(
-                store.clone(),
-                Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
-            )
-            .observed(metrics.clone())
-            .with_files(files.clone())
-            .with_vector_stores(vector_stores.clone(), cfg.max_tool_calls)
-            .with_max_background(cfg.max_background_responses),
-        );
+        let responses = switchyard_stateful::responses::service::Responses::new(
+            store.clone(),
+            Arc::new(crate::pipeline::responses::PipelineEngine(pipeline.clone())),
+        )
+        .observed(metrics.clone())
+        .with_files(files.clone())
+        .with_vector_stores(vector_stores.clone(), cfg.max_tool_calls)
+        .with_tool_timeout(std::time::Duration::from_secs_f64(cfg.tools.timeout_secs))
+        .with_max_background(cfg.max_background_responses);
+        let responses = Arc::new(match &cfg.tools.web_search {
+            Some(w) => responses.with_web_search(Arc::new(
+                crate::tools::web_search::HttpSearch::new(w)
+                    .map_err(|e| anyhow::anyhow!("tools.web_search: {e}"))?,
+            )),
+            None => responses,
+        });
         let state = Arc::new(AppState {
             cfg: cfg.clone(),
             route,

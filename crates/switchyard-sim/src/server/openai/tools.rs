@@ -10,7 +10,8 @@
 //!   whole word), else the first offered;
 //! - its arguments are an instance of the function's `parameters` schema, built as for
 //!   structured outputs (`{}` without a schema), except a function named `file_search`,
-//!   which is called with `{"queries": [the last user message]}`; one call per answer,
+//!   which is called with `{"queries": [the last user message]}`, and one named
+//!   `web_search`, called with `{"query": the last user message}`; one call per answer,
 //!   whatever `parallel_tool_calls` says;
 //! - an answer in text right after a tool result quotes it: `According to [1], "…"`
 //!   with the first sentence of the result numbered `[1]` (a search result list), else
@@ -133,6 +134,8 @@ pub(super) fn tool_call(req: &GenRequest, seed: u64) -> Result<Option<ToolCall>,
         .1;
     let args = if name == "file_search" {
         serde_json::json!({"queries": [text.trim()]}).to_string()
+    } else if name == "web_search" {
+        serde_json::json!({"query": text.trim()}).to_string()
     } else if schema.is_null() {
         "{}".to_string()
     } else {
