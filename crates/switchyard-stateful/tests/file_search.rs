@@ -16,7 +16,7 @@ use switchyard_stateful::vector::VectorStores;
 use switchyard_stateful::vector::embed::Embedder;
 
 mod common;
-use common::{SimEmbedder, SimEngine, SqliteFile, config, create_json};
+use common::{SimEmbedder, SimEngine, SqliteFile, config, create_json, events_of};
 
 const MODEL: &str = "sim";
 const BREAD: &str = "Sourdough bread rises thanks to a starter of wild yeast. Bakers feed \
@@ -100,13 +100,6 @@ impl Bed {
         }
         body
     }
-}
-
-fn events_of(raw: &[String]) -> Vec<Value> {
-    raw.iter()
-        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 #[tokio::test]

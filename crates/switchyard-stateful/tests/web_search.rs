@@ -17,7 +17,7 @@ use switchyard_stateful::responses::tools::{WebResult, WebSearch};
 use switchyard_stateful::store::Store;
 
 mod common;
-use common::{SimEngine, SqliteFile, config, create_json};
+use common::{SimEngine, SqliteFile, config, create_json, events_of};
 
 const MODEL: &str = "sim";
 const QUESTION: &str = "Do otters really hold hands?";
@@ -120,13 +120,6 @@ fn ask(extra: Value) -> Value {
         body[k] = v.clone();
     }
     body
-}
-
-fn events_of(raw: &[String]) -> Vec<Value> {
-    raw.iter()
-        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 #[tokio::test]

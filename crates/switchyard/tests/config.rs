@@ -51,6 +51,42 @@ fn validation_names_the_option() {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains(flag), "{e}");
     };
+    // `tools:` (YAML only): each bad setting is named by its path.
+    for (yaml, path) in [
+        ("tools: {timeout_secs: 0}", "tools.timeout_secs"),
+        ("tools: {timeout_secs: 1.0e20}", "tools.timeout_secs"),
+        (
+            "tools: {web_search: {provider: {type: json, url: 'http://s/search'}}}",
+            "tools.web_search.provider",
+        ),
+        (
+            "tools: {web_search: {provider: {type: json, url: 'ftp://s/?q={query}'}}}",
+            "tools.web_search.provider.url",
+        ),
+        (
+            "tools: {web_search: {provider: {type: json, url: 'http://s/', body: {q: '{query}'}}}}",
+            "tools.web_search.provider.body",
+        ),
+        (
+            "tools: {web_search: {provider: {type: brave}, max_results: 0}}",
+            "tools.web_search.max_results",
+        ),
+        (
+            "tools: {web_search: {provider: {type: brave}, allowed_hosts: ['http://x']}}",
+            "tools.web_search.allowed_hosts",
+        ),
+        (
+            "tools: {web_search: {provider: {type: brave}, max_response_bytes: 10}}",
+            "tools.web_search.max_response_bytes",
+        ),
+    ] {
+        let c: Config = yaml_serde::from_str(yaml).unwrap();
+        bad(c, path);
+    }
+    // A provider type the gateway does not know is refused when the file is read.
+    assert!(
+        yaml_serde::from_str::<Config>("tools: {web_search: {provider: {type: bing}}}").is_err()
+    );
     bad(
         Config {
             worker_urls: vec!["ftp://x:1".into()],

@@ -190,3 +190,11 @@ impl switchyard_stateful::vector::embed::Embedder for SimEmbedder {
         })
     }
 }
+
+/// The `data:` payloads of a streamed response's SSE events, parsed.
+pub fn events_of(raw: &[String]) -> Vec<Value> {
+    raw.iter()
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}

@@ -24,25 +24,12 @@ pub struct HttpSearch(Arc<Inner>);
 struct Inner {
     client: reqwest::Client,
     guard: Guard,
-    api: Api,
+    provider: SearchProvider,
+    /// The headers every request carries, secrets read from the environment (a JSON
+    /// provider's `headers`, Brave's key).
+    headers: Vec<(String, String)>,
     max_bytes: usize,
     max_results: usize,
-}
-
-/// The provider's API, with its secrets read from the environment.
-enum Api {
-    Json {
-        url: String,
-        method: HttpMethod,
-        body: Option<Value>,
-        headers: Vec<(String, String)>,
-        results: String,
-        fields: ResultFields,
-    },
-    Brave {
-        endpoint: String,
-        key: String,
-    },
 }
 
 /// `value` with every `${NAME}` replaced by the environment variable NAME (as `env`
@@ -142,34 +129,20 @@ impl HttpSearch {
         cfg: &WebSearchConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<HttpSearch, String> {
-        let api = match &cfg.provider {
-            SearchProvider::Json {
-                url,
-                method,
-                body,
-                headers,
-                results,
-                fields,
-            } => Api::Json {
-                url: url.clone(),
-                method: *method,
-                body: body.clone(),
-                headers: headers
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), with_env(v, env)?)))
-                    .collect::<Result<_, String>>()?,
-                results: results.clone(),
-                fields: fields.clone(),
-            },
-            SearchProvider::Brave {
-                endpoint,
-                api_key_env,
-            } => Api::Brave {
-                endpoint: endpoint.clone(),
-                key: env(api_key_env).ok_or_else(|| {
-                    format!("the environment variable {api_key_env} (the Brave Search API key) is not set")
-                })?,
-            },
+        let headers = match &cfg.provider {
+            SearchProvider::Json { headers, .. } => headers
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), with_env(v, env)?)))
+                .collect::<Result<_, String>>()?,
+            SearchProvider::Brave { api_key_env, .. } => vec![
+                ("accept".to_string(), "application/json".to_string()),
+                (
+                    "x-subscription-token".to_string(),
+                    env(api_key_env).ok_or_else(|| {
+                        format!("the environment variable {api_key_env} (the Brave Search API key) is not set")
+                    })?,
+                ),
+            ],
         };
         let base = Url::parse(
             &cfg.provider
@@ -184,11 +157,7 @@ impl HttpSearch {
             cfg.allow_private_addresses,
         );
         // A request carrying a key is not redirected to another host.
-        let keyed = match &api {
-            Api::Json { headers, .. } => !headers.is_empty(),
-            Api::Brave { .. } => true,
-        };
-        let guard = if keyed {
+        let guard = if !headers.is_empty() {
             guard.same_host_redirects()
         } else {
             guard
@@ -196,7 +165,8 @@ impl HttpSearch {
         Ok(HttpSearch(Arc::new(Inner {
             client: guard.client(Duration::from_secs_f64(cfg.timeout_secs)),
             guard,
-            api,
+            provider: cfg.provider.clone(),
+            headers,
             max_bytes: cfg.max_response_bytes,
             max_results: cfg.max_results,
         })))
@@ -217,14 +187,14 @@ impl HttpSearch {
         } else {
             (count * 3).min(50)
         };
-        let (request, results, fields) = match &me.api {
-            Api::Json {
+        let (request, results, fields) = match &me.provider {
+            SearchProvider::Json {
                 url,
                 method,
                 body,
-                headers,
                 results,
                 fields,
+                ..
             } => {
                 let encoded: String =
                     url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
@@ -241,23 +211,16 @@ impl HttpSearch {
                 if let Some(b) = body {
                     r = r.json(&fill(b, query, asked));
                 }
-                for (k, v) in headers {
-                    r = r.header(k, v);
-                }
                 (r, results.as_str(), fields.clone())
             }
-            Api::Brave { endpoint, key } => {
+            SearchProvider::Brave { endpoint, .. } => {
                 let mut url = Url::parse(endpoint)
                     .map_err(|_| "the provider URL is not valid".to_string())?;
                 url.query_pairs_mut()
                     .append_pair("q", query)
                     .append_pair("count", &asked.min(20).to_string());
                 me.guard.check(&url)?;
-                let r = me
-                    .client
-                    .get(url)
-                    .header("accept", "application/json")
-                    .header("x-subscription-token", key);
+                let r = me.client.get(url);
                 let fields = ResultFields {
                     title: "title".into(),
                     url: "url".into(),
@@ -266,6 +229,7 @@ impl HttpSearch {
                 (r, "web.results", fields)
             }
         };
+        let request = me.headers.iter().fold(request, |r, (k, v)| r.header(k, v));
         let resp = request
             .send()
             .await
