@@ -79,10 +79,34 @@ fn validation_names_the_option() {
             "tools: {web_search: {provider: {type: brave}, max_response_bytes: 10}}",
             "tools.web_search.max_response_bytes",
         ),
+        (
+            "tools: {mcp: {allowed_hosts: []}}",
+            "tools.mcp.allowed_hosts",
+        ),
+        (
+            "tools: {mcp: {allowed_hosts: ['https://mcp.example']}}",
+            "tools.mcp.allowed_hosts",
+        ),
+        (
+            "tools: {mcp: {allowed_hosts: ['mcp.example'], timeout_secs: -1}}",
+            "tools.mcp.timeout_secs",
+        ),
+        (
+            "tools: {mcp: {allowed_hosts: ['*.mcp.example'], max_response_bytes: 5}}",
+            "tools.mcp.max_response_bytes",
+        ),
     ] {
         let c: Config = yaml_serde::from_str(yaml).unwrap();
         bad(c, path);
     }
+    let ok: Config =
+        yaml_serde::from_str("tools: {mcp: {allowed_hosts: ['*.mcp.example', '10.0.0.7']}}")
+            .unwrap();
+    ok.validate().unwrap();
+    // An MCP setting the gateway does not know is refused when the file is read.
+    assert!(
+        yaml_serde::from_str::<Config>("tools: {mcp: {allowed_hosts: [a], servers: []}}").is_err()
+    );
     // A provider type the gateway does not know is refused when the file is read.
     assert!(
         yaml_serde::from_str::<Config>("tools: {web_search: {provider: {type: bing}}}").is_err()

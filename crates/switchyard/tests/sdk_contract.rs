@@ -4,8 +4,11 @@
 //! contract/test_vector_stores.py (Vector Stores, file_search) on SQLite + sqlite-vec and
 //! on PostgreSQL + pgvector (a server of its own from PyPI pgserver), and
 //! contract/test_tools.py (the web_search tool, against a fake search service on
-//! loopback). The Python environment is made on first use by scripts/sdk-venv.sh
+//! loopback), and contract/test_mcp.py (remote MCP tools, against a fake MCP server
+//! on loopback). The Python environment is made on first use by scripts/sdk-venv.sh
 //! (`.ci/run` makes it first).
+
+mod common;
 
 use switchyard::PolicyKind;
 use switchyard_stateful::testing::{PgDatabase, PgVectorServer, run_contract_script};
@@ -31,22 +34,27 @@ async fn suite(script: &str, database_url: String) {
         c.embedding_model = Some(MODEL.into());
     })
     .await;
-    let (script_name, url) = (script.to_string(), t.url.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        run_contract_script(
-            &script_name,
-            &[
-                ("SWITCHYARD_URL", url),
-                ("SWITCHYARD_MODEL", MODEL.into()),
-                ("SWITCHYARD_HELD_MODEL", HELD.into()),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    contract(
+        script,
+        &database_url,
+        vec![
+            ("SWITCHYARD_URL", t.url.clone()),
+            ("SWITCHYARD_MODEL", MODEL.into()),
+            ("SWITCHYARD_HELD_MODEL", HELD.into()),
+        ],
+    )
+    .await;
+}
+
+/// Runs a contract script with `env`; fails the test, with its output, if it fails.
+async fn contract(script: &str, on: &str, env: Vec<(&'static str, String)>) {
+    let name = script.to_string();
+    let out = tokio::task::spawn_blocking(move || run_contract_script(&name, &env))
+        .await
+        .unwrap();
     assert!(
         out.status.success(),
-        "the SDK suite {script} failed on {database_url}:\n{}{}",
+        "the SDK suite {script} failed on {on}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -108,26 +116,42 @@ async fn the_openai_sdk_accepts_every_web_search_answer() {
         });
     })
     .await;
-    let url = t.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        run_contract_script(
-            "test_tools.py",
-            &[
-                ("SWITCHYARD_URL", url),
-                ("SWITCHYARD_MODEL", MODEL.into()),
-                (
-                    "SWITCHYARD_SEARCH_FIRST_URL",
-                    "https://birds.example/puffins".into(),
-                ),
-            ],
-        )
+    contract(
+        "test_tools.py",
+        "sqlite",
+        vec![
+            ("SWITCHYARD_URL", t.url.clone()),
+            ("SWITCHYARD_MODEL", MODEL.into()),
+            (
+                "SWITCHYARD_SEARCH_FIRST_URL",
+                "https://birds.example/puffins".into(),
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_accepts_every_mcp_answer() {
+    let server = common::mcp::serve("127.0.0.1", Default::default()).await;
+    let t = TestBed::with(sims(1).await, |c| {
+        c.database_url = Some("sqlite::memory:".into());
+        c.tools.mcp = Some(switchyard::config::tools::McpConfig {
+            allowed_hosts: vec!["127.0.0.1".into()],
+            allow_private_addresses: true,
+            timeout_secs: 30.0,
+            max_response_bytes: 1 << 20,
+        });
     })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "the SDK suite test_tools.py failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .await;
+    contract(
+        "test_mcp.py",
+        "sqlite",
+        vec![
+            ("SWITCHYARD_URL", t.url.clone()),
+            ("SWITCHYARD_MODEL", MODEL.into()),
+            ("SWITCHYARD_MCP_URL", format!("{server}/mcp")),
+        ],
+    )
+    .await;
 }

@@ -85,6 +85,27 @@ pub enum Item {
         id: String,
     },
     Reasoning,
+    /// A call the gateway made on an MCP server: sent as a tool call and its result.
+    McpCall {
+        id: String,
+        name: String,
+        arguments: String,
+        /// The tool's output, or what went wrong.
+        output: String,
+    },
+    /// A call that waited for the client's approval.
+    ApprovalRequest {
+        id: String,
+        server_label: String,
+        name: String,
+        arguments: String,
+    },
+    /// The client's answer to an approval request.
+    ApprovalResponse {
+        request_id: String,
+        approve: bool,
+        reason: Option<String>,
+    },
 }
 
 fn string_field<'a>(
@@ -104,6 +125,14 @@ fn string_field<'a>(
         )),
         None => Err(bad(format!("{at}.{key}"), format!("`{key}` is required"))),
     }
+}
+
+/// A stored tool call item's `arguments` (`{}` when it has none).
+fn arguments_of(o: &Map<String, Value>) -> String {
+    o.get("arguments")
+        .and_then(Value::as_str)
+        .unwrap_or("{}")
+        .to_string()
 }
 
 fn parts(content: &Value, role: Role, at: &str) -> Result<Vec<Part>, BadInput> {
@@ -236,14 +265,60 @@ fn item(v: &Value, at: &str) -> Result<Item, BadInput> {
         "item_reference" => Ok(Item::Reference {
             id: string_field(o, "id", at)?.to_string(),
         }),
-        // Reasoning and the gateway's own tool calls (file and web search) are not
-        // resent to the engine: the answers that used them are.
-        "reasoning" | "file_search_call" | "web_search_call" => Ok(Item::Reasoning),
+        // Reasoning, the gateway's own searches and MCP tool listings are not resent
+        // to the engine: the answers that used them are.
+        "reasoning" | "file_search_call" | "web_search_call" | "mcp_list_tools" => {
+            Ok(Item::Reasoning)
+        }
+        "mcp_call" => Ok(Item::McpCall {
+            id: string_field(o, "id", at)?.to_string(),
+            name: string_field(o, "name", at)?.to_string(),
+            arguments: arguments_of(o),
+            output: match (o.get("output"), o.get("error")) {
+                (Some(Value::String(out)), _) => out.clone(),
+                (_, Some(e)) if !e.is_null() => match e.get("content") {
+                    Some(c) => format!(
+                        "The tool reported an error: {}",
+                        super::mcp::content_text(c)
+                    ),
+                    None => format!(
+                        "The call failed: {}",
+                        e.get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("unknown error")
+                    ),
+                },
+                _ => String::new(),
+            },
+        }),
+        "mcp_approval_request" => Ok(Item::ApprovalRequest {
+            id: string_field(o, "id", at)?.to_string(),
+            server_label: string_field(o, "server_label", at)?.to_string(),
+            name: string_field(o, "name", at)?.to_string(),
+            arguments: arguments_of(o),
+        }),
+        "mcp_approval_response" => Ok(Item::ApprovalResponse {
+            request_id: string_field(o, "approval_request_id", at)?.to_string(),
+            approve: match o.get("approve") {
+                Some(Value::Bool(b)) => *b,
+                _ => {
+                    return Err(bad(
+                        format!("{at}.approve"),
+                        "`approve` is required (true or false)",
+                    ));
+                }
+            },
+            reason: match o.get("reason") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(r)) => Some(r.clone()),
+                Some(_) => return Err(bad(format!("{at}.reason"), "`reason` must be a string")),
+            },
+        }),
         other => Err(bad(
             format!("{at}.type"),
             format!(
                 "`{other}` is not an input item type: use message, function_call, \
-                 function_call_output, item_reference or reasoning"
+                 function_call_output, item_reference, reasoning or mcp_approval_response"
             ),
         )),
     }
@@ -291,6 +366,48 @@ pub fn check_call_ids(context: &[Item], new_from: usize) -> Result<(), BadInput>
         }
     }
     Ok(())
+}
+
+/// Checks that every `mcp_approval_response` among the new items answers an
+/// `mcp_approval_request` of the context that no earlier response answered.
+pub fn check_approvals(context: &[Item], new_from: usize) -> Result<(), BadInput> {
+    for (i, it) in context.iter().enumerate().skip(new_from) {
+        if let Item::ApprovalResponse { request_id, .. } = it {
+            let at = format!("input[{}].approval_request_id", i - new_from);
+            let asked = context[..i]
+                .iter()
+                .any(|c| matches!(c, Item::ApprovalRequest { id, .. } if id == request_id));
+            if !asked {
+                return Err(bad(
+                    at,
+                    format!("No MCP approval request found with id {request_id}"),
+                ));
+            }
+            let answered = context[..i].iter().any(
+                |c| matches!(c, Item::ApprovalResponse { request_id: r, .. } if r == request_id),
+            );
+            if answered {
+                return Err(bad(
+                    at,
+                    format!("The MCP approval request {request_id} was answered already"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends an assistant tool call (merged with the calls just before it).
+fn push_call(out: &mut Vec<Value>, call: Value) {
+    let merged = out.last_mut().and_then(|m| {
+        (m["role"] == "assistant" && m["content"].is_null())
+            .then(|| m["tool_calls"].as_array_mut())
+            .flatten()
+    });
+    match merged {
+        Some(calls) => calls.push(call),
+        None => out.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+    }
 }
 
 /// The chat messages an engine takes for `instructions` and the items, in order.
@@ -348,17 +465,47 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Item]) -> Vec<Value> {
             } => {
                 let call = json!({"id": call_id, "type": "function",
                                   "function": {"name": name, "arguments": arguments}});
-                let merged = out.last_mut().and_then(|m| {
-                    (m["role"] == "assistant" && m["content"].is_null())
-                        .then(|| m["tool_calls"].as_array_mut())
-                        .flatten()
+                push_call(&mut out, call);
+            }
+            Item::McpCall {
+                id,
+                name,
+                arguments,
+                output,
+            } => {
+                let call = json!({"id": id, "type": "function",
+                                  "function": {"name": name, "arguments": arguments}});
+                push_call(&mut out, call);
+                out.push(json!({"role": "tool", "tool_call_id": id, "content": output}));
+            }
+            // A declined call: the model learns it was declined (an approved one is
+            // told by the `mcp_call` that follows).
+            Item::ApprovalResponse {
+                request_id,
+                approve: false,
+                reason,
+            } => {
+                let asked = items.iter().find_map(|i| match i {
+                    Item::ApprovalRequest {
+                        id,
+                        name,
+                        arguments,
+                        ..
+                    } if id == request_id => Some((name, arguments)),
+                    _ => None,
                 });
-                match merged {
-                    Some(calls) => calls.push(call),
-                    None => out
-                        .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+                if let Some((name, arguments)) = asked {
+                    let call = json!({"id": request_id, "type": "function",
+                                      "function": {"name": name, "arguments": arguments}});
+                    push_call(&mut out, call);
+                    let said = match reason {
+                        Some(r) => format!("The user declined this call: {r}"),
+                        None => "The user declined this call.".to_string(),
+                    };
+                    out.push(json!({"role": "tool", "tool_call_id": request_id, "content": said}));
                 }
             }
+            Item::ApprovalRequest { .. } | Item::ApprovalResponse { .. } => {}
             Item::FunctionCallOutput { call_id, output } => {
                 out.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
             }
@@ -477,5 +624,68 @@ mod tests {
         let e = check_call_ids(&all, history.len()).unwrap_err();
         assert_eq!(e.param, "input[1].call_id");
         assert!(e.message.contains("c9"));
+    }
+
+    #[test]
+    fn mcp_items_replay_as_calls_and_approvals_are_checked() {
+        let history = parse_input(&json!([
+            {"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "s", "tools": []},
+            {"type": "mcp_call", "id": "mcp_1", "server_label": "s", "name": "add",
+             "arguments": "{\"a\":1}", "output": "2", "error": null},
+            {"type": "mcp_call", "id": "mcp_2", "server_label": "s", "name": "boom", "arguments": "{}",
+             "output": null, "error": {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": "no"}]}},
+            {"type": "mcp_approval_request", "id": "mcpr_1", "server_label": "s", "name": "add", "arguments": "{}"},
+            {"type": "mcp_approval_request", "id": "mcpr_2", "server_label": "s", "name": "add", "arguments": "{}"}
+        ]))
+        .unwrap();
+        let new = parse_input(&json!([
+            {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": false, "reason": "no thanks"}
+        ]))
+        .unwrap();
+        let all: Vec<Item> = history.iter().chain(&new).cloned().collect();
+        check_approvals(&all, history.len()).unwrap();
+        let m = chat_messages(None, &all);
+        assert_eq!(m.len(), 6, "{m:?}");
+        assert_eq!(m[0]["tool_calls"][0]["function"]["name"], "add");
+        assert_eq!(
+            m[1],
+            json!({"role": "tool", "tool_call_id": "mcp_1", "content": "2"})
+        );
+        assert_eq!(m[3]["content"], "The tool reported an error: no");
+        assert_eq!(m[4]["tool_calls"][0]["id"], "mcpr_1");
+        assert_eq!(m[5]["content"], "The user declined this call: no thanks");
+        // Answered twice, or naming nothing.
+        let again: Vec<Item> = all.iter().chain(&new).cloned().collect();
+        assert_eq!(
+            check_approvals(&again, all.len()).unwrap_err().param,
+            "input[0].approval_request_id"
+        );
+        let stray = parse_input(&json!([
+            {"type": "mcp_approval_response", "approval_request_id": "mcpr_9", "approve": true}
+        ]))
+        .unwrap();
+        let with: Vec<Item> = history.iter().chain(&stray).cloned().collect();
+        assert!(
+            check_approvals(&with, history.len())
+                .unwrap_err()
+                .message
+                .contains("mcpr_9")
+        );
+        for (v, param) in [
+            (
+                json!({"type": "mcp_approval_response", "approve": true}),
+                "input[0].approval_request_id",
+            ),
+            (
+                json!({"type": "mcp_approval_response", "approval_request_id": "x", "approve": "yes"}),
+                "input[0].approve",
+            ),
+            (
+                json!({"type": "mcp_approval_response", "approval_request_id": "x", "approve": true, "reason": 3}),
+                "input[0].reason",
+            ),
+        ] {
+            assert_eq!(parse_input(&json!([v])).unwrap_err().param, param);
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod conversations;
 pub mod file_search;
 pub mod input;
+pub mod mcp;
 pub mod output;
 pub mod request;
 pub mod service;

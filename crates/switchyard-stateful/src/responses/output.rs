@@ -184,7 +184,12 @@ pub fn response_json(env: &Envelope<'_>, output: &[Value]) -> Value {
     if let Some(ws) = &r.web_search {
         tools.push(ws.echo.clone());
     }
+    tools.extend(r.mcp.iter().map(|m| m.echo.clone()));
     let tool_choice = match &r.tool_choice {
+        _ if r.mcp_choice.is_some() => {
+            let (label, name) = r.mcp_choice.as_ref().expect("checked");
+            json!({"type": "mcp", "server_label": label, "name": name})
+        }
         None => json!("auto"),
         Some(Value::String(s)) => json!(s),
         Some(c)

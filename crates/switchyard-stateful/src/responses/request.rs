@@ -51,6 +51,11 @@ pub struct ResponseRequest {
     pub file_search: Option<super::file_search::FileSearchTool>,
     /// The `web_search` tool, when offered.
     pub web_search: Option<super::web_search::WebSearchTool>,
+    /// The `mcp` tools (one per server label); their tools are listed by the service.
+    pub mcp: Vec<super::mcp::McpTool>,
+    /// `tool_choice: {"type": "mcp", "server_label", "name"?}`: the server's label and
+    /// the tool named (checked once the server's tools are listed).
+    pub mcp_choice: Option<(String, Option<String>)>,
     /// `max_tool_calls`: most built-in tool calls (searches) in the response.
     pub max_tool_calls: Option<u64>,
     pub parallel_tool_calls: Option<bool>,
@@ -197,26 +202,43 @@ type Tools = (
     Vec<Value>,
     Option<super::file_search::FileSearchTool>,
     Option<super::web_search::WebSearchTool>,
+    Vec<super::mcp::McpTool>,
 );
 
 /// Whether a tool is one the gateway runs itself.
 fn hosted(t: &Value) -> bool {
     let ty = t.get("type").and_then(Value::as_str).unwrap_or_default();
-    ty == "file_search" || super::web_search::TYPES.contains(&ty)
+    ty == "file_search" || ty == super::mcp::TYPE || super::web_search::TYPES.contains(&ty)
 }
 
 /// Function tools, into the chat API's `{"type": "function", "function": {…}}`, and the
-/// `file_search` and `web_search` tools (at most one each).
+/// `file_search` and `web_search` tools (at most one each), and the `mcp` tools (one
+/// per server label).
 fn tools(o: &Map<String, Value>) -> Result<Tools, BadInput> {
     let list = match o.get("tools") {
-        None | Some(Value::Null) => return Ok((Vec::new(), None, None)),
+        None | Some(Value::Null) => return Ok((Vec::new(), None, None, Vec::new())),
         Some(Value::Array(l)) => l,
         Some(_) => return Err(bad("tools", "`tools` must be a list")),
     };
     let mut search = None;
     let mut web = None;
+    let mut mcp: Vec<super::mcp::McpTool> = Vec::new();
     for (i, t) in list.iter().enumerate() {
         let ty = t.get("type").and_then(Value::as_str).unwrap_or_default();
+        if ty == super::mcp::TYPE {
+            let at = format!("tools[{i}]");
+            let obj = t
+                .as_object()
+                .ok_or_else(|| bad(&at, "a tool must be an object"))?;
+            let m = super::mcp::McpTool::parse(obj, &at)?;
+            if mcp.iter().any(|o| o.server.label == m.server.label) {
+                return Err(bad(
+                    &format!("{at}.server_label"),
+                    "two mcp tools have this `server_label`: give each server its own",
+                ));
+            }
+            mcp.push(m);
+        }
         if super::web_search::TYPES.contains(&ty) {
             let at = format!("tools[{i}]");
             if web.is_some() {
@@ -275,7 +297,7 @@ fn tools(o: &Map<String, Value>) -> Result<Tools, BadInput> {
                 Some(other) => Err(bad(
                     &format!("{at}.type"),
                     format!(
-                        "tool type `{other}` is not supported (function, file_search and web_search tools are)"
+                        "tool type `{other}` is not supported (function, file_search, web_search and mcp tools are)"
                     ),
                 )),
                 None => Err(bad(&format!("{at}.type"), "a tool needs a `type`")),
@@ -298,10 +320,43 @@ fn tools(o: &Map<String, Value>) -> Result<Tools, BadInput> {
             ));
         }
     }
-    Ok((functions, search, web))
+    Ok((functions, search, web, mcp))
 }
 
-fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
+/// `tool_choice` in the chat API's shape, and the MCP server it names, if it does.
+#[allow(clippy::type_complexity)]
+fn tool_choice(
+    o: &Map<String, Value>,
+) -> Result<(Option<Value>, Option<(String, Option<String>)>), BadInput> {
+    if let Some(c) = o
+        .get("tool_choice")
+        .filter(|c| c["type"] == super::mcp::TYPE)
+    {
+        let label = match c.get("server_label") {
+            Some(Value::String(l)) if !l.is_empty() => l.clone(),
+            _ => {
+                return Err(bad(
+                    "tool_choice.server_label",
+                    "an mcp `tool_choice` needs the server's `server_label`",
+                ));
+            }
+        };
+        return match c.get("name") {
+            None | Some(Value::Null) => Ok((Some(json!("required")), Some((label, None)))),
+            Some(Value::String(n)) if !n.is_empty() => Ok((
+                Some(json!({"type": "function", "function": {"name": n}})),
+                Some((label, Some(n.clone()))),
+            )),
+            Some(_) => Err(bad(
+                "tool_choice.name",
+                "`name` must be the name of one of the server's tools",
+            )),
+        };
+    }
+    plain_tool_choice(o).map(|c| (c, None))
+}
+
+fn plain_tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
     match o.get("tool_choice") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if ["none", "auto", "required"].contains(&s.as_str()) => {
@@ -332,7 +387,7 @@ fn tool_choice(o: &Map<String, Value>) -> Result<Option<Value>, BadInput> {
         }
         Some(_) => Err(bad(
             "tool_choice",
-            "`tool_choice` must be none, auto, required, {\"type\": \"file_search\"}, {\"type\": \"web_search_preview\"} or {\"type\": \"function\", \"name\"}",
+            "`tool_choice` must be none, auto, required, {\"type\": \"file_search\"}, {\"type\": \"web_search_preview\"}, {\"type\": \"mcp\", \"server_label\"} or {\"type\": \"function\", \"name\"}",
         )),
     }
 }
@@ -440,10 +495,21 @@ impl ResponseRequest {
                 "a background response must be stored (`store: true`)",
             ));
         }
-        let (tools, file_search, web_search) = tools(o)?;
-        let tool_choice = tool_choice(o)?;
+        let (tools, file_search, web_search, mcp) = tools(o)?;
+        let (tool_choice, mcp_choice) = tool_choice(o)?;
+        if let Some((label, _)) = &mcp_choice
+            && !mcp.iter().any(|m| &m.server.label == label)
+        {
+            return Err(bad(
+                "tool_choice.server_label",
+                format!(
+                    "`tool_choice` names the MCP server `{label}`, which is not among the tools"
+                ),
+            ));
+        }
         let forced = tool_choice
             .as_ref()
+            .filter(|_| mcp_choice.is_none())
             .and_then(|c| c["function"]["name"].as_str())
             .map(str::to_string);
         if let Some(name) = forced {
@@ -488,6 +554,8 @@ impl ResponseRequest {
             tool_choice,
             file_search,
             web_search,
+            mcp,
+            mcp_choice,
             max_tool_calls,
             parallel_tool_calls: opt_bool(o, "parallel_tool_calls")?,
             truncation,
@@ -533,6 +601,9 @@ impl ResponseRequest {
         }
         if self.web_search.is_some() {
             tools.push(super::web_search::WebSearchTool::function());
+        }
+        for m in &self.mcp {
+            tools.extend(m.functions());
         }
         if !tools.is_empty() {
             b["tools"] = json!(tools);

@@ -16,7 +16,10 @@ use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-use super::input::{BadInput, Item, Part, chat_messages, check_call_ids, parse_input};
+use super::input::{
+    BadInput, Item, Part, chat_messages, check_approvals, check_call_ids, parse_input,
+};
+use super::mcp::{McpClient, McpTool};
 use super::output::{Envelope, Ids, Status, Usage, output_items, response_json, status_of};
 use super::request::{ResponseRequest, Truncation};
 use super::stream::{End, Event, HostedCall, Translator};
@@ -301,19 +304,22 @@ pub struct Responses {
     vector_stores: Option<crate::vector::VectorStores>,
     /// What `web_search` tools search.
     web_search: Option<Arc<dyn WebSearch>>,
+    /// What reaches the servers of `mcp` tools.
+    mcp: Option<Arc<dyn McpClient>>,
     /// Most server-side tool calls in one response, whatever it asks.
     max_tool_calls: usize,
     /// Longest a server-side tool call runs before the model is told it timed out.
     tool_timeout: std::time::Duration,
 }
 
-/// A response's server-side tool loop (file_search, web_search): the rounds' chat
+/// A response's server-side tool loop (file_search, web_search, mcp): the rounds' chat
 /// body, and its bounds.
 pub(crate) struct Rounds {
     file_search: Option<super::file_search::FileSearchTool>,
     web_search: Option<super::web_search::WebSearchTool>,
+    mcp: Vec<McpTool>,
     /// The functions the gateway runs, by name.
-    hosted: Vec<&'static str>,
+    hosted: Vec<String>,
     owner: String,
     /// `include: ["file_search_call.results"]`.
     include_results: bool,
@@ -341,7 +347,7 @@ impl Rounds {
             Value::String(s) => s == "required",
             c => c["function"]["name"]
                 .as_str()
-                .is_some_and(|n| self.hosted.contains(&n)),
+                .is_some_and(|n| self.hosted.iter().any(|h| h == n)),
         };
         if forced {
             self.chat["tool_choice"] = json!("auto");
@@ -353,7 +359,7 @@ impl Rounds {
             tools.retain(|t| {
                 !t["function"]["name"]
                     .as_str()
-                    .is_some_and(|n| hosted.contains(&n))
+                    .is_some_and(|n| hosted.iter().any(|h| h == n))
             });
             if tools.is_empty()
                 && let Some(o) = self.chat.as_object_mut()
@@ -368,7 +374,7 @@ impl Rounds {
     /// The hosted function a chat tool call calls, if it is one.
     fn hosted(&self, call: &Value) -> Option<HostedCall> {
         let name = call["function"]["name"].as_str()?;
-        let name = *self.hosted.iter().find(|h| **h == name)?;
+        let name = self.hosted.iter().find(|h| *h == name)?.clone();
         Some(HostedCall {
             name,
             call_id: call["id"].as_str().unwrap_or_default().to_string(),
@@ -378,31 +384,64 @@ impl Rounds {
                 .to_string(),
         })
     }
+
+    /// The MCP server whose tool a hosted call calls, if it calls one.
+    fn mcp_of(&self, call: &HostedCall) -> Option<&McpTool> {
+        mcp_of(&self.mcp, &call.name)
+    }
+
+    /// Whether a hosted call waits for the client's approval.
+    fn needs_approval(&self, call: &HostedCall) -> bool {
+        self.mcp_of(call)
+            .is_some_and(|m| m.needs_approval(&call.name))
+    }
+}
+
+/// The MCP server offering the tool `name`, if one does.
+fn mcp_of<'a>(mcp: &'a [McpTool], name: &str) -> Option<&'a McpTool> {
+    mcp.iter()
+        .find(|m| m.offered.iter().any(|t| t.name == name))
 }
 
 /// The functions a request's server-side tools offer the engine.
-fn hosted_functions(req: &ResponseRequest) -> Vec<&'static str> {
+fn hosted_functions(req: &ResponseRequest) -> Vec<String> {
     let mut hosted = Vec::new();
     if req.file_search.is_some() {
-        hosted.push(super::file_search::FUNCTION);
+        hosted.push(super::file_search::FUNCTION.to_string());
     }
     if req.web_search.is_some() {
-        hosted.push(super::web_search::FUNCTION);
+        hosted.push(super::web_search::FUNCTION.to_string());
+    }
+    for m in &req.mcp {
+        hosted.extend(m.offered.iter().map(|t| t.name.clone()));
     }
     hosted
 }
 
 /// A hosted call's output item id.
-fn call_item_id(call: &HostedCall) -> String {
-    random_id(match call.name {
+fn call_item_id(r: &Rounds, call: &HostedCall) -> String {
+    random_id(match call.name.as_str() {
+        _ if r.mcp_of(call).is_some() => "mcp_",
         super::web_search::FUNCTION => "ws_",
         _ => "fs_",
     })
 }
 
 /// A hosted call's item with `status`, before (or without) a result.
-fn pending_item(call: &HostedCall, item_id: &str, status: &str) -> Value {
-    match call.name {
+fn pending_item(r: &Rounds, call: &HostedCall, item_id: &str, status: &str) -> Value {
+    if let Some(m) = r.mcp_of(call) {
+        let mut item = super::mcp::call_item(
+            item_id,
+            &m.server.label,
+            &call.name,
+            &call.arguments,
+            None,
+            None,
+        );
+        item["status"] = json!(status);
+        return item;
+    }
+    match call.name.as_str() {
         super::web_search::FUNCTION => super::web_search::call_item(
             item_id,
             status,
@@ -425,6 +464,47 @@ fn cited(mut item: Value, sources: &[Source]) -> Value {
         item["content"][0]["annotations"] = json!(a);
     }
     item
+}
+
+/// The `mcp_approval_request` items of a round's calls that wait for approval.
+fn approval_requests(r: &Rounds, round: &[(HostedCall, String)]) -> Vec<Value> {
+    round
+        .iter()
+        .filter(|(h, _)| r.needs_approval(h))
+        .filter_map(|(h, _)| {
+            let m = r.mcp_of(h)?;
+            Some(super::mcp::approval_item(
+                &random_id("mcpr_"),
+                &m.server.label,
+                &h.name,
+                &h.arguments,
+            ))
+        })
+        .collect()
+}
+
+/// The request body without what `mcp` tools carry that is secret (`headers`,
+/// `authorization`), when it has any.
+fn without_secrets(body: &Value) -> Option<Value> {
+    let secret = |t: &Value| {
+        t["type"] == super::mcp::TYPE
+            && (t.get("headers").is_some() || t.get("authorization").is_some())
+    };
+    if !body["tools"].as_array()?.iter().any(secret) {
+        return None;
+    }
+    let mut body = body.clone();
+    for t in body["tools"]
+        .as_array_mut()?
+        .iter_mut()
+        .filter(|t| secret(t))
+    {
+        if let Some(o) = t.as_object_mut() {
+            o.remove("headers");
+            o.remove("authorization");
+        }
+    }
+    Some(body)
 }
 
 /// A chat tool call of a hosted function, for the next round's messages.
@@ -642,6 +722,9 @@ struct Prepared {
     all: Vec<Item>,
     new_from: usize,
     root: Option<String>,
+    /// Output items made before the engine is asked: MCP tool lists fetched, and the
+    /// calls the client approved.
+    preface: Vec<Value>,
 }
 
 /// The items without their first `n`, and without function call outputs whose call
@@ -688,6 +771,8 @@ struct Accepted<'a> {
     owner: &'a str,
     messages: Vec<Value>,
     session: String,
+    /// Output items made before the engine is asked.
+    preface: Vec<Value>,
 }
 
 /// How a response ended, as stored.
@@ -770,6 +855,7 @@ impl Responses {
             max_background: 256,
             vector_stores: None,
             web_search: None,
+            mcp: None,
             max_tool_calls: 8,
             tool_timeout: std::time::Duration::from_secs(30),
         }
@@ -790,6 +876,12 @@ impl Responses {
     /// Searches the web through `provider` for `web_search` tools.
     pub fn with_web_search(mut self, provider: Arc<dyn WebSearch>) -> Responses {
         self.web_search = Some(provider);
+        self
+    }
+
+    /// Reaches the servers of `mcp` tools through `client`.
+    pub fn with_mcp(mut self, client: Arc<dyn McpClient>) -> Responses {
+        self.mcp = Some(client);
         self
     }
 
@@ -814,6 +906,7 @@ impl Responses {
         Some(Rounds {
             file_search: req.file_search.clone(),
             web_search: req.web_search.clone(),
+            mcp: req.mcp.clone(),
             hosted,
             owner: owner.to_string(),
             include_results: req.include.iter().any(|i| i == "file_search_call.results"),
@@ -943,10 +1036,62 @@ impl Responses {
         }
     }
 
+    /// Runs one call of an MCP server's tool: its `mcp_call` item and what the model is
+    /// told.
+    async fn mcp_call(
+        &self,
+        m: &McpTool,
+        call: &HostedCall,
+        item_id: &str,
+        approval: Option<&str>,
+    ) -> (Value, Found) {
+        use super::mcp::{McpFailure, arguments_of, call_item};
+        let ended = match (&self.mcp, arguments_of(&call.arguments)) {
+            (None, _) => Err(McpFailure::Protocol {
+                code: -32000,
+                message: "MCP tools are not available on this gateway".into(),
+            }),
+            (_, Err(e)) => Err(McpFailure::Protocol {
+                code: -32602,
+                message: e,
+            }),
+            (Some(client), Ok(args)) => {
+                client
+                    .call_tool(m.server.clone(), call.name.clone(), args)
+                    .await
+            }
+        };
+        if let Err(e) = &ended {
+            tracing::warn!(server = %m.server.label, tool = %call.name, error = %e.message(), "an MCP call failed");
+        }
+        let item = call_item(
+            item_id,
+            &m.server.label,
+            &call.name,
+            &call.arguments,
+            Some(&ended),
+            approval,
+        );
+        let told = match ended {
+            Ok(out) => out,
+            Err(e) => e.message(),
+        };
+        (
+            item,
+            Found {
+                asked: String::new(),
+                results: Err(told),
+            },
+        )
+    }
+
     /// Runs one hosted call within the tool timeout: its final item and what it found.
     async fn run_call(&self, r: &Rounds, call: &HostedCall, item_id: &str) -> (Value, Found) {
         let run = async {
-            match call.name {
+            if let Some(m) = r.mcp_of(call) {
+                return self.mcp_call(m, call, item_id, None).await;
+            }
+            match call.name.as_str() {
                 super::web_search::FUNCTION => self.web_search(r, item_id, &call.arguments).await,
                 _ => self.file_search(r, item_id, &call.arguments).await,
             }
@@ -954,9 +1099,14 @@ impl Responses {
         match tokio::time::timeout(self.tool_timeout, run).await {
             Ok(done) => done,
             Err(_) => {
-                tracing::warn!(tool = call.name, "a tool call timed out");
+                tracing::warn!(tool = %call.name, "a tool call timed out");
+                let mut item = pending_item(r, call, item_id, "failed");
+                if item["type"] == "mcp_call" {
+                    item["error"] = json!({"type": "mcp_protocol_error", "code": -32001,
+                                           "message": "the call timed out"});
+                }
                 (
-                    pending_item(call, item_id, "failed"),
+                    item,
                     Found {
                         asked: String::new(),
                         results: Err(format!(
@@ -978,7 +1128,7 @@ impl Responses {
         let runs = calls.iter().enumerate().map(|(k, (call, item_id))| async move {
             if k >= room {
                 return (
-                    pending_item(call, item_id, "failed"),
+                    pending_item(r, call, item_id, "failed"),
                     Found {
                         asked: String::new(),
                         results: Err("Not run: this response reached its limit of tool calls. Answer with what you have.".into()),
@@ -1021,7 +1171,7 @@ impl Responses {
                 .iter()
                 .filter_map(|t| r.hosted(t))
                 .map(|h| {
-                    let id = call_item_id(&h);
+                    let id = call_item_id(r, &h);
                     (h, id)
                 })
                 .collect();
@@ -1029,6 +1179,19 @@ impl Responses {
             // as it is: its hosted calls are not run (their results could not reach
             // the model), as when streamed.
             if hosted.is_empty() || hosted.len() < calls.len() {
+                return Ok((c, items, sources, usage));
+            }
+            // A round with a call that waits for approval ends the response with the
+            // approval requests; its other calls are not run.
+            if hosted.iter().any(|(h, _)| r.needs_approval(h)) {
+                items.extend(
+                    output_items(&c["choices"][0]["message"], &mut RandomIds)
+                        .into_iter()
+                        .filter(|i| i["type"] != "function_call")
+                        .map(|i| cited(i, &sources)),
+                );
+                items.extend(approval_requests(r, &hosted));
+                c["choices"][0]["message"]["content"] = Value::Null;
                 return Ok((c, items, sources, usage));
             }
             // What the model said before calling (kept, as the stream shows it).
@@ -1098,13 +1261,20 @@ impl Responses {
             let round: Vec<(HostedCall, String)> = searches
                 .into_iter()
                 .map(|c| {
-                    let id = call_item_id(&c);
+                    let id = call_item_id(r, &c);
                     (c, id)
                 })
                 .collect();
+            // A round with a call that waits for approval ends the response with the
+            // approval requests; its other calls are not run.
+            if round.iter().any(|(h, _)| r.needs_approval(h)) {
+                let events = t.preface(&approval_requests(r, &round));
+                return (!sink.send(events).await, None);
+            }
             let mut slots = Vec::with_capacity(round.len());
             for (call, item_id) in &round {
-                let (started, index) = t.search_started(pending_item(call, item_id, "in_progress"));
+                let (started, index) =
+                    t.search_started(pending_item(r, call, item_id, "in_progress"));
                 if !sink.send(started).await {
                     return (true, None);
                 }
@@ -1417,9 +1587,16 @@ impl Responses {
     }
 
     /// A request checked, its context read and its input resolved (with ids), all of
-    /// it parsed, and the function call outputs matched to calls.
-    async fn prepare(&self, body: &Value, owner: &str) -> Result<Prepared, ServiceError> {
-        let req = ResponseRequest::parse(body).map_err(ServiceError::invalid)?;
+    /// it parsed, the function call outputs matched to calls and the MCP approvals to
+    /// requests; its MCP servers' tools listed (or found in the context), and, when
+    /// `run_tools`, listed anew where the context has none and the approved calls run.
+    async fn prepare(
+        &self,
+        body: &Value,
+        owner: &str,
+        run_tools: bool,
+    ) -> Result<Prepared, ServiceError> {
+        let mut req = ResponseRequest::parse(body).map_err(ServiceError::invalid)?;
         let context = match (&req.previous_response_id, &req.conversation) {
             (Some(p), _) => self.chain(p, owner).await?,
             (_, Some(c)) => self.conversation(c, owner).await?,
@@ -1445,6 +1622,7 @@ impl Responses {
         let new_from = all.len();
         all.extend(parse_input(&Value::Array(input.clone())).map_err(ServiceError::invalid)?);
         check_call_ids(&all, new_from).map_err(ServiceError::invalid)?;
+        check_approvals(&all, new_from).map_err(ServiceError::invalid)?;
         self.inline_files(&mut all, new_from, owner).await?;
         if let Some(fs) = &req.file_search {
             let vs = self.vector_stores.as_ref().ok_or_else(|| ServiceError {
@@ -1475,13 +1653,225 @@ impl Responses {
                 param: Some(ws.param.clone()),
             });
         }
+        let mut preface = Vec::new();
+        if !req.mcp.is_empty() {
+            preface = self.list_mcp(&mut req, &context.items, run_tools).await?;
+        }
+        if run_tools {
+            let approved = self.approved_calls(&req, &all, new_from).await?;
+            for (item, told) in approved {
+                all.push(Item::McpCall {
+                    id: item["id"].as_str().unwrap_or_default().to_string(),
+                    name: item["name"].as_str().unwrap_or_default().to_string(),
+                    arguments: item["arguments"].as_str().unwrap_or("{}").to_string(),
+                    output: told,
+                });
+                preface.push(item);
+            }
+        }
         Ok(Prepared {
             req,
             input,
             all,
             new_from,
             root: context.root,
+            preface,
         })
+    }
+
+    /// Checks a request's `mcp` tools and gives each its server's tools: those listed in
+    /// the context (the chain's `mcp_list_tools` item for the same label), else listed
+    /// now when `fetch` (an item for each). A server that cannot be listed is a 424.
+    async fn list_mcp(
+        &self,
+        req: &mut ResponseRequest,
+        context: &[Value],
+        fetch: bool,
+    ) -> Result<Vec<Value>, ServiceError> {
+        let invalid = |param: &str, message: String| ServiceError {
+            status: 400,
+            kind: "invalid_request_error",
+            code: None,
+            message,
+            param: Some(param.to_string()),
+        };
+        let Some(client) = self.mcp.clone() else {
+            return Err(invalid(
+                &req.mcp[0].param,
+                "mcp tools are not available on this gateway (no MCP servers are allowed)".into(),
+            ));
+        };
+        for m in &req.mcp {
+            client.allowed(&m.server.url).map_err(|why| {
+                invalid(
+                    &format!("{}.server_url", m.param),
+                    format!("This gateway does not reach that MCP server: {why}"),
+                )
+            })?;
+        }
+        let mut items = Vec::new();
+        let timeout = self.tool_timeout;
+        let lists = futures_util::future::join_all(req.mcp.iter().map(|m| {
+            let cached = super::mcp::listed_in(context, &m.server.label);
+            let client = client.clone();
+            let server = m.server.clone();
+            async move {
+                match cached {
+                    Some(tools) => Ok((tools, false)),
+                    None if !fetch => Ok((Vec::new(), false)),
+                    None => match tokio::time::timeout(timeout, client.list_tools(server)).await {
+                        Ok(r) => r.map(|t| (t, true)),
+                        Err(_) => Err(super::mcp::McpFailure::Protocol {
+                            code: -32001,
+                            message: "listing the tools timed out".into(),
+                        }),
+                    },
+                }
+            }
+        }))
+        .await;
+        for (m, listed) in req.mcp.iter_mut().zip(lists) {
+            match listed {
+                Ok((tools, fresh)) => {
+                    if fresh {
+                        items.push(super::mcp::list_item(
+                            &random_id("mcpl_"),
+                            &m.server.label,
+                            &tools,
+                        ));
+                    }
+                    m.offer(&tools);
+                }
+                Err(e) => {
+                    tracing::warn!(server = %m.server.label, error = %e.message(), "an MCP server's tools could not be listed");
+                    return Err(ServiceError {
+                        status: 424,
+                        kind: "external_connector_error",
+                        code: Some("mcp_list_tools_failed".into()),
+                        message: format!(
+                            "Error retrieving tool list from MCP server '{}': {}",
+                            m.server.label,
+                            e.message()
+                        ),
+                        param: Some(m.param.clone()),
+                    });
+                }
+            }
+        }
+        // Every function the engine is offered has its own name.
+        let mut names: Vec<&str> = req
+            .tools
+            .iter()
+            .filter_map(|t| t["function"]["name"].as_str())
+            .collect();
+        if req.file_search.is_some() {
+            names.push(super::file_search::FUNCTION);
+        }
+        if req.web_search.is_some() {
+            names.push(super::web_search::FUNCTION);
+        }
+        for m in &req.mcp {
+            for t in &m.offered {
+                if names.contains(&t.name.as_str()) {
+                    return Err(invalid(
+                        &format!("{}.allowed_tools", m.param),
+                        format!(
+                            "the server `{}` offers a tool named `{}`, as another tool of this request is: leave one out with allowed_tools",
+                            m.server.label, t.name
+                        ),
+                    ));
+                }
+                names.push(&t.name);
+            }
+        }
+        if let Some((label, Some(name))) = &req.mcp_choice
+            && fetch
+            && !req
+                .mcp
+                .iter()
+                .any(|m| &m.server.label == label && m.offered.iter().any(|t| &t.name == name))
+        {
+            return Err(invalid(
+                "tool_choice.name",
+                format!("the MCP server `{label}` offers no tool `{name}` to this request"),
+            ));
+        }
+        Ok(items)
+    }
+
+    /// Runs the calls the new input approves (`mcp_approval_response` with `approve:
+    /// true`): each call's `mcp_call` item and what the model is told.
+    async fn approved_calls(
+        &self,
+        req: &ResponseRequest,
+        all: &[Item],
+        new_from: usize,
+    ) -> Result<Vec<(Value, String)>, ServiceError> {
+        let mut calls = Vec::new();
+        for (i, it) in all.iter().enumerate().skip(new_from) {
+            let Item::ApprovalResponse {
+                request_id,
+                approve: true,
+                ..
+            } = it
+            else {
+                continue;
+            };
+            let Some((label, name, arguments)) = all[..i].iter().find_map(|a| match a {
+                Item::ApprovalRequest {
+                    id,
+                    server_label,
+                    name,
+                    arguments,
+                } if id == request_id => Some((server_label, name, arguments)),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let m = req
+                .mcp
+                .iter()
+                .find(|m| &m.server.label == label && m.offered.iter().any(|t| &t.name == name))
+                .ok_or_else(|| ServiceError {
+                    status: 400,
+                    kind: "invalid_request_error",
+                    code: None,
+                    message: format!(
+                        "The approved call is of the tool `{name}` of the MCP server `{label}`, which this request does not offer: give the server in `tools` again"
+                    ),
+                    param: Some(format!("input[{}]", i - new_from)),
+                })?;
+            let call = HostedCall {
+                name: name.clone(),
+                call_id: request_id.clone(),
+                arguments: arguments.clone(),
+            };
+            let item_id = random_id("mcp_");
+            let done = tokio::time::timeout(
+                self.tool_timeout,
+                self.mcp_call(m, &call, &item_id, Some(request_id)),
+            )
+            .await;
+            calls.push(match done {
+                Ok((item, found)) => (item, found.results.err().unwrap_or_default()),
+                Err(_) => {
+                    let failed = Err(super::mcp::McpFailure::Protocol {
+                        code: -32001,
+                        message: "the call timed out".into(),
+                    });
+                    let item = super::mcp::call_item(
+                        &item_id,
+                        label,
+                        name,
+                        arguments,
+                        Some(&failed),
+                        Some(request_id),
+                    );
+                    (item, format!("The {name} call timed out."))
+                }
+            });
+        }
+        Ok(calls)
     }
 
     /// The engine's token count of these items as a chat request.
@@ -1555,7 +1945,7 @@ impl Responses {
     /// `POST /v1/responses/input_tokens`: the token count of a would-be request, context
     /// included, from the engine's tokenizer.
     pub async fn input_tokens(&self, body: &Value, owner: &str) -> Result<Value, ServiceError> {
-        let p = self.prepare(body, owner).await?;
+        let p = self.prepare(body, owner, false).await?;
         let session = p
             .req
             .prompt_cache_key
@@ -1574,7 +1964,11 @@ impl Responses {
             mut all,
             new_from,
             root,
-        } = self.prepare(body, owner).await?;
+            preface,
+        } = self.prepare(body, owner, true).await?;
+        // The request as stored: without the MCP servers' headers and tokens.
+        let redacted = without_secrets(body);
+        let body = redacted.as_ref().unwrap_or(body);
         let id = random_id("resp_");
         let created_at = (self.now)();
         let session = req
@@ -1599,6 +1993,7 @@ impl Responses {
                     owner,
                     messages,
                     session,
+                    preface,
                 })
                 .await;
         }
@@ -1647,6 +2042,7 @@ impl Responses {
                             return Err(ServiceError::from_engine(e));
                         }
                     };
+                output.splice(0..0, preface);
                 let message = &c["choices"][0]["message"];
                 output.extend(
                     output_items(message, &mut ids)
@@ -1654,7 +2050,9 @@ impl Responses {
                         .filter(|i| {
                             !(i["type"] == "function_call"
                                 && rounds.as_ref().is_some_and(|r| {
-                                    i["name"].as_str().is_some_and(|n| r.hosted.contains(&n))
+                                    i["name"]
+                                        .as_str()
+                                        .is_some_and(|n| r.hosted.iter().any(|h| h == n))
                                 }))
                         })
                         .map(|i| cited(i, &sources)),
@@ -1684,7 +2082,7 @@ impl Responses {
                 Ok(Created::Json(response_json(&env, &output)))
             }
             Answer::Stream(chunks) => Ok(Created::Events(
-                self.stream(id, req, created_at, chunks, rounds),
+                self.stream(id, req, created_at, chunks, rounds, preface),
             )),
         }
     }
@@ -1779,13 +2177,16 @@ impl Responses {
         created_at: i64,
         chunks: ChunkStream,
         rounds: Option<Rounds>,
+        preface: Vec<Value>,
     ) -> EventStream {
         let this = self.clone();
         let mut t = self.translator(&id, &req, created_at);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(32);
         tokio::spawn(async move {
             let mut sink = Sink::Client(tx);
-            let (gone, failed) = if sink.send(t.start()).await {
+            let mut start = t.start();
+            start.extend(t.preface(&preface));
+            let (gone, failed) = if sink.send(start).await {
                 this.drive_rounds(&id, &mut t, chunks, &mut sink, rounds)
                     .await
             } else {
@@ -1830,6 +2231,7 @@ impl Responses {
             owner,
             messages,
             session,
+            preface,
         } = a;
         // A place among the background responses, taken before anything is stored.
         let live = Live::new();
@@ -1860,7 +2262,9 @@ impl Responses {
             store: req.stream,
             pending: Vec::new(),
         };
-        sink.send(t.start_queued()).await;
+        let mut start = t.start_queued();
+        start.extend(t.preface(&preface));
+        sink.send(start).await;
         let chat = req.chat_body(messages, true);
         let rounds = self.rounds(&req, owner, &chat, &session);
         let this = self.clone();
@@ -2322,7 +2726,8 @@ mod tests {
         Rounds {
             file_search: Some(tool),
             web_search: None,
-            hosted: vec![super::super::file_search::FUNCTION],
+            mcp: Vec::new(),
+            hosted: vec![super::super::file_search::FUNCTION.to_string()],
             owner: "o".into(),
             include_results: false,
             include_sources: false,

@@ -60,7 +60,7 @@ pub struct Translator {
     usage: Option<Usage>,
     /// The functions the gateway runs itself (its server-side tools): their calls are
     /// gathered for [`Translator::take_searches`], not streamed as function calls.
-    hosted: Vec<&'static str>,
+    hosted: Vec<String>,
     /// Calls of hosted functions in this round: chat stream index, and the call.
     searches: Vec<(u64, HostedCall)>,
     /// Results shown to the model so far, numbered from 1 (for citations).
@@ -70,27 +70,64 @@ pub struct Translator {
 /// A call of a function the gateway runs.
 #[derive(Clone, Debug)]
 pub struct HostedCall {
-    pub name: &'static str,
+    pub name: String,
     pub call_id: String,
     pub arguments: String,
 }
 
-/// The events of a server-side tool call's item type: in progress, searching,
-/// completed.
-fn tool_events(kind: &Value) -> Option<[&'static str; 3]> {
-    match kind.as_str()? {
-        "file_search_call" => Some([
-            "response.file_search_call.in_progress",
-            "response.file_search_call.searching",
-            "response.file_search_call.completed",
-        ]),
-        "web_search_call" => Some([
-            "response.web_search_call.in_progress",
-            "response.web_search_call.searching",
-            "response.web_search_call.completed",
-        ]),
-        _ => None,
+/// The events of a server-side tool item's type: those when it starts, and the one
+/// when it ends (completed, or failed when the type has such an event).
+struct ToolEvents {
+    started: &'static [&'static str],
+    completed: &'static str,
+    failed: Option<&'static str>,
+}
+
+fn tool_events(kind: &Value) -> Option<ToolEvents> {
+    Some(match kind.as_str()? {
+        "file_search_call" => ToolEvents {
+            started: &[
+                "response.file_search_call.in_progress",
+                "response.file_search_call.searching",
+            ],
+            completed: "response.file_search_call.completed",
+            failed: None,
+        },
+        "web_search_call" => ToolEvents {
+            started: &[
+                "response.web_search_call.in_progress",
+                "response.web_search_call.searching",
+            ],
+            completed: "response.web_search_call.completed",
+            failed: None,
+        },
+        "mcp_call" => ToolEvents {
+            started: &["response.mcp_call.in_progress"],
+            completed: "response.mcp_call.completed",
+            failed: Some("response.mcp_call.failed"),
+        },
+        "mcp_list_tools" => ToolEvents {
+            started: &["response.mcp_list_tools.in_progress"],
+            completed: "response.mcp_list_tools.completed",
+            failed: Some("response.mcp_list_tools.failed"),
+        },
+        _ => return None,
+    })
+}
+
+/// A server-side tool item as it is when it starts: no result yet.
+fn started_item(item: &Value) -> Value {
+    let mut item = item.clone();
+    match item["type"].as_str() {
+        Some("mcp_list_tools") => item["tools"] = json!([]),
+        Some("mcp_call") => {
+            item["status"] = json!("in_progress");
+            item["output"] = Value::Null;
+            item["error"] = Value::Null;
+        }
+        _ => {}
     }
+    item
 }
 
 impl Translator {
@@ -112,7 +149,7 @@ impl Translator {
 
     /// Gathers the calls of `functions` instead of streaming them (the gateway runs
     /// them).
-    pub fn hosting(mut self, functions: Vec<&'static str>) -> Translator {
+    pub fn hosting(mut self, functions: Vec<String>) -> Translator {
         self.hosted = functions;
         self
     }
@@ -155,11 +192,34 @@ impl Translator {
             "response.output_item.added",
             json!({"output_index": index, "item": item}),
         ));
+        if item["type"] == "mcp_call" {
+            let arguments = item["arguments"].clone();
+            out.push(self.event(
+                "response.mcp_call_arguments.delta",
+                json!({"output_index": index, "item_id": id, "delta": arguments}),
+            ));
+            out.push(self.event(
+                "response.mcp_call_arguments.done",
+                json!({"output_index": index, "item_id": id, "arguments": arguments}),
+            ));
+        }
         self.output.push(item);
-        for name in names.iter().flat_map(|n| &n[..2]) {
+        for name in names.iter().flat_map(|n| n.started) {
             out.push(self.event(name, json!({"output_index": index, "item_id": id})));
         }
         (out, index)
+    }
+
+    /// Server-side tool items that ended before the engine was asked (MCP tool lists,
+    /// approved MCP calls): each starts and ends.
+    pub fn preface(&mut self, items: &[Value]) -> Vec<Event> {
+        let mut out = Vec::new();
+        for item in items {
+            let (started, index) = self.search_started(started_item(item));
+            out.extend(started);
+            out.extend(self.search_done(index, item.clone()));
+        }
+        out
     }
 
     /// The server-side tool call at `index` ended: `completed` (unless it failed), and
@@ -167,10 +227,16 @@ impl Translator {
     pub fn search_done(&mut self, index: usize, item: Value) -> Vec<Event> {
         let id = item["id"].clone();
         let mut out = Vec::new();
-        if item["status"] == "completed"
-            && let Some([_, _, completed]) = tool_events(&item["type"])
-        {
-            out.push(self.event(completed, json!({"output_index": index, "item_id": id})));
+        if let Some(names) = tool_events(&item["type"]) {
+            let failed = item["status"] == "failed" || !item["error"].is_null();
+            let name = if failed {
+                names.failed
+            } else {
+                Some(names.completed)
+            };
+            if let Some(name) = name {
+                out.push(self.event(name, json!({"output_index": index, "item_id": id})));
+            }
         }
         out.push(self.event(
             "response.output_item.done",
@@ -356,7 +422,7 @@ impl Translator {
             let n = call["index"].as_u64().unwrap_or(0);
             let hosted = call["function"]["name"]
                 .as_str()
-                .and_then(|name| self.hosted.iter().find(|h| **h == name).copied());
+                .and_then(|name| self.hosted.iter().find(|h| *h == name).cloned());
             if let Some((_, s)) = self.searches.iter_mut().find(|(i, _)| *i == n) {
                 s.arguments
                     .push_str(call["function"]["arguments"].as_str().unwrap_or_default());

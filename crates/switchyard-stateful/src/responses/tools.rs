@@ -62,7 +62,8 @@ impl Source {
 }
 
 /// What a server-side tool call found: what it looked for (shown to the model), and
-/// the results, or why there are none.
+/// the results, or else the text the model is told instead (why there are none, or
+/// an MCP tool's own output).
 pub struct Found {
     pub asked: String,
     pub results: Result<Vec<Source>, String>,

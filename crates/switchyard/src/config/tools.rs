@@ -1,5 +1,6 @@
 //! `tools:` (YAML only): the Responses API's server-side tools (docs/tools.md) — how
-//! long a tool call may run, and the web search provider with the hosts it may reach.
+//! long a tool call may run, the web search provider with the hosts it may reach, and
+//! the hosts remote MCP servers may be reached at.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,9 @@ pub struct ToolsConfig {
     /// The `web_search` tool's provider. Unset: requests offering it get a 400.
     #[serde(default)]
     pub web_search: Option<WebSearchConfig>,
+    /// Remote MCP servers (`mcp` tools). Unset: requests offering them get a 400.
+    #[serde(default)]
+    pub mcp: Option<McpConfig>,
 }
 
 impl Default for ToolsConfig {
@@ -25,8 +29,37 @@ impl Default for ToolsConfig {
         ToolsConfig {
             timeout_secs: default_tool_timeout(),
             web_search: None,
+            mcp: None,
         }
     }
+}
+
+/// `tools.mcp:`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// The hosts MCP servers may be reached at: names (`mcp.example.com`),
+    /// `*.example.com` for every subdomain, or IP addresses. A request naming a server
+    /// elsewhere gets a 400; nothing else is ever connected to.
+    pub allowed_hosts: Vec<String>,
+    /// Let the servers' addresses be loopback, private or link-local (servers inside
+    /// the cluster). Off: a name resolving only to such addresses is refused.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+    /// Longest one HTTP request to a server takes, connection included.
+    #[serde(default = "default_mcp_timeout")]
+    pub timeout_secs: f64,
+    /// Largest answer read from a server, in bytes; a larger one fails the call.
+    #[serde(default = "default_mcp_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_mcp_timeout() -> f64 {
+    30.0
+}
+
+fn default_mcp_max_response_bytes() -> usize {
+    4 << 20
 }
 
 fn default_tool_timeout() -> f64 {
@@ -194,6 +227,29 @@ impl Config {
                 "tools.timeout_secs",
                 "must be above 0 and at most 3600",
             ));
+        }
+        if let Some(m) = &t.mcp {
+            if m.allowed_hosts.is_empty() {
+                return Err(bad(
+                    "tools.mcp.allowed_hosts",
+                    "list the hosts MCP servers may be reached at",
+                ));
+            }
+            if let Some(h) = m.allowed_hosts.iter().find(|h| !valid_host_pattern(h)) {
+                return Err(bad(
+                    "tools.mcp.allowed_hosts",
+                    format!("`{h}` is not a host name, *.domain or IP address"),
+                ));
+            }
+            if !(m.timeout_secs > 0.0 && m.timeout_secs <= 3600.0) {
+                return Err(bad(
+                    "tools.mcp.timeout_secs",
+                    "must be above 0 and at most 3600",
+                ));
+            }
+            if m.max_response_bytes < 1024 {
+                return Err(bad("tools.mcp.max_response_bytes", "must be at least 1024"));
+            }
         }
         let Some(w) = &t.web_search else {
             return Ok(());

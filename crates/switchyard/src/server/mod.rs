@@ -378,11 +378,15 @@ impl Gateway {
         .with_vector_stores(vector_stores.clone(), cfg.max_tool_calls)
         .with_tool_timeout(std::time::Duration::from_secs_f64(cfg.tools.timeout_secs))
         .with_max_background(cfg.max_background_responses);
-        let responses = Arc::new(match &cfg.tools.web_search {
+        let responses = match &cfg.tools.web_search {
             Some(w) => responses.with_web_search(Arc::new(
                 crate::tools::web_search::HttpSearch::new(w)
                     .map_err(|e| anyhow::anyhow!("tools.web_search: {e}"))?,
             )),
+            None => responses,
+        };
+        let responses = Arc::new(match &cfg.tools.mcp {
+            Some(m) => responses.with_mcp(Arc::new(crate::tools::mcp::RemoteMcp::new(m))),
             None => responses,
         });
         let state = Arc::new(AppState {

@@ -198,9 +198,16 @@ pub fn ip_allowed(ip: IpAddr, allow_private: bool) -> bool {
 /// What went wrong with a request, with its causes (which name hosts and addresses,
 /// never the URL, which may hold a key).
 pub fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
+    describe_ref(&e)
+}
+
+/// [`describe`], of a borrowed error.
+pub fn describe_ref(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
-    let mut cause = std::error::Error::source(&e);
+    if let Some(u) = e.url() {
+        s = s.replace(&format!(" for url ({u})"), "");
+    }
+    let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         s.push_str(": ");
         s.push_str(&c.to_string());
