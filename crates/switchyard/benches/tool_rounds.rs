@@ -6,7 +6,7 @@
 //! call through the gateway's own MCP client. The gateway's own cost of a round is what
 //! is left: tool − none − engine − remote.
 //!
-//! `cargo bench -p switchyard --all-features --bench tool_rounds` (N requests per
+//! `cargo bench -p switchyard --bench tool_rounds` (N requests per
 //! target, one at a time, after a warm-up; `N` defaults to 400). Prints a Markdown table.
 
 #[path = "../tests/common/mcp.rs"]
