@@ -4,8 +4,9 @@
 //! contract/test_vector_stores.py (Vector Stores, file_search) on SQLite + sqlite-vec and
 //! on PostgreSQL + pgvector (a server of its own from PyPI pgserver), and
 //! contract/test_tools.py (the web_search tool, against a fake search service on
-//! loopback). The Python environment is made on first use by scripts/sdk-venv.sh
-//! (`.ci/run` makes it first).
+//! loopback), and contract/test_cache.py (the response cache: cached answers and
+//! streams replayed from it). The Python environment is made on first use by
+//! scripts/sdk-venv.sh (`.ci/run` makes it first).
 
 use switchyard::PolicyKind;
 use switchyard_stateful::testing::{PgDatabase, PgVectorServer, run_contract_script};
@@ -127,6 +128,29 @@ async fn the_openai_sdk_accepts_every_web_search_answer() {
     assert!(
         out.status.success(),
         "the SDK suite test_tools.py failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_reads_cached_answers_and_replayed_streams() {
+    let t = TestBed::with(sims(1).await, |c| {
+        c.response_cache = Some(switchyard::config::CacheBackend::Memory);
+    })
+    .await;
+    let url = t.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_contract_script(
+            "test_cache.py",
+            &[("SWITCHYARD_URL", url), ("SWITCHYARD_MODEL", MODEL.into())],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK suite test_cache.py failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
