@@ -228,7 +228,10 @@ fn response_cache_settings_are_validated_by_name() {
         .validate()
         .is_ok()
     );
-    bad(on(|c| c.response_cache_ttl_secs = 0), "response-cache-ttl-secs");
+    bad(
+        on(|c| c.response_cache_ttl_secs = 0),
+        "response-cache-ttl-secs",
+    );
     bad(
         on(|c| c.response_cache_ttl_secs = 400 * 86_400),
         "response-cache-ttl-secs",
@@ -237,7 +240,10 @@ fn response_cache_settings_are_validated_by_name() {
         on(|c| c.response_cache_max_entries = 0),
         "response-cache-max-entries",
     );
-    bad(on(|c| c.response_cache_max_bytes = 0), "response-cache-max-bytes");
+    bad(
+        on(|c| c.response_cache_max_bytes = 0),
+        "response-cache-max-bytes",
+    );
     bad(
         on(|c| c.response_cache_max_entry_bytes = 0),
         "response-cache-max-entry-bytes",

@@ -345,7 +345,11 @@ async fn ttl_and_max_age_run_on_the_injected_clock() {
     let d = det("how long do you keep this");
     assert_eq!(g.chat(&d, &[]).await.x_cache(), "MISS");
     clock.advance_secs(59);
-    assert_eq!(g.chat(&d, &[]).await.x_cache(), "HIT", "alive within its TTL");
+    assert_eq!(
+        g.chat(&d, &[]).await.x_cache(),
+        "HIT",
+        "alive within its TTL"
+    );
     // A client's max-age is the oldest answer it takes: this one is 59 s old.
     let stale = g.chat(&d, &[("cache-control", "max-age=30")]).await;
     assert_eq!(stale.x_cache(), "MISS");
@@ -673,7 +677,12 @@ async fn a_semantic_hit_at_the_threshold_and_a_miss_below_it() {
     };
     let on = [("x-cache-semantic", "true")];
     let first = g.chat(&ask(base), &on).await;
-    assert_eq!((first.status, first.x_cache()), (200, "MISS"), "{}", first.text);
+    assert_eq!(
+        (first.status, first.x_cache()),
+        (200, "MISS"),
+        "{}",
+        first.text
+    );
     let hit = g.chat(&ask(near), &on).await;
     assert_eq!(hit.x_cache(), "HIT", "{}", hit.text);
     assert_eq!(hit.text, first.text, "the cached answer, as it was");

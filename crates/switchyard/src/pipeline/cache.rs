@@ -370,7 +370,10 @@ impl ResponseCache {
 
     /// A failed cache operation: counted, and logged at most once a minute.
     fn failed(&self, op: &'static str, error: &str) {
-        self.metrics.cache_errors.get_or_create(&OpLabel { op }).inc();
+        self.metrics
+            .cache_errors
+            .get_or_create(&OpLabel { op })
+            .inc();
         let now = self.epoch.elapsed().as_millis() as i64 + 1;
         let last = self.last_warning.load(Ordering::Relaxed);
         if (last == 0 || now - last >= 60_000)
@@ -379,7 +382,12 @@ impl ResponseCache {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(op, error, backend = self.backend(), "response cache unavailable: requests go on without it (logged at most once a minute; see switchyard_response_cache_errors_total)");
+            tracing::warn!(
+                op,
+                error,
+                backend = self.backend(),
+                "response cache unavailable: requests go on without it (logged at most once a minute; see switchyard_response_cache_errors_total)"
+            );
         }
     }
 
@@ -480,7 +488,9 @@ impl ResponseCache {
         }
         self.metrics
             .cache_misses
-            .get_or_create(&RouteOnly { route: route.name() })
+            .get_or_create(&RouteOnly {
+                route: route.name(),
+            })
             .inc();
         Lookup::Miss(Pending {
             base: exact,
@@ -629,12 +639,11 @@ impl Capture {
         let size = entry.size() as u64;
         let ttl_ms = cache.settings.ttl.as_millis() as u64;
         let expires = now.saturating_add(ttl_ms as i64);
-        let semantic = pending
-            .semantic
-            .map(|(b, v)| (with_model(&b, model), v));
+        let semantic = pending.semantic.map(|(b, v)| (with_model(&b, model), v));
         let put = cache.store.put(key.clone(), entry, ttl_ms);
-        let done = move |cache: &ResponseCache, result: Result<(), crate::state::StateError>| {
-            match result {
+        let done =
+            move |cache: &ResponseCache, result: Result<(), crate::state::StateError>| match result
+            {
                 Ok(()) => {
                     cache
                         .metrics
@@ -644,10 +653,7 @@ impl Capture {
                     cache.metrics.cache_stored_bytes.inc_by(size);
                     if let (Some(index), Some((bucket, vector))) = (&cache.semantic, semantic) {
                         index.insert(bucket, vector, key, expires);
-                        cache
-                            .metrics
-                            .cache_semantic_vectors
-                            .set(index.len() as i64);
+                        cache.metrics.cache_semantic_vectors.set(index.len() as i64);
                     }
                 }
                 Err(e) => {
@@ -658,8 +664,7 @@ impl Capture {
                         .inc();
                     cache.failed("put", &e.0);
                 }
-            }
-        };
+            };
         let mut put = put;
         match futures_util::FutureExt::now_or_never(&mut put) {
             Some(result) => done(&cache, result),
@@ -784,18 +789,33 @@ mod tests {
         assert_eq!(h(&[]).unwrap(), Directives::default());
         let d = h(&[("cache-control", "No-Cache")]).unwrap();
         assert!(d.bypass);
-        assert!(h(&[("cache-control", "no-store, max-age=5")]).unwrap().bypass);
+        assert!(
+            h(&[("cache-control", "no-store, max-age=5")])
+                .unwrap()
+                .bypass
+        );
         assert_eq!(
-            h(&[("cache-control", "max-age=60, no-transform")]).unwrap().max_age,
+            h(&[("cache-control", "max-age=60, no-transform")])
+                .unwrap()
+                .max_age,
             Some(60)
         );
         assert_eq!(
-            h(&[("cache-control", "max-age=\"30\""), ("cache-control", "max-age=10")])
-                .unwrap()
-                .max_age,
+            h(&[
+                ("cache-control", "max-age=\"30\""),
+                ("cache-control", "max-age=10")
+            ])
+            .unwrap()
+            .max_age,
             Some(10)
         );
-        for bad in ["max-age=abc", "max-age=-1", "max-age=", "max-age", "max-age=1.5"] {
+        for bad in [
+            "max-age=abc",
+            "max-age=-1",
+            "max-age=",
+            "max-age",
+            "max-age=1.5",
+        ] {
             let e = h(&[("cache-control", bad)]).unwrap_err();
             assert_eq!(e.status, 400, "{bad}");
         }

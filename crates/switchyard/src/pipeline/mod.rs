@@ -394,16 +394,7 @@ impl Pipeline {
                         Some(crate::tenancy::TokenUsage::default()),
                         true,
                     );
-                    settle::cached(
-                        &self.metrics,
-                        route,
-                        &choice.model,
-                        &choice.key,
-                        view.intent.as_ref(),
-                        &request_id,
-                        start,
-                        kind,
-                    );
+                    settle::cached(&self.metrics, route, &choice, &request_id, start, kind);
                     return resp;
                 }
                 cache::Lookup::Miss(p) => {

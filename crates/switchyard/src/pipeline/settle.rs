@@ -57,18 +57,18 @@ pub fn rejected(metrics: &Metrics, route: Route, model: &str, request_id: &str, 
     tracing::info!(target: "switchyard::access", request_id = %request_id, route = route.name(), status = e.status.as_u16(), error = e.code, "request rejected");
 }
 
-/// A request answered from the response cache (`model`, `model_key`: the model
-/// chosen): counted as a `200` with no worker, its duration observed, and logged.
+/// A request answered from the response cache (`choice`: the model chosen): counted as
+/// a `200` with no worker, its duration observed, and logged.
 pub fn cached(
     metrics: &Metrics,
     route: Route,
-    model: &str,
-    model_key: &Arc<str>,
-    intent: Option<&Arc<str>>,
+    choice: &crate::selection::ModelChoice,
     request_id: &str,
     start: Instant,
     kind: &'static str,
 ) {
+    let model_key = &choice.key;
+    let intent = choice.classified.as_ref().map(|c| &c.intent);
     let elapsed = start.elapsed();
     metrics
         .requests
@@ -91,7 +91,7 @@ pub fn cached(
         target: "switchyard::access",
         request_id = %request_id,
         route = route.name(),
-        model = %model,
+        model = %choice.model,
         status = 200,
         outcome = "cache_hit",
         cache = kind,

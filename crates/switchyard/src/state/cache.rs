@@ -66,8 +66,8 @@ impl Entry {
         let num = |at: usize| <[u8; 8]>::try_from(&raw[at..at + 8]).map_err(|_| bad());
         let created_ms = i64::from_le_bytes(num(4)?);
         let latency_ms = u64::from_le_bytes(num(12)?);
-        let ct_len = u32::from_le_bytes(<[u8; 4]>::try_from(&raw[20..24]).map_err(|_| bad())?)
-            as usize;
+        let ct_len =
+            u32::from_le_bytes(<[u8; 4]>::try_from(&raw[20..24]).map_err(|_| bad())?) as usize;
         let body_at = 24usize.checked_add(ct_len).ok_or_else(bad)?;
         if raw.len() < body_at {
             return Err(bad());
