@@ -44,7 +44,7 @@ port_of() { case $1 in off) echo 18990;; memory) echo 18991;; redis) echo 18992;
 metrics_of() { case $1 in off) echo 19050;; memory) echo 19051;; redis) echo 19052;; esac; }
 url() { echo "http://127.0.0.1:$(port_of "$1")/v1/chat/completions"; }
 metric() { # metric GATEWAY NAME: sum of the samples of NAME
-  curl -fs "http://127.0.0.1:$(metrics_of "$1")/metrics" | awk -v n="$2" '$1 ~ "^"n"({|$)" {s += $2} END {print s + 0}'
+  curl -fs "http://127.0.0.1:$(metrics_of "$1")/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'
 }
 run() { # run NAME CONNECTIONS THREADS [ENV...]: wrk's output
   local target=$1 c=$2 t=$3; shift 3

@@ -331,6 +331,34 @@ async fn what_is_not_deterministic_is_never_cached_unless_the_client_says_so() {
         .await
         .unwrap();
     assert!(resp.headers().get("x-cache").is_none());
+    // Semantic matching is not configured here: its opt-in header is ignored (a sampled
+    // request stays uncached).
+    let a = g.chat(&sampled, &[("x-cache-semantic", "true")]).await;
+    assert_eq!((a.status, a.x_cache()), (200, "BYPASS"));
+}
+
+#[tokio::test]
+async fn the_key_holds_the_model_chosen_not_the_name_asked_for() {
+    let g = Gw::start(cached(|c| c.model_alias = vec![format!("fast={MODEL}")])).await;
+    let mut by_alias = det("which model answers");
+    by_alias["model"] = json!("fast");
+    let first = g.chat(&by_alias, &[]).await;
+    assert_eq!(
+        (first.status, first.x_cache()),
+        (200, "MISS"),
+        "{}",
+        first.text
+    );
+    // The same request naming the model itself is the same entry.
+    let named = g.chat(&det("which model answers"), &[]).await;
+    assert_eq!((named.x_cache(), &named.text), ("HIT", &first.text));
+    assert_eq!(g.engine_requests(), 1);
+    // An unknown model is refused before the cache (and says so).
+    let mut unknown = det("which model answers");
+    unknown["model"] = json!("no-such-model");
+    let a = g.chat(&unknown, &[]).await;
+    assert_eq!((a.status, a.x_cache()), (404, "BYPASS"));
+    assert_error(&a.json(), "model_not_found");
 }
 
 #[tokio::test]

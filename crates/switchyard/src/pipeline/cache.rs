@@ -438,7 +438,9 @@ impl ResponseCache {
             self.bypassed("unparsable");
             return Lookup::Bypass("unparsable");
         };
-        if !(canon.deterministic || d.max_age.is_some() || d.semantic) {
+        // Opting into semantic matching marks a request cacheable only where semantic
+        // matching is on; elsewhere the header is ignored.
+        if !(canon.deterministic || d.max_age.is_some() || semantic) {
             self.bypassed("not_cacheable");
             return Lookup::Bypass("not_cacheable");
         }

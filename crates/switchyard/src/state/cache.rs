@@ -188,10 +188,9 @@ impl CacheStore for Memory {
     ) -> BoxFuture<'static, Result<(), StateError>> {
         let size = entry.size();
         if size > self.max_bytes {
-            return Box::pin(std::future::ready(Err(StateError(format!(
-                "an entry of {size} bytes exceeds the cache's {} bytes",
-                self.max_bytes
-            )))));
+            // Larger than the whole cache: pushed out as soon as it is in.
+            self.evicted("capacity", 1);
+            return Box::pin(std::future::ready(Ok(())));
         }
         let expires = self
             .clock
@@ -499,19 +498,17 @@ mod tests {
         // Replacing an entry counts its bytes once.
         put(&m, "c", entry(&big), 1000);
         assert_eq!(m.usage(), (2, 2 * entry(&big).size()));
-        // An entry larger than the whole bound is refused.
+        // An entry larger than the whole bound is pushed out at once.
         let huge = "x".repeat(bound);
-        assert!(
-            futures_util::FutureExt::now_or_never(m.put("h".into(), entry(&huge), 1000))
-                .unwrap()
-                .is_err()
-        );
+        put(&m, "h", entry(&huge), 1000);
+        assert!(get(&m, "h").is_none());
+        assert_eq!(m.usage(), (2, 2 * entry(&big).size()));
         assert_eq!(
             metrics
                 .cache_evictions
                 .get_or_create(&ReasonLabel { reason: "capacity" })
                 .get(),
-            2
+            3
         );
     }
 
