@@ -151,7 +151,6 @@ pub fn directives(headers: &HeaderMap) -> Result<Directives, ApiError> {
 struct Canonical {
     /// Canonical JSON of the body without `model` and the ignored fields.
     rest: String,
-    deterministic: bool,
     stream: bool,
     /// For semantic matching: the same without the last user message (chat) or the
     /// prompt (completions), and that message's text.
@@ -202,15 +201,25 @@ fn canonical_string(v: &Value) -> String {
     out
 }
 
+/// Whether a body asks for a deterministic answer (`temperature` 0, or a `seed`), read
+/// without building a tree (every other field is skipped): most requests are sampled,
+/// and a sampled one not marked cacheable needs nothing more from the cache.
+fn deterministic(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Sampling<'a> {
+        #[serde(default)]
+        temperature: Option<f64>,
+        #[serde(default, borrow)]
+        seed: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_slice::<Sampling<'_>>(body)
+        .is_ok_and(|s| s.temperature == Some(0.0) || s.seed.is_some_and(|v| v.get() != "null"))
+}
+
 /// Normalises a request body; `None` when it is not a JSON object.
 fn canonicalise(route: Route, body: &[u8], semantic: bool) -> Option<Canonical> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let map = v.as_object_mut()?;
-    let zero = map
-        .get("temperature")
-        .and_then(Value::as_f64)
-        .is_some_and(|t| t == 0.0);
-    let seeded = map.get("seed").is_some_and(|s| !s.is_null());
     map.remove("model");
     for f in IGNORED {
         map.remove(f);
@@ -236,7 +245,6 @@ fn canonicalise(route: Route, body: &[u8], semantic: bool) -> Option<Canonical> 
     };
     Some(Canonical {
         rest: canonical_string(&v),
-        deterministic: zero || seeded,
         stream,
         bucket,
     })
@@ -434,16 +442,16 @@ impl ResponseCache {
             return Lookup::Bypass("no_cache");
         }
         let semantic = d.semantic && self.semantic.is_some();
+        // Opting into semantic matching marks a request cacheable only where semantic
+        // matching is on; elsewhere the header is ignored.
+        if !(d.max_age.is_some() || semantic || deterministic(body)) {
+            self.bypassed("not_cacheable");
+            return Lookup::Bypass("not_cacheable");
+        }
         let Some(canon) = canonicalise(route, body, semantic) else {
             self.bypassed("unparsable");
             return Lookup::Bypass("unparsable");
         };
-        // Opting into semantic matching marks a request cacheable only where semantic
-        // matching is on; elsewhere the header is ignored.
-        if !(canon.deterministic || d.max_age.is_some() || semantic) {
-            self.bypassed("not_cacheable");
-            return Lookup::Bypass("not_cacheable");
-        }
         let exact = base("exact", route, tenant, &canon.rest);
         let key = hex(&with_model(&exact, model));
         match self.store.get(&key).await {
@@ -700,7 +708,6 @@ mod tests {
             r#"{"messages":[{"content":"hi","role":"user"}],"temperature":0.0,"model":"alias","user":"u2","store":true,"priority":3,"service_tier":"auto","request_id":"r"}"#,
         );
         assert_eq!(a.rest, b.rest);
-        assert!(a.deterministic && b.deterministic);
         // What changes the answer changes the key.
         for other in [
             r#"{"temperature":0,"messages":[{"role":"user","content":"hi!"}]}"#,
@@ -730,11 +737,21 @@ mod tests {
     #[test]
     fn determinism_is_temperature_zero_or_a_seed() {
         let m = r#""messages":[{"role":"user","content":"hi"}]"#;
-        assert!(!canon(&format!("{{{m}}}")).deterministic);
-        assert!(!canon(&format!(r#"{{{m},"temperature":0.7}}"#)).deterministic);
-        assert!(canon(&format!(r#"{{{m},"temperature":0.7,"seed":1}}"#)).deterministic);
-        assert!(!canon(&format!(r#"{{{m},"seed":null}}"#)).deterministic);
-        assert!(canon(&format!(r#"{{{m},"temperature":0,"n":3}}"#)).deterministic);
+        let det = |b: String| deterministic(b.as_bytes());
+        assert!(!det(format!("{{{m}}}")));
+        assert!(!det(format!(r#"{{{m},"temperature":0.7}}"#)));
+        assert!(!det(format!(r#"{{{m},"temperature":1e-9}}"#)));
+        assert!(!det(format!(r#"{{{m},"temperature":null}}"#)));
+        assert!(!det(format!(r#"{{{m},"temperature":"zero"}}"#)));
+        assert!(det(format!(r#"{{{m},"temperature":0}}"#)));
+        assert!(det(format!(
+            r#"{{{m},"temperature":0.0,"x":[1,{{"y":2}}]}}"#
+        )));
+        assert!(det(format!(r#"{{{m},"temperature":0.7,"seed":1}}"#)));
+        assert!(det(format!(r#"{{{m},"seed":"abc"}}"#)));
+        assert!(!det(format!(r#"{{{m},"seed":null}}"#)));
+        assert!(det(format!(r#"{{{m},"temperature":0,"n":3}}"#)));
+        assert!(!deterministic(b"[1]"));
         assert!(canonicalise(Route::Chat, b"[1]", false).is_none());
         assert!(canonicalise(Route::Chat, b"{nope", false).is_none());
     }
