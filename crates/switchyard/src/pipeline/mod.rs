@@ -1,5 +1,5 @@
 //! The request pipeline: the only place that sequences a request. A request's life is
-//! named phases over one [`RequestContext`]:
+//! a sequence of named phases over one [`RequestContext`]:
 //!
 //! ```text
 //! admit ─▶ select_model ─▶ cache ─▶ select_worker ─▶ send ─▶ settle
@@ -198,13 +198,11 @@ impl Pipeline {
         }
         // Every answer on a cached route says what the cache did; one refused before
         // the cache phase (key, body, model, limits) did not use it.
-        if self.cache.is_some()
+        if let Some(c) = &self.cache
             && cache::cacheable_route(route)
             && !resp.headers().contains_key(cache::X_CACHE)
         {
-            if let Some(c) = &self.cache {
-                c.bypassed("rejected");
-            }
+            c.bypassed("rejected");
             resp.headers_mut()
                 .insert(cache::X_CACHE, http::HeaderValue::from_static("BYPASS"));
         }
