@@ -259,6 +259,36 @@ pub struct Metrics {
     pub vector_files: Family<StatusLabel, Counter>,
     pub vector_chunks: Counter,
     pub vector_ingest: Hist<StatusLabel>,
+    pub cache_hits: Family<CacheHitLabels, Counter>,
+    pub cache_misses: Family<RouteOnly, Counter>,
+    pub cache_bypasses: Family<ReasonLabel, Counter>,
+    pub cache_stores: Family<OutcomeLabel, Counter>,
+    pub cache_stored_bytes: Counter,
+    pub cache_evictions: Family<ReasonLabel, Counter>,
+    pub cache_latency_saved: Counter<f64, AtomicU64>,
+    pub cache_errors: Family<OpLabel, Counter>,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub cache_semantic_vectors: Gauge,
+}
+
+/// A response cache hit: its route and whether it matched exactly or by meaning.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheHitLabels {
+    pub route: &'static str,
+    /// `exact` or `semantic`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    pub route: &'static str,
+}
+
+/// A backend operation (`get`, `put`, `embed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
 }
 
 /// An operation's outcome (`ok`, `error`).
@@ -468,6 +498,17 @@ impl Metrics {
             vector_files: Family::default(),
             vector_chunks: Counter::default(),
             vector_ingest: Family::new_with_constructor(ingest_histogram),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cache_bypasses: Family::default(),
+            cache_stores: Family::default(),
+            cache_stored_bytes: Counter::default(),
+            cache_evictions: Family::default(),
+            cache_latency_saved: Counter::default(),
+            cache_errors: Family::default(),
+            cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            cache_semantic_vectors: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -750,6 +791,61 @@ impl Metrics {
             "vector_store_ingest_duration_seconds",
             "Time to ingest one file into a vector store: parse, chunk, embed, store (status: completed, failed)",
             m.vector_ingest.clone(),
+        );
+        r.register(
+            "response_cache_hits",
+            "Requests answered from the response cache (kind: exact, semantic)",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "response_cache_misses",
+            "Cacheable requests not found in the response cache (sent to an engine)",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "response_cache_bypasses",
+            "Requests to a cached route that skipped the response cache, by reason (no_cache, not_cacheable, unparsable, backend_error, rejected)",
+            m.cache_bypasses.clone(),
+        );
+        r.register(
+            "response_cache_stores",
+            "Answers offered to the response cache, by outcome (stored, too_large, incomplete, error)",
+            m.cache_stores.clone(),
+        );
+        r.register(
+            "response_cache_stored_bytes",
+            "Bytes of answers written to the response cache",
+            m.cache_stored_bytes.clone(),
+        );
+        r.register(
+            "response_cache_evictions",
+            "Entries the in-memory response cache dropped (reason: capacity, expired)",
+            m.cache_evictions.clone(),
+        );
+        r.register(
+            "response_cache_latency_saved_seconds",
+            "Engine time the response cache saved: each hit adds the original answer's latency",
+            m.cache_latency_saved.clone(),
+        );
+        r.register(
+            "response_cache_errors",
+            "Response cache operations that failed (op: get, put, embed); the request went on without the cache",
+            m.cache_errors.clone(),
+        );
+        r.register(
+            "response_cache_entries",
+            "Entries in the in-memory response cache",
+            m.cache_entries.clone(),
+        );
+        r.register(
+            "response_cache_bytes",
+            "Bytes held by the in-memory response cache",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "response_cache_semantic_vectors",
+            "Prompt vectors in the response cache's semantic index",
+            m.cache_semantic_vectors.clone(),
         );
         Metrics { registry: r, ..m }
     }

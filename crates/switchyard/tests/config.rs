@@ -225,6 +225,149 @@ fn validation_names_the_option() {
 }
 
 #[test]
+fn response_cache_settings_are_validated_by_name() {
+    use switchyard::config::CacheBackend;
+    let bad = |c: Config, flag: &str| {
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--{flag}:")), "{e}");
+    };
+    let on = |f: fn(&mut Config)| {
+        let mut c = Config {
+            response_cache: Some(CacheBackend::Memory),
+            ..Config::default()
+        };
+        f(&mut c);
+        c
+    };
+    assert!(on(|_| {}).validate().is_ok());
+    bad(
+        on(|c| c.response_cache = Some(CacheBackend::Redis)),
+        "response-cache",
+    );
+    assert!(
+        on(|c| {
+            c.response_cache = Some(CacheBackend::Redis);
+            c.redis_url = Some("redis://127.0.0.1:6379/0".into());
+        })
+        .validate()
+        .is_ok()
+    );
+    bad(
+        on(|c| c.response_cache_ttl_secs = 0),
+        "response-cache-ttl-secs",
+    );
+    bad(
+        on(|c| c.response_cache_ttl_secs = 400 * 86_400),
+        "response-cache-ttl-secs",
+    );
+    bad(
+        on(|c| c.response_cache_max_entries = 0),
+        "response-cache-max-entries",
+    );
+    bad(
+        on(|c| c.response_cache_max_bytes = 0),
+        "response-cache-max-bytes",
+    );
+    bad(
+        on(|c| c.response_cache_max_entry_bytes = 0),
+        "response-cache-max-entry-bytes",
+    );
+    bad(
+        on(|c| {
+            c.response_cache_max_bytes = 1000;
+            c.response_cache_max_entry_bytes = 1001;
+        }),
+        "response-cache-max-entry-bytes",
+    );
+    bad(
+        on(|c| c.response_cache_timeout_ms = 0),
+        "response-cache-timeout-ms",
+    );
+    bad(
+        on(|c| c.response_cache_timeout_ms = 60_001),
+        "response-cache-timeout-ms",
+    );
+    bad(
+        on(|c| c.response_cache_embed_timeout_ms = 0),
+        "response-cache-embed-timeout-ms",
+    );
+    bad(
+        on(|c| c.response_cache_semantic_bucket_size = 0),
+        "response-cache-semantic-bucket-size",
+    );
+    // Semantic matching: a threshold in (0, 1], an embedder, and the cache on.
+    let semantic = |t: f64| {
+        let mut c = on(|c| c.embedding_model = Some("embedder".into()));
+        c.response_cache_semantic_threshold = Some(t);
+        c
+    };
+    assert!(semantic(0.9).validate().is_ok());
+    assert!(semantic(1.0).validate().is_ok());
+    for t in [0.0, -0.5, 1.01, f64::NAN, f64::INFINITY] {
+        bad(semantic(t), "response-cache-semantic-threshold");
+    }
+    let mut no_embedder = semantic(0.9);
+    no_embedder.embedding_model = None;
+    bad(no_embedder, "response-cache-semantic-threshold");
+    let mut off = semantic(0.9);
+    off.response_cache = None;
+    bad(off, "response-cache-semantic-threshold");
+    // Settings of a cache that is off are still checked.
+    bad(
+        Config {
+            response_cache_ttl_secs: 0,
+            ..Config::default()
+        },
+        "response-cache-ttl-secs",
+    );
+}
+
+#[test]
+fn response_cache_options_come_from_flags_and_yaml() {
+    use switchyard::config::CacheBackend;
+    let (_, cfg) = Config::from_arg_list([
+        "switchyard",
+        "serve",
+        "--response-cache",
+        "memory",
+        "--response-cache-ttl-secs",
+        "30",
+        "--response-cache-max-bytes",
+        "1048576",
+    ])
+    .unwrap();
+    assert_eq!(cfg.response_cache, Some(CacheBackend::Memory));
+    assert_eq!(cfg.response_cache_ttl_secs, 30);
+    assert_eq!(cfg.response_cache_max_bytes, 1 << 20);
+    assert!(cfg.validate().is_ok());
+    let mut f = tempfile();
+    writeln!(
+        f.1,
+        "response_cache: redis\nredis_url: redis://127.0.0.1:6379/3\nresponse_cache_semantic_threshold: 0.93\nembedding_model: e"
+    )
+    .unwrap();
+    let (_, cfg) = Config::from_arg_list([
+        "switchyard",
+        "serve",
+        "--config",
+        f.0.to_str().unwrap(),
+        "--response-cache",
+        "memory",
+    ])
+    .unwrap();
+    assert_eq!(cfg.response_cache, Some(CacheBackend::Memory), "flag wins");
+    assert_eq!(cfg.response_cache_semantic_threshold, Some(0.93));
+    assert!(cfg.validate().is_ok());
+    // An unknown backend is refused when the file is read, naming the option.
+    let mut g = tempfile();
+    writeln!(g.1, "response_cache: disk").unwrap();
+    let err = Config::from_arg_list(["switchyard", "serve", "--config", g.0.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("response_cache"), "{err}");
+}
+
+#[test]
 fn vllm_router_style_flags_parse() {
     let (_, cfg) = Config::from_arg_list([
         "switchyard",

@@ -4,9 +4,10 @@
 //! contract/test_vector_stores.py (Vector Stores, file_search) on SQLite + sqlite-vec and
 //! on PostgreSQL + pgvector (a server of its own from PyPI pgserver), and
 //! contract/test_tools.py (the web_search tool, against a fake search service on
-//! loopback), and contract/test_mcp.py (remote MCP tools, against a fake MCP server
-//! on loopback). The Python environment is made on first use by scripts/sdk-venv.sh
-//! (`.ci/run` makes it first).
+//! loopback), contract/test_mcp.py (remote MCP tools, against a fake MCP server on
+//! loopback) and contract/test_cache.py (the response cache: cached answers and
+//! streams replayed from it). The Python environment is made on first use by
+//! scripts/sdk-venv.sh (`.ci/run` makes it first).
 
 mod common;
 
@@ -151,6 +152,23 @@ async fn the_openai_sdk_accepts_every_mcp_answer() {
             ("SWITCHYARD_URL", t.url.clone()),
             ("SWITCHYARD_MODEL", MODEL.into()),
             ("SWITCHYARD_MCP_URL", format!("{server}/mcp")),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_reads_cached_answers_and_replayed_streams() {
+    let t = TestBed::with(sims(1).await, |c| {
+        c.response_cache = Some(switchyard::config::CacheBackend::Memory);
+    })
+    .await;
+    contract(
+        "test_cache.py",
+        "a memory cache",
+        vec![
+            ("SWITCHYARD_URL", t.url.clone()),
+            ("SWITCHYARD_MODEL", MODEL.into()),
         ],
     )
     .await;

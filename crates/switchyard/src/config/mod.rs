@@ -537,6 +537,48 @@ pub struct Config {
     /// refused for the rest of the minute (0: no limit).
     #[arg(long, default_value_t = 20)]
     pub auth_failures_per_minute: u32,
+
+    // --- response cache (docs/caching.md) ---
+    /// Answer repeated deterministic chat and completion requests from a cache kept
+    /// `memory` (this replica) or in `redis` (shared; needs --redis-url). Unset: off.
+    #[arg(long, value_enum)]
+    pub response_cache: Option<CacheBackend>,
+    /// How long a cached answer is served.
+    #[arg(long, default_value_t = 3600)]
+    pub response_cache_ttl_secs: u64,
+    /// Most answers the in-memory cache holds (least recently used go first).
+    #[arg(long, default_value_t = 10_000)]
+    pub response_cache_max_entries: usize,
+    /// Most bytes the in-memory cache holds (least recently used go first).
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub response_cache_max_bytes: usize,
+    /// Largest answer cached, in bytes; a larger one is passed on and not kept.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub response_cache_max_entry_bytes: usize,
+    /// Longest a Redis cache read or write may take; past it the request goes on
+    /// without the cache (`x-cache: BYPASS`).
+    #[arg(long, default_value_t = 100)]
+    pub response_cache_timeout_ms: u64,
+    /// Semantic matching for requests that opt in (`x-cache-semantic: true`): a cached
+    /// answer whose last user message is at least this similar (cosine, 0–1) is served.
+    /// Embeds with --embedding-model or --local-embedding-model. Unset: off.
+    #[arg(long)]
+    pub response_cache_semantic_threshold: Option<f64>,
+    /// Most prompt vectors kept in one semantic bucket (same tenant, model and request
+    /// but for the last user message); each lookup compares against all of them.
+    #[arg(long, default_value_t = 256)]
+    pub response_cache_semantic_bucket_size: usize,
+    /// Longest the embedding of a prompt for a semantic lookup may take.
+    #[arg(long, default_value_t = 2000)]
+    pub response_cache_embed_timeout_ms: u64,
+}
+
+/// Where the response cache keeps answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheBackend {
+    Memory,
+    Redis,
 }
 
 fn default_request_id_headers() -> Vec<String> {

@@ -94,6 +94,7 @@ impl Config {
         self.validate_selection()?;
         self.validate_use_cases()?;
         self.validate_tools()?;
+        self.validate_response_cache()?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("unix://"))
         {
@@ -406,6 +407,91 @@ fn urls(option: &str, list: &[String]) -> Result<Vec<EngineUrl>, ConfigError> {
     list.iter()
         .map(|u| EngineUrl::parse(u).map_err(|e| invalid(option, format!("{u:?}: {e}"))))
         .collect()
+}
+
+impl Config {
+    /// Checks the `--response-cache*` options (docs/caching.md).
+    fn validate_response_cache(&self) -> Result<(), ConfigError> {
+        let on = self.response_cache.is_some();
+        if let Some(t) = self.response_cache_semantic_threshold {
+            if !on {
+                return Err(invalid(
+                    "response-cache-semantic-threshold",
+                    "needs --response-cache memory or redis",
+                ));
+            }
+            if !(t.is_finite() && t > 0.0 && t <= 1.0) {
+                return Err(invalid(
+                    "response-cache-semantic-threshold",
+                    format!("must be above 0 and at most 1, got {t}"),
+                ));
+            }
+            if self.embedding_model.is_none() && self.local_embedding_model.is_none() {
+                return Err(invalid(
+                    "response-cache-semantic-threshold",
+                    "semantic matching embeds prompts with --embedding-model or --local-embedding-model; set one",
+                ));
+            }
+        }
+        if self.response_cache == Some(super::CacheBackend::Redis) && self.redis_url.is_none() {
+            return Err(invalid(
+                "response-cache",
+                "the redis backend needs --redis-url",
+            ));
+        }
+        for (option, value) in [
+            (
+                "response-cache-ttl-secs",
+                self.response_cache_ttl_secs as usize,
+            ),
+            (
+                "response-cache-max-entries",
+                self.response_cache_max_entries,
+            ),
+            ("response-cache-max-bytes", self.response_cache_max_bytes),
+            (
+                "response-cache-max-entry-bytes",
+                self.response_cache_max_entry_bytes,
+            ),
+            (
+                "response-cache-timeout-ms",
+                self.response_cache_timeout_ms as usize,
+            ),
+            (
+                "response-cache-semantic-bucket-size",
+                self.response_cache_semantic_bucket_size,
+            ),
+            (
+                "response-cache-embed-timeout-ms",
+                self.response_cache_embed_timeout_ms as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(option, "must be at least 1"));
+            }
+        }
+        if self.response_cache_ttl_secs > 365 * 86_400 {
+            return Err(invalid("response-cache-ttl-secs", "must be at most a year"));
+        }
+        if self.response_cache_timeout_ms > 60_000 {
+            return Err(invalid(
+                "response-cache-timeout-ms",
+                "must be at most 60000 (a cache that slow is down)",
+            ));
+        }
+        if self.response_cache == Some(super::CacheBackend::Memory)
+            && self.response_cache_max_entry_bytes > self.response_cache_max_bytes
+        {
+            return Err(invalid(
+                "response-cache-max-entry-bytes",
+                format!(
+                    "must not exceed --response-cache-max-bytes ({})",
+                    self.response_cache_max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,20 @@
 //! The request pipeline: the only place that sequences a request. A request's life is
-//! five named phases over one [`RequestContext`]:
+//! a sequence of named phases over one [`RequestContext`]:
 //!
 //! ```text
-//! admit ─▶ select_model ─▶ select_worker ─▶ send ─▶ settle
-//!           (selection)      (routing)    (dispatch)
-//!                  ▲                │
-//!                  └── retry ◀──────┘  failed before any byte reached the client
+//! admit ─▶ select_model ─▶ cache ─▶ select_worker ─▶ send ─▶ settle
+//!           (selection)     │  HIT     (routing)    (dispatch)
+//!                           │               ▲             │
+//!                           │               └── retry ◀───┘  failed before any byte
+//!                           └─▶ settle (answered from the cache)   reached the client
 //! ```
 //!
 //! - [`admit`]: request id, the caller (`crate::tenancy`), rate limit and concurrency
 //!   queue; the caller's model list and limits are checked once the model is chosen.
 //! - `select_model`: the request is parsed once (its prompt streamed into the prefix
 //!   hasher), then [`ModelSelector`] resolves the model.
+//! - [`cache`]: the response cache (off unless configured): a hit is answered here, a
+//!   miss's answer is kept when it ends complete.
 //! - `select_worker`: [`WorkerSelector`] picks and leases the worker(s) of one attempt
 //!   (one colocated worker, or a prefill/decode pair).
 //! - `send`: [`Dispatcher`] runs the attempt with the configured strategy.
@@ -25,6 +28,7 @@
 
 pub mod admit;
 mod backend;
+pub mod cache;
 mod chain;
 pub mod metadata;
 pub mod responses;
@@ -97,6 +101,8 @@ pub struct Pipeline {
     pub workflows: Arc<crate::workflows::Workflows>,
     /// Keys, tenants, their limits and usage.
     pub tenancy: Arc<Tenancy>,
+    /// The response cache (docs/caching.md); `None`: off.
+    pub cache: Option<Arc<cache::ResponseCache>>,
 }
 
 /// The client address of a connection (set by the listener), for the failed-auth limit.
@@ -180,7 +186,7 @@ impl Pipeline {
                                 admitted,
                                 caller,
                             };
-                            self.run(ctx).await
+                            self.execute(ctx, true).await
                         }
                     }
                 }
@@ -189,6 +195,16 @@ impl Pipeline {
         if let Some(id) = echo {
             resp.headers_mut()
                 .insert(HeaderName::from_static("x-request-id"), id);
+        }
+        // Every answer on a cached route says what the cache did; one refused before
+        // the cache phase (key, body, model, limits) did not use it.
+        if let Some(c) = &self.cache
+            && cache::cacheable_route(route)
+            && !resp.headers().contains_key(cache::X_CACHE)
+        {
+            c.bypassed("rejected");
+            resp.headers_mut()
+                .insert(cache::X_CACHE, http::HeaderValue::from_static("BYPASS"));
         }
         resp
     }
@@ -235,16 +251,36 @@ impl Pipeline {
 
     /// Runs an admitted request through `select_model`, `select_worker`, `send` and
     /// `settle`. The response streams the engine's body (or is the gateway's error).
+    /// In-process callers' requests are not cached (docs/caching.md).
     pub async fn run(&self, ctx: RequestContext) -> Response {
+        self.execute(ctx, false).await
+    }
+
+    /// `run`, with the response cache for a client's request (`from_client`).
+    async fn execute(&self, ctx: RequestContext, from_client: bool) -> Response {
         let RequestContext {
             route,
             request_id,
             start,
-            headers,
+            mut headers,
             body,
             admitted,
             caller,
         } = ctx;
+        // The cache's headers: read (a malformed one is the client's error), and the
+        // gateway's own not forwarded.
+        let response_cache = self
+            .cache
+            .as_ref()
+            .filter(|_| from_client && cache::cacheable_route(route));
+        let directives = match response_cache
+            .map(|_| cache::directives(&headers))
+            .transpose()
+        {
+            Ok(d) => d,
+            Err(e) => return self.reject(route, "", &request_id, e),
+        };
+        headers.remove(cache::X_CACHE_SEMANTIC);
         // Parse once; the prompt streams into the prefix hasher.
         let mut hasher = BlockHasher::new(self.workers.prefix_block_size());
         let mut view =
@@ -330,6 +366,44 @@ impl Pipeline {
                 return self.reject(route, &choice.key, &request_id, e);
             }
         };
+        // cache: a hit is answered here (no engine; no tokens charged), a miss goes on
+        // and its answer is kept.
+        let mut pending = None;
+        let mut x_cache = None;
+        if let (Some(rc), Some(d)) = (response_cache, &directives) {
+            match rc
+                .lookup(route, d, &body, &choice.model, caller.owner())
+                .await
+            {
+                cache::Lookup::Hit(hit) => {
+                    drop(admitted);
+                    let kind = if hit.similarity.is_some() {
+                        "semantic"
+                    } else {
+                        "exact"
+                    };
+                    let strip_usage = view.stream && view.stream_options != Some(true);
+                    let mut resp = rc.respond(hit, strip_usage);
+                    for (name, value) in ticket.headers() {
+                        resp.headers_mut().insert(name, value);
+                    }
+                    ticket.finish(
+                        &choice.model,
+                        Some(crate::tenancy::TokenUsage::default()),
+                        true,
+                    );
+                    settle::cached(&self.metrics, route, &choice, &request_id, start, kind);
+                    return resp;
+                }
+                cache::Lookup::Miss(p) => {
+                    pending = Some(p);
+                    x_cache = Some(http::HeaderValue::from_static("MISS"));
+                }
+                cache::Lookup::Bypass(_) => {
+                    x_cache = Some(http::HeaderValue::from_static("BYPASS"));
+                }
+            }
+        }
         // A stream's usage reconciles its tokens and bills it: asked of the engine when
         // the client did not ask, and taken out of the client's stream again (settle).
         let usage_added = view.stream
@@ -385,6 +459,22 @@ impl Pipeline {
                 for (name, value) in ticket.headers() {
                     parts.headers.insert(name, value);
                 }
+                if let Some(x) = x_cache {
+                    parts.headers.insert(cache::X_CACHE, x);
+                }
+                // Only a 200's body is gathered for the cache.
+                let capture = match (response_cache, pending) {
+                    (Some(rc), Some(p)) if parts.status == StatusCode::OK => {
+                        let ct = parts
+                            .headers
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("application/json")
+                            .to_string();
+                        Some(rc.capture(p, ct))
+                    }
+                    _ => None,
+                };
                 let inject = self.entry.metadata_in_body
                     && !plan.view.stream
                     && parts.status.is_success()
@@ -402,7 +492,7 @@ impl Pipeline {
                     workflows: self.workflows.clone(),
                     ticket: Some(ticket),
                 };
-                let body = SettledBody::new(incoming, settle, usage_added);
+                let body = SettledBody::new(incoming, settle, usage_added).capturing(capture);
                 if inject {
                     return meta.into_body(parts, body).await;
                 }
@@ -423,6 +513,9 @@ impl Pipeline {
                 );
                 let mut resp = self.reject(route, &plan.view.model_key, &request_id, e);
                 meta.set_header(resp.headers_mut());
+                if let Some(x) = x_cache {
+                    resp.headers_mut().insert(cache::X_CACHE, x);
+                }
                 resp
             }
         }

@@ -57,6 +57,49 @@ pub fn rejected(metrics: &Metrics, route: Route, model: &str, request_id: &str, 
     tracing::info!(target: "switchyard::access", request_id = %request_id, route = route.name(), status = e.status.as_u16(), error = e.code, "request rejected");
 }
 
+/// A request answered from the response cache (`choice`: the model chosen): counted as
+/// a `200` with no worker, its duration observed, and logged.
+pub fn cached(
+    metrics: &Metrics,
+    route: Route,
+    choice: &crate::selection::ModelChoice,
+    request_id: &str,
+    start: Instant,
+    kind: &'static str,
+) {
+    let model_key = &choice.key;
+    let intent = choice.classified.as_ref().map(|c| &c.intent);
+    let elapsed = start.elapsed();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.name(),
+            model: model_key.clone(),
+            worker: Arc::from(""),
+            status: 200,
+        })
+        .inc();
+    metrics
+        .duration
+        .get_or_create(&RouteModel {
+            route: route.name(),
+            model: model_key.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    metrics.model_request(model_key, intent, 200, elapsed, None);
+    tracing::info!(
+        target: "switchyard::access",
+        request_id = %request_id,
+        route = route.name(),
+        model = %choice.model,
+        status = 200,
+        outcome = "cache_hit",
+        cache = kind,
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        "request"
+    );
+}
+
 /// Everything to settle when a proxied response ends.
 pub struct Settle {
     pub start: Instant,
@@ -197,6 +240,8 @@ pub struct SettledBody {
     strip: Option<UsageStrip>,
     /// Trailers waiting behind the rest of a held event.
     held: Option<Frame<Bytes>>,
+    /// The response cache keeping this answer (a cacheable request that missed).
+    capture: Option<super::cache::Capture>,
 }
 
 impl SettledBody {
@@ -212,10 +257,20 @@ impl SettledBody {
             events,
             strip: usage_added.then(UsageStrip::default),
             held: None,
+            capture: None,
         }
     }
 
+    /// Gives the engine's body, as it comes (usage event included), to the cache.
+    pub fn capturing(mut self, capture: Option<super::cache::Capture>) -> Self {
+        self.capture = capture;
+        self
+    }
+
     fn on_data(&mut self, data: &Bytes) {
+        if let Some(c) = &mut self.capture {
+            c.feed(data);
+        }
         let now = Instant::now();
         if let Some(s) = &self.settle {
             if self.first.is_none() {
@@ -250,6 +305,10 @@ impl SettledBody {
 
     fn finish(&mut self, ending: Ending) {
         if let Some(s) = self.settle.take() {
+            if let Some(c) = self.capture.take() {
+                let complete = ending == Ending::Complete;
+                c.finish(s.status, complete, &s.view.model, s.start.elapsed());
+            }
             s.finish(ending, self.first, &self.tail);
         }
     }
@@ -337,6 +396,19 @@ impl Body for SettledBody {
 impl Drop for SettledBody {
     fn drop(&mut self) {
         self.finish(Ending::ClientGone);
+    }
+}
+
+/// A whole SSE stream without its usage-only event (a cached stream replayed to a
+/// client that did not ask for usage).
+pub(super) fn without_usage(stream: Bytes) -> Bytes {
+    let mut strip = UsageStrip::default();
+    let out = strip.filter(stream);
+    let rest = strip.rest();
+    if rest.is_empty() {
+        out
+    } else {
+        [out, rest].concat().into()
     }
 }
 

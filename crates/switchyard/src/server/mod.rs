@@ -95,9 +95,63 @@ fn static_workers(cfg: &Config, settings: &WorkerSettings) -> anyhow::Result<Vec
         .collect())
 }
 
+/// The response cache the config asks for (docs/caching.md), on the shared Redis pool
+/// when its backend is `redis`.
+fn response_cache(
+    cfg: &Config,
+    redis: Option<Arc<crate::state::redis::Pool>>,
+    metrics: &Arc<Metrics>,
+    clock: &Arc<dyn crate::state::Clock>,
+) -> Option<Arc<crate::pipeline::cache::ResponseCache>> {
+    use crate::config::CacheBackend;
+    use crate::state::cache::{CacheStore, Memory, Redis, SemanticIndex};
+    let backend = cfg.response_cache?;
+    let store: Arc<dyn CacheStore> = match (backend, redis) {
+        (CacheBackend::Redis, Some(pool)) => Arc::new(Redis::new(
+            pool,
+            Duration::from_millis(cfg.response_cache_timeout_ms),
+        )),
+        // Validation makes the redis backend need --redis-url.
+        _ => Arc::new(Memory::new(
+            cfg.response_cache_max_entries,
+            cfg.response_cache_max_bytes,
+            clock.clone(),
+            metrics.clone(),
+        )),
+    };
+    let semantic = cfg.response_cache_semantic_threshold.map(|_| {
+        SemanticIndex::new(
+            cfg.response_cache_semantic_bucket_size,
+            cfg.response_cache_max_entries,
+            clock.clone(),
+        )
+    });
+    Some(Arc::new(crate::pipeline::cache::ResponseCache::new(
+        crate::pipeline::cache::CacheSettings {
+            ttl: Duration::from_secs(cfg.response_cache_ttl_secs),
+            max_entry_bytes: cfg.response_cache_max_entry_bytes,
+            semantic_threshold: cfg.response_cache_semantic_threshold.map(|t| t as f32),
+            embed_timeout: Duration::from_millis(cfg.response_cache_embed_timeout_ms),
+        },
+        store,
+        semantic,
+        metrics.clone(),
+        clock.clone(),
+    )))
+}
+
 impl Gateway {
     /// Validates `cfg`, probes the workers once, and starts serving.
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
+        Self::start_with_clock(cfg, Arc::new(crate::state::SystemClock)).await
+    }
+
+    /// [`start`](Self::start) with the wall clock that state with a lifetime (sessions,
+    /// workflows, limits' windows, cached answers) reads: tests move it by hand.
+    pub async fn start_with_clock(
+        cfg: Config,
+        clock: Arc<dyn crate::state::Clock>,
+    ) -> anyhow::Result<Gateway> {
         cfg.validate()?;
         let cfg = Arc::new(cfg);
         let metrics = Arc::new(Metrics::new());
@@ -199,7 +253,6 @@ impl Gateway {
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
-        let clock: Arc<dyn crate::state::Clock> = Arc::new(crate::state::SystemClock);
         let stores = crate::state::Stores::open(
             &crate::state::StateConfig {
                 redis_url: cfg.redis_url.clone(),
@@ -276,6 +329,7 @@ impl Gateway {
                 .clone()
                 .run(Duration::from_secs(cfg.usage_flush_secs), shutdown.clone()),
         );
+        let response_cache = response_cache(&cfg, stores.redis.clone(), &metrics, &clock);
         let header = |h: &str| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes());
         let pipeline = Arc::new(Pipeline {
             entry: EntryConfig {
@@ -309,6 +363,7 @@ impl Gateway {
             metrics: metrics.clone(),
             workflows: workflows.clone(),
             tenancy: tenancy.clone(),
+            cache: response_cache.clone(),
         });
         // The classifier's one-off work (embedding the intents' examples).
         pipeline.models.prepare(&*pipeline).await;
@@ -363,6 +418,10 @@ impl Gateway {
                 as Arc<dyn switchyard_stateful::vector::embed::Embedder>),
             None => embedder,
         };
+        // Semantic cache matching embeds with the same model as vector stores.
+        if let (Some(rc), Some(e)) = (&response_cache, &embedder) {
+            rc.set_embedder(e.clone());
+        }
         let vector_stores =
             switchyard_stateful::vector::VectorStores::new(store.clone(), files.clone(), embedder)
                 .with_ingest(switchyard_stateful::vector::IngestConfig {

@@ -7,7 +7,9 @@
 //! - [`sessions`]: `/route` sessions, with a TTL and a per-user bound.
 //! - [`counters`]: named totals (the `/stats` figures).
 //! - [`redis`]: the connection pool every Redis backend shares.
+//! - [`cache`]: the response cache's entries and its semantic index.
 
+pub mod cache;
 pub mod counters;
 pub mod redis;
 pub mod sessions;
