@@ -50,7 +50,10 @@ run() { # run NAME CONNECTIONS THREADS [ENV...]: wrk's output
   local target=$1 c=$2 t=$3; shift 3
   env "$@" wrk -t"$t" -c"$c" -d"$DURATION" --latency -s bench/cache-load.lua "$(url "$target")"
 }
-warm() { env "$@" wrk -t1 -c1 -d1s -s bench/cache-load.lua "$(url "$1")" > /dev/null; }
+warm() { # warm GATEWAY [ENV...]: one second of the same requests, not measured
+  local target=$1; shift
+  env "$@" wrk -t1 -c1 -d1s -s bench/cache-load.lua "$(url "$target")" > /dev/null
+}
 rps() { awk '/Requests\/sec/ {print $2}'; }
 pct() { awk -v p="$1" '$1 == p {print $2}' | to_us; }
 declare -A P50 P99 RPS TP50 TP99 HIT
