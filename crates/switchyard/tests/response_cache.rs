@@ -881,3 +881,73 @@ async fn a_redis_that_goes_away_is_bypassed_and_requests_still_succeed() {
     let a = g.chat(&d, &[]).await;
     assert_eq!((a.status, a.x_cache()), (200, "BYPASS"));
 }
+
+/// The final Response object of a streamed Responses answer (`response.completed`, or
+/// `response.incomplete` when it reached `max_output_tokens`).
+fn completed_response(text: &str) -> Value {
+    let last = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|e| e["type"] == "response.completed" || e["type"] == "response.incomplete")
+        .unwrap_or_else(|| panic!("no final event in {text}"));
+    last["response"].clone()
+}
+
+#[tokio::test]
+async fn a_response_that_keeps_nothing_is_answered_from_the_cache() {
+    let g = Gw::start(cached(|c| c.database_url = Some("sqlite::memory:".into()))).await;
+    let body = json!({"model": MODEL, "input": "what is a switchyard", "store": false,
+                      "temperature": 0, "max_output_tokens": 16});
+    let text = |r: &Value| r["output"][0]["content"][0]["text"].clone();
+    let first = g.send("/v1/responses", &body, &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let asked = g.engine_requests();
+    let second = g.send("/v1/responses", &body, &[]).await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(
+        g.engine_requests(),
+        asked,
+        "the engine call came from the cache"
+    );
+    let (a, b) = (first.json(), second.json());
+    assert_eq!(text(&b), text(&a));
+    assert!(text(&a).is_string());
+    assert_ne!(a["id"], b["id"], "a response of its own");
+    assert_eq!(b["usage"], a["usage"]);
+    // Streamed: the cached chunks make a well-formed stream of events.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let s1 = g.send("/v1/responses", &streamed, &[]).await;
+    let asked = g.engine_requests();
+    let s2 = g.send("/v1/responses", &streamed, &[]).await;
+    assert_eq!(
+        g.engine_requests(),
+        asked,
+        "the streamed engine call came from the cache"
+    );
+    let (r1, r2) = (completed_response(&s1.text), completed_response(&s2.text));
+    assert_eq!((&r2["status"], text(&r2)), (&a["status"], text(&r1)));
+    assert_eq!(text(&r1), text(&a));
+    assert!(r2["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    // A stored response, or a sampled one, is the engine's every time.
+    for change in [json!({"store": true}), json!({"temperature": 0.8})] {
+        let mut b = body.clone();
+        for (k, v) in change.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let before = g.engine_requests();
+        for _ in 0..2 {
+            assert_eq!(g.send("/v1/responses", &b, &[]).await.status, 200);
+        }
+        assert_eq!(g.engine_requests(), before + 2, "{change}");
+    }
+    assert_eq!(
+        g.metric(
+            "switchyard_response_cache_hits_total",
+            &[("route", "chat"), ("kind", "exact")]
+        )
+        .await,
+        2.0
+    );
+}

@@ -71,6 +71,18 @@ pub trait Engine: Send + Sync + 'static {
         owner: String,
     ) -> BoxFuture<'static, Result<Answer, EngineError>>;
 
+    /// [`Engine::chat`] for a response that keeps nothing (`store: false`): its answer
+    /// may come from, and go to, the gateway's response cache (docs/caching.md), which
+    /// decides by the body whether it applies. By default the same as `chat`.
+    fn chat_cacheable(
+        &self,
+        body: Value,
+        session: String,
+        owner: String,
+    ) -> BoxFuture<'static, Result<Answer, EngineError>> {
+        self.chat(body, session, owner)
+    }
+
     /// Counts the tokens of a chat body's `messages` (vLLM's `/tokenize`, chat form).
     fn count_tokens(
         &self,
@@ -121,6 +133,12 @@ where
                         continue;
                     }
                     if data == "[DONE]" {
+                        // The body is read to its end, so that what it passes through
+                        // (the gateway's settle and response cache) sees it complete;
+                        // an engine that holds it open after `[DONE]` is not waited on.
+                        let drain = async { while let Some(Ok(_)) = st.body.next().await {} };
+                        let _ =
+                            tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
                         return None;
                     }
                     let item = match serde_json::from_str::<Value>(&data) {
@@ -329,6 +347,8 @@ pub(crate) struct Rounds {
     calls: usize,
     /// A round's calls run at once (`parallel_tool_calls`, true unless false).
     parallel: bool,
+    /// The response keeps nothing (`store: false`): its engine calls may be cached.
+    cacheable: bool,
     chat: Value,
     session: String,
 }
@@ -879,6 +899,21 @@ impl Responses {
         self
     }
 
+    /// One engine call of a response; `cacheable` when the response keeps nothing.
+    async fn ask(
+        &self,
+        cacheable: bool,
+        chat: Value,
+        session: String,
+        owner: String,
+    ) -> Result<Answer, EngineError> {
+        if cacheable {
+            self.engine.chat_cacheable(chat, session, owner).await
+        } else {
+            self.engine.chat(chat, session, owner).await
+        }
+    }
+
     /// Reaches the servers of `mcp` tools through `client`.
     pub fn with_mcp(mut self, client: Arc<dyn McpClient>) -> Responses {
         self.mcp = Some(client);
@@ -919,6 +954,7 @@ impl Responses {
             }),
             calls: 0,
             parallel: req.parallel_tool_calls != Some(false),
+            cacheable: !req.store,
             chat: chat.clone(),
             session: session.to_string(),
         })
@@ -1215,8 +1251,12 @@ impl Responses {
             }
             r.advance(hosted.iter().map(|(h, _)| chat_call(h)).collect(), results);
             c = match self
-                .engine
-                .chat(r.chat.clone(), r.session.clone(), r.owner.clone())
+                .ask(
+                    r.cacheable,
+                    r.chat.clone(),
+                    r.session.clone(),
+                    r.owner.clone(),
+                )
                 .await?
             {
                 Answer::Complete(next) => next,
@@ -1301,8 +1341,12 @@ impl Responses {
             }
             r.advance(calls, results);
             chunks = match self
-                .engine
-                .chat(r.chat.clone(), r.session.clone(), r.owner.clone())
+                .ask(
+                    r.cacheable,
+                    r.chat.clone(),
+                    r.session.clone(),
+                    r.owner.clone(),
+                )
                 .await
             {
                 Ok(Answer::Stream(c)) => c,
@@ -2007,7 +2051,7 @@ impl Responses {
                 .await?;
         }
         let whole = (id.as_str(), &req, body, input.as_slice(), created_at, owner);
-        let answer = match self.engine.chat(chat, session, owner.to_string()).await {
+        let answer = match self.ask(!req.store, chat, session, owner.to_string()).await {
             Ok(a) => a,
             Err(e) => {
                 let status = Status::Failed {
@@ -2734,6 +2778,7 @@ mod tests {
             limit,
             calls: 0,
             parallel: true,
+            cacheable: false,
             chat,
             session: "s".into(),
         }

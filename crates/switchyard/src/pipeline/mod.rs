@@ -251,13 +251,20 @@ impl Pipeline {
 
     /// Runs an admitted request through `select_model`, `select_worker`, `send` and
     /// `settle`. The response streams the engine's body (or is the gateway's error).
-    /// In-process callers' requests are not cached (docs/caching.md).
+    /// In-process callers' requests are not cached ([`Pipeline::run_cached`] is).
     pub async fn run(&self, ctx: RequestContext) -> Response {
         self.execute(ctx, false).await
     }
 
-    /// `run`, with the response cache for a client's request (`from_client`).
-    async fn execute(&self, ctx: RequestContext, from_client: bool) -> Response {
+    /// `run` through the response cache: a client's request, or the engine call of a
+    /// response that keeps nothing (`store: false`, docs/caching.md). The cache decides
+    /// by the route, the body and the headers whether it applies.
+    pub async fn run_cached(&self, ctx: RequestContext) -> Response {
+        self.execute(ctx, true).await
+    }
+
+    /// `run`, through the response cache when `cached`.
+    async fn execute(&self, ctx: RequestContext, cached: bool) -> Response {
         let RequestContext {
             route,
             request_id,
@@ -272,7 +279,7 @@ impl Pipeline {
         let response_cache = self
             .cache
             .as_ref()
-            .filter(|_| from_client && cache::cacheable_route(route));
+            .filter(|_| cached && cache::cacheable_route(route));
         let directives = match response_cache
             .map(|_| cache::directives(&headers))
             .transpose()

@@ -64,6 +64,7 @@ impl PipelineEngine {
         body: &Value,
         session: &str,
         caller: Arc<crate::tenancy::Caller>,
+        cacheable: bool,
     ) -> Result<Body, EngineError> {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -73,17 +74,20 @@ impl PipelineEngine {
         if let (false, Ok(v)) = (session.is_empty(), HeaderValue::from_str(session)) {
             headers.insert(HeaderName::from_static("x-session-id"), v);
         }
-        let resp = pipeline
-            .run(RequestContext {
-                route,
-                request_id: crate::state::random_id("req_"),
-                start: Instant::now(),
-                headers,
-                body: Bytes::from(body.to_string()),
-                admitted: Admitted::on_behalf(),
-                caller,
-            })
-            .await;
+        let ctx = RequestContext {
+            route,
+            request_id: crate::state::random_id("req_"),
+            start: Instant::now(),
+            headers,
+            body: Bytes::from(body.to_string()),
+            admitted: Admitted::on_behalf(),
+            caller,
+        };
+        let resp = if cacheable {
+            pipeline.run_cached(ctx).await
+        } else {
+            pipeline.run(ctx).await
+        };
         let status = resp.status().as_u16();
         let body = resp.into_body();
         if status != 200 {
@@ -101,17 +105,20 @@ fn not_json(e: serde_json::Error) -> EngineError {
     }
 }
 
-impl Engine for PipelineEngine {
-    fn chat(
+impl PipelineEngine {
+    /// A chat through the pipeline, through its response cache when `cacheable`.
+    fn ask(
         &self,
         body: Value,
         session: String,
         owner: String,
+        cacheable: bool,
     ) -> BoxFuture<'static, Result<Answer, EngineError>> {
         let pipeline = self.0.clone();
         Box::pin(async move {
             let caller = pipeline.tenancy.on_behalf_of(&owner);
-            let body_out = Self::send(pipeline, Route::Chat, &body, &session, caller).await?;
+            let body_out =
+                Self::send(pipeline, Route::Chat, &body, &session, caller, cacheable).await?;
             if body["stream"] == true {
                 return Ok(Answer::Stream(sse_chunks(Box::pin(
                     body_out.into_data_stream(),
@@ -123,6 +130,26 @@ impl Engine for PipelineEngine {
                 .map_err(not_json)
         })
     }
+}
+
+impl Engine for PipelineEngine {
+    fn chat(
+        &self,
+        body: Value,
+        session: String,
+        owner: String,
+    ) -> BoxFuture<'static, Result<Answer, EngineError>> {
+        self.ask(body, session, owner, false)
+    }
+
+    fn chat_cacheable(
+        &self,
+        body: Value,
+        session: String,
+        owner: String,
+    ) -> BoxFuture<'static, Result<Answer, EngineError>> {
+        self.ask(body, session, owner, true)
+    }
 
     fn count_tokens(
         &self,
@@ -133,7 +160,7 @@ impl Engine for PipelineEngine {
         let pipeline = self.0.clone();
         Box::pin(async move {
             let caller = pipeline.tenancy.on_behalf_of(&owner);
-            let out = Self::send(pipeline, Route::Tokenize, &body, &session, caller).await?;
+            let out = Self::send(pipeline, Route::Tokenize, &body, &session, caller, false).await?;
             let v: Value = serde_json::from_slice(&read(out).await?).map_err(not_json)?;
             TokenCount::from_tokenize(&v).ok_or_else(|| EngineError {
                 status: 502,
@@ -166,7 +193,8 @@ impl switchyard_stateful::vector::embed::Embedder for PipelineEmbedder {
             // No session key: embeddings share no prefix worth keeping together. The
             // gateway's own work (ingestion, query embedding) is counted as `_gateway`.
             let caller = pipeline.tenancy.internal();
-            let out = PipelineEngine::send(pipeline, Route::Embeddings, &body, "", caller).await?;
+            let out =
+                PipelineEngine::send(pipeline, Route::Embeddings, &body, "", caller, false).await?;
             let v: Value = serde_json::from_slice(&read(out).await?).map_err(not_json)?;
             switchyard_stateful::vector::embed::from_answer(&v, n)
         })
