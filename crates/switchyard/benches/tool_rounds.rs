@@ -11,13 +11,13 @@
 
 #[path = "../tests/common/mcp.rs"]
 mod fake_mcp;
+#[path = "../tests/common/search.rs"]
+mod fake_search;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard::config::tools::{
-    HttpMethod, McpConfig, ResultFields, SearchProvider, WebSearchConfig,
-};
+use switchyard::config::tools::McpConfig;
 use switchyard_stateful::responses::mcp::{McpClient, McpServer};
 use switchyard_testkit::*;
 
@@ -41,20 +41,6 @@ where
     (us(t[n / 2]), us(t[(n * 99 / 100).min(n - 1)]))
 }
 
-async fn fake_search() -> String {
-    async fn search() -> axum::Json<Value> {
-        axum::Json(json!({"results": [
-            {"title": "Puffin burrows", "url": "https://birds.example/puffins",
-             "content": "Puffins nest in burrows on grassy cliff tops."}
-        ]}))
-    }
-    let app = axum::Router::new().route("/search", axum::routing::get(search));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    format!("http://{addr}")
-}
-
 fn main() {
     let n: usize = std::env::var("N")
         .ok()
@@ -69,7 +55,7 @@ fn main() {
 }
 
 async fn run(n: usize) {
-    let search = fake_search().await;
+    let search = fake_search::serve().await;
     let mcp_base = fake_mcp::serve("127.0.0.1", Default::default()).await;
     let mcp_url = format!("{mcp_base}/mcp");
     let mcp_cfg = McpConfig {
@@ -87,21 +73,7 @@ async fn run(n: usize) {
     let engine = engines.url();
     let t = TestBed::with(engines, |c| {
         c.database_url = Some("sqlite::memory:".into());
-        c.tools.web_search = Some(WebSearchConfig {
-            provider: SearchProvider::Json {
-                url: format!("{search}/search?q={{query}}"),
-                method: HttpMethod::Get,
-                body: None,
-                headers: Default::default(),
-                results: "results".into(),
-                fields: ResultFields::default(),
-            },
-            allowed_hosts: Vec::new(),
-            allow_private_addresses: true,
-            timeout_secs: 30.0,
-            max_response_bytes: 1 << 20,
-            max_results: 10,
-        });
+        c.tools.web_search = Some(fake_search::provider(&search));
         c.tools.mcp = Some(mcp_cfg.clone());
     })
     .await;
@@ -154,7 +126,10 @@ async fn run(n: usize) {
     })
     .await;
     let r_search = measure(n, || {
-        let (http, url) = (http.clone(), format!("{search}/search?q=puffins"));
+        let (http, url) = (
+            http.clone(),
+            format!("{search}/search?q=puffins&format=json"),
+        );
         async move {
             http.get(url).send().await.unwrap().bytes().await.unwrap();
         }

@@ -77,44 +77,12 @@ async fn the_openai_sdk_accepts_every_vector_store_answer_on_sqlite_vec_and_pgve
     suite("test_vector_stores.py", pg.url().to_string()).await;
 }
 
-/// A fake search service on loopback in SearxNG's JSON shape; its base URL.
-async fn fake_search() -> String {
-    async fn search() -> axum::Json<serde_json::Value> {
-        axum::Json(serde_json::json!({"results": [
-            {"title": "Puffin burrows", "url": "https://birds.example/puffins",
-             "content": "Puffins nest in burrows on grassy cliff tops. They come back each spring."},
-            {"title": "Gannets", "url": "https://birds.example/gannets",
-             "content": "Gannets nest in crowded colonies on rocky islands."}
-        ]}))
-    }
-    let app = axum::Router::new().route("/search", axum::routing::get(search));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    format!("http://{addr}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_accepts_every_web_search_answer() {
-    use switchyard::config::tools::{ResultFields, SearchProvider, WebSearchConfig};
-    let search = fake_search().await;
+    let search = common::search::serve().await;
     let t = TestBed::with(sims(1).await, |c| {
         c.database_url = Some("sqlite::memory:".into());
-        c.tools.web_search = Some(WebSearchConfig {
-            provider: SearchProvider::Json {
-                url: format!("{search}/search?q={{query}}&format=json"),
-                method: Default::default(),
-                body: None,
-                headers: Default::default(),
-                results: "results".into(),
-                fields: ResultFields::default(),
-            },
-            allowed_hosts: Vec::new(),
-            allow_private_addresses: true,
-            timeout_secs: 30.0,
-            max_response_bytes: 1 << 20,
-            max_results: 10,
-        });
+        c.tools.web_search = Some(common::search::provider(&search));
     })
     .await;
     contract(
@@ -125,7 +93,7 @@ async fn the_openai_sdk_accepts_every_web_search_answer() {
             ("SWITCHYARD_MODEL", MODEL.into()),
             (
                 "SWITCHYARD_SEARCH_FIRST_URL",
-                "https://birds.example/puffins".into(),
+                common::search::FIRST_URL.into(),
             ),
         ],
     )

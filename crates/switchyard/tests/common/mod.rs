@@ -1,3 +1,4 @@
 //! What several test binaries share.
 
 pub mod mcp;
+pub mod search;
