@@ -18,6 +18,12 @@ mkdir -p "$LOGS"
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 cargo build --release -q -p switchyard -p switchyard-sim
 B=target/release
+# A baseline built into this target dir can leave cargo thinking the new binary is
+# fresh: refuse to compare a build with itself.
+if cmp -s "$B/switchyard" "$BASELINE_BIN"; then
+  echo "$B/switchyard is the baseline binary itself: touch crates/switchyard/src/main.rs and rerun" >&2
+  exit 1
+fi
 U=http://127.0.0.1:18900,http://127.0.0.1:18901
 start ab-sim $B/switchyard-sim --instant --engines 2 --port 18900 --log-level warn
 wait_ready http://127.0.0.1:18900/health
