@@ -147,6 +147,12 @@ impl Prober {
         }
     }
 
+    /// The engine's Prometheus metrics text (the dashboard reads it once a second while
+    /// someone watches).
+    pub async fn engine_metrics(&self, w: &Worker) -> Result<Bytes, ProbeError> {
+        self.get_ok(w, "/metrics").await
+    }
+
     /// Scrapes the engine's queue from its Prometheus metrics.
     pub async fn scrape_load(&self, w: &Arc<Worker>) {
         if let Ok(body) = self.get_ok(w, "/metrics").await {

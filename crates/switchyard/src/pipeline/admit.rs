@@ -46,7 +46,7 @@ pub fn bearer_matches(headers: &HeaderMap, key: &str) -> bool {
         .is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -9,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::admin::dashboard;
 use crate::error::ApiError;
 use crate::pipeline::admit::{bearer_matches, set_request_id};
 
@@ -36,12 +37,21 @@ pub async fn api_key(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
     }
 }
 
-/// Requires `--admin-api-key` when one is set.
+/// Requires `--admin-api-key` when one is set. The dashboard's pages also take the
+/// cookie its sign-in form sets, and `GET /dashboard` without either shows that form.
 pub async fn admin_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.cfg.admin_api_key
         && !bearer_matches(req.headers(), key)
     {
-        return ApiError::unauthorized().into_response();
+        let path = req.uri().path();
+        let signed_in =
+            dashboard::is_dashboard(path) && dashboard::cookie_matches(req.headers(), key);
+        if !(signed_in || dashboard::is_public(path)) {
+            if path == "/dashboard" && req.method() == http::Method::GET {
+                return dashboard::login_page(http::StatusCode::UNAUTHORIZED, None);
+            }
+            return ApiError::unauthorized().into_response();
+        }
     }
     next.run(req).await
 }

@@ -464,6 +464,7 @@ impl Gateway {
             enroller: enroller.clone(),
             jobs: Default::default(),
             metrics: metrics.clone(),
+            dashboard: Default::default(),
             shutdown: shutdown.clone(),
         });
 

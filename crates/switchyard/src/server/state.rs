@@ -32,6 +32,8 @@ pub struct AppState {
     pub enroller: Arc<Enroller>,
     pub jobs: Jobs,
     pub metrics: Arc<Metrics>,
+    /// The live dashboard's sampler and latest snapshot.
+    pub dashboard: super::admin::dashboard::Dashboard,
     pub shutdown: Shutdown,
 }
 

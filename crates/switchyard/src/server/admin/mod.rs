@@ -1,8 +1,9 @@
 //! The admin listener (`--admin-host`, `--admin-port`, loopback by default), never the
-//! data plane: the worker API ([`workers`]), registration jobs ([`jobs`]), and tenants,
-//! keys, usage and the audit log ([`tenancy`]). With
+//! data plane: the worker API ([`workers`]), registration jobs ([`jobs`]), tenants,
+//! keys, usage and the audit log ([`tenancy`]), and the live dashboard ([`dashboard`]). With
 //! `--admin-api-key` every call needs it; a non-loopback admin host requires one.
 
+pub mod dashboard;
 pub mod jobs;
 pub mod tenancy;
 pub mod workers;
@@ -55,6 +56,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/usage", get(tenancy::usage))
         .route("/admin/audit", get(tenancy::audit_log))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
+        .route("/dashboard/stream", get(dashboard::stream))
+        .route("/dashboard/snapshot", get(dashboard::snapshot_json))
+        .route("/dashboard/login", post(dashboard::login))
         .fallback(|req: Request| async move {
             ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
         })
