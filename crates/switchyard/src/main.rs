@@ -116,6 +116,7 @@ async fn run_demo(mut cfg: Config) -> anyhow::Result<()> {
     println!(
         r#"
 Switchyard demo: gateway {url} → 3 simulated vLLM engines {engines}
+Dashboard: http://{admin}/dashboard   (open it in a browser: workers, traffic, latency, routing, live)
 Metrics: http://{metrics}/metrics   Health: {url}/health
 
   curl {url}/v1/chat/completions -H 'Content-Type: application/json' \
@@ -150,6 +151,7 @@ Ctrl-C to stop.
 "#,
         engines = sims.urls().join(", "),
         metrics = gw.metrics_addr,
+        admin = gw.admin_addr,
     );
     signals.wait(&gw).await;
     gw.shutdown();
