@@ -483,7 +483,10 @@ fn fastrand_u64() -> u64 {
 #[test]
 fn the_kubernetes_example_config_is_valid() {
     use serde::Deserialize;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes/switchyard.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/kubernetes/switchyard.yaml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&text)
         .map(|d| yaml_serde::Value::deserialize(d).unwrap())

@@ -138,7 +138,9 @@ const GROUPINGS: &[&str] = &[
 ];
 
 /// Binary-operator keywords and modifiers.
-const KEYWORDS: &[&str] = &["bool", "and", "or", "unless", "offset", "atan2", "inf", "nan"];
+const KEYWORDS: &[&str] = &[
+    "bool", "and", "or", "unless", "offset", "atan2", "inf", "nan",
+];
 
 fn is_ident_start(c: char) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == ':'
@@ -150,12 +152,15 @@ fn is_ident(c: char) -> bool {
 
 /// Index just past the bracket closing the one at `open`, skipping quoted strings.
 fn skip_balanced(s: &[char], open: usize) -> usize {
-    let (o, c) = (s[open], match s[open] {
-        '(' => ')',
-        '{' => '}',
-        '[' => ']',
-        other => panic!("not a bracket: {other}"),
-    });
+    let (o, c) = (
+        s[open],
+        match s[open] {
+            '(' => ')',
+            '{' => '}',
+            '[' => ']',
+            other => panic!("not a bracket: {other}"),
+        },
+    );
     let mut depth = 0;
     let mut i = open;
     while i < s.len() {
@@ -215,7 +220,8 @@ fn promql_metrics(expr: &str) -> BTreeSet<String> {
                     i += 1;
                 }
             }
-        } else if c.is_ascii_digit() || (c == '.' && s.get(i + 1).is_some_and(char::is_ascii_digit)) {
+        } else if c.is_ascii_digit() || (c == '.' && s.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
             // A number or a duration (5m, 1e3, 0.95).
             while i < s.len() && (is_ident(s[i]) || s[i] == '.') {
                 i += 1;
@@ -236,8 +242,7 @@ fn promql_metrics(expr: &str) -> BTreeSet<String> {
                 if next == Some('(') {
                     i = skip_balanced(&s, j);
                 }
-            } else if AGGREGATIONS.contains(&lower.as_str()) || KEYWORDS.contains(&lower.as_str())
-            {
+            } else if AGGREGATIONS.contains(&lower.as_str()) || KEYWORDS.contains(&lower.as_str()) {
             } else if next == Some('(') {
                 assert!(
                     FUNCTIONS.contains(&word.as_str()),
@@ -257,17 +262,21 @@ fn promql_metrics(expr: &str) -> BTreeSet<String> {
 fn the_promql_extractor_finds_metrics_and_nothing_else() {
     let names = |e: &str| promql_metrics(e).into_iter().collect::<Vec<_>>();
     assert_eq!(
-        names(r#"histogram_quantile(0.95, sum by (le, model) (rate(a_seconds_bucket{model=~"$model", x="}by(y)"}[$__rate_interval])))"#),
+        names(
+            r#"histogram_quantile(0.95, sum by (le, model) (rate(a_seconds_bucket{model=~"$model", x="}by(y)"}[$__rate_interval])))"#
+        ),
         ["a_seconds_bucket"]
     );
     assert_eq!(
-        names("sum(rate(vllm:prefix_cache_hits_total[5m])) / sum without (instance) (rate(vllm:prefix_cache_queries_total[5m] offset 1h))"),
-        ["vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"]
+        names(
+            "sum(rate(vllm:prefix_cache_hits_total[5m])) / sum without (instance) (rate(vllm:prefix_cache_queries_total[5m] offset 1h))"
+        ),
+        [
+            "vllm:prefix_cache_hits_total",
+            "vllm:prefix_cache_queries_total"
+        ]
     );
-    assert_eq!(
-        names("count(up == 0) or vector(0)"),
-        ["up"]
-    );
+    assert_eq!(names("count(up == 0) or vector(0)"), ["up"]);
     assert_eq!(
         names("a * on (worker) group_left (model) b > bool 1e3 unless c"),
         ["a", "b", "c"]
@@ -333,7 +342,10 @@ fn dashboard_queries(dash: &Value) -> Vec<String> {
     }
     let mut out = Vec::new();
     walk(&dash["panels"], &mut out);
-    for var in dash["templating"]["list"].as_array().expect("templating.list") {
+    for var in dash["templating"]["list"]
+        .as_array()
+        .expect("templating.list")
+    {
         if var["type"] != "query" {
             continue;
         }
@@ -371,48 +383,107 @@ fn dashboard() -> Value {
     serde_json::from_str(&text).expect("the dashboard is JSON")
 }
 
+/// A gateway with the demo's intent routing (bench/configs/intent-keywords.yaml: `auto`
+/// classified into coder, reasoner, general) in front of one simulator per model, the
+/// coder's failing every request, and an API key; and traffic that makes every kind of
+/// family the dashboard reads have samples (prometheus-client leaves a family with no
+/// sample out of the exposition): plain and streaming chats, a classified request that
+/// fails on coder (retries, upstream and model errors) and falls back to general,
+/// one naming coder that fails (a model error), and one without a key (refused, an
+/// auth failure).
+async fn busy_gateway() -> (Vec<switchyard_sim::SimHandle>, switchyard::Gateway) {
+    let coder = serving("coder", 1).await;
+    let reasoner = serving("reasoner", 1).await;
+    let general = serving("general", 1).await;
+    set_faults_everywhere(
+        &coder,
+        &switchyard_sim::Faults {
+            error_rate: 1.0,
+            error_status: 500,
+            ..switchyard_sim::Faults::default()
+        },
+    );
+    let selection = repo().join("bench/configs/intent-keywords.yaml");
+    let (_, mut cfg) = Config::from_arg_list([
+        "switchyard",
+        "serve",
+        "--config",
+        selection.to_str().unwrap(),
+    ])
+    .unwrap();
+    let fast = config(vec![], PolicyKind::CacheAware);
+    cfg.port = 0;
+    cfg.prometheus_port = 0;
+    cfg.admin_port = 0;
+    cfg.health_check_interval_secs = fast.health_check_interval_secs;
+    cfg.health_check_timeout_secs = fast.health_check_timeout_secs;
+    cfg.retry_initial_backoff_ms = 1;
+    cfg.retry_max_backoff_ms = 5;
+    cfg.database_url = Some("sqlite::memory:".into());
+    cfg.api_key = Some("test-key".into());
+    // A request naming coder fails there (a model error) instead of falling back.
+    cfg.fallback_on_named_model = false;
+    cfg.worker_urls = [&coder, &reasoner, &general]
+        .iter()
+        .flat_map(|s| s.urls())
+        .collect();
+    let gw = gateway(cfg).await;
+    (vec![coder, reasoner, general], gw)
+}
+
 #[tokio::test]
 async fn the_dashboard_reads_only_metrics_that_the_gateway_or_the_engines_export() {
     let dash = dashboard();
-    let bed = TestBed::start(2, PolicyKind::CacheAware).await;
-    // A little traffic: plain and streaming chats, so the families have samples.
-    for i in 0..4 {
-        let (status, _) = bed.chat(&prompt_text(i % 2, 40), 8).await;
-        assert_eq!(status, 200);
+    let (sims, gw) = busy_gateway().await;
+    let http = reqwest::Client::new();
+    let chat = |body: Value| {
+        http.post(format!("{}/v1/chat/completions", gw.url()))
+            .bearer_auth("test-key")
+            .json(&body)
+            .send()
+    };
+    for i in 0..3 {
+        let r = chat(json!({"model": "general", "max_tokens": 8,
+                            "messages": [{"role": "user", "content": prompt_text(i, 40)}]}))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
     }
-    let (status, events) = bed
-        .http
-        .sse(
-            &bed.url,
-            "/v1/chat/completions",
-            &json!({"model": MODEL, "stream": true, "max_tokens": 8,
-                    "stream_options": {"include_usage": true},
-                    "messages": [{"role": "user", "content": prompt_text(7, 30)}]}),
-        )
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let r = chat(json!({"model": "general", "stream": true, "max_tokens": 8,
+                        "stream_options": {"include_usage": true},
+                        "messages": [{"role": "user", "content": prompt_text(7, 30)}]}))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    // Classified as code: coder fails (500, retried), general answers.
+    let r = chat(json!({"model": "auto", "max_tokens": 8,
+                        "messages": [{"role": "user", "content": "write a python function to debug this code"}]}))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["model"], "general");
+    // Naming coder: its error is passed on.
+    let r = chat(json!({"model": "coder", "max_tokens": 8,
+                        "messages": [{"role": "user", "content": "hello"}]}))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 500);
+    // No key: refused.
+    let r = http
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .json(&json!({"model": "general", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
-    let gateway = bed
-        .http
-        .0
-        .get(format!("{}/metrics", bed.metrics))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let engine = bed
-        .http
-        .0
-        .get(format!("{}/metrics", bed.sims.urls()[0]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let gateway = scrape(format!("{}/metrics", metrics_url(&gw))).await;
+    let engine = scrape(format!("{}/metrics", sims[2].urls()[0])).await;
     let gateway = exported(&gateway);
     let engine = exported(&engine);
     assert!(gateway.contains("switchyard_requests_total"), "{gateway:?}");
@@ -631,7 +702,9 @@ fn gateway_config(docs: &[Value], outside: &[(&str, &str)]) -> Config {
         while let Some(start) = a.find("$(") {
             let end = start + a[start..].find(')').unwrap();
             let var = &a[start + 2..end];
-            let v = env.get(var).unwrap_or_else(|| panic!("$({var}) is not in env"));
+            let v = env
+                .get(var)
+                .unwrap_or_else(|| panic!("$({var}) is not in env"));
             a = format!("{}{v}{}", &a[..start], &a[end + 1..]);
         }
         args.push(a);
@@ -684,7 +757,10 @@ fn the_chart_with_default_values_is_one_gateway_with_nothing_extra() {
         ])
     );
     let public = find(&docs, "Service", "sy-switchyard");
-    assert_eq!(port_names(&public["spec"]["ports"]), BTreeSet::from(["http".into()]));
+    assert_eq!(
+        port_names(&public["spec"]["ports"]),
+        BTreeSet::from(["http".into()])
+    );
     find(&docs, "Service", "sy-switchyard-metrics");
     let dep = find(&docs, "Deployment", "sy-switchyard");
     assert_eq!(dep["spec"]["replicas"], 1);
@@ -753,7 +829,8 @@ fn the_chart_with_everything_on_fits_together() {
             ("ServiceMonitor".to_string(), 1),
         ])
     );
-    let selector = json!({"app.kubernetes.io/name": "switchyard", "app.kubernetes.io/instance": "sy"});
+    let selector =
+        json!({"app.kubernetes.io/name": "switchyard", "app.kubernetes.io/instance": "sy"});
     let dep = find(&docs, "Deployment", "sy-switchyard");
     assert_eq!(dep["spec"]["selector"]["matchLabels"], selector);
     // The HPA owns the replica count.
@@ -803,7 +880,10 @@ fn the_chart_with_everything_on_fits_together() {
     for s in docs.iter().filter(|d| d["kind"] == "Service") {
         assert_eq!(s["spec"]["selector"], selector);
         for p in s["spec"]["ports"].as_array().unwrap() {
-            assert!(container_ports.contains(p["targetPort"].as_str().unwrap()), "{s}");
+            assert!(
+                container_ports.contains(p["targetPort"].as_str().unwrap()),
+                "{s}"
+            );
         }
     }
     // The ServiceMonitor selects the metrics Service alone, by its port name.
@@ -831,9 +911,15 @@ fn the_chart_with_everything_on_fits_together() {
     let cm_text = find(&docs, "ConfigMap", "sy-switchyard")["data"]["switchyard.yaml"]
         .as_str()
         .unwrap();
-    assert!(!cm_text.contains("s3cret") && !cm_text.contains("postgres"), "{cm_text}");
+    assert!(
+        !cm_text.contains("s3cret") && !cm_text.contains("postgres"),
+        "{cm_text}"
+    );
 
-    let cfg = gateway_config(&docs, &[("SWITCHYARD_REDIS_URL", "redis://redis.db:6379/0")]);
+    let cfg = gateway_config(
+        &docs,
+        &[("SWITCHYARD_REDIS_URL", "redis://redis.db:6379/0")],
+    );
     assert_eq!(cfg.admin_host, "0.0.0.0");
     assert_eq!(cfg.admin_api_key.as_deref(), Some("admin-s3cret"));
     assert_eq!(
@@ -843,10 +929,16 @@ fn the_chart_with_everything_on_fits_together() {
     assert_eq!(cfg.redis_url.as_deref(), Some("redis://redis.db:6379/0"));
     assert!(cfg.service_discovery);
     assert_eq!(cfg.service_discovery_namespace.as_deref(), Some("engines"));
-    assert_eq!(cfg.selector, vec!["app=vllm".to_string(), "tier=gpu".into()]);
+    assert_eq!(
+        cfg.selector,
+        vec!["app=vllm".to_string(), "tier=gpu".into()]
+    );
     assert_eq!(cfg.policy, PolicyKind::PowerOfTwo);
     assert_eq!(cfg.max_concurrent_requests, 64);
-    assert_eq!(cfg.response_cache, Some(switchyard::config::CacheBackend::Memory));
+    assert_eq!(
+        cfg.response_cache,
+        Some(switchyard::config::CacheBackend::Memory)
+    );
     assert_eq!(cfg.rate_limit_replicas, 5);
     assert_eq!(cfg.worker_urls, vec!["http://vllm-0.vllm:8000".to_string()]);
 }
@@ -897,7 +989,11 @@ fn the_chart_lints_clean_with_defaults_and_with_everything_on() {
         let set = values.to_string();
         let out = helm(&["lint", "deploy/helm/switchyard", "--set-json", &set]);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "helm lint {set}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "helm lint {set}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("1 chart(s) linted, no failures"), "{text}");
     }
     // A contradictory setting is refused: a ServiceMonitor without the Service it scrapes.
@@ -927,7 +1023,13 @@ fn the_raw_manifests_are_rendered_from_the_chart() {
     let text = std::fs::read_to_string(repo().join("deploy/kubernetes/switchyard.yaml")).unwrap();
     let docs = parse_manifests(&text);
     // Discovery in namespace llm, with its RBAC (the old deploy/rbac.yaml).
-    for kind in ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment"] {
+    for kind in [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+    ] {
         assert!(kinds(&docs).contains_key(kind), "{kind}");
     }
     assert!(docs.iter().all(|d| d["metadata"]["namespace"] == "llm"));
@@ -952,7 +1054,12 @@ fn the_dockerfile_passes_hadolint() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
-    for line in ["USER 65532:65532", "STOPSIGNAL SIGTERM", "HEALTHCHECK", "EXPOSE 30000 29000"] {
+    for line in [
+        "USER 65532:65532",
+        "STOPSIGNAL SIGTERM",
+        "HEALTHCHECK",
+        "EXPOSE 30000 29000",
+    ] {
         assert!(text.contains(line), "{line}");
     }
     // hadolint does flag a bad Dockerfile (the check can fail).
