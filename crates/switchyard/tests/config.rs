@@ -478,11 +478,15 @@ fn fastrand_u64() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// The config in deploy/switchyard.yaml's ConfigMap is one this gateway accepts.
+/// The config in the ConfigMap of deploy/kubernetes/switchyard.yaml (rendered from the
+/// Helm chart) is one this gateway accepts.
 #[test]
 fn the_kubernetes_example_config_is_valid() {
     use serde::Deserialize;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/switchyard.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/kubernetes/switchyard.yaml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&text)
         .map(|d| yaml_serde::Value::deserialize(d).unwrap())
