@@ -225,7 +225,11 @@ fn hit_rate(path: &Path, title: &str, rows: &[TargetResult]) -> anyhow::Result<(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..rows.len()).into_segmented(), 0f64..1.1f64)?;
+        // A segmented range a..b has a segment for every value of a..=b: end at n - 1.
+        .build_cartesian_2d(
+            (0..rows.len().saturating_sub(1).max(1)).into_segmented(),
+            0f64..1.1f64,
+        )?;
     let label = |v: &SegmentValue<usize>| match v {
         SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
         _ => String::new(),
@@ -243,13 +247,15 @@ fn hit_rate(path: &Path, title: &str, rows: &[TargetResult]) -> anyhow::Result<(
         let (text, top) = match r.engine_hit_rate {
             Some(h) => {
                 let c = color(i);
-                chart.draw_series(std::iter::once(Rectangle::new(
+                let mut bar = Rectangle::new(
                     [
                         (SegmentValue::Exact(i), 0.0),
                         (SegmentValue::Exact(i + 1), h),
                     ],
                     c.filled(),
-                )))?;
+                );
+                bar.set_margin(0, 0, 25, 25);
+                chart.draw_series(std::iter::once(bar))?;
                 (format!("{:.1}%", h * 100.0), h)
             }
             // No --engine: the engines' counters were not read.
