@@ -16,7 +16,7 @@ LOGS=bench/results/logs
 mkdir -p "$LOGS"
 . bench/lib.sh
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-cargo build --release -q -p switchyard -p switchyard-sim
+cargo build --release -q -p switchyard
 B=target/release
 # A baseline built into this target dir can leave cargo thinking the new binary is
 # fresh: refuse to compare a build with itself.

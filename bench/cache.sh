@@ -28,7 +28,7 @@ mkdir -p "$LOGS"
 . bench/lib.sh
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 redis-cli -n 10 ping >/dev/null || { echo "needs redis at 127.0.0.1:6379" >&2; exit 1; }
-cargo build --release -q -p switchyard -p switchyard-sim
+cargo build --release -q -p switchyard
 B=target/release
 PREFIX=switchyard-cache-bench-$$
 FILES=$(mktemp -d /tmp/cache-bench-files-XXXX)

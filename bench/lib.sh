@@ -31,6 +31,6 @@ prepare_routers() { # the peers, pinned, in $VENV (installed on first use); our 
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q "vllm-router==0.1.17" "sglang-router==0.3.2"
   fi
-  cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
+  cargo build --release -q -p switchyard -p switchyard-bench
   BIN=target/release
 }

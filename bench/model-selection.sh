@@ -32,7 +32,7 @@ stop_last() { local p=${PIDS[-1]}; kill "$p"; wait "$p" 2>/dev/null || true; uns
 
 if [ "$MODE" = overhead ]; then
   command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-  cargo build --release -q -p switchyard -p switchyard-sim
+  cargo build --release -q -p switchyard
   start sim $BIN/switchyard-sim --instant --engines 2 --port $ENGINE_PORT \
     --served-model-name coder reasoner general --log-level warn
   wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
@@ -87,7 +87,7 @@ fi
 
 # accuracy
 cargo build --release -q -p switchyard --features local-embeddings
-cargo build --release -q -p switchyard-sim -p switchyard-bench
+cargo build --release -q -p switchyard-bench
 scripts/fetch-minilm.sh > /dev/null
 start sim $BIN/switchyard-sim --instant --engines 2 --port $ENGINE_PORT \
   --served-model-name coder reasoner general --log-level warn

@@ -42,7 +42,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 if [ "$MODE" = overhead ]; then
   command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-  cargo build --release -q -p switchyard -p switchyard-sim
+  cargo build --release -q -p switchyard
   start sim $BIN/switchyard-sim --instant --engines 2 --port $ENGINE_PORT --log-level warn
   wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
   ENGINES="http://127.0.0.1:$ENGINE_PORT,http://127.0.0.1:$((ENGINE_PORT + 1))"
@@ -111,7 +111,7 @@ if [ "$MODE" = overhead ]; then
 fi
 
 # chain: simulated engines with a prefix cache (not instant), 4 of them.
-cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
+cargo build --release -q -p switchyard -p switchyard-bench
 start sim $BIN/switchyard-sim --engines 4 --port $ENGINE_PORT --time-scale 20 --log-level warn
 wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
 ENGINE_LIST=()

@@ -33,7 +33,7 @@ GW_PORT=18950
 if busy=$(ss -Hltnp "sport >= :18900 and sport <= :19099" | grep .); then
   echo "ports 18900-19099 are in use; stop these first:" >&2; echo "$busy" >&2; exit 1
 fi
-cargo build --release -q -p switchyard -p switchyard-sim -p switchyard-bench
+cargo build --release -q -p switchyard -p switchyard-bench
 start sim $BIN/switchyard-sim --instant --engines 2 --port $ENGINE_PORT --log-level warn
 wait_ready "http://127.0.0.1:$ENGINE_PORT/health"
 ENGINES="http://127.0.0.1:$ENGINE_PORT,http://127.0.0.1:$((ENGINE_PORT + 1))"

@@ -23,7 +23,7 @@ LOGS=bench/results/logs
 mkdir -p "$LOGS"
 . bench/lib.sh
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-cargo build --release -q -p switchyard -p switchyard-sim
+cargo build --release -q -p switchyard
 B=target/release
 U=http://127.0.0.1:18900,http://127.0.0.1:18901
 KEY=sk-bench-static-key-0123456789abcdef

@@ -44,7 +44,7 @@ trap finish EXIT INT TERM
 
 if [ -z "${NO_BUILD:-}" ]; then
   cargo build --release -q -p switchyard --features local-embeddings
-  cargo build --release -q -p switchyard-sim -p switchyard-bench
+  cargo build --release -q -p switchyard-bench
 fi
 PY=$(scripts/sdk-venv.sh)
 MINILM=$(scripts/fetch-minilm.sh)

@@ -7,6 +7,7 @@
 //! - [`engines`]: the engines' own prefix-cache counters, cache resets, process usage.
 //! - [`oracle`]: the best hit rate any router could reach on what was sent.
 //! - [`report`]: rotation over targets and repetitions, JSON and Markdown.
+//! - [`plots`]: SVG plots beside the Markdown: TTFT CDF, throughput over time, hit rate.
 //! - [`classify`]: accuracy and latency of a gateway's intent classifier on labelled
 //!   prompts (`switchyard-bench classify`).
 //! - [`sessions`]: conversations through `POST /route`: bypass rate, topic changes
@@ -20,6 +21,7 @@ pub mod chain;
 pub mod classify;
 pub mod engines;
 pub mod oracle;
+pub mod plots;
 pub mod report;
 pub mod runner;
 pub mod sessions;

@@ -133,10 +133,12 @@ struct Args {
     /// (repeatable; `POST URL/sim/restart`, its cache lost without KV events).
     #[arg(long = "restart-engine", value_parser = parse_restart)]
     restarts: Vec<(String, u64)>,
-    /// Write OUT.json and OUT.md (default: print the table only).
+    /// Write OUT.json, OUT.md and the plots OUT-ttft-cdf.svg, OUT-throughput.svg and
+    /// OUT-hit-rate.svg (default: print the table only).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// No progress line.
+    /// No progress bar (it is drawn only when stderr is a terminal) and no per-run
+    /// summary line.
     #[arg(long)]
     quiet: bool,
 }
@@ -532,11 +534,16 @@ async fn run(a: Args) -> anyhow::Result<()> {
             out.with_extension("json"),
             serde_json::to_string_pretty(&json)?,
         )?;
-        std::fs::write(out.with_extension("md"), &md)?;
+        let plots = switchyard_bench::plots::write(out, &title, &rows)?;
+        std::fs::write(
+            out.with_extension("md"),
+            format!("{md}{}", switchyard_bench::plots::markdown(out)),
+        )?;
         eprintln!(
-            "wrote {} and {}",
+            "wrote {}, {} and {}",
             out.with_extension("json").display(),
-            out.with_extension("md").display()
+            out.with_extension("md").display(),
+            plots.map(|p| p.display().to_string()).join(", ")
         );
     }
     Ok(())

@@ -69,6 +69,21 @@ pub struct TargetResult {
     /// Each engine's share of the requests it finished during the run.
     pub engine_share: Vec<f64>,
     pub process: Option<ProcUsage>,
+    /// The raw numbers the plots draw (not in the JSON: the summaries are).
+    #[serde(skip)]
+    pub series: Series,
+}
+
+/// Per-request numbers of a target's successful requests, for the plots.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// Time to first token of every answered request, seconds; over every repetition.
+    pub ttfts: Vec<f64>,
+    /// When each answered request completed, seconds from its run's start; of the
+    /// first repetition only (repetitions' timelines do not add up).
+    pub done_at: Vec<f64>,
+    /// That run's wall time, seconds.
+    pub wall_secs: f64,
 }
 
 async fn scrape_all(
@@ -225,6 +240,11 @@ fn summarize_run(
             })
             .collect(),
         process,
+        series: Series {
+            ttfts,
+            done_at: ok.iter().map(|s| s.sent_at + s.e2e).collect(),
+            wall_secs: out.wall_secs,
+        },
     }
 }
 
@@ -285,6 +305,13 @@ pub fn aggregate(results: &[TargetResult], targets: &[Target]) -> Vec<TargetResu
                         .map(|p| p.peak_rss_mb)
                         .fold(0.0, f64::max),
                 }),
+                series: Series {
+                    ttfts: rs
+                        .iter()
+                        .flat_map(|r| r.series.ttfts.iter().copied())
+                        .collect(),
+                    ..first.series.clone()
+                },
                 ..first
             })
         })

@@ -4,12 +4,12 @@
 //! measured at the client.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -34,6 +34,7 @@ pub struct RunConfig {
     pub max_requests: usize,
     pub duration: Duration,
     pub request_timeout: Duration,
+    /// A progress bar on stderr when it is a terminal (a summary line when it is not).
     pub progress: bool,
 }
 
@@ -142,23 +143,44 @@ pub async fn run(cfg: RunConfig, sessions: Arc<Vec<Session>>) -> RunOutput {
             }
         }
     }
+    // The requests this run can send at most: the bar's length.
+    let planned = sessions
+        .iter()
+        .map(Session::requests)
+        .sum::<usize>()
+        .min(cfg.max_requests);
     let progress = cfg.progress.then(|| {
-        let shared = shared.clone();
-        tokio::spawn(async move {
+        let bar = progress_bar(&cfg.name, planned as u64);
+        let (shared, b) = (shared.clone(), bar.clone());
+        let ticker = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                print_progress(&shared, false);
+                update_bar(&b, &shared);
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        })
+        });
+        (bar, ticker)
     });
     // Hard bound: the duration, plus one request timeout for answers in flight.
     let bound = cfg.duration + cfg.request_timeout;
     let finished =
         tokio::time::timeout(bound, async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
-    if let Some(p) = progress {
-        p.abort();
-        print_progress(&shared, true);
+    if let Some((bar, ticker)) = progress {
+        ticker.abort();
+        update_bar(&bar, &shared);
+        if bar.is_hidden() {
+            // Not a terminal (a log file, CI): one line per run instead of a bar.
+            eprintln!(
+                "[{}] {:.1}s  sent {}  done {}  errors {}",
+                cfg.name,
+                shared.started.elapsed().as_secs_f64(),
+                shared.sent.load(Ordering::Relaxed),
+                shared.done.load(Ordering::Relaxed),
+                shared.errors.load(Ordering::Relaxed),
+            );
+        } else {
+            bar.finish();
+        }
     }
     let samples = std::mem::take(&mut *shared.samples.lock().expect("samples lock"));
     let cut = if finished.is_err() {
@@ -177,19 +199,27 @@ pub async fn run(cfg: RunConfig, sessions: Arc<Vec<Session>>) -> RunOutput {
     }
 }
 
-fn print_progress(s: &Shared, last: bool) {
-    let mut err = std::io::stderr();
-    let _ = write!(
-        err,
-        "\r[{}] {:>6.1}s  sent {:>6}  done {:>6}  errors {:>5}{}",
-        s.cfg.name,
-        s.started.elapsed().as_secs_f64(),
-        s.sent.load(Ordering::Relaxed),
-        s.done.load(Ordering::Relaxed),
-        s.errors.load(Ordering::Relaxed),
-        if last { "\n" } else { "" }
+/// A bar of the run's answered requests on stderr; hidden (drawing nothing) when
+/// stderr is not a terminal, so that logs get no control characters.
+fn progress_bar(name: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} answered  {msg}  (eta {eta})",
+        )
+        .expect("a valid progress template"),
     );
-    let _ = err.flush();
+    bar.set_prefix(name.to_string());
+    bar
+}
+
+fn update_bar(bar: &ProgressBar, s: &Shared) {
+    bar.set_position(s.done.load(Ordering::Relaxed) as u64);
+    bar.set_message(format!(
+        "sent {}  errors {}",
+        s.sent.load(Ordering::Relaxed),
+        s.errors.load(Ordering::Relaxed)
+    ));
 }
 
 async fn run_session(shared: &Shared, session: &Session) {

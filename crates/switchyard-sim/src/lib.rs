@@ -7,8 +7,10 @@
 //! - [`engine`]: the step loop paced by the simulated [`clock`].
 //! - [`server`]: the OpenAI/vLLM HTTP API, faults and metrics of one port.
 //! - [`spawn`]: start engines in-process (tests, `switchyard demo`, benchmarks).
+//! - [`cli`]: the `switchyard-sim` command (its binary is built in the `switchyard` package).
 
 pub mod bootstrap;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;

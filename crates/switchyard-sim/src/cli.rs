@@ -1,10 +1,15 @@
-//! `switchyard-sim` binary: parse flags, start the engines, wait for Ctrl-C / SIGTERM.
+//! The `switchyard-sim` command: parse flags, start the engines, wait for Ctrl-C /
+//! SIGTERM. The binary lives in the `switchyard` package
+//! (`crates/switchyard/src/bin/switchyard-sim.rs`, feature `demo`) so that one package
+//! holds both commands, which is what a `pip install switchyard-gateway` wheel packs
+//! (maturin's `bin` bindings take the binaries of one package).
 
 use clap::Parser;
-use switchyard_sim::SimConfig;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+use crate::SimConfig;
+
+/// Runs the command with the process's arguments; exits 2 on invalid flags.
+pub fn main() -> anyhow::Result<()> {
     let cfg = SimConfig::parse();
     if let Err(e) = cfg.validate() {
         eprintln!("error: {e}");
@@ -16,7 +21,14 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let handle = switchyard_sim::spawn(cfg.clone()).await?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(cfg))
+}
+
+async fn serve(cfg: SimConfig) -> anyhow::Result<()> {
+    let handle = crate::spawn(cfg.clone()).await?;
     for (i, url) in handle.urls().iter().enumerate() {
         tracing::info!(
             "engine {i}: {url} (model {}, role {:?}, {} dp rank(s), time scale {})",
