@@ -116,6 +116,9 @@ pub struct Settle {
     pub workflows: Arc<crate::workflows::Workflows>,
     /// The caller's limits and usage, settled with the request.
     pub ticket: Option<crate::tenancy::Ticket>,
+    /// The `stream` trace span, open until the last byte (`Span::none()` with tracing
+    /// off).
+    pub span: tracing::Span,
 }
 
 impl Settle {
@@ -222,7 +225,13 @@ impl Settle {
             ttft_ms,
             "request"
         );
-        // The admission permit drops here, after the last byte.
+        if !self.span.is_disabled() {
+            self.span.record("outcome", ending.as_str());
+            if ending != Ending::Complete {
+                self.span.record("otel.status_code", "error");
+            }
+        }
+        // The admission permit and the stream span drop here, after the last byte.
     }
 }
 
