@@ -219,7 +219,13 @@ async fn spans_join_the_clients_trace_and_the_engine_joins_the_attempt() {
     drop(http);
     terminate(&mut child).await;
 
-    let spans = spans.lock().unwrap().clone();
+    // The gateway's other requests (the readiness polls of `/v1/models`) are traces of
+    // their own; the chat request's spans are those in the client's trace.
+    let all = spans.lock().unwrap().clone();
+    let spans: Vec<Span> = all
+        .into_iter()
+        .filter(|s| hex(&s.trace_id) == TRACE_ID)
+        .collect();
     let named = |name: &str| -> Vec<&Span> { spans.iter().filter(|s| s.name == name).collect() };
     let one = |name: &str| -> &Span {
         let found = named(name);

@@ -564,8 +564,14 @@ impl Pipeline {
                     outcome = tracing::field::Empty,
                     otel.status_code = tracing::field::Empty,
                 );
+                let request_span = if span.is_disabled() {
+                    tracing::Span::none()
+                } else {
+                    tracing::Span::current()
+                };
                 let settle = Settle {
                     span,
+                    request_span,
                     start,
                     view: plan.view,
                     assignment,

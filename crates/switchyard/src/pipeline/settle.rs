@@ -119,6 +119,10 @@ pub struct Settle {
     /// The `stream` trace span, open until the last byte (`Span::none()` with tracing
     /// off).
     pub span: tracing::Span,
+    /// The span the request runs in (its `request` span), entered once more at the last
+    /// byte: an OpenTelemetry span ends at its last exit, and the request's lasts as
+    /// long as its stream.
+    pub request_span: tracing::Span,
 }
 
 impl Settle {
@@ -230,8 +234,10 @@ impl Settle {
             if ending != Ending::Complete {
                 self.span.record("otel.status_code", "error");
             }
+            drop(std::mem::replace(&mut self.span, tracing::Span::none()));
+            drop(self.request_span.enter());
         }
-        // The admission permit and the stream span drop here, after the last byte.
+        // The admission permit drops here, after the last byte.
     }
 }
 
