@@ -5,8 +5,10 @@
 #
 #   BASELINE_BIN=/path/to/old/switchyard [POLICY=cache_aware] [REPS=5] bench/ab-overhead.sh
 #
-# Prints one line per run (req/s and the gateway's CPU per request). Loopback only;
-# every process started here is stopped on exit.
+# NEW_ARGS: extra flags for this build's gateway only. OTLP_SINK=1: this build exports
+# its traces (--otlp-traces-endpoint) to bench/otlp-sink.py, which discards them.
+# CARGO_TARGET_DIR is honoured. Prints one line per run (req/s and the gateway's CPU per
+# request) and the medians. Loopback only; every process started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BASELINE_BIN:?set BASELINE_BIN to the switchyard binary of the other build}"
@@ -17,7 +19,7 @@ mkdir -p "$LOGS"
 . bench/lib.sh
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 cargo build --release -q -p switchyard
-B=target/release
+B=${CARGO_TARGET_DIR:-target}/release
 # A baseline built into this target dir can leave cargo thinking the new binary is
 # fresh: refuse to compare a build with itself.
 if cmp -s "$B/switchyard" "$BASELINE_BIN"; then
@@ -27,13 +29,19 @@ fi
 U=http://127.0.0.1:18900,http://127.0.0.1:18901
 start ab-sim $B/switchyard-sim --instant --engines 2 --port 18900 --log-level warn
 wait_ready http://127.0.0.1:18900/health
-start ab-new $B/switchyard serve --worker-urls $U --policy "$POLICY" --port 18950 --prometheus-port 19000 --admin-port 19030 --log-level warn
+read -r -a EXTRA <<< "${NEW_ARGS:-}"
+if [ "${OTLP_SINK:-0}" = 1 ]; then
+  start ab-otlp python3 bench/otlp-sink.py 18960
+  EXTRA+=(--otlp-traces-endpoint http://127.0.0.1:18960)
+fi
+start ab-new $B/switchyard serve --worker-urls $U --policy "$POLICY" --port 18950 --prometheus-port 19000 --admin-port 19030 --log-level warn "${EXTRA[@]}"
 start ab-base "$BASELINE_BIN" serve --worker-urls $U --policy "$POLICY" --port 18951 --prometheus-port 19001 --admin-port 19031 --log-level warn
 wait_ready http://127.0.0.1:18950/v1/models
 wait_ready http://127.0.0.1:18951/v1/models
 sleep 2
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-echo "policy $POLICY; new: $B/switchyard; base: $BASELINE_BIN; wrk -t2 -c64 -d8s -s bench/chat-load.lua"
+echo "policy $POLICY; new: $B/switchyard ${EXTRA[*]}; base: $BASELINE_BIN; wrk -t2 -c64 -d8s -s bench/chat-load.lua"
+declare -A RPS CPU
 for rep in $(seq 1 "$REPS"); do
   for t in new base; do
     if [ $t = new ]; then port=18950; pid=$PID_ab_new; else port=18951; pid=$PID_ab_base; fi
@@ -44,5 +52,13 @@ for rep in $(seq 1 "$REPS"); do
     hz=$(getconf CLK_TCK)
     cpu=$(echo "($t1 - $t0) * 1000000 / $hz / $n" | bc -l)
     printf "rep %s %s: %s req/s, CPU %.1f us/req\n" "$rep" "$t" "$rps" "$cpu"
+    RPS[$t]+="$rps "; CPU[$t]+="$cpu "
   done
 done
+for t in new base; do
+  printf "median %s: %s req/s, CPU %.1f us/req\n" "$t" "$(echo "${RPS[$t]}" | median)" "$(echo "${CPU[$t]}" | median)"
+done
+if [ "${OTLP_SINK:-0}" = 1 ]; then
+  sleep 6 # one batch delay: the last spans reach the sink
+  echo "otlp sink: $(curl -fs http://127.0.0.1:18960/count)"
+fi

@@ -12,7 +12,8 @@
 //!    Kubernetes discovery.
 //! 7. The base every layer may use: [`config`], [`request`] (parsing and body rewrites),
 //!    [`state`] (sessions and counters, in memory or Redis), [`upstream`] (the HTTP
-//!    client), [`metrics`], [`error`], [`shutdown`], [`logging`], [`tenancy`] (callers,
+//!    client), [`metrics`], [`error`], [`shutdown`], [`logging`], [`telemetry`] (OpenTelemetry
+//!    tracing), [`tenancy`] (callers,
 //!    keys, tenants, limits and usage), [`tools`] (what server-side tools reach outside).
 //!
 //! A module imports only from layers below it (`tests/layering.rs` checks).
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod request;
 pub mod shutdown;
 pub mod state;
+pub mod telemetry;
 pub mod tenancy;
 pub mod tools;
 pub mod upstream;

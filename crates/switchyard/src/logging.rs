@@ -37,11 +37,35 @@ impl Write for Sink {
     }
 }
 
-/// Installs the global subscriber. Keep the returned guard alive: dropping it flushes
-/// the log buffer.
-pub fn init(cfg: &Config) -> anyhow::Result<WorkerGuard> {
+/// What must outlive the gateway: the log writer, and the trace exporter when tracing
+/// is on. Dropping it flushes both (traces first: an export failure is still logged).
+pub struct LogGuard {
+    telemetry: Option<crate::telemetry::Telemetry>,
+    _writer: WorkerGuard,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(t) = self.telemetry.take() {
+            t.shutdown();
+        }
+    }
+}
+
+/// The log's filter: `--log-level`, with the trace spans' target off. They are for the
+/// exporter, never for the log; with no exporter their call sites are disabled
+/// outright (zero cost: every span is `Span::none()`).
+fn log_filter(cfg: &Config) -> anyhow::Result<EnvFilter> {
     let filter = EnvFilter::try_new(&cfg.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", cfg.log_level))?;
+    Ok(filter.add_directive(format!("{}=off", crate::telemetry::TARGET).parse()?))
+}
+
+/// Installs the global subscriber, with the OpenTelemetry layer when
+/// `--otlp-traces-endpoint` is set (docs/tracing.md). Keep the returned guard alive
+/// until the gateway has stopped: dropping it flushes the logs and the traces.
+pub fn init(cfg: &Config) -> anyhow::Result<LogGuard> {
+    let filter = log_filter(cfg)?;
     let file = match &cfg.log_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -65,14 +89,74 @@ pub fn init(cfg: &Config) -> anyhow::Result<WorkerGuard> {
             out: BufWriter::with_capacity(64 * 1024, std::io::stdout()),
             file: file.map(|f| BufWriter::with_capacity(64 * 1024, f)),
         });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let res = if cfg.log_json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.with_ansi(ansi).try_init()
+    let Some(endpoint) = &cfg.otlp_traces_endpoint else {
+        // Tracing off: the plain subscriber with one global filter, as before tracing
+        // existed.
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer);
+        let res = if cfg.log_json {
+            builder.json().flatten_event(true).try_init()
+        } else {
+            builder.with_ansi(ansi).try_init()
+        };
+        res.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
+        return Ok(LogGuard {
+            telemetry: None,
+            _writer: guard,
+        });
     };
-    res.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
-    Ok(guard)
+    // Tracing on: the log keeps its filter; the exporter takes the trace target only.
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> = if cfg.log_json {
+        fmt.json().flatten_event(true).boxed()
+    } else {
+        fmt.with_ansi(ansi).boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    let (otel, telemetry) = crate::telemetry::install(endpoint)?;
+    let only_spans = tracing_subscriber::filter::Targets::new()
+        .with_target(crate::telemetry::TARGET, tracing::Level::INFO);
+    registry
+        .with(otel.with_filter(only_spans))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
+    Ok(LogGuard {
+        telemetry: Some(telemetry),
+        _writer: guard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tracing off: the log's filter, even at `trace` for everything, disables the trace
+    /// spans' call sites, so the data plane's spans are empty and add no header.
+    #[test]
+    fn without_an_exporter_trace_spans_are_disabled() {
+        for level in ["info", "trace", "switchyard=trace"] {
+            let cfg = Config {
+                log_level: level.into(),
+                ..Config::default()
+            };
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(log_filter(&cfg).unwrap())
+                .with_writer(std::io::sink)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!(target: crate::telemetry::TARGET, "attempt");
+                assert!(span.is_disabled(), "--log-level {level}");
+                let mut headers = http::HeaderMap::new();
+                crate::telemetry::inject(&span, &mut headers);
+                assert!(headers.is_empty());
+                // The filter itself lets the gateway's own spans through.
+                let other = tracing::info_span!(target: "switchyard::pipeline", "other");
+                assert!(!other.is_disabled(), "--log-level {level}");
+            });
+        }
+    }
 }

@@ -15,8 +15,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "base",
         &[
-            "config", "request", "upstream", "metrics", "error", "shutdown", "logging", "state",
-            "tenancy", "tools",
+            "config",
+            "request",
+            "upstream",
+            "metrics",
+            "error",
+            "shutdown",
+            "logging",
+            "state",
+            "tenancy",
+            "tools",
+            "telemetry",
         ],
     ),
 ];

@@ -490,6 +490,11 @@ pub struct Config {
     /// Also write logs to switchyard.log in this directory.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// Export OpenTelemetry traces (OTLP over HTTP, protobuf) to this URL, e.g.
+    /// http://collector:4318 (`/v1/traces` is added when the URL has no path), and
+    /// propagate W3C `traceparent` to engines (docs/tracing.md). Unset: off, at no cost.
+    #[arg(long, env = "SWITCHYARD_OTLP_TRACES_ENDPOINT", value_name = "URL")]
+    pub otlp_traces_endpoint: Option<String>,
 
     // --- security ---
     /// Clients must send `Authorization: Bearer <key>`.

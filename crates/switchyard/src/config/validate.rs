@@ -103,6 +103,11 @@ impl Config {
                 "use redis://host:port/db or unix:///path",
             ));
         }
+        if let Some(url) = &self.otlp_traces_endpoint
+            && let Err(e) = crate::telemetry::traces_url(url)
+        {
+            return Err(invalid("otlp-traces-endpoint", e));
+        }
         if let Some(url) = &self.database_url
             && switchyard_stateful::store::Backend::of(url).is_err()
         {

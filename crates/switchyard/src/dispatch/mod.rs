@@ -157,6 +157,9 @@ pub struct Outgoing<'a> {
     pub headers: &'a HeaderMap,
     pub body: &'a Bytes,
     pub request_id: &'a str,
+    /// The attempt's trace span: its W3C context goes upstream as `traceparent`
+    /// (nothing is added while it is disabled, i.e. with tracing off).
+    pub span: &'a tracing::Span,
 }
 
 /// The workers selected for one attempt, and how they are used.
@@ -426,6 +429,7 @@ impl Dispatcher {
                 HeaderValue::from(rank),
             );
         }
+        crate::telemetry::inject(out.span, h);
         req
     }
 }

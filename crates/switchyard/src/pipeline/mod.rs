@@ -56,6 +56,9 @@ pub use admit::{Admission, AdmissionConfig, Admitted};
 use chain::Plan;
 use metadata::RoutingMetadata;
 use settle::{Settle, SettledBody};
+use tracing::Instrument as _;
+
+use crate::telemetry::TARGET as TRACE;
 
 /// One request on its way through the pipeline.
 pub struct RequestContext {
@@ -154,43 +157,55 @@ impl Pipeline {
 
     /// A generation request arriving over HTTP: every phase, with the request id echoed.
     /// The body is read before admission: a request that must queue is placed by the
-    /// workflow priority it carries.
+    /// workflow priority it carries. With tracing on, the request is one `request` span
+    /// (a child of the client's `traceparent`, if any) over the phases' spans.
     pub async fn serve_http(&self, route: Route, req: axum::extract::Request) -> Response {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
         let request_id = self.request_id(&parts.headers);
+        let span = crate::telemetry::request_span(
+            &parts.method,
+            parts.uri.path(),
+            Some(route.path()),
+            Some(&request_id),
+            &parts.headers,
+        );
+        let resp = self
+            .serve_traced(route, start, request_id, parts, body)
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::record_status(&span, resp.status());
+        resp
+    }
+
+    /// `serve_http` inside its request span.
+    async fn serve_traced(
+        &self,
+        route: Route,
+        start: Instant,
+        request_id: String,
+        parts: http::request::Parts,
+        body: Body,
+    ) -> Response {
         let echo = http::HeaderValue::from_str(&request_id).ok();
-        let mut resp = match self.authenticate(&parts.headers, &parts.extensions).await {
-            Err(e) => e.into_response(),
-            Ok(caller) => match self.read_body(route, &parts.headers, body).await {
-                Err(e) => {
-                    // The rest of the body was not read: this connection cannot carry
-                    // another request, and the client must know not to reuse it.
-                    let mut resp = self.reject(route, "", &request_id, e);
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-                    resp
-                }
-                Ok(body) => {
-                    let headers = &parts.headers;
-                    let priority = || crate::request::workflow::priority_hint(headers, &body);
-                    match self.admission.admit(priority).await {
-                        Err(e) => e.into_response(),
-                        Ok(admitted) => {
-                            let ctx = RequestContext {
-                                route,
-                                request_id,
-                                start,
-                                headers: parts.headers,
-                                body,
-                                admitted,
-                                caller,
-                            };
-                            self.execute(ctx, true).await
-                        }
-                    }
-                }
-            },
+        let admitted = self
+            .admit_http(route, &parts, body, &request_id)
+            .instrument(tracing::info_span!(target: TRACE, "admit"))
+            .await;
+        let mut resp = match admitted {
+            Err(resp) => resp,
+            Ok((caller, body, admitted)) => {
+                let ctx = RequestContext {
+                    route,
+                    request_id,
+                    start,
+                    headers: parts.headers,
+                    body,
+                    admitted,
+                    caller,
+                };
+                self.execute(ctx, true).await
+            }
         };
         if let Some(id) = echo {
             resp.headers_mut()
@@ -207,6 +222,40 @@ impl Pipeline {
                 .insert(cache::X_CACHE, http::HeaderValue::from_static("BYPASS"));
         }
         resp
+    }
+
+    /// The `admit` phase of an HTTP request: the caller, its body, then a permit. The
+    /// error is the answer.
+    async fn admit_http(
+        &self,
+        route: Route,
+        parts: &http::request::Parts,
+        body: Body,
+        request_id: &str,
+    ) -> Result<(Arc<Caller>, Bytes, Admitted), Response> {
+        let caller = self
+            .authenticate(&parts.headers, &parts.extensions)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let body = match self.read_body(route, &parts.headers, body).await {
+            Ok(b) => b,
+            Err(e) => {
+                // The rest of the body was not read: this connection cannot carry
+                // another request, and the client must know not to reuse it.
+                let mut resp = self.reject(route, "", request_id, e);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                return Err(resp);
+            }
+        };
+        let headers = &parts.headers;
+        let priority = || crate::request::workflow::priority_hint(headers, &body);
+        let admitted = self
+            .admission
+            .admit(priority)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok((caller, body, admitted))
     }
 
     /// Reads a body of `route`'s media type (JSON, or multipart for an audio upload)
@@ -335,7 +384,28 @@ impl Pipeline {
         };
 
         // select_model
-        let mut choice = match self.models.select(&view, &body, &self.registry, self).await {
+        let span = tracing::info_span!(
+            target: TRACE,
+            "select_model",
+            requested = %view.model,
+            model = tracing::field::Empty,
+            intent = tracing::field::Empty,
+        );
+        let selected = self
+            .models
+            .select(&view, &body, &self.registry, self)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled()
+            && let Ok(c) = &selected
+        {
+            span.record("model", &*c.model);
+            if let Some(cl) = &c.classified {
+                span.record("intent", &*cl.intent);
+            }
+        }
+        drop(span);
+        let mut choice = match selected {
             Ok(c) => c,
             Err(mut e) => {
                 // A restricted caller is told only of the models it may use.
@@ -486,7 +556,22 @@ impl Pipeline {
                     && !plan.view.stream
                     && parts.status.is_success()
                     && metadata::is_json(&parts.headers);
+                // The stream span: headers arrived, until the last byte (settle).
+                let span = tracing::info_span!(
+                    target: TRACE,
+                    "stream",
+                    http.response.status_code = parts.status.as_u16(),
+                    outcome = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                let request_span = if span.is_disabled() {
+                    tracing::Span::none()
+                } else {
+                    tracing::Span::current()
+                };
                 let settle = Settle {
+                    span,
+                    request_span,
                     start,
                     view: plan.view,
                     assignment,
@@ -570,10 +655,25 @@ impl Pipeline {
             }
             let may_wait = !plan.has_next();
             let model = plan.view.model.clone();
-            let target = match self
+            let span = tracing::info_span!(
+                target: TRACE,
+                "select_worker",
+                model = %model,
+                worker.url = tracing::field::Empty,
+                reason = tracing::field::Empty,
+            );
+            let selected = self
                 .select_worker(&model, &plan.view, &avoid, attempt, may_wait)
-                .await
+                .instrument(span.clone())
+                .await;
+            if !span.is_disabled()
+                && let Ok(t) = &selected
             {
+                span.record("worker.url", &*target_url(t));
+                span.record("reason", target_reason(t));
+            }
+            drop(span);
+            let target = match selected {
                 Ok(t) => t,
                 Err(Unselected::Refused(id)) => {
                     avoid.push(id);
@@ -602,14 +702,48 @@ impl Pipeline {
             sent += 1;
             plan.sends_here += 1;
             plan.sent += 1;
+            // One attempt span per send; its context is what the engine receives as
+            // `traceparent`.
+            let span = tracing::info_span!(
+                target: TRACE,
+                "attempt",
+                otel.kind = "client",
+                attempt = sent,
+                model = %model,
+                worker.url = %target_url(&target),
+                http.response.status_code = tracing::field::Empty,
+                error = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             let out = Outgoing {
                 view: &plan.view,
                 headers,
                 body: &plan.body,
                 request_id,
+                span: &span,
             };
             let last = attempt + 1 == budget;
-            match self.dispatcher.send(target, &out, last).await {
+            let outcome = self
+                .dispatcher
+                .send(target, &out, last)
+                .instrument(span.clone())
+                .await;
+            if !span.is_disabled() {
+                match &outcome {
+                    Outcome::Answered { response, .. } => {
+                        span.record("http.response.status_code", response.status().as_u16());
+                        if response.status().is_server_error() {
+                            span.record("otel.status_code", "error");
+                        }
+                    }
+                    Outcome::Failed(f) => {
+                        span.record("error", tracing::field::display(&f.error));
+                        span.record("otel.status_code", "error");
+                    }
+                }
+            }
+            drop(span);
+            match outcome {
                 Outcome::Answered {
                     response,
                     assignment,
@@ -777,6 +911,24 @@ impl Pipeline {
     fn reject(&self, route: Route, model: &str, request_id: &str, e: ApiError) -> Response {
         settle::rejected(&self.metrics, route, model, request_id, &e);
         e.into_response()
+    }
+}
+
+/// The worker (or prefill worker, then decode worker) of an attempt, for its spans.
+/// Called only with tracing on.
+fn target_url(t: &Target) -> String {
+    match t {
+        Target::One(a) => a.worker().label.to_string(),
+        Target::Pair {
+            prefill, decode, ..
+        } => format!("{} {}", prefill.worker().label, decode.worker().label),
+    }
+}
+
+/// Why the policy chose an attempt's (first) worker, for its span.
+fn target_reason(t: &Target) -> &'static str {
+    match t {
+        Target::One(a) | Target::Pair { prefill: a, .. } => a.reason(),
     }
 }
 

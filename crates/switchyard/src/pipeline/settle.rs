@@ -116,6 +116,13 @@ pub struct Settle {
     pub workflows: Arc<crate::workflows::Workflows>,
     /// The caller's limits and usage, settled with the request.
     pub ticket: Option<crate::tenancy::Ticket>,
+    /// The `stream` trace span, open until the last byte (`Span::none()` with tracing
+    /// off).
+    pub span: tracing::Span,
+    /// The span the request runs in (its `request` span), entered once more at the last
+    /// byte: an OpenTelemetry span ends at its last exit, and the request's lasts as
+    /// long as its stream.
+    pub request_span: tracing::Span,
 }
 
 impl Settle {
@@ -222,6 +229,14 @@ impl Settle {
             ttft_ms,
             "request"
         );
+        if !self.span.is_disabled() {
+            self.span.record("outcome", ending.as_str());
+            if ending != Ending::Complete {
+                self.span.record("otel.status_code", "error");
+            }
+            drop(std::mem::replace(&mut self.span, tracing::Span::none()));
+            drop(self.request_span.enter());
+        }
         // The admission permit drops here, after the last byte.
     }
 }

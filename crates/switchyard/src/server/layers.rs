@@ -1,5 +1,5 @@
 //! Tower layers for the routes that are not the hot path (models, probes, the admin
-//! listener): request ids and key checks. Generation routes do the same inline, in the
+//! listener): request ids, their trace spans and key checks. Generation routes do the same inline, in the
 //! pipeline's `admit` phase.
 
 use std::sync::Arc;
@@ -7,16 +7,36 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument as _;
 
 use super::AppState;
 use super::admin::dashboard;
 use crate::error::ApiError;
 use crate::pipeline::admit::{bearer_matches, set_request_id};
 
-/// Echoes (or assigns) a request id.
+/// Echoes (or assigns) a request id, inside the request's trace span (docs/tracing.md;
+/// `Span::none()` with tracing off): the engine calls a handler makes through the
+/// pipeline (Responses, classification) become its children.
 pub async fn request_id(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let id = st.pipeline.request_id(req.headers());
-    let mut resp = next.run(req).await;
+    // Probes (every few seconds from an orchestrator) are not traced.
+    let probe = matches!(
+        req.uri().path(),
+        "/health" | "/readiness" | "/ready" | "/liveness" | "/live"
+    );
+    let span = if probe {
+        tracing::Span::none()
+    } else {
+        crate::telemetry::request_span(
+            req.method(),
+            req.uri().path(),
+            None,
+            Some(&id),
+            req.headers(),
+        )
+    };
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    crate::telemetry::record_status(&span, resp.status());
     set_request_id(&mut resp, &id);
     resp
 }

@@ -3,6 +3,7 @@
 //! admin listener. The work is `pipeline::route`'s; these handlers only translate.
 
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use axum::Extension;
 
@@ -22,7 +23,11 @@ use crate::selection::use_cases::UseCaseInfo;
 
 /// `POST /route`.
 pub async fn route(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    st.route.clone().handle(req).await
+    let span =
+        crate::telemetry::request_span(req.method(), "/route", Some("/route"), None, req.headers());
+    let resp = st.route.clone().handle(req).instrument(span.clone()).await;
+    crate::telemetry::record_status(&span, resp.status());
+    resp
 }
 
 /// Whether `model` has a healthy, non-draining worker; and the fastest last health

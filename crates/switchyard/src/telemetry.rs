@@ -1,0 +1,241 @@
+//! OpenTelemetry tracing (docs/tracing.md): the gateway's spans, exported over
+//! OTLP/HTTP (protobuf) to `--otlp-traces-endpoint`, and W3C trace context read from
+//! clients and written to engines.
+//!
+//! The spans are ordinary `tracing` spans with the target [`TARGET`]. Without
+//! `--otlp-traces-endpoint` no OpenTelemetry layer is installed and the log filter
+//! turns that target off, so every span macro of the data plane finds its call site
+//! disabled and returns `Span::none()`: no span is allocated, no field is formatted,
+//! no header is read or written (callers check `Span::is_disabled` first). With it,
+//! [`install`] gives `logging::init` a layer that takes only this target, a batch span
+//! processor exports the spans off the data plane, and [`Telemetry::shutdown`] flushes
+//! what is queued when the process ends.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_http::{Bytes, HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The `tracing` target of every span exported to OpenTelemetry (and of nothing else).
+pub const TARGET: &str = "switchyard::trace";
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// How long one export may take before it is given up.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The URL spans are posted to: `endpoint` as given, or with `/v1/traces` when it has
+/// no path (`http://collector:4318` is the collector, as OTLP/HTTP's base URL).
+pub fn traces_url(endpoint: &str) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(endpoint).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "use an http:// or https:// URL (OTLP over HTTP), not `{}:`",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    if url.path() == "/" || url.path().is_empty() {
+        url.set_path("/v1/traces");
+    }
+    Ok(url)
+}
+
+/// The tracer provider while tracing is on; [`Telemetry::shutdown`] flushes it.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Exports every span still queued and stops the exporter. Blocks (at most about
+    /// the export timeout): call it off the async runtime, when the gateway has stopped.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("switchyard: flushing the traces at shutdown: {e}");
+        }
+    }
+}
+
+/// The OpenTelemetry layer for `logging::init`, exporting to `endpoint` with a batch
+/// span processor (its queue and delays follow the `OTEL_BSP_*` variables).
+pub fn install<S>(
+    endpoint: &str,
+) -> anyhow::Result<(
+    tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>,
+    Telemetry,
+)>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let url = traces_url(endpoint).map_err(|e| anyhow::anyhow!("--otlp-traces-endpoint: {e}"))?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(url.as_str())
+        .with_timeout(EXPORT_TIMEOUT)
+        .with_http_client(Exporter::new()?)
+        .build()
+        .map_err(|e| anyhow::anyhow!("--otlp-traces-endpoint: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("switchyard")
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("switchyard");
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false);
+    Ok((layer, Telemetry { provider }))
+}
+
+/// The `request` span of one HTTP request (`Span::none()` with tracing off), a child of
+/// the client's `traceparent` when it sent one. `route`: the route's pattern, when the
+/// caller knows it.
+pub fn request_span(
+    method: &http::Method,
+    path: &str,
+    route: Option<&str>,
+    request_id: Option<&str>,
+    headers: &HeaderMap,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: TARGET,
+        "request",
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = path,
+        http.route = route,
+        request_id,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    continue_trace(&span, headers);
+    span
+}
+
+/// Records the answer's status on a `request` span (an error status for a 5xx).
+pub fn record_status(span: &tracing::Span, status: http::StatusCode) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Makes `span` (just created, not yet entered) a child of the W3C trace context the
+/// client sent in `traceparent` / `tracestate`, if any. A disabled span costs nothing.
+pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
+    if span.is_disabled() || !headers.contains_key(TRACEPARENT) {
+        return;
+    }
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let _ = span.set_parent(cx);
+}
+
+/// Writes `span`'s W3C trace context into an upstream request's headers, replacing
+/// the client's: the engine's spans become children of `span`. A disabled span (tracing
+/// off) changes nothing: the client's own headers, if any, pass through as they came.
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
+    let cx = span.context();
+    use opentelemetry::trace::TraceContextExt as _;
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    headers.remove(TRACEPARENT);
+    headers.remove(TRACESTATE);
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+}
+
+/// The OTLP exporter's HTTP client: the workspace's reqwest, driven by a runtime of its
+/// own on one thread. The SDK's batch processor runs exports on its own thread, where
+/// no tokio runtime is; the export is handed to this one, so it never touches a
+/// data-plane thread and still works while the gateway's runtime shuts down.
+struct Exporter {
+    client: reqwest::Client,
+    rt: tokio::runtime::Handle,
+}
+
+impl fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("switchyard OTLP client")
+    }
+}
+
+impl Exporter {
+    fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("switchyard-otlp".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        let client = reqwest::Client::builder().timeout(EXPORT_TIMEOUT).build()?;
+        Ok(Exporter { client, rt: handle })
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for Exporter {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        let task = self.rt.spawn(async move {
+            let request = reqwest::Request::try_from(request.map(reqwest::Body::from))?;
+            let resp = client.execute(request).await?;
+            let mut out = http::Response::builder().status(resp.status());
+            if let Some(h) = out.headers_mut() {
+                *h = resp.headers().clone();
+            }
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>(out.body(body))
+        });
+        let resp = task.await.map_err(|e| Box::new(e) as HttpError)??;
+        Ok(resp?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traces_url_gets_the_otlp_path_only_when_it_has_none() {
+        let url = |s| traces_url(s).map(|u| u.to_string());
+        assert_eq!(url("http://c:4318").unwrap(), "http://c:4318/v1/traces");
+        assert_eq!(url("http://c:4318/").unwrap(), "http://c:4318/v1/traces");
+        assert_eq!(
+            url("https://c/otlp/traces").unwrap(),
+            "https://c/otlp/traces"
+        );
+        for bad in ["c:4318", "grpc://c:4317", "http://", "not a url", ""] {
+            assert!(traces_url(bad).is_err(), "{bad}");
+        }
+    }
+}
