@@ -313,7 +313,7 @@ impl Drop for Child {
 }
 
 /// How often [`eventually`] looks again: a poll interval, not a time window.
-const POLL_EVERY: Duration = Duration::from_millis(100);
+pub const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// Awaits `cond`, polling it, for state that changes in a background task with nothing
 /// to await (health checks, scrapes, a stream being settled). Fails after 30 s: a

@@ -418,8 +418,9 @@ async fn wait_text(c: &fantoccini::Client, css: &str) -> String {
     .await
 }
 
-/// Polls `f` until it gives a value. Bounded at 60 s against hanging (a browser on a
-/// loaded machine is slow to start), never a window the test measures.
+/// Polls `f` until it gives a value: the page changes inside the browser, and WebDriver
+/// has nothing to await but the DOM itself. [`POLL_EVERY`] is a poll interval, not a
+/// window; 60 s bounds a hang (a browser on a loaded machine is slow to start).
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -430,6 +431,6 @@ async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
             tokio::time::Instant::now() < deadline,
             "timed out waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }

@@ -180,20 +180,22 @@ fn str_attr(s: &Span, key: &str) -> Option<String> {
 }
 
 /// SIGTERM, then waits (bounded) for the process to exit: the graceful shutdown.
-async fn terminate(child: &mut Child) {
+async fn terminate(mut child: Child) {
     let pid = child.0.id().to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(status.success());
-    for _ in 0..600 {
-        if child.0.try_wait().unwrap().is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the gateway did not exit within 60 s of SIGTERM");
+    // Awaits the exit itself (on a blocking thread: this runtime must keep serving the
+    // OTLP receiver the gateway flushes to); 60 s bounds a hang, it is not a window.
+    let exit = tokio::task::spawn_blocking(move || child.0.wait().map(|s| s.success()));
+    let graceful = tokio::time::timeout(Duration::from_secs(60), exit)
+        .await
+        .expect("the gateway did not exit within 60 s of SIGTERM")
+        .unwrap()
+        .unwrap();
+    assert!(graceful, "the gateway exits 0 after SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +205,7 @@ async fn spans_join_the_clients_trace_and_the_engine_joins_the_attempt() {
     let (otlp, spans) = otlp_receiver().await;
     // A batch delay of ten minutes: the spans can only arrive through the flush at
     // graceful shutdown. No `/v1/traces` in the flag: the gateway adds it.
-    let (mut child, url) = gateway(
+    let (child, url) = gateway(
         &worker,
         &["--otlp-traces-endpoint", &otlp],
         &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
@@ -217,7 +219,7 @@ async fn spans_join_the_clients_trace_and_the_engine_joins_the_attempt() {
     )
     .await;
     drop(http);
-    terminate(&mut child).await;
+    terminate(child).await;
 
     // The gateway's other requests (the readiness polls of `/v1/models`) are traces of
     // their own; the chat request's spans are those in the client's trace.
