@@ -121,46 +121,16 @@ pub fn throughput_points(done_at: &[f64], span: f64) -> Vec<(f64, f64)> {
 
 fn ttft_cdf(path: &Path, title: &str, rows: &[TargetResult]) -> anyhow::Result<()> {
     let series: Vec<Vec<(f64, f64)>> = rows.iter().map(|r| cdf_points(&r.series.ttfts)).collect();
-    let xmax = series
-        .iter()
-        .flatten()
-        .map(|p| p.0)
-        .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.05;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("TTFT CDF: {title}"), (FONT, 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..xmax, 0f64..1f64)?;
-    chart
-        .configure_mesh()
-        .x_desc("time to first token (ms)")
-        .y_desc("fraction of answered requests")
-        .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
-        .draw()?;
-    for (i, (r, pts)) in rows.iter().zip(series).enumerate() {
-        if pts.is_empty() {
-            continue;
-        }
-        let c = color(i);
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
-            .label(r.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let xmax = max_of(&series, |p| p.0) * 1.05;
+    let chart = LineChart {
+        caption: format!("TTFT CDF: {title}"),
+        x_desc: "time to first token (ms)",
+        y_desc: "fraction of answered requests",
+        ymax: 1.0,
+        percent: true,
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    chart.draw(path, xmax, rows, series)
 }
 
 fn throughput_over_time(path: &Path, title: &str, rows: &[TargetResult]) -> anyhow::Result<()> {
@@ -168,52 +138,78 @@ fn throughput_over_time(path: &Path, title: &str, rows: &[TargetResult]) -> anyh
         .iter()
         .map(|r| throughput_points(&r.series.done_at, r.series.wall_secs))
         .collect();
-    let xmax = series
-        .iter()
-        .flatten()
-        .map(|p| p.0)
-        .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.02;
-    let ymax = series
-        .iter()
-        .flatten()
-        .map(|p| p.1)
-        .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.1;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("Throughput over time: {title}"), (FONT, 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..xmax, 0f64..ymax)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the run started (first repetition)")
-        .y_desc("completed requests per second")
-        .draw()?;
-    for (i, (r, pts)) in rows.iter().zip(series).enumerate() {
-        if pts.is_empty() {
-            continue;
+    let chart = LineChart {
+        caption: format!("Throughput over time: {title}"),
+        x_desc: "seconds since the run started (first repetition)",
+        y_desc: "completed requests per second",
+        ymax: max_of(&series, |p| p.1) * 1.1,
+        percent: false,
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    chart.draw(path, max_of(&series, |p| p.0) * 1.02, rows, series)
+}
+
+/// The largest coordinate `f` picks over every series' points (at least 1).
+fn max_of(series: &[Vec<(f64, f64)>], f: impl Fn(&(f64, f64)) -> f64) -> f64 {
+    series.iter().flatten().map(f).fold(0.0, f64::max).max(1.0)
+}
+
+/// One line per target over a shared x range from 0.
+struct LineChart {
+    caption: String,
+    x_desc: &'static str,
+    y_desc: &'static str,
+    ymax: f64,
+    /// The y axis is a fraction, labelled in percent.
+    percent: bool,
+    legend: SeriesLabelPosition,
+}
+
+impl LineChart {
+    fn draw(
+        self,
+        path: &Path,
+        xmax: f64,
+        rows: &[TargetResult],
+        series: Vec<Vec<(f64, f64)>>,
+    ) -> anyhow::Result<()> {
+        let root = SVGBackend::new(path, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(self.caption, (FONT, 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..xmax, 0f64..self.ymax)?;
+        let percent = |y: &f64| format!("{:.0}%", y * 100.0);
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(self.x_desc).y_desc(self.y_desc);
+        if self.percent {
+            mesh.y_label_formatter(&percent);
         }
-        let c = color(i);
+        mesh.draw()?;
+        for (i, (r, pts)) in rows.iter().zip(series).enumerate() {
+            if pts.is_empty() {
+                continue;
+            }
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
+                .label(r.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
         chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
-            .label(r.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            .configure_series_labels()
+            .position(self.legend)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font((FONT, 14))
+            .draw()?;
+        root.present()?;
+        Ok(())
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
 
 fn hit_rate(path: &Path, title: &str, rows: &[TargetResult]) -> anyhow::Result<()> {
