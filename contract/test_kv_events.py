@@ -99,9 +99,12 @@ sub.connect(os.environ["SIM_KV_ENDPOINT"])
 
 # A SUB socket misses what is sent before its subscription reaches the publisher, so
 # requests are sent until a first message arrives; replay from 0 then has everything.
+# Each try sends a prompt not seen before: a repeated one hits the prefix cache, stores
+# no block and publishes nothing, so the loop would wait for an event that never comes.
 live = []
 for attempt in range(100):
-    post("/v1/completions", {"model": MODEL, "prompt": prompt(0), "max_tokens": 1})
+    p = prompt(0) if attempt == 0 else prompt(100 + attempt)
+    post("/v1/completions", {"model": MODEL, "prompt": p, "max_tokens": 1})
     if sub.poll(200):
         break
 else:
