@@ -2,17 +2,22 @@
 //! OTLP/HTTP (protobuf) to `--otlp-traces-endpoint`, and W3C trace context read from
 //! clients and written to engines.
 //!
-//! The spans are ordinary `tracing` spans with the target [`TARGET`]. Without
-//! `--otlp-traces-endpoint` no OpenTelemetry layer is installed and the log filter
-//! turns that target off, so every span macro of the data plane finds its call site
-//! disabled and returns `Span::none()`: no span is allocated, no field is formatted,
-//! no header is read or written (callers check `Span::is_disabled` first). With it,
-//! [`install`] gives `logging::init` a layer that takes only this target, a batch span
-//! processor exports the spans off the data plane, and [`Telemetry::shutdown`] flushes
-//! what is queued when the process ends.
+//! The spans are ordinary `tracing` spans with the target [`TARGET`]. Tracing is on
+//! once [`install`] has run (`logging::init` calls it for `--otlp-traces-endpoint`),
+//! and [`enabled`] says so with one relaxed atomic load. Off, the data plane builds no
+//! span and wraps no future: [`span`] returns `Span::none()` without touching its call
+//! site, and [`within`] polls the phase's own future, so a request runs the same code
+//! as before tracing existed. (The log filter also turns the target off, so a span
+//! made by other means is disabled too; no header is read or written for a disabled
+//! span.) On, a batch span processor exports the spans off the data plane, and
+//! [`Telemetry::shutdown`] flushes what is queued when the process ends.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use futures_util::future::Either;
 
 use http::{HeaderMap, HeaderName};
 use opentelemetry::propagation::TextMapPropagator;
@@ -21,6 +26,7 @@ use opentelemetry_http::{Bytes, HeaderExtractor, HeaderInjector, HttpClient, Htt
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The `tracing` target of every span exported to OpenTelemetry (and of nothing else).
@@ -28,6 +34,40 @@ pub const TARGET: &str = "switchyard::trace";
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Whether spans are exported: set once, by [`install`].
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// Whether tracing is on (an exporter is installed).
+#[inline]
+pub fn enabled() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// The span `make` builds when tracing is on; `Span::none()` otherwise, built without
+/// evaluating anything of `make`.
+#[inline]
+pub fn span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if enabled() {
+        make()
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// `fut` inside `span`; a disabled span (tracing off) wraps nothing, and `fut` is
+/// polled as it is.
+#[inline]
+pub fn within<F: Future>(
+    span: &tracing::Span,
+    fut: F,
+) -> Either<F, tracing::instrument::Instrumented<F>> {
+    if span.is_disabled() {
+        Either::Left(fut)
+    } else {
+        Either::Right(fut.instrument(span.clone()))
+    }
+}
 
 /// How long one export may take before it is given up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,6 +138,7 @@ where
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("switchyard");
+    ON.store(true, Ordering::Relaxed);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -117,6 +158,9 @@ pub fn request_span(
     request_id: Option<&str>,
     headers: &HeaderMap,
 ) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         target: TARGET,
         "request",
@@ -237,5 +281,27 @@ mod tests {
         for bad in ["c:4318", "grpc://c:4317", "http://", "not a url", ""] {
             assert!(traces_url(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Tracing off (no exporter installed in this process), even under a subscriber
+    /// that would take the trace target: no span is built, not even its fields, no
+    /// client context is read, and a phase's future is polled unwrapped.
+    #[test]
+    fn off_builds_no_span_and_wraps_no_future() {
+        assert!(!enabled());
+        tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            assert!(!tracing::info_span!(target: TARGET, "would be on").is_disabled());
+            let span = span(|| unreachable!("a span built with tracing off"));
+            assert!(span.is_disabled());
+            assert!(matches!(
+                within(&span, std::future::ready(1)),
+                Either::Left(_)
+            ));
+            let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+            let headers =
+                HeaderMap::from_iter([(TRACEPARENT, http::HeaderValue::from_static(traceparent))]);
+            let post = http::Method::POST;
+            assert!(request_span(&post, "/v1/completions", None, None, &headers).is_disabled());
+        });
     }
 }

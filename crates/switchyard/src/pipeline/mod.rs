@@ -51,14 +51,12 @@ use crate::request::{RequestView, Route, SessionHeaders};
 use crate::routing::prefix::BlockHasher;
 use crate::routing::{Assignment, Selected, WorkerSelector};
 use crate::selection::ModelSelector;
+use crate::telemetry::{self, TARGET as TRACE};
 use crate::tenancy::{Caller, Tenancy};
 pub use admit::{Admission, AdmissionConfig, Admitted};
 use chain::Plan;
 use metadata::RoutingMetadata;
 use settle::{Settle, SettledBody};
-use tracing::Instrument as _;
-
-use crate::telemetry::TARGET as TRACE;
 
 /// One request on its way through the pipeline.
 pub struct RequestContext {
@@ -163,23 +161,21 @@ impl Pipeline {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
         let request_id = self.request_id(&parts.headers);
-        let span = crate::telemetry::request_span(
+        let span = telemetry::request_span(
             &parts.method,
             parts.uri.path(),
             Some(route.path()),
             Some(&request_id),
             &parts.headers,
         );
-        let resp = self
-            .serve_traced(route, start, request_id, parts, body)
-            .instrument(span.clone())
-            .await;
-        crate::telemetry::record_status(&span, resp.status());
+        let serve = self.serve_parts(route, start, request_id, parts, body);
+        let resp = telemetry::within(&span, serve).await;
+        telemetry::record_status(&span, resp.status());
         resp
     }
 
-    /// `serve_http` inside its request span.
-    async fn serve_traced(
+    /// `serve_http` after the request id (inside the request span with tracing on).
+    async fn serve_parts(
         &self,
         route: Route,
         start: Instant,
@@ -188,10 +184,10 @@ impl Pipeline {
         body: Body,
     ) -> Response {
         let echo = http::HeaderValue::from_str(&request_id).ok();
-        let admitted = self
-            .admit_http(route, &parts, body, &request_id)
-            .instrument(tracing::info_span!(target: TRACE, "admit"))
-            .await;
+        let span = telemetry::span(|| tracing::info_span!(target: TRACE, "admit"));
+        let admitted =
+            telemetry::within(&span, self.admit_http(route, &parts, body, &request_id)).await;
+        drop(span);
         let mut resp = match admitted {
             Err(resp) => resp,
             Ok((caller, body, admitted)) => {
@@ -384,18 +380,17 @@ impl Pipeline {
         };
 
         // select_model
-        let span = tracing::info_span!(
-            target: TRACE,
-            "select_model",
-            requested = %view.model,
-            model = tracing::field::Empty,
-            intent = tracing::field::Empty,
-        );
-        let selected = self
-            .models
-            .select(&view, &body, &self.registry, self)
-            .instrument(span.clone())
-            .await;
+        let span = telemetry::span(|| {
+            tracing::info_span!(
+                target: TRACE,
+                "select_model",
+                requested = %view.model,
+                model = tracing::field::Empty,
+                intent = tracing::field::Empty,
+            )
+        });
+        let select = self.models.select(&view, &body, &self.registry, self);
+        let selected = telemetry::within(&span, select).await;
         if !span.is_disabled()
             && let Ok(c) = &selected
         {
@@ -557,13 +552,15 @@ impl Pipeline {
                     && parts.status.is_success()
                     && metadata::is_json(&parts.headers);
                 // The stream span: headers arrived, until the last byte (settle).
-                let span = tracing::info_span!(
-                    target: TRACE,
-                    "stream",
-                    http.response.status_code = parts.status.as_u16(),
-                    outcome = tracing::field::Empty,
-                    otel.status_code = tracing::field::Empty,
-                );
+                let span = telemetry::span(|| {
+                    tracing::info_span!(
+                        target: TRACE,
+                        "stream",
+                        http.response.status_code = parts.status.as_u16(),
+                        outcome = tracing::field::Empty,
+                        otel.status_code = tracing::field::Empty,
+                    )
+                });
                 let request_span = if span.is_disabled() {
                     tracing::Span::none()
                 } else {
@@ -655,17 +652,17 @@ impl Pipeline {
             }
             let may_wait = !plan.has_next();
             let model = plan.view.model.clone();
-            let span = tracing::info_span!(
-                target: TRACE,
-                "select_worker",
-                model = %model,
-                worker.url = tracing::field::Empty,
-                reason = tracing::field::Empty,
-            );
-            let selected = self
-                .select_worker(&model, &plan.view, &avoid, attempt, may_wait)
-                .instrument(span.clone())
-                .await;
+            let span = telemetry::span(|| {
+                tracing::info_span!(
+                    target: TRACE,
+                    "select_worker",
+                    model = %model,
+                    worker.url = tracing::field::Empty,
+                    reason = tracing::field::Empty,
+                )
+            });
+            let select = self.select_worker(&model, &plan.view, &avoid, attempt, may_wait);
+            let selected = telemetry::within(&span, select).await;
             if !span.is_disabled()
                 && let Ok(t) = &selected
             {
@@ -704,17 +701,19 @@ impl Pipeline {
             plan.sent += 1;
             // One attempt span per send; its context is what the engine receives as
             // `traceparent`.
-            let span = tracing::info_span!(
-                target: TRACE,
-                "attempt",
-                otel.kind = "client",
-                attempt = sent,
-                model = %model,
-                worker.url = %target_url(&target),
-                http.response.status_code = tracing::field::Empty,
-                error = tracing::field::Empty,
-                otel.status_code = tracing::field::Empty,
-            );
+            let span = telemetry::span(|| {
+                tracing::info_span!(
+                    target: TRACE,
+                    "attempt",
+                    otel.kind = "client",
+                    attempt = sent,
+                    model = %model,
+                    worker.url = %target_url(&target),
+                    http.response.status_code = tracing::field::Empty,
+                    error = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                )
+            });
             let out = Outgoing {
                 view: &plan.view,
                 headers,
@@ -723,11 +722,7 @@ impl Pipeline {
                 span: &span,
             };
             let last = attempt + 1 == budget;
-            let outcome = self
-                .dispatcher
-                .send(target, &out, last)
-                .instrument(span.clone())
-                .await;
+            let outcome = telemetry::within(&span, self.dispatcher.send(target, &out, last)).await;
             if !span.is_disabled() {
                 match &outcome {
                     Outcome::Answered { response, .. } => {
@@ -737,6 +732,10 @@ impl Pipeline {
                         }
                     }
                     Outcome::Failed(f) => {
+                        // The engine's status, when it answered one (a retryable 5xx).
+                        if let Some(status) = f.charges.iter().find_map(|c| c.answer) {
+                            span.record("http.response.status_code", status.as_u16());
+                        }
                         span.record("error", tracing::field::display(&f.error));
                         span.record("otel.status_code", "error");
                     }

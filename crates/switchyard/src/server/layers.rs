@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tracing::Instrument as _;
 
 use super::AppState;
 use super::admin::dashboard;
@@ -35,7 +34,7 @@ pub async fn request_id(State(st): State<Arc<AppState>>, req: Request, next: Nex
             req.headers(),
         )
     };
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = crate::telemetry::within(&span, next.run(req)).await;
     crate::telemetry::record_status(&span, resp.status());
     set_request_id(&mut resp, &id);
     resp

@@ -3,7 +3,6 @@
 //! admin listener. The work is `pipeline::route`'s; these handlers only translate.
 
 use std::sync::Arc;
-use tracing::Instrument as _;
 
 use axum::Extension;
 
@@ -25,7 +24,7 @@ use crate::selection::use_cases::UseCaseInfo;
 pub async fn route(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let span =
         crate::telemetry::request_span(req.method(), "/route", Some("/route"), None, req.headers());
-    let resp = st.route.clone().handle(req).instrument(span.clone()).await;
+    let resp = crate::telemetry::within(&span, st.route.clone().handle(req)).await;
     crate::telemetry::record_status(&span, resp.status());
     resp
 }

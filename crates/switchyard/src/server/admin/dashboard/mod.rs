@@ -15,7 +15,6 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -567,10 +566,20 @@ pub fn login_page(status: StatusCode, message: Option<&str>) -> Response {
     resp
 }
 
+/// The largest sign-in form read: the form has one field, and the endpoint is open to
+/// anyone who reaches the admin listener.
+const LOGIN_FORM_LIMIT: usize = 8 * 1024;
+
 /// `POST /dashboard/login` (a form with `key`): sets the cookie and goes to the page.
-pub async fn login(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+pub async fn login(State(st): State<Arc<AppState>>, body: axum::body::Body) -> Response {
     let Some(want) = &st.cfg.admin_api_key else {
         return redirect(None);
+    };
+    let Ok(body) = axum::body::to_bytes(body, LOGIN_FORM_LIMIT).await else {
+        return login_page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("That form is too large: send only the admin API key."),
+        );
     };
     let key = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "key")
