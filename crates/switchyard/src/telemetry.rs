@@ -6,18 +6,15 @@
 //! once [`install`] has run (`logging::init` calls it for `--otlp-traces-endpoint`),
 //! and [`enabled`] says so with one relaxed atomic load. Off, the data plane builds no
 //! span and wraps no future: [`span`] returns `Span::none()` without touching its call
-//! site, and [`within`] polls the phase's own future, so a request runs the same code
+//! site, and `traced!` awaits the phase's own future, so a request runs the same code
 //! as before tracing existed. (The log filter also turns the target off, so a span
 //! made by other means is disabled too; no header is read or written for a disabled
 //! span.) On, a batch span processor exports the spans off the data plane, and
 //! [`Telemetry::shutdown`] flushes what is queued when the process ends.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use futures_util::future::Either;
 
 use http::{HeaderMap, HeaderName};
 use opentelemetry::propagation::TextMapPropagator;
@@ -26,7 +23,6 @@ use opentelemetry_http::{Bytes, HeaderExtractor, HeaderInjector, HttpClient, Htt
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The `tracing` target of every span exported to OpenTelemetry (and of nothing else).
@@ -55,19 +51,30 @@ pub fn span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
     }
 }
 
-/// `fut` inside `span`; a disabled span (tracing off) wraps nothing, and `fut` is
-/// polled as it is.
+/// The current span, as the parent of spans built for an in-process request
+/// (`Span::none()` with tracing off, without looking it up).
 #[inline]
-pub fn within<F: Future>(
-    span: &tracing::Span,
-    fut: F,
-) -> Either<F, tracing::instrument::Instrumented<F>> {
-    if span.is_disabled() {
-        Either::Left(fut)
+pub fn current() -> tracing::Span {
+    if enabled() {
+        tracing::Span::current()
     } else {
-        Either::Right(fut.instrument(span.clone()))
+        tracing::Span::none()
     }
 }
+
+/// `$fut.await` inside `$span`. A disabled span (tracing off) wraps nothing: the future
+/// is awaited where it is built, exactly as without tracing (a wrapper would also move
+/// it, and the pipeline's futures are kilobytes).
+macro_rules! traced {
+    ($span:expr, $fut:expr) => {
+        if $span.is_disabled() {
+            $fut.await
+        } else {
+            ::tracing::Instrument::instrument($fut, $span.clone()).await
+        }
+    };
+}
+pub(crate) use traced;
 
 /// How long one export may take before it is given up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -293,10 +300,10 @@ mod tests {
             assert!(!tracing::info_span!(target: TARGET, "would be on").is_disabled());
             let span = span(|| unreachable!("a span built with tracing off"));
             assert!(span.is_disabled());
-            assert!(matches!(
-                within(&span, std::future::ready(1)),
-                Either::Left(_)
-            ));
+            let inside = futures_util::FutureExt::now_or_never(async {
+                traced!(span, async { tracing::Span::current().is_none() })
+            });
+            assert_eq!(inside, Some(true), "no span entered around the phase");
             let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
             let headers =
                 HeaderMap::from_iter([(TRACEPARENT, http::HeaderValue::from_static(traceparent))]);

@@ -364,6 +364,7 @@ async fn the_pipeline_runs_in_process_without_an_http_hop() {
             body: serde_json::to_vec(&body).unwrap().into(),
             admitted,
             caller,
+            trace: switchyard::telemetry::current(),
         };
         let resp = pipeline.run(ctx).await;
         let status = resp.status().as_u16();

@@ -88,6 +88,16 @@ async fn the_dashboard_is_behind_the_admin_key_and_signs_in_with_a_cookie() {
     let r = login("nokey=1").await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("role=\"alert\""));
+    let r = http
+        .post(format!("{admin}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("key={}", "k".repeat(16 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.headers().get("set-cookie").is_none());
+    assert!(r.text().await.unwrap().contains("form is too large"));
     let r = login("key=wrong").await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().get("set-cookie").is_none());

@@ -63,18 +63,24 @@ async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
 type Captured = Arc<Mutex<Vec<HeaderMap>>>;
 
 /// A worker that records the headers of every chat request and passes everything on to
-/// the simulator at `engine`.
-async fn capture_proxy(engine: String) -> (String, Captured) {
+/// the simulator at `engine`; with `fail`, it answers every chat request 503 itself
+/// (healthy otherwise).
+async fn capture_proxy(engine: String, fail: bool) -> (String, Captured) {
     let captured: Captured = Arc::default();
     let client = reqwest::Client::new();
     let state = (engine, client, captured.clone());
     let app = axum::Router::new()
         .fallback(
-            |State((engine, client, captured)): State<(String, reqwest::Client, Captured)>,
-             req: Request| async move {
+            move |State((engine, client, captured)): State<(String, reqwest::Client, Captured)>,
+                  req: Request| async move {
                 let (parts, body) = req.into_parts();
                 if parts.uri.path() == "/v1/chat/completions" {
                     captured.lock().unwrap().push(parts.headers.clone());
+                    if fail {
+                        let err =
+                            json!({"error": {"message": "overloaded", "type": "server_error"}});
+                        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(err)).into_response();
+                    }
                 }
                 let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
                 let url = format!("{engine}{}", parts.uri);
@@ -201,7 +207,7 @@ async fn terminate(mut child: Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_join_the_clients_trace_and_the_engine_joins_the_attempt() {
     let engines = sims(1).await;
-    let (worker, captured) = capture_proxy(engines.url()).await;
+    let (worker, captured) = capture_proxy(engines.url(), false).await;
     let (otlp, spans) = otlp_receiver().await;
     // A batch delay of ten minutes: the spans can only arrive through the flush at
     // graceful shutdown. No `/v1/traces` in the flag: the gateway adds it.
@@ -297,6 +303,107 @@ async fn spans_join_the_clients_trace_and_the_engine_joins_the_attempt() {
     assert_eq!(sent[0]["tracestate"], "vendor=abc");
 }
 
+/// A retry: the failed attempt and the one after it are two `attempt` spans of the same
+/// request, numbered, each with its worker and status (the failed one an error), and
+/// the engine that answered was sent the second as its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_a_second_attempt_span_after_the_failed_one() {
+    let engines = sims(1).await;
+    let (bad, bad_seen) = capture_proxy(engines.url(), true).await;
+    let (good, good_seen) = capture_proxy(engines.url(), false).await;
+    let (otlp, spans) = otlp_receiver().await;
+    let workers = format!("{bad},{good}");
+    let (child, url) = gateway(
+        &workers,
+        &[
+            "--otlp-traces-endpoint",
+            &otlp,
+            "--policy",
+            "round_robin",
+            "--retry-initial-backoff-ms",
+            "1",
+        ],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+    );
+    let http = Http::new();
+    // Round robin sends one of any two requests to the failing worker first; each
+    // request is its own trace.
+    let mut traces = Vec::new();
+    for i in 1..=6u32 {
+        let trace = format!("{i:032x}");
+        let traceparent = format!("00-{trace}-{CLIENT_SPAN}-01");
+        chat_through(&http, &url, &[("traceparent", &traceparent)]).await;
+        traces.push(trace);
+        if !bad_seen.lock().unwrap().is_empty() {
+            break;
+        }
+    }
+    drop(http);
+    terminate(child).await;
+
+    let failed_once = bad_seen.lock().unwrap()[0]["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let trace = traces
+        .iter()
+        .find(|t| failed_once.contains(t.as_str()))
+        .expect("the failed attempt carried its request's trace");
+    let all = spans.lock().unwrap().clone();
+    let spans: Vec<&Span> = all.iter().filter(|s| hex(&s.trace_id) == *trace).collect();
+    let request = spans.iter().find(|s| s.name == "request").unwrap();
+    assert_eq!(int_attr(request, "http.response.status_code"), Some(200));
+    let mut attempts: Vec<&Span> = spans
+        .iter()
+        .copied()
+        .filter(|s| s.name == "attempt")
+        .collect();
+    attempts.sort_by_key(|s| int_attr(s, "attempt"));
+    assert_eq!(
+        attempts.len(),
+        2,
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let selections = spans.iter().filter(|s| s.name == "select_worker").count();
+    assert_eq!(selections, 2, "one worker selection per attempt");
+    let (first, second) = (attempts[0], attempts[1]);
+    assert_eq!(int_attr(first, "attempt"), Some(1));
+    assert_eq!(str_attr(first, "worker.url").as_deref(), Some(bad.as_str()));
+    assert_eq!(int_attr(first, "http.response.status_code"), Some(503));
+    assert_eq!(
+        first.status.as_ref().map(|s| s.code),
+        Some(2),
+        "the failed attempt's status is an error"
+    );
+    assert_eq!(int_attr(second, "attempt"), Some(2));
+    assert_eq!(
+        str_attr(second, "worker.url").as_deref(),
+        Some(good.as_str())
+    );
+    assert_eq!(int_attr(second, "http.response.status_code"), Some(200));
+    assert_ne!(second.status.as_ref().map(|s| s.code), Some(2));
+    for a in [first, second] {
+        assert_eq!(
+            a.parent_span_id, request.span_id,
+            "attempts are the request's children"
+        );
+    }
+    assert!(first.end_time_unix_nano <= second.start_time_unix_nano);
+    // Each engine was sent its own attempt as the parent.
+    assert_eq!(
+        failed_once,
+        format!("00-{trace}-{}-01", hex(&first.span_id))
+    );
+    let answered = good_seen.lock().unwrap().clone();
+    let sent = answered
+        .iter()
+        .map(|h| h["traceparent"].to_str().unwrap())
+        .find(|tp| tp.contains(trace.as_str()))
+        .unwrap();
+    assert_eq!(sent, format!("00-{trace}-{}-01", hex(&second.span_id)));
+}
+
 fn names(spans: &[Span]) -> Vec<&str> {
     spans.iter().map(|s| s.name.as_str()).collect()
 }
@@ -304,7 +411,7 @@ fn names(spans: &[Span]) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_flag_no_trace_context_is_added_upstream() {
     let engines = sims(1).await;
-    let (worker, captured) = capture_proxy(engines.url()).await;
+    let (worker, captured) = capture_proxy(engines.url(), false).await;
     let (_child, url) = gateway(&worker, &[], &[]);
     let http = Http::new();
     chat_through(&http, &url, &[]).await;

@@ -40,6 +40,7 @@ impl Backend for Pipeline {
                         body,
                         admitted: Admitted::on_behalf(),
                         caller: self.tenancy.internal(),
+                        trace: crate::telemetry::current(),
                     };
                     let resp = self.run(ctx).await;
                     let status = resp.status();

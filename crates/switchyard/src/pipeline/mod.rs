@@ -72,6 +72,9 @@ pub struct RequestContext {
     pub admitted: Admitted,
     /// Who sent it (its tenant's limits and usage apply).
     pub caller: Arc<Caller>,
+    /// The parent of the phases' trace spans: the `request` span of `serve_http`, or
+    /// an in-process caller's [`telemetry::current`] (`Span::none()` with tracing off).
+    pub trace: tracing::Span,
 }
 
 /// Settings of the entry steps.
@@ -161,47 +164,50 @@ impl Pipeline {
         let start = Instant::now();
         let (parts, body) = req.into_parts();
         let request_id = self.request_id(&parts.headers);
-        let span = telemetry::request_span(
+        // The request span is never entered: the phases name it as their parent, so the
+        // untraced path awaits nothing more than it did before tracing (no wrapper).
+        let trace = telemetry::request_span(
             &parts.method,
             parts.uri.path(),
             Some(route.path()),
             Some(&request_id),
             &parts.headers,
         );
-        let serve = self.serve_parts(route, start, request_id, parts, body);
-        let resp = telemetry::within(&span, serve).await;
-        telemetry::record_status(&span, resp.status());
-        resp
-    }
-
-    /// `serve_http` after the request id (inside the request span with tracing on).
-    async fn serve_parts(
-        &self,
-        route: Route,
-        start: Instant,
-        request_id: String,
-        parts: http::request::Parts,
-        body: Body,
-    ) -> Response {
         let echo = http::HeaderValue::from_str(&request_id).ok();
-        let span = telemetry::span(|| tracing::info_span!(target: TRACE, "admit"));
-        let admitted =
-            telemetry::within(&span, self.admit_http(route, &parts, body, &request_id)).await;
-        drop(span);
-        let mut resp = match admitted {
-            Err(resp) => resp,
-            Ok((caller, body, admitted)) => {
-                let ctx = RequestContext {
-                    route,
-                    request_id,
-                    start,
-                    headers: parts.headers,
-                    body,
-                    admitted,
-                    caller,
-                };
-                self.execute(ctx, true).await
-            }
+        let admit = telemetry::span(|| tracing::info_span!(target: TRACE, parent: &trace, "admit"));
+        let mut resp = match self.authenticate(&parts.headers, &parts.extensions).await {
+            Err(e) => e.into_response(),
+            Ok(caller) => match self.read_body(route, &parts.headers, body).await {
+                Err(e) => {
+                    // The rest of the body was not read: this connection cannot carry
+                    // another request, and the client must know not to reuse it.
+                    let mut resp = self.reject(route, "", &request_id, e);
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                    resp
+                }
+                Ok(body) => {
+                    let headers = &parts.headers;
+                    let priority = || crate::request::workflow::priority_hint(headers, &body);
+                    match self.admission.admit(priority).await {
+                        Err(e) => e.into_response(),
+                        Ok(admitted) => {
+                            drop(admit);
+                            let ctx = RequestContext {
+                                route,
+                                request_id,
+                                start,
+                                headers: parts.headers,
+                                body,
+                                admitted,
+                                caller,
+                                trace: trace.clone(),
+                            };
+                            self.execute(ctx, true).await
+                        }
+                    }
+                }
+            },
         };
         if let Some(id) = echo {
             resp.headers_mut()
@@ -217,41 +223,8 @@ impl Pipeline {
             resp.headers_mut()
                 .insert(cache::X_CACHE, http::HeaderValue::from_static("BYPASS"));
         }
+        telemetry::record_status(&trace, resp.status());
         resp
-    }
-
-    /// The `admit` phase of an HTTP request: the caller, its body, then a permit. The
-    /// error is the answer.
-    async fn admit_http(
-        &self,
-        route: Route,
-        parts: &http::request::Parts,
-        body: Body,
-        request_id: &str,
-    ) -> Result<(Arc<Caller>, Bytes, Admitted), Response> {
-        let caller = self
-            .authenticate(&parts.headers, &parts.extensions)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        let body = match self.read_body(route, &parts.headers, body).await {
-            Ok(b) => b,
-            Err(e) => {
-                // The rest of the body was not read: this connection cannot carry
-                // another request, and the client must know not to reuse it.
-                let mut resp = self.reject(route, "", request_id, e);
-                resp.headers_mut()
-                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-                return Err(resp);
-            }
-        };
-        let headers = &parts.headers;
-        let priority = || crate::request::workflow::priority_hint(headers, &body);
-        let admitted = self
-            .admission
-            .admit(priority)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        Ok((caller, body, admitted))
     }
 
     /// Reads a body of `route`'s media type (JSON, or multipart for an audio upload)
@@ -318,6 +291,7 @@ impl Pipeline {
             body,
             admitted,
             caller,
+            trace,
         } = ctx;
         // The cache's headers: read (a malformed one is the client's error), and the
         // gateway's own not forwarded.
@@ -383,14 +357,15 @@ impl Pipeline {
         let span = telemetry::span(|| {
             tracing::info_span!(
                 target: TRACE,
+                parent: &trace,
                 "select_model",
                 requested = %view.model,
                 model = tracing::field::Empty,
                 intent = tracing::field::Empty,
             )
         });
-        let select = self.models.select(&view, &body, &self.registry, self);
-        let selected = telemetry::within(&span, select).await;
+        let selected =
+            telemetry::traced!(span, self.models.select(&view, &body, &self.registry, self));
         if !span.is_disabled()
             && let Ok(c) = &selected
         {
@@ -508,7 +483,7 @@ impl Pipeline {
         };
         // select_worker and send, until answered or out of retries.
         let answered = self
-            .attempt_until_answered(&mut plan, &headers, &body, &request_id)
+            .attempt_until_answered(&mut plan, &headers, &body, &request_id, &trace)
             .await;
         let mut meta = RoutingMetadata::new(&choice, &plan, start);
 
@@ -555,20 +530,16 @@ impl Pipeline {
                 let span = telemetry::span(|| {
                     tracing::info_span!(
                         target: TRACE,
+                        parent: &trace,
                         "stream",
                         http.response.status_code = parts.status.as_u16(),
                         outcome = tracing::field::Empty,
                         otel.status_code = tracing::field::Empty,
                     )
                 });
-                let request_span = if span.is_disabled() {
-                    tracing::Span::none()
-                } else {
-                    tracing::Span::current()
-                };
                 let settle = Settle {
                     span,
-                    request_span,
+                    request_span: trace,
                     start,
                     view: plan.view,
                     assignment,
@@ -621,13 +592,15 @@ impl Pipeline {
     /// - every send, on whichever model, counts against `--retry-max-retries` + 1, with
     ///   the usual backoff between them.
     ///
-    /// The error is what the client gets when no attempt was answered.
+    /// The error is what the client gets when no attempt was answered. `trace`: the
+    /// parent of the selection and attempt spans.
     async fn attempt_until_answered(
         &self,
         plan: &mut Plan<'_>,
         headers: &HeaderMap,
         original: &Bytes,
         request_id: &str,
+        trace: &tracing::Span,
     ) -> Result<Answered, ApiError> {
         let strategy = self.dispatcher.strategy;
         let retry = &self.dispatcher.cfg.retry;
@@ -655,14 +628,17 @@ impl Pipeline {
             let span = telemetry::span(|| {
                 tracing::info_span!(
                     target: TRACE,
+                    parent: trace,
                     "select_worker",
                     model = %model,
                     worker.url = tracing::field::Empty,
                     reason = tracing::field::Empty,
                 )
             });
-            let select = self.select_worker(&model, &plan.view, &avoid, attempt, may_wait);
-            let selected = telemetry::within(&span, select).await;
+            let selected = telemetry::traced!(
+                span,
+                self.select_worker(&model, &plan.view, &avoid, attempt, may_wait)
+            );
             if !span.is_disabled()
                 && let Ok(t) = &selected
             {
@@ -704,6 +680,7 @@ impl Pipeline {
             let span = telemetry::span(|| {
                 tracing::info_span!(
                     target: TRACE,
+                    parent: trace,
                     "attempt",
                     otel.kind = "client",
                     attempt = sent,
@@ -722,7 +699,7 @@ impl Pipeline {
                 span: &span,
             };
             let last = attempt + 1 == budget;
-            let outcome = telemetry::within(&span, self.dispatcher.send(target, &out, last)).await;
+            let outcome = telemetry::traced!(span, self.dispatcher.send(target, &out, last));
             if !span.is_disabled() {
                 match &outcome {
                     Outcome::Answered { response, .. } => {

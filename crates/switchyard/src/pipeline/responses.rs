@@ -82,6 +82,7 @@ impl PipelineEngine {
             body: Bytes::from(body.to_string()),
             admitted: Admitted::on_behalf(),
             caller,
+            trace: crate::telemetry::current(),
         };
         let resp = if cacheable {
             pipeline.run_cached(ctx).await

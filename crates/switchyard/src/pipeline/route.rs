@@ -339,6 +339,7 @@ impl RouteApi {
                 body,
                 admitted: Admitted::on_behalf(),
                 caller: caller.clone(),
+                trace: crate::telemetry::current(),
             })
             .await;
         // The client's permit is held until the answer has been sent (a stream's end).

@@ -119,9 +119,9 @@ pub struct Settle {
     /// The `stream` trace span, open until the last byte (`Span::none()` with tracing
     /// off).
     pub span: tracing::Span,
-    /// The span the request runs in (its `request` span), entered once more at the last
-    /// byte: an OpenTelemetry span ends at its last exit, and the request's lasts as
-    /// long as its stream.
+    /// The parent of the stream span (the `request` span over HTTP), released at the
+    /// last byte: a span that was never entered ends when its last handle drops, so the
+    /// request's lasts as long as its stream.
     pub request_span: tracing::Span,
 }
 
@@ -235,7 +235,10 @@ impl Settle {
                 self.span.record("otel.status_code", "error");
             }
             drop(std::mem::replace(&mut self.span, tracing::Span::none()));
-            drop(self.request_span.enter());
+            drop(std::mem::replace(
+                &mut self.request_span,
+                tracing::Span::none(),
+            ));
         }
         // The admission permit drops here, after the last byte.
     }

@@ -34,7 +34,7 @@ pub async fn request_id(State(st): State<Arc<AppState>>, req: Request, next: Nex
             req.headers(),
         )
     };
-    let mut resp = crate::telemetry::within(&span, next.run(req)).await;
+    let mut resp = crate::telemetry::traced!(span, next.run(req));
     crate::telemetry::record_status(&span, resp.status());
     set_request_id(&mut resp, &id);
     resp

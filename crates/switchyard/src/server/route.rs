@@ -24,7 +24,7 @@ use crate::selection::use_cases::UseCaseInfo;
 pub async fn route(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let span =
         crate::telemetry::request_span(req.method(), "/route", Some("/route"), None, req.headers());
-    let resp = crate::telemetry::within(&span, st.route.clone().handle(req)).await;
+    let resp = crate::telemetry::traced!(span, st.route.clone().handle(req));
     crate::telemetry::record_status(&span, resp.status());
     resp
 }
