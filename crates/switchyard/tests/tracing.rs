@@ -404,6 +404,77 @@ async fn a_retry_is_a_second_attempt_span_after_the_failed_one() {
     assert_eq!(sent, format!("00-{trace}-{}-01", hex(&second.span_id)));
 }
 
+/// A handler that calls the pipeline in process (the Responses API): its engine call's
+/// spans are children of the handler's `request` span, in the client's trace, and the
+/// engine joins that trace too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_calls_are_children_of_the_handlers_request_span() {
+    let engines = sims(1).await;
+    let (worker, captured) = capture_proxy(engines.url(), false).await;
+    let (otlp, spans) = otlp_receiver().await;
+    let (child, url) = gateway(
+        &worker,
+        &["--otlp-traces-endpoint", &otlp],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+    );
+    let http = Http::new();
+    chat_through(&http, &url, &[]).await;
+    let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
+    let resp = http
+        .0
+        .post(format!("{url}/v1/responses"))
+        .header("traceparent", &traceparent)
+        .json(&json!({"model": MODEL, "input": "hello", "max_output_tokens": 16}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["output"][0]["status"], "completed", "{body}");
+    drop(http);
+    terminate(child).await;
+
+    let all = spans.lock().unwrap().clone();
+    let spans: Vec<&Span> = all
+        .iter()
+        .filter(|s| hex(&s.trace_id) == TRACE_ID)
+        .collect();
+    let request = spans
+        .iter()
+        .find(|s| s.name == "request")
+        .expect("the handler's request span");
+    assert_eq!(hex(&request.parent_span_id), CLIENT_SPAN);
+    assert_eq!(
+        str_attr(request, "url.path").as_deref(),
+        Some("/v1/responses")
+    );
+    assert_eq!(int_attr(request, "http.response.status_code"), Some(200));
+    for phase in ["select_model", "select_worker", "attempt"] {
+        let s = spans.iter().find(|s| s.name == phase).unwrap_or_else(|| {
+            panic!(
+                "`{phase}` in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+        assert_eq!(
+            s.parent_span_id, request.span_id,
+            "`{phase}` is a child of the handler's request span"
+        );
+    }
+    let attempt = spans.iter().find(|s| s.name == "attempt").unwrap();
+    let sent = captured.lock().unwrap().clone();
+    let upstream = sent
+        .iter()
+        .filter_map(|h| h.get("traceparent")?.to_str().ok())
+        .find(|tp| tp.contains(TRACE_ID))
+        .expect("the engine was sent the client's trace");
+    assert_eq!(
+        upstream,
+        format!("00-{TRACE_ID}-{}-01", hex(&attempt.span_id))
+    );
+}
+
 fn names(spans: &[Span]) -> Vec<&str> {
     spans.iter().map(|s| s.name.as_str()).collect()
 }
