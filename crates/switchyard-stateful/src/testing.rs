@@ -111,14 +111,21 @@ fn repo_root() -> std::path::PathBuf {
 }
 
 /// The Python of the tests' environment (contract/requirements.txt: the OpenAI SDK and
-/// pgserver), made on first use by scripts/sdk-venv.sh.
+/// pgserver), made on first use.
 pub fn test_python() -> String {
-    let out = std::process::Command::new(repo_root().join("scripts/sdk-venv.sh"))
+    venv_python("contract")
+}
+
+/// The python of `dir`'s pinned virtual environment (`dir/requirements.txt`, a folder of
+/// the repository), made on first use by scripts/venv.sh.
+pub fn venv_python(dir: &str) -> String {
+    let out = std::process::Command::new(repo_root().join("scripts/venv.sh"))
+        .arg(dir)
         .output()
-        .expect("scripts/sdk-venv.sh runs");
+        .expect("scripts/venv.sh runs");
     assert!(
         out.status.success(),
-        "the Python environment could not be made: {}",
+        "the Python environment of {dir}/ could not be made: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()

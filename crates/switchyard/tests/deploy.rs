@@ -4,7 +4,7 @@
 //! raw manifests are what the chart renders; the Dockerfile passes hadolint.
 //!
 //! The chart is rendered and linted by scripts/helm.py with the pinned Helm SDK of
-//! deploy/requirements.txt, in the virtual environment scripts/deploy-venv.sh makes
+//! deploy/requirements.txt, in the virtual environment scripts/venv.sh makes (deploy/.venv)
 //! (these tests make it when it is missing; `.ci/run` makes it first).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -564,17 +564,7 @@ fn the_dashboard_imports_with_a_datasource_input_and_unique_panels() {
 /// deploy/.venv's python, the environment made once per test binary.
 fn python() -> &'static str {
     static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new(repo().join("scripts/deploy-venv.sh"))
-            .output()
-            .expect("scripts/deploy-venv.sh runs");
-        assert!(
-            out.status.success(),
-            "scripts/deploy-venv.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    })
+    PY.get_or_init(|| switchyard_stateful::testing::venv_python("deploy"))
 }
 
 fn helm(args: &[&str]) -> std::process::Output {

@@ -24,35 +24,32 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 /// An OTLP/HTTP trace receiver: every span posted to `/v1/traces`.
-async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
-    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
-    let app =
-        axum::Router::new()
-            .route(
-                "/v1/traces",
-                axum::routing::post(
-                    |State(spans): State<Arc<Mutex<Vec<Span>>>>,
-                     headers: HeaderMap,
-                     body: Bytes| async move {
-                        assert_eq!(
-                            headers["content-type"], "application/x-protobuf",
-                            "OTLP/HTTP protobuf"
-                        );
-                        let req = ExportTraceServiceRequest::decode(body).expect("an OTLP export");
-                        let mut all = spans.lock().unwrap();
-                        for rs in req.resource_spans {
-                            for ss in rs.scope_spans {
-                                all.extend(ss.spans);
-                            }
+async fn otlp_receiver() -> (String, Received) {
+    let spans: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(
+                |State(spans): State<Received>, headers: HeaderMap, body: Bytes| async move {
+                    assert_eq!(
+                        headers["content-type"], "application/x-protobuf",
+                        "OTLP/HTTP protobuf"
+                    );
+                    let req = ExportTraceServiceRequest::decode(body).expect("an OTLP export");
+                    let mut all = spans.lock().unwrap();
+                    for rs in req.resource_spans {
+                        for ss in rs.scope_spans {
+                            all.extend(ss.spans);
                         }
-                        (
-                            [("content-type", "application/x-protobuf")],
-                            Vec::<u8>::new(),
-                        )
-                    },
-                ),
-            )
-            .with_state(spans.clone());
+                    }
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                },
+            ),
+        )
+        .with_state(spans.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
@@ -135,6 +132,30 @@ fn gateway(worker: &str, extra: &[&str], env: &[(&str, &str)]) -> (Child, String
     (child, format!("http://127.0.0.1:{port}"))
 }
 
+/// The spans an OTLP receiver got.
+type Received = Arc<Mutex<Vec<Span>>>;
+
+/// The gateway in front of `worker` with `extra` flags, exporting its spans to a receiver
+/// of this process with a batch delay of ten minutes: the spans can only arrive through
+/// the flush at graceful shutdown ([`terminate`]). The flag's URL has no `/v1/traces`:
+/// the gateway adds it.
+async fn traced_gateway(worker: &str, extra: &[&str]) -> (Child, String, Received) {
+    let (otlp, spans) = otlp_receiver().await;
+    let mut args = vec!["--otlp-traces-endpoint", &otlp];
+    args.extend_from_slice(extra);
+    let (child, url) = gateway(worker, &args, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]);
+    (child, url, spans)
+}
+
+/// The received spans of trace `trace` (hex).
+fn in_trace(spans: &Received, trace: &str) -> Vec<Span> {
+    let all = spans.lock().unwrap();
+    all.iter()
+        .filter(|s| hex(&s.trace_id) == trace)
+        .cloned()
+        .collect()
+}
+
 /// Sends a streamed chat request once the gateway routes to its worker, with `headers`.
 async fn chat_through(http: &Http, url: &str, headers: &[(&str, &str)]) {
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}],
@@ -208,14 +229,7 @@ async fn terminate(mut child: Child) {
 async fn spans_join_the_clients_trace_and_the_engine_joins_the_attempt() {
     let engines = sims(1).await;
     let (worker, captured) = capture_proxy(engines.url(), false).await;
-    let (otlp, spans) = otlp_receiver().await;
-    // A batch delay of ten minutes: the spans can only arrive through the flush at
-    // graceful shutdown. No `/v1/traces` in the flag: the gateway adds it.
-    let (child, url) = gateway(
-        &worker,
-        &["--otlp-traces-endpoint", &otlp],
-        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
-    );
+    let (child, url, spans) = traced_gateway(&worker, &[]).await;
     let http = Http::new();
     let incoming = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     chat_through(
@@ -229,11 +243,7 @@ async fn spans_join_the_clients_trace_and_the_engine_joins_the_attempt() {
 
     // The gateway's other requests (the readiness polls of `/v1/models`) are traces of
     // their own; the chat request's spans are those in the client's trace.
-    let all = spans.lock().unwrap().clone();
-    let spans: Vec<Span> = all
-        .into_iter()
-        .filter(|s| hex(&s.trace_id) == TRACE_ID)
-        .collect();
+    let spans = in_trace(&spans, TRACE_ID);
     let named = |name: &str| -> Vec<&Span> { spans.iter().filter(|s| s.name == name).collect() };
     let one = |name: &str| -> &Span {
         let found = named(name);
@@ -311,20 +321,9 @@ async fn a_retry_is_a_second_attempt_span_after_the_failed_one() {
     let engines = sims(1).await;
     let (bad, bad_seen) = capture_proxy(engines.url(), true).await;
     let (good, good_seen) = capture_proxy(engines.url(), false).await;
-    let (otlp, spans) = otlp_receiver().await;
     let workers = format!("{bad},{good}");
-    let (child, url) = gateway(
-        &workers,
-        &[
-            "--otlp-traces-endpoint",
-            &otlp,
-            "--policy",
-            "round_robin",
-            "--retry-initial-backoff-ms",
-            "1",
-        ],
-        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
-    );
+    let flags = ["--policy", "round_robin", "--retry-initial-backoff-ms", "1"];
+    let (child, url, spans) = traced_gateway(&workers, &flags).await;
     let http = Http::new();
     // Round robin sends one of any two requests to the failing worker first; each
     // request is its own trace.
@@ -349,15 +348,10 @@ async fn a_retry_is_a_second_attempt_span_after_the_failed_one() {
         .iter()
         .find(|t| failed_once.contains(t.as_str()))
         .expect("the failed attempt carried its request's trace");
-    let all = spans.lock().unwrap().clone();
-    let spans: Vec<&Span> = all.iter().filter(|s| hex(&s.trace_id) == *trace).collect();
+    let spans = in_trace(&spans, trace);
     let request = spans.iter().find(|s| s.name == "request").unwrap();
     assert_eq!(int_attr(request, "http.response.status_code"), Some(200));
-    let mut attempts: Vec<&Span> = spans
-        .iter()
-        .copied()
-        .filter(|s| s.name == "attempt")
-        .collect();
+    let mut attempts: Vec<&Span> = spans.iter().filter(|s| s.name == "attempt").collect();
     attempts.sort_by_key(|s| int_attr(s, "attempt"));
     assert_eq!(
         attempts.len(),
@@ -411,12 +405,7 @@ async fn a_retry_is_a_second_attempt_span_after_the_failed_one() {
 async fn in_process_calls_are_children_of_the_handlers_request_span() {
     let engines = sims(1).await;
     let (worker, captured) = capture_proxy(engines.url(), false).await;
-    let (otlp, spans) = otlp_receiver().await;
-    let (child, url) = gateway(
-        &worker,
-        &["--otlp-traces-endpoint", &otlp],
-        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
-    );
+    let (child, url, spans) = traced_gateway(&worker, &[]).await;
     let http = Http::new();
     chat_through(&http, &url, &[]).await;
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
@@ -435,11 +424,7 @@ async fn in_process_calls_are_children_of_the_handlers_request_span() {
     drop(http);
     terminate(child).await;
 
-    let all = spans.lock().unwrap().clone();
-    let spans: Vec<&Span> = all
-        .iter()
-        .filter(|s| hex(&s.trace_id) == TRACE_ID)
-        .collect();
+    let spans = in_trace(&spans, TRACE_ID);
     let request = spans
         .iter()
         .find(|s| s.name == "request")
