@@ -994,6 +994,11 @@ fn the_chart_lints_clean_with_defaults_and_with_everything_on() {
         r#"{"serviceMonitor": {"enabled": true}, "metrics": {"service": false}}"#,
     ]);
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("serviceMonitor.enabled needs metrics.service"),
+        "refused for the chart's own reason: {err}"
+    );
 }
 
 /// deploy/kubernetes/switchyard.yaml is what the chart renders with its values file.
@@ -1058,4 +1063,9 @@ fn the_dockerfile_passes_hadolint() {
     let out = Command::new(&hadolint).arg(&bad).output().unwrap();
     std::fs::remove_file(&bad).ok();
     assert!(!out.status.success());
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        found.contains("DL3007"),
+        "the `latest` tag is flagged: {found}"
+    );
 }
