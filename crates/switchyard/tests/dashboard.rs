@@ -78,6 +78,23 @@ async fn the_dashboard_is_behind_the_admin_key_and_signs_in_with_a_cookie() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // A wrong method is a 405 with an OpenAI-style body, signed in or not.
+    let r = http
+        .get(format!("{admin}/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_error(&r.json().await.unwrap(), "method_not_allowed");
+    let r = http
+        .post(format!("{admin}/dashboard/snapshot"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_error(&r.json().await.unwrap(), "method_not_allowed");
+
     // Signing in: no key field, a wrong key, then the right one.
     let login = |body: &'static str| {
         http.post(format!("{admin}/dashboard/login"))
@@ -107,7 +124,9 @@ async fn the_dashboard_is_behind_the_admin_key_and_signs_in_with_a_cookie() {
     assert_eq!(r.headers()["location"], "/dashboard");
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Max-Age=43200"),
         "{cookie}"
     );
     assert!(
@@ -226,7 +245,15 @@ async fn snapshots_follow_traffic_and_the_fleet() {
         .map(|d| d["total"].as_f64().unwrap())
         .sum();
     assert_eq!(decided, 12.0, "{}", snap["decisions"]);
-    assert!(snap["chart"].as_array().is_some_and(|c| !c.is_empty()));
+    // The chart's points: one per sampler tick, in time order, each with its rates.
+    let chart = snap["chart"].as_array().unwrap();
+    assert!(!chart.is_empty());
+    for p in chart {
+        assert!(p["rps"].as_f64().is_some_and(|r| r >= 0.0), "{p}");
+        assert!(p["eps"].as_f64().is_some_and(|r| r >= 0.0), "{p}");
+    }
+    let times: Vec<u64> = chart.iter().map(|p| p["t"].as_u64().unwrap()).collect();
+    assert!(times.is_sorted(), "{times:?}");
 
     // An engine gone: its row turns unhealthy and shows no engine figures.
     let dead = bed.sims.server(2).url();

@@ -15,6 +15,7 @@ use axum::extract::Request;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
+use super::openai::method_not_allowed;
 use super::{AppState, layers};
 use crate::error::ApiError;
 
@@ -56,12 +57,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/usage", get(tenancy::usage))
         .route("/admin/audit", get(tenancy::audit_log))
-        .route("/dashboard", get(dashboard::page))
-        .route("/dashboard/app.js", get(dashboard::script))
-        .route("/dashboard/app.css", get(dashboard::style))
-        .route("/dashboard/stream", get(dashboard::stream))
-        .route("/dashboard/snapshot", get(dashboard::snapshot_json))
-        .route("/dashboard/login", post(dashboard::login))
+        .route(
+            "/dashboard",
+            get(dashboard::page).fallback(method_not_allowed),
+        )
+        .route(
+            "/dashboard/app.js",
+            get(dashboard::script).fallback(method_not_allowed),
+        )
+        .route(
+            "/dashboard/app.css",
+            get(dashboard::style).fallback(method_not_allowed),
+        )
+        .route(
+            "/dashboard/stream",
+            get(dashboard::stream).fallback(method_not_allowed),
+        )
+        .route(
+            "/dashboard/snapshot",
+            get(dashboard::snapshot_json).fallback(method_not_allowed),
+        )
+        .route(
+            "/dashboard/login",
+            post(dashboard::login).fallback(method_not_allowed),
+        )
         .fallback(|req: Request| async move {
             ApiError::route_not_found(req.method().as_str(), req.uri().path()).into_response()
         })

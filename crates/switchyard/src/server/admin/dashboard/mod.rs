@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use self::sample::{Sample, bucket_delta, percentiles};
 use super::super::AppState;
+use crate::error::ApiError;
 use crate::fleet::Worker;
 use crate::fleet::probe::engine_gauge;
 
@@ -67,7 +68,11 @@ impl Default for Dashboard {
 impl Dashboard {
     /// A viewer's receiver; starts the sampler when it is the first.
     fn subscribe(st: &Arc<AppState>) -> watch::Receiver<Arc<str>> {
-        let mut running = st.dashboard.running.lock().expect("dashboard lock");
+        let mut running = st
+            .dashboard
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rx = st.dashboard.tx.subscribe();
         if !*running {
             *running = true;
@@ -79,7 +84,10 @@ impl Dashboard {
     /// Stops the sampler when nobody watches (under the same lock as [`subscribe`], so
     /// a viewer arriving now is never left without one).
     fn idle(&self) -> bool {
-        let mut running = self.running.lock().expect("dashboard lock");
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.tx.receiver_count() == 0 {
             *running = false;
             return true;
@@ -117,7 +125,23 @@ struct Point {
     ttft_p95: Option<f64>,
 }
 
+/// Clears the sampler's `running` flag when it ends other than through
+/// [`Dashboard::idle`] (shutdown, a panic, an abort), so the next viewer starts another.
+struct SamplerGuard(Option<Arc<AppState>>);
+
+impl Drop for SamplerGuard {
+    fn drop(&mut self) {
+        if let Some(st) = self.0.take() {
+            *st.dashboard
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+        }
+    }
+}
+
 async fn sampler(st: Arc<AppState>) {
+    let mut guard = SamplerGuard(Some(st.clone()));
     let mut ticks: VecDeque<Tick> = VecDeque::with_capacity(WINDOW + 1);
     let mut chart: VecDeque<Point> = VecDeque::with_capacity(CHART_POINTS);
     let mut interval = tokio::time::interval(PERIOD);
@@ -128,6 +152,9 @@ async fn sampler(st: Arc<AppState>) {
             _ = st.shutdown.cancelled() => return,
         }
         if st.dashboard.idle() {
+            // `idle` cleared the flag under the lock; a viewer may already have started
+            // the next sampler, whose flag this one must not clear.
+            guard.0 = None;
             return;
         }
         let live = st.live_state();
@@ -503,24 +530,49 @@ pub async fn stream(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
+/// How long `/dashboard/snapshot` waits for the sampler's next snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
+
 /// `GET /dashboard/snapshot`: the next snapshot as one JSON object (for scripts).
 pub async fn snapshot_json(State(st): State<Arc<AppState>>) -> Response {
     let mut rx = Dashboard::subscribe(&st);
+    let stopping = || {
+        ApiError::unavailable("shutting_down", "The gateway is shutting down.", 1).into_response()
+    };
     tokio::select! {
         changed = rx.changed() => if changed.is_err() {
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            return stopping();
         },
-        _ = st.shutdown.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        _ = st.shutdown.cancelled() => return stopping(),
+        // A sampler ticks once a second: far past that, none is running.
+        _ = tokio::time::sleep(SNAPSHOT_WAIT) => {
+            return ApiError::unavailable("no_snapshot", "No dashboard snapshot was taken in time.", 1)
+                .into_response();
+        }
     }
     let data = rx.borrow_and_update().clone();
     with_headers(data.to_string().into_response(), "application/json")
 }
 
-/// The cookie value standing for `key` (a digest, so the key is never stored in the
-/// browser).
+/// How long a sign-in lasts.
+const COOKIE_MAX_AGE_SECS: u64 = 12 * 3600;
+
+/// A secret drawn when the process starts: the cookie is a digest of it and the key, so
+/// the key is never stored in the browser, a cookie cannot be used to guess the key
+/// offline, and no cookie outlives the process (a restart signs everyone out).
+static COOKIE_SECRET: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(|| {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS random source");
+    b
+});
+
+/// The cookie value standing for `key` in this process.
 fn cookie_token(key: &str) -> String {
-    let digest = Sha256::digest(format!("switchyard-dashboard\0{key}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut h = Sha256::new();
+    h.update(b"switchyard-dashboard\0");
+    h.update(*COOKIE_SECRET);
+    h.update(key.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether the request carries the dashboard cookie for `key`.
@@ -600,7 +652,7 @@ fn redirect(token: Option<&str>) -> Response {
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response();
     if let Some(t) = token
         && let Ok(v) = HeaderValue::from_str(&format!(
-            "{COOKIE}={t}; Path=/dashboard; HttpOnly; SameSite=Strict"
+            "{COOKIE}={t}; Path=/dashboard; Max-Age={COOKIE_MAX_AGE_SECS}; HttpOnly; SameSite=Strict"
         ))
     {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -617,6 +669,12 @@ mod tests {
         let t = cookie_token("k1");
         assert_eq!(t.len(), 64);
         assert!(!t.contains("k1"));
+        // Not a digest of the key alone: the process's secret is in it.
+        let bare: String = Sha256::digest(b"switchyard-dashboard\0k1")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(t, bare);
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
