@@ -312,6 +312,41 @@ impl Drop for Child {
     }
 }
 
+/// Starts a process that listens on `n` ports picked with [`free_port`], once they all
+/// accept. A port picked that way can be taken by another test before the process binds
+/// it; the process then exits saying so (in `stderr`, the file its standard error goes
+/// to), and it is started again on new ports. `command(ports)` builds the command.
+pub async fn spawn_listening(
+    n: usize,
+    stderr: &std::path::Path,
+    command: impl Fn(&[u16]) -> std::process::Command,
+) -> (Child, Vec<u16>) {
+    for _ in 0..5 {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut cmd = command(&ports);
+        cmd.stderr(std::fs::File::create(stderr).expect("the stderr file"));
+        let mut child = Child(cmd.spawn().expect("the process starts"));
+        let mut exited = None;
+        eventually("the process to listen or exit", || {
+            exited = child.0.try_wait().expect("its status");
+            let all_listen = ports
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
+            std::future::ready(exited.is_some() || all_listen)
+        })
+        .await;
+        if exited.is_none() {
+            return (child, ports);
+        }
+        let err = std::fs::read_to_string(stderr).unwrap_or_default();
+        assert!(
+            err.contains("Address already in use"),
+            "the process exited ({exited:?}): {err}"
+        );
+    }
+    panic!("five sets of free ports were all taken before the process bound them");
+}
+
 /// How often [`eventually`] looks again: a poll interval, not a time window.
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
 

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use serde_json::json;
-use switchyard_testkit::{Child, Http, MODEL, eventually, free_port, sims};
+use switchyard_testkit::{Child, Http, MODEL, eventually, sims, spawn_listening};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -105,31 +105,29 @@ async fn capture_proxy(engine: String, fail: bool) -> (String, Captured) {
     (format!("http://{addr}"), captured)
 }
 
-/// The gateway binary in front of `worker`, with `extra` flags and environment.
-fn gateway(worker: &str, extra: &[&str], env: &[(&str, &str)]) -> (Child, String) {
-    let (port, admin, metrics) = (free_port(), free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("switchyard-tracing-{port}"));
+/// The gateway binary in front of `worker`, with `extra` flags and environment, once it
+/// listens (on free ports, picked again if another test took one first).
+async fn gateway(worker: &str, extra: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("switchyard-tracing-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.args(["serve", "--database-url", "sqlite::memory:"])
-        .args(["--worker-urls", worker, "--log-level", "warn"])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--admin-port",
-            &admin.to_string(),
-        ])
-        .args(["--prometheus-port", &metrics.to_string()])
-        .args(["--health-check-interval-secs", "1"])
-        .args(extra)
-        .env_remove("SWITCHYARD_OTLP_TRACES_ENDPOINT")
-        .stdout(std::fs::File::create(dir.join("log")).unwrap())
-        .stderr(std::fs::File::create(dir.join("err")).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = Child(cmd.spawn().expect("the binary starts"));
-    (child, format!("http://127.0.0.1:{port}"))
+    let (child, ports) = spawn_listening(3, &dir.join("err"), |ports| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.args(["serve", "--database-url", "sqlite::memory:"])
+            .args(["--worker-urls", worker, "--log-level", "warn"])
+            .args(["--port", &ports[0].to_string()])
+            .args(["--admin-port", &ports[1].to_string()])
+            .args(["--prometheus-port", &ports[2].to_string()])
+            .args(["--health-check-interval-secs", "1"])
+            .args(extra)
+            .env_remove("SWITCHYARD_OTLP_TRACES_ENDPOINT")
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(dir.join("log")).unwrap());
+        cmd
+    })
+    .await;
+    (child, format!("http://127.0.0.1:{}", ports[0]))
 }
 
 /// The spans an OTLP receiver got.
@@ -143,7 +141,7 @@ async fn traced_gateway(worker: &str, extra: &[&str]) -> (Child, String, Receive
     let (otlp, spans) = otlp_receiver().await;
     let mut args = vec!["--otlp-traces-endpoint", &otlp];
     args.extend_from_slice(extra);
-    let (child, url) = gateway(worker, &args, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]);
+    let (child, url) = gateway(worker, &args, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]).await;
     (child, url, spans)
 }
 
@@ -468,7 +466,7 @@ fn names(spans: &[Span]) -> Vec<&str> {
 async fn without_the_flag_no_trace_context_is_added_upstream() {
     let engines = sims(1).await;
     let (worker, captured) = capture_proxy(engines.url(), false).await;
-    let (_child, url) = gateway(&worker, &[], &[]);
+    let (_child, url) = gateway(&worker, &[], &[]).await;
     let http = Http::new();
     chat_through(&http, &url, &[]).await;
     // A client's own trace context passes through untouched.
